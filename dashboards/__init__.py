@@ -1,0 +1,1 @@
+"""The Streamlit ops dashboard and the Kibana saved objects."""

@@ -1,0 +1,1 @@
+"""seekwatch part: see README and docs/."""

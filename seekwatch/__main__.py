@@ -1,0 +1,3 @@
+from seekwatch.cli import main
+
+raise SystemExit(main())

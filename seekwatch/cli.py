@@ -1,0 +1,71 @@
+"""The ``seekwatch`` command line: parses arguments, then calls each part's own entry point.
+
+Every part registers its subcommand through a ``add_parser(subparsers)`` function in its own
+package, and runs through the ``run(args)`` function it sets as the parser's default. The
+imports are lazy so that ``seekwatch alertd --help`` never imports torch.
+
+Bad flags and bad config files give one clear line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable, NoReturn, Sequence
+
+from contracts.config import ConfigError
+
+#: subcommand -> (module holding ``add_parser``, one-line help). Order is the help order.
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("inference.cli", "run the instrumented OpenAI-compatible inference node"),
+    "make-tiny-model": ("inference.tiny_model", "write a random-weight DeepSeek-architecture model and tokenizer"),
+    "loadgen": ("seekwatch.loadgen", "drive a node with realistic multi-turn chat sessions"),
+    "demo": ("seekwatch.demo", "run the whole stack locally on a tiny model (the embedded default)"),
+    "alertd": ("monitor.alerting.cli", "evaluate the threshold matrix and send chat-ops webhooks"),
+    "rules": ("monitor.alerting.export_cli", "export the alert matrix as Prometheus/Alertmanager rules"),
+    "dashboard": ("dashboards.cli", "run the Streamlit ops dashboard"),
+    "ship": ("monitor.logstore.ship_cli", "ship session logs to Elasticsearch/OpenSearch, losslessly"),
+    "es-setup": ("monitor.logstore.setup_cli", "install index template, ingest pipeline and retention"),
+    "search-engine": ("monitor.logstore.engine_cli", "run a local single-node OpenSearch for the local stack"),
+}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; users asked for one clear line and exit 2."""
+
+    def error(self, message: str) -> NoReturn:  # noqa: D401 - argparse hook
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(available: dict[str, str] | None = None) -> OneLineParser:
+    parser = OneLineParser(prog="seekwatch", description=__doc__.splitlines()[0])
+    from seekwatch import __version__
+
+    parser.add_argument("--version", action="version", version=f"seekwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        if available is not None and name not in available:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                continue  # part not built yet in this checkout
+            raise
+        module.add_parser(sub, name, help_text)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int | None] = args.run
+    try:
+        return int(run(args) or 0)
+    except ConfigError as exc:
+        print(f"seekwatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
