@@ -1,0 +1,328 @@
+"""PII masking for everything that leaves the node (session log, feedback comments).
+
+Why: the session log is shipped to a search engine and read by ops people; the seed
+(section 5.1) asks for 敏感信息脱敏. Masking happens *before* a record is queued, so
+no unmasked personal data ever reaches disk, a shipper or Elasticsearch.
+
+Kinds (``contracts.metrics.PII_KINDS``) and their placeholders:
+
+==========  ============  =========================================================
+kind        placeholder   rule
+==========  ============  =========================================================
+``secret``  ``[SECRET]``  ``sk-…`` keys, ``Bearer …`` / ``Authorization: Basic …``,
+                          known token shapes (GitHub, AWS, Slack, Google, JWT), and
+                          values after ``api_key=``, ``token:``, ``password=``, 密码：…
+``email``   ``[EMAIL]``   ``local@domain.tld``
+``id``      ``[ID]``      18-digit resident ID, date plausible, GB 11643 checksum
+``card``    ``[CARD]``    13–19 digits (spaces/dashes allowed), card-like first digit,
+                          Luhn-valid
+``phone``   ``[PHONE]``   mainland mobile ``1[3-9]x xxxx xxxx``, optional +86/0086/86
+``ip``      ``[IP]``      dotted IPv4 with valid octets, not part of a longer dotted run
+==========  ============  =========================================================
+
+Design points:
+
+* One precompiled regex per kind, applied in a fixed order (secret, email, id, card,
+  phone, ip) so a longer thing is masked before a shorter thing that hides inside it
+  (an e-mail like ``13812345678@163.com`` is one ``[EMAIL]``, not a phone).
+* Digit boundaries are explicit ``(?<![0-9])`` / ``(?![0-9])`` look-arounds instead of
+  ``\\b``: Python's ``\\b`` treats CJK characters as word characters, so ``手机13812345678``
+  would have no boundary before the number.
+* Validators (checksum, Luhn, card prefix) run in the substitution callback: a candidate
+  that fails is left exactly as it was, which keeps near-misses (order numbers,
+  timestamps, invalid IDs) intact.
+* Placeholders contain no digits and none of the characters the patterns consume, so
+  masking is idempotent: ``mask(mask(x).text) == mask(x)`` with zero new counts.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+from contracts.metrics import PII_KINDS
+
+PLACEHOLDERS: dict[str, str] = {
+    "phone": "[PHONE]",
+    "email": "[EMAIL]",
+    "id": "[ID]",
+    "card": "[CARD]",
+    "ip": "[IP]",
+    "secret": "[SECRET]",
+}
+assert set(PLACEHOLDERS) == set(PII_KINDS)
+
+#: Order in which the kinds are applied (longest / most specific first).
+ORDER: tuple[str, ...] = ("secret", "email", "id", "card", "phone", "ip")
+
+
+# --------------------------------------------------------------------------- validators
+
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+_DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def id_checksum_ok(number: str) -> bool:
+    """True when ``number`` is an 18-character resident ID whose last character is the
+    GB 11643-1999 check character (ISO 7064 MOD 11-2) of the first 17 digits."""
+    if len(number) != 18 or not number[:17].isascii() or not number[:17].isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(number[:17], _ID_WEIGHTS))
+    return _ID_CHECK[total % 11] == number[17].upper()
+
+
+def id_check_char(first17: str) -> str:
+    """The check character for 17 ID digits (used by tests to generate valid IDs)."""
+    total = sum(int(d) * w for d, w in zip(first17, _ID_WEIGHTS))
+    return _ID_CHECK[total % 11]
+
+
+def luhn_ok(digits: str) -> bool:
+    """True when the digit string passes the Luhn (mod 10) check used by bank cards."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def luhn_check_digit(partial: str) -> str:
+    """The digit that makes ``partial + digit`` Luhn-valid (for tests and fixtures)."""
+    for d in "0123456789":
+        if luhn_ok(partial + d):
+            return d
+    raise AssertionError("unreachable")
+
+
+def card_prefix_ok(digits: str) -> bool:
+    """Issuer-prefix plausibility: UnionPay/Discover 6, Visa 4, Mastercard 5 and
+    2221–2720, Amex/JCB/Diners 3, Chinese domestic 9. This keeps Luhn-passing timestamps
+    (``2025…``, ``1762…``) and order numbers starting with 1/2/7/8/0 out."""
+    first = digits[0]
+    if first in "34569":
+        return True
+    if first == "2":
+        return 2221 <= int(digits[:4]) <= 2720
+    return False
+
+
+# --------------------------------------------------------------------------- patterns
+
+_ASCII_VALUE = r"A-Za-z0-9._~+/=\-"
+_SECRET_RE = re.compile(
+    r"""
+    # key = value: keep the key, mask the value (>= 12 token characters)
+    (?P<kv>(?:api[_-]?key|apikey|access[_-]?key(?:[_-]?id)?|secret[_-]?key|client[_-]?secret
+          |access[_-]?token|refresh[_-]?token|auth[_-]?token|id[_-]?token|session[_-]?token
+          |x-api-key|token|secret|密钥|令牌|秘钥)
+        ["']?[ \t]*[:=：][ \t]*["']?)
+    (?P<kvv>[A-Za-z0-9._~+/=\-]{12,})
+    |
+    # password = value (shorter values count: passwords are short)
+    (?P<pw>(?:password|passwd|pwd|passphrase|密码|口令)["']?[ \t]*[:=：][ \t]*["']?)
+    (?P<pwv>[A-Za-z0-9!#$%&*+\-./=?@^_~|]{4,})
+    |
+    # Authorization headers
+    (?P<auth>(?:(?<![A-Za-z])bearer|authorization[ \t]*:[ \t]*basic)[ \t]+)
+    (?P<authv>[A-Za-z0-9._~+/\-]{8,}=*)
+    |
+    # well-known token shapes
+    (?P<tok>(?<![A-Za-z0-9_\-])
+        (?:sk-(?:[A-Za-z0-9]+-){0,3}[A-Za-z0-9_]{16,}
+          |gh[pousr]_[A-Za-z0-9]{30,}
+          |github_pat_[A-Za-z0-9_]{30,}
+          |AKIA[0-9A-Z]{16}
+          |xox[abprs]-[A-Za-z0-9\-]{10,}
+          |AIza[0-9A-Za-z_\-]{35}
+          |eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,})
+        (?![A-Za-z0-9_\-]))
+    """,
+    re.VERBOSE | re.IGNORECASE,
+)
+
+_EMAIL_RE = re.compile(
+    r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?![A-Za-z0-9\-])"
+)
+
+_ID_RE = re.compile(
+    r"(?<![0-9])[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])"
+    r"[0-9]{3}[0-9Xx](?![0-9])"
+)
+
+# 13–19 contiguous digits, or groups of 3–6 digits joined by single spaces/dashes.
+_CARD_RE = re.compile(
+    r"(?<![0-9])(?:[0-9]{13,19}|[0-9]{4,6}(?:[ \-][0-9]{3,6}){2,4})(?![0-9])"
+)
+
+_PHONE_RE = re.compile(
+    r"(?<![0-9])(?:(?:\+|00)86[ \-]?|86[ \-]?)?1[3-9][0-9](?:[ \-]?[0-9]{4}){2}(?![0-9])"
+)
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IP_RE = re.compile(
+    rf"(?<![0-9A-Za-z.]){_OCTET}(?:\.{_OCTET}){{3}}(?![0-9]|\.[0-9])"
+)
+
+_PLACEHOLDER_RE = re.compile(r"\[(?:PHONE|EMAIL|ID|CARD|IP|SECRET)\]")
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """Masked text plus how many items of each kind were replaced (only kinds > 0)."""
+
+    text: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def merge_counts(*counts: Mapping[str, int]) -> dict[str, int]:
+    """Sum several per-kind count mappings (e.g. prompt + response + reasoning)."""
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            if v:
+                out[k] = out.get(k, 0) + v
+    return out
+
+
+# --------------------------------------------------------------------------- masker
+
+
+class PiiMasker:
+    """Masks the six PII kinds in a string. Stateless and thread-safe; reuse one."""
+
+    def __init__(self, kinds: Iterable[str] = PII_KINDS) -> None:
+        wanted = set(kinds)
+        unknown = wanted - set(PII_KINDS)
+        if unknown:
+            raise ValueError(f"unknown PII kinds: {sorted(unknown)}")
+        self.kinds = tuple(k for k in ORDER if k in wanted)
+
+    # Each pass returns the new text and adds to ``counts``.
+    def _sub(self, kind: str, regex: re.Pattern[str], repl: Callable[[re.Match[str]], str | None],
+             text: str, counts: dict[str, int]) -> str:
+        n = 0
+
+        def _cb(m: re.Match[str]) -> str:
+            nonlocal n
+            out = repl(m)
+            if out is None:
+                return m.group(0)
+            n += 1
+            return out
+
+        new = regex.sub(_cb, text)
+        if n:
+            counts[kind] = counts.get(kind, 0) + n
+        return new
+
+    @staticmethod
+    def _secret(m: re.Match[str]) -> str | None:
+        tag = PLACEHOLDERS["secret"]
+        if m.group("kv") is not None:
+            return m.group("kv") + tag
+        if m.group("pw") is not None:
+            return m.group("pw") + tag
+        if m.group("auth") is not None:
+            value = m.group("authv")
+            # "Bearer of good news" must survive: a token has a digit or is long.
+            if not (any(c.isdigit() for c in value) or len(value) >= 20):
+                return None
+            return m.group("auth") + tag
+        return tag
+
+    @staticmethod
+    def _email(m: re.Match[str]) -> str | None:
+        return PLACEHOLDERS["email"]
+
+    @staticmethod
+    def _id(m: re.Match[str]) -> str | None:
+        s = m.group(0)
+        if not id_checksum_ok(s):
+            return None
+        month, day = int(s[10:12]), int(s[12:14])
+        if day > _DAYS_IN_MONTH[month - 1]:
+            return None
+        return PLACEHOLDERS["id"]
+
+    @staticmethod
+    def _card(m: re.Match[str]) -> str | None:
+        s = m.group(0)
+        tag = PLACEHOLDERS["card"]
+        if s.isdigit():
+            return tag if (card_prefix_ok(s) and luhn_ok(s)) else None
+        # Grouped form: the whole run, or a leading run of groups (a grouped card may be
+        # followed by an unrelated number), must be a valid card.
+        groups = re.split(r"[ \-]", s)
+        seps = re.findall(r"[ \-]", s)
+        for end in range(len(groups), 0, -1):
+            digits = "".join(groups[:end])
+            if 13 <= len(digits) <= 19 and card_prefix_ok(digits) and luhn_ok(digits):
+                rest = "".join(seps[i] + groups[i + 1] for i in range(end - 1, len(groups) - 1))
+                return tag + rest
+        return None
+
+    @staticmethod
+    def _phone(m: re.Match[str]) -> str | None:
+        return PLACEHOLDERS["phone"]
+
+    @staticmethod
+    def _ip(m: re.Match[str]) -> str | None:
+        return PLACEHOLDERS["ip"]
+
+    def mask(self, text: str | None) -> MaskResult:
+        """Return ``text`` with every PII item replaced by its placeholder, and counts.
+
+        ``None`` and ``""`` give an empty result, so callers need no special case for
+        optional fields.
+        """
+        if not text:
+            return MaskResult(text or "", {})
+        counts: dict[str, int] = {}
+        has_digit = _HAS_DIGIT(text) is not None
+        for kind in self.kinds:
+            if kind == "secret":
+                text = self._sub(kind, _SECRET_RE, self._secret, text, counts)
+            elif kind == "email":
+                if "@" in text:
+                    text = self._sub(kind, _EMAIL_RE, self._email, text, counts)
+            elif not has_digit:
+                continue
+            elif kind == "id":
+                text = self._sub(kind, _ID_RE, self._id, text, counts)
+            elif kind == "card":
+                text = self._sub(kind, _CARD_RE, self._card, text, counts)
+            elif kind == "phone":
+                text = self._sub(kind, _PHONE_RE, self._phone, text, counts)
+            elif kind == "ip":
+                if "." in text:
+                    text = self._sub(kind, _IP_RE, self._ip, text, counts)
+        return MaskResult(text, counts)
+
+
+_HAS_DIGIT = re.compile(r"[0-9]").search
+
+#: The default masker (all kinds).
+DEFAULT_MASKER = PiiMasker()
+
+
+def mask(text: str | None) -> MaskResult:
+    """Mask all PII kinds in ``text`` with the default masker."""
+    return DEFAULT_MASKER.mask(text)
+
+
+def contains_placeholder(text: str) -> bool:
+    """True when ``text`` carries one of the placeholders (a masked string)."""
+    return _PLACEHOLDER_RE.search(text) is not None
