@@ -1,0 +1,173 @@
+"""KPIs and breakdowns over in-memory frames of turns and feedback (the JSON-lines source).
+
+``turns``: one row per session record, sorted by ``time`` (datetime64[ms, UTC]), columns
+``session_id, request_id, model_version, status, turn_index, latency_ms, ttft_ms,
+input_tokens, output_tokens, cost_usd``. ``feedback``: ``time, request_id, session_id, rating``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .base import (QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms)
+
+FAILED = ("error", "aborted", "truncated", "rejected")
+
+
+def _ts(t) -> pd.Timestamp:
+    ts = pd.Timestamp(t)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _ms(col: pd.Series) -> np.ndarray:
+    """Epoch milliseconds of a tz-aware datetime column, as int64."""
+    return np.asarray(col.dt.as_unit("ms").array.asi8)
+
+
+def _pct(s: pd.Series, q: float) -> float | None:
+    s = s.dropna()
+    if s.empty:
+        return None
+    return float(np.percentile(s.to_numpy(dtype="float64"), q * 100.0))
+
+
+class FrameAnalytics:
+    """Everything :class:`~dashboards.data.base.LogSource` needs, computed with pandas."""
+
+    name = "frame"
+
+    # subclasses provide these two
+    def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+    def _window(self, w: Window) -> pd.DataFrame:
+        turns, _ = self.frames()
+        if turns.empty:
+            return turns
+        t = _ms(turns["time"])
+        lo = np.searchsorted(t, _ts(w.start).value // 1_000_000, "left")
+        hi = np.searchsorted(t, _ts(w.end).value // 1_000_000, "left")
+        return turns.iloc[lo:hi]
+
+    def _rated(self, rating: str) -> pd.Index:
+        _, fb = self.frames()
+        if fb.empty:
+            return pd.Index([], dtype=object)
+        ids = fb.loc[fb["rating"] == rating, "request_id"].dropna()
+        return pd.Index(ids.unique())
+
+    def _completed_mask(self, df: pd.DataFrame) -> pd.Series:
+        down = self._rated("down")
+        ok = df["status"] == "completed"
+        if len(down):
+            ok &= ~df["request_id"].isin(down)
+        return ok
+
+    # ------------------------------------------------------------------ KPIs
+    def kpis(self, w: Window) -> Kpis:
+        df = self._window(w)
+        k = Kpis(seconds=w.seconds)
+        if df.empty:
+            return k
+        done = self._completed_mask(df)
+        k.requests = int(len(df))
+        k.completed = int(done.sum())
+        per_session = done.groupby(df["session_id"].to_numpy(), sort=False).all()
+        k.sessions = int(len(per_session))
+        k.completed_dialogues = int(per_session.sum())
+        k.input_tokens = int(df["input_tokens"].sum())
+        k.output_tokens = int(df["output_tokens"].sum())
+        k.cost_usd = float(df["cost_usd"].sum())
+        k.busy_s = float(df["latency_ms"].sum()) / 1000.0
+        k.rated_up = int(df["request_id"].isin(self._rated("up")).sum())
+        k.rated_down = int(df["request_id"].isin(self._rated("down")).sum())
+        k.statuses = {str(s): int(n) for s, n in df["status"].value_counts().items() if n}
+        ttft = df["ttft_ms"].dropna().to_numpy(dtype="float64")
+        e2e = df["latency_ms"].dropna().to_numpy(dtype="float64")
+        if len(ttft):
+            k.ttft_p50, k.ttft_p95, k.ttft_p99 = (float(x) for x in np.percentile(ttft, [50, 95, 99]))
+        if len(e2e):
+            k.e2e_p50, k.e2e_p95, k.e2e_p99 = (float(x) for x in np.percentile(e2e, [50, 95, 99]))
+        return k
+
+    def series(self, w: Window, interval_s: int) -> pd.DataFrame:
+        df = self._window(w)
+        if df.empty:
+            return pd.DataFrame(columns=SERIES_COLUMNS)
+        ms = _ms(df["time"])
+        step = int(interval_s) * 1000
+        bucket = (ms // step) * step
+        g = df.assign(_b=bucket, _done=self._completed_mask(df).to_numpy()).groupby("_b", sort=True)
+        out = pd.DataFrame({
+            "requests": g.size(),
+            "completed": g["_done"].sum(),
+            "input_tokens": g["input_tokens"].sum(),
+            "output_tokens": g["output_tokens"].sum(),
+            "cost_usd": g["cost_usd"].sum(),
+            "busy_s": g["latency_ms"].sum() / 1000.0,
+        })
+        for col, name in (("ttft_ms", "ttft"), ("latency_ms", "e2e")):
+            q = g[col].quantile([0.5, 0.95, 0.99]).unstack()
+            for qq, suffix in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+                out[f"{name}_{suffix}"] = q[qq] if qq in q else np.nan
+        out = out.reset_index(names="_b")
+        out.insert(0, "time", pd.to_datetime(out.pop("_b"), unit="ms", utc=True))
+        return out[SERIES_COLUMNS]
+
+    def histogram(self, w: Window, field: str) -> pd.DataFrame:
+        edges = histogram_edges_ms()
+        vals = self._window(w)[field].dropna().to_numpy(dtype="float64")
+        bounds = edges + [np.inf]
+        counts, _ = np.histogram(vals, bins=bounds)
+        return pd.DataFrame({"lo_ms": bounds[:-1], "hi_ms": bounds[1:], "count": counts.astype(int)})
+
+    def slowest(self, w: Window, field: str, n: int = 20) -> pd.DataFrame:
+        df = self._window(w)
+        if df.empty:
+            return pd.DataFrame(columns=TURN_COLUMNS)
+        return df.nlargest(n, field)[TURN_COLUMNS].reset_index(drop=True)
+
+    def quality_by_model(self, w: Window) -> pd.DataFrame:
+        df = self._window(w)
+        if df.empty:
+            return pd.DataFrame(columns=QUALITY_COLUMNS)
+        d = df.assign(_done=self._completed_mask(df).to_numpy(),
+                      _ref=(df["status"] == "refused").to_numpy(),
+                      _fail=df["status"].isin(FAILED).to_numpy(),
+                      _up=df["request_id"].isin(self._rated("up")).to_numpy(),
+                      _down=df["request_id"].isin(self._rated("down")).to_numpy())
+        d["model_version"] = d["model_version"].astype(str)
+        g = d.groupby("model_version", sort=True)
+        dial = d.groupby(["model_version", "session_id"], sort=False)["_done"].all().groupby(level=0)
+        out = pd.DataFrame({
+            "turns": g.size(), "completed": g["_done"].sum(), "refused": g["_ref"].sum(),
+            "failed": g["_fail"].sum(), "rated_up": g["_up"].sum(), "rated_down": g["_down"].sum(),
+            "sessions": dial.size(), "completed_dialogues": dial.sum(),
+        }).reset_index()
+        return out[QUALITY_COLUMNS].astype({c: int for c in QUALITY_COLUMNS[1:]})
+
+    def completion_by_turn(self, w: Window, cap: int = 10) -> pd.DataFrame:
+        df = self._window(w)
+        if df.empty:
+            return pd.DataFrame(columns=["turn_index", "turns", "completed"])
+        d = df.assign(_done=self._completed_mask(df).to_numpy(),
+                      _ti=df["turn_index"].clip(upper=cap).to_numpy())
+        g = d.groupby("_ti", sort=True)
+        out = pd.DataFrame({"turns": g.size(), "completed": g["_done"].sum()}).reset_index(names="turn_index")
+        return out.astype(int)
+
+    def models(self, w: Window) -> list[str]:
+        df = self._window(w)
+        return sorted(map(str, df["model_version"].dropna().unique())) if not df.empty else []
+
+    def _filter(self, w: Window, session: str, models, statuses) -> pd.DataFrame:
+        df = self._window(w)
+        if session:
+            df = df[df["session_id"].astype(str).str.contains(session, regex=False) |
+                    df["request_id"].astype(str).str.contains(session, regex=False)]
+        if models:
+            df = df[df["model_version"].isin(models)]
+        if statuses:
+            df = df[df["status"].isin(statuses)]
+        return df
