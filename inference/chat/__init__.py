@@ -1,1 +1,2 @@
-"""seekwatch part: see README and docs/."""
+"""The chat endpoint family: ``protocol`` (request/response models), ``api_router`` (HTTP
+only) and ``serving`` (the logic), after vLLM's OpenAI server layout."""

@@ -1,0 +1,163 @@
+"""Builds the node's ASGI app: engine, chat service, observer, middleware and routes.
+
+The engine loads in the background after start-up, so ``/healthz`` answers at once and
+``/readyz`` (and every chat request) says 503 until the model is ready.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import HTTPException
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from inference.auth import ApiKeys
+from inference.chat.api_router import router as chat_router
+from inference.chat.serving import ChatService
+from inference.config import NodeConfig
+from inference.engine.base import Engine, EngineError
+from inference.http_errors import InvalidRequest, engine_error_response, error_response
+from inference.limits import BodySizeLimit, BodyTooLarge
+from inference.system_router import router as system_router
+from inference.turns import NullObserver, TurnObserver
+
+log = logging.getLogger("seekwatch.node")
+
+
+def build_engine(config: NodeConfig) -> Engine:
+    if config.engine == "upstream":
+        import os
+
+        from inference.engine.upstream import UpstreamEngine
+
+        return UpstreamEngine(config.upstream_url, api_key=os.environ.get(config.upstream_api_key_env),
+                              model=config.upstream_model, max_batch=config.max_batch,
+                              max_queue=config.max_queue, model_version=config.model_version)
+    from inference.engine.transformers_cb import TransformersEngine
+
+    return TransformersEngine(config.model, device=config.device, dtype=config.dtype,
+                              max_batch=config.max_batch, max_queue=config.max_queue,
+                              max_model_len=config.max_model_len, model_version=config.model_version)
+
+
+def build_observer(config: NodeConfig, registry, engine: Engine) -> TurnObserver:
+    if not config.instrumentation:
+        return NullObserver()
+    try:
+        from inference.instrumentation import NodeInstrumentation
+    except ImportError:  # instrumentation not built in this checkout yet
+        return NullObserver()
+    return NodeInstrumentation.from_config(config, registry, engine)
+
+
+def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
+    from prometheus_client import CollectorRegistry
+
+    engine = engine or build_engine(config)
+    registry = CollectorRegistry()
+    observer = build_observer(config, registry, engine)
+    keys = ApiKeys.load(config.api_key_file, config.api_keys_env)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async def load():
+            try:
+                await engine.start()
+                log.info("engine ready: %s", engine.model_version)
+            except Exception as exc:  # reported on /readyz and in the log, node stays up
+                app.state.load_error = f"{exc.__class__.__name__}: {exc}"
+                log.exception("engine failed to start")
+
+        task = asyncio.create_task(load())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await engine.stop()
+            close = getattr(observer, "close", None)
+            if close:
+                close()
+
+    async def require_key(request: Request) -> None:
+        if not keys.check(request.headers.get("authorization")):
+            raise HTTPException(401, "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.")
+
+    app = FastAPI(title="seekwatch node", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible DeepSeek chat node with Prometheus metrics and masked session logs.")
+    app.state.engine = engine
+    app.state.registry = registry
+    app.state.observer = observer
+    app.state.config = config
+    app.state.load_error = None
+    app.state.started_at = int(time.time())
+    app.state.chat = ChatService(engine, config.model_names(), observer,
+                                 default_temperature=config.default_temperature)
+
+    protected = [Depends(require_key)]
+    app.include_router(chat_router, dependencies=protected)
+    app.include_router(system_router)
+    for extra in ("inference.feedback_router", "inference.billing_router"):
+        try:
+            module = __import__(extra, fromlist=["router"])
+        except ImportError:
+            continue
+        app.include_router(module.router, dependencies=protected)
+    _engine_state_metrics(registry, engine)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid(request: Request, exc: InvalidRequest):
+        observer.on_invalid_request(exc.status_code)
+        return error_response(exc.status_code, str(exc), code=exc.code, param=exc.param)
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, exc: BodyTooLarge):
+        observer.on_invalid_request(413)
+        return error_response(413, str(exc), code="request_too_large", headers={"Connection": "close"})
+
+    @app.exception_handler(EngineError)
+    async def _engine(request: Request, exc: EngineError):
+        return engine_error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 401:
+            return error_response(401, str(exc.detail), "invalid_request_error", "invalid_api_key")
+        if exc.status_code == 404:
+            return error_response(404, f"No route {request.method} {request.url.path}.", code="not_found")
+        if exc.status_code == 405:
+            return error_response(405, f"Method {request.method} is not allowed on {request.url.path}.",
+                                  code="method_not_allowed")
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(500, "The server hit an internal error; it has been logged.", "server_error")
+
+    app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_credentials=False,
+                       allow_methods=["GET", "POST", "OPTIONS"],
+                       # "*" echoes the requested headers back, Authorization included (a literal
+                       # "*" would not cover Authorization in browsers).
+                       allow_headers=["*"],
+                       expose_headers=["X-Request-Id", "X-Session-Id", "Retry-After"], max_age=600)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    return app
+
+
+def _engine_state_metrics(registry, engine: Engine) -> None:
+    """Running and waiting requests, read from the engine at scrape time."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from contracts import metrics as names
+
+    class EngineStateCollector:
+        def collect(self):
+            state = engine.state()
+            yield GaugeMetricFamily(names.REQUESTS_RUNNING, "Requests in the running batch.", value=state.running)
+            yield GaugeMetricFamily(names.REQUESTS_WAITING, "Requests waiting for a batch slot.", value=state.waiting)
+
+    registry.register(EngineStateCollector())

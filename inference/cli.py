@@ -1,0 +1,78 @@
+"""``seekwatch serve``: run the instrumented OpenAI-compatible node."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from contracts.config import ConfigError
+
+
+def add_parser(subparsers, name: str, help_text: str) -> None:
+    p = subparsers.add_parser(name, help=help_text, description=help_text,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", metavar="DIR", help="local model folder (from_pretrained); required for --engine transformers")
+    p.add_argument("--served-model-name", metavar="NAME", nargs="+", action="extend", default=[],
+                   help="names clients may ask for (several allowed); default: the folder name, deepseek-chat, deepseek-reasoner")
+    p.add_argument("--model-version", help="model_version written into each log record (default: the folder name)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--engine", choices=["transformers", "upstream"], default="transformers")
+    p.add_argument("--upstream-url", metavar="URL", help="OpenAI-compatible base URL for --engine upstream, e.g. http://vllm:8000/v1")
+    p.add_argument("--upstream-model", help="model name to ask the upstream for (default: the client's)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
+    p.add_argument("--max-batch", type=int, default=32, help="requests decoded together")
+    p.add_argument("--max-queue", type=int, default=128, help="requests allowed to wait; more get 429")
+    p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request bodies over this get 413")
+    p.add_argument("--api-key-file", metavar="F", help="file with one API key per line; also $SEEKWATCH_API_KEYS (comma-separated)")
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
+                   help="allowed browser origin (repeatable; default: any)")
+    p.add_argument("--log-dir", default="./var/log", help="session log folder (JSON lines)")
+    p.add_argument("--cost-config", metavar="FILE", help="cost model YAML (default: the seed's table 5.2)")
+    p.add_argument("--no-instrumentation", dest="instrumentation", action="store_false",
+                   help="no metrics, no session log (for the overhead benchmark)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from inference.config import NodeConfig
+
+    if args.engine == "transformers":
+        if not args.model:
+            raise ConfigError("--model DIR is required with --engine transformers")
+        if not os.path.isdir(args.model):
+            raise ConfigError(f"--model {args.model}: no such folder (make one with: seekwatch make-tiny-model DIR)")
+        if not os.path.exists(os.path.join(args.model, "config.json")):
+            raise ConfigError(f"--model {args.model}: no config.json in the folder; is it a transformers model?")
+    elif not args.upstream_url:
+        raise ConfigError("--upstream-url URL is required with --engine upstream")
+    for flag in ("max_batch", "max_queue", "max_body_bytes"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
+    return NodeConfig(
+        model=args.model, served_model_names=args.served_model_name, model_version=args.model_version,
+        host=args.host, port=args.port, engine=args.engine, upstream_url=args.upstream_url,
+        upstream_model=args.upstream_model, device=args.device, dtype=args.dtype,
+        max_batch=args.max_batch, max_queue=args.max_queue, max_model_len=args.max_model_len,
+        max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file,
+        cors_origins=args.cors_origins or ["*"], log_dir=args.log_dir,
+        instrumentation=args.instrumentation, cost_config=args.cost_config,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from inference.app import create_app
+
+    config = config_from_args(args)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(config)
+    print(f"seekwatch node on http://{config.host}:{config.port} (OpenAI base URL http://{config.host}:{config.port}/v1)", flush=True)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level,
+                timeout_graceful_shutdown=10, access_log=False)
+    return 0

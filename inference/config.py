@@ -1,0 +1,44 @@
+"""The node's settings, filled from ``seekwatch serve`` flags (and usable from Python)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class NodeConfig:
+    model: str | None = None
+    served_model_names: list[str] = field(default_factory=list)
+    model_version: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    engine: str = "transformers"            # transformers | upstream
+    upstream_url: str | None = None
+    upstream_model: str | None = None
+    upstream_api_key_env: str = "SEEKWATCH_UPSTREAM_API_KEY"
+    device: str = "auto"
+    dtype: str = "auto"
+    max_batch: int = 32
+    max_queue: int = 128
+    max_model_len: int | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    api_key_file: str | None = None
+    api_keys_env: str = "SEEKWATCH_API_KEYS"
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    log_dir: str = "./var/log"
+    instrumentation: bool = True
+    cost_config: str | None = None
+    default_temperature: float = 0.7
+
+    def model_names(self) -> list[str]:
+        """Names the node answers to. NextChat asks for titles as ``deepseek-chat`` whatever
+        ``deepseek-*`` model the user picked, so that alias is always in the default set."""
+        if self.served_model_names:
+            return list(dict.fromkeys(self.served_model_names))
+        names = []
+        if self.model:
+            from pathlib import Path
+            names.append(Path(self.model).name)
+        if self.upstream_model:
+            names.append(self.upstream_model)
+        names += ["deepseek-chat", "deepseek-reasoner"]
+        return list(dict.fromkeys(names))

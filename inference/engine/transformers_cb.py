@@ -1,0 +1,361 @@
+"""In-process engine on torch + transformers, with continuous batching.
+
+Why our own scheduler: transformers' continuous-batching manager (``generate_batch``) shares
+one generation config across its batch and targets CUDA paged attention, while the node must
+honour each request's own sampling settings and run on the CPU for CI and the demo. The loop
+below works with any causal LM that accepts a ``DynamicCache``:
+
+* one engine thread owns the model; requests arrive through a lock-protected list and leave
+  through each request's asyncio queue (``call_soon_threadsafe``), so the event loop never
+  runs a forward pass;
+* between two decode steps, waiting requests are prefilled (at most ``max_prefill_per_step``
+  per step, so a burst of arrivals cannot stall running streams) and join the batch;
+* the batch keeps one key/value tensor per layer, left-padded so that every row ends at the
+  same column; a 2-D attention mask hides the padding and explicit ``position_ids`` keep
+  each row's own positions, so a joined row computes exactly what it would alone;
+* rows that finish or whose client went away leave at once, and fully padded leading
+  columns are trimmed.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterator
+
+import torch
+
+from inference.engine.base import (
+    ContextLengthExceeded, Engine, EngineError, EngineNotReady, EngineOutput, EngineState,
+    GenerationRequest, QueueFull, SamplingParams,
+)
+from inference.engine.detokenizer import IncrementalDetokenizer, StopMatcher
+from inference.engine.sampling import sample_next_tokens
+
+log = logging.getLogger("seekwatch.engine")
+
+
+@dataclass(eq=False)
+class _Sequence:
+    request_id: str
+    prompt_ids: list[int]
+    sampling: SamplingParams
+    max_new_tokens: int
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+    arrival: float = field(default_factory=time.monotonic)
+    generated: list[int] = field(default_factory=list)
+    cancelled: bool = False
+    done: bool = False
+
+
+class _Shutdown(EngineError):
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "shutting_down"
+
+
+def _pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class TransformersEngine(Engine):
+    """Loads a local model folder with ``from_pretrained`` and serves it with continuous batching."""
+
+    def __init__(self, model_dir: str | os.PathLike, *, device: str | None = None,
+                 dtype: str | None = None, max_batch: int = 32, max_queue: int = 128,
+                 max_model_len: int | None = None, max_prefill_per_step: int = 4,
+                 model_version: str | None = None):
+        self.model_dir = Path(model_dir)
+        self.device = _pick_device(device)
+        self.dtype_name = dtype or "auto"
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self._max_model_len = max_model_len
+        self.max_prefill_per_step = max_prefill_per_step
+        self._model_version = model_version or self.model_dir.name
+        self.model = None
+        self.tokenizer = None
+        self._ready = False
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._incoming: list[_Sequence] = []
+        self._waiting: deque[_Sequence] = deque()
+        self._running: list[_Sequence] = []
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._cancelled_total = 0
+        self._finished_total = 0
+        # Batch state (engine thread only).
+        self._kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._mask: torch.Tensor | None = None
+        self._positions: torch.Tensor | None = None
+        self._last_tokens: torch.Tensor | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @property
+    def model_version(self) -> str:
+        return self._model_version
+
+    @property
+    def max_model_len(self) -> int | None:
+        return self._max_model_len
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+        self._thread = threading.Thread(target=self._loop, name="seekwatch-engine", daemon=True)
+        self._thread.start()
+        self._ready = True
+
+    def _load(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.dtype_name == "auto":
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            dtype = getattr(torch, self.dtype_name)
+        t0 = time.monotonic()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device)
+        self.model.eval()
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        cfg_len = getattr(self.model.config, "max_position_embeddings", None) or 4096
+        self._max_model_len = min(self._max_model_len or cfg_len, cfg_len)
+        eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_token_ids = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
+        template = getattr(self.tokenizer, "chat_template", None) or ""
+        self.reasoning = "<think>" in str(template)
+        with torch.inference_mode():  # warm-up: first request should not pay for lazy init
+            self.model(input_ids=torch.tensor([[self.eos_token_ids[0]]], device=self.device))
+        log.info("loaded %s on %s (%s) in %.1fs", self.model_dir, self.device, dtype, time.monotonic() - t0)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+        self._ready = False
+
+    def state(self) -> EngineState:
+        with self._lock:
+            waiting = len(self._incoming) + len(self._waiting)
+        return EngineState(ready=self._ready, running=len(self._running), waiting=waiting,
+                           max_batch=self.max_batch, max_queue=self.max_queue,
+                           cancelled_total=self._cancelled_total, finished_total=self._finished_total)
+
+    # -- request side (event loop) -----------------------------------------------------
+    def encode_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineOutput]:
+        if not self._ready or self._stopping:
+            raise EngineNotReady("the model is still loading; retry shortly")
+        prompt_ids = self.encode_prompt(request.messages)
+        limit = self._max_model_len
+        if len(prompt_ids) >= limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens, but the messages "
+                f"take {len(prompt_ids)} tokens. Shorten the conversation or start a new one.")
+        room = limit - len(prompt_ids)
+        sp = request.sampling
+        max_new = min(sp.max_tokens, room) if sp.max_tokens else room
+        seq = _Sequence(request.request_id, prompt_ids, sp, max_new,
+                        asyncio.get_running_loop(), asyncio.Queue())
+        with self._lock:
+            if len(self._incoming) + len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"the server is at capacity ({self.max_queue} requests waiting); retry shortly")
+            self._incoming.append(seq)
+        self._wake.set()
+        return self._stream(seq)
+
+    async def _stream(self, seq: _Sequence) -> AsyncIterator[EngineOutput]:
+        detok = IncrementalDetokenizer(self.tokenizer)
+        stops = StopMatcher(seq.sampling.stop)
+        n_prompt, n_gen, first = len(seq.prompt_ids), 0, True
+        try:
+            while True:
+                item = await seq.queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                token, finish, queue_s = item
+                n_gen += 1
+                text = stops.feed(detok.add([token]))
+                if finish is not None:
+                    text += stops.feed(detok.flush()) + stops.flush()
+                if stops.stopped:
+                    finish = "stop"
+                out = EngineOutput(text=text, finish_reason=finish, prompt_tokens=n_prompt,
+                                   completion_tokens=n_gen, queue_s=queue_s if first else None)
+                first = False
+                if text or finish is not None or out.queue_s is not None:
+                    yield out
+                if finish is not None:
+                    return
+        finally:
+            if not seq.done:
+                seq.cancelled = True
+                self._wake.set()
+
+    # -- engine thread -----------------------------------------------------------------
+    def _emit(self, seq: _Sequence, item) -> None:
+        try:
+            seq.loop.call_soon_threadsafe(seq.queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (shutdown)
+            seq.cancelled = True
+
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while not self._stopping:
+                self._wake.clear()
+                try:
+                    self._drop_cancelled()
+                    self._admit()
+                    if not self._running:
+                        with self._lock:
+                            idle = not self._incoming and not self._waiting
+                        if idle:
+                            self._wake.wait()
+                        continue
+                    self._decode_step()
+                except Exception as exc:  # a failed step fails its batch, not the node
+                    log.exception("engine step failed")
+                    for seq in list(self._running):
+                        seq.done = True
+                        self._emit(seq, EngineError(f"generation failed: {exc}"))
+                    self._reset_batch()
+        for seq in self._running + list(self._waiting) + self._incoming:
+            self._emit(seq, _Shutdown("the server is shutting down"))
+
+    def _reset_batch(self) -> None:
+        self._running, self._kv = [], []
+        self._mask = self._positions = self._last_tokens = None
+
+    def _admit(self) -> None:
+        with self._lock:
+            self._waiting.extend(self._incoming)
+            self._incoming.clear()
+        admitted = 0
+        while self._waiting and len(self._running) < self.max_batch and admitted < self.max_prefill_per_step:
+            seq = self._waiting.popleft()
+            if seq.cancelled:
+                self._cancelled_total += 1
+                continue
+            self._prefill(seq)
+            admitted += 1
+
+    def _prefill(self, seq: _Sequence) -> None:
+        from transformers import DynamicCache
+
+        queue_s = time.monotonic() - seq.arrival
+        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, use_cache=True, **{self._cache_kw: cache}, **self._keep_kw)
+        token = int(sample_next_tokens(out.logits[:, -1, :], [seq.sampling], [[]], self.eos_token_ids)[0])
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self._join_batch(seq, kv, len(seq.prompt_ids), token)
+        self._after_token(seq, token, queue_s)
+        if seq.done:
+            self._remove_rows([len(self._running) - 1])
+
+    def _join_batch(self, seq: _Sequence, kv, length: int, token: int) -> None:
+        dev = self.device
+        row_mask = torch.ones((1, length), dtype=torch.long, device=dev)
+        if not self._running:
+            self._kv, self._mask = kv, row_mask
+            self._positions = torch.tensor([length], device=dev)
+            self._last_tokens = torch.tensor([token], device=dev)
+        else:
+            width = self._mask.shape[1]
+            if length < width:
+                pad = width - length
+                kv = [(_pad_left(k, pad), _pad_left(v, pad)) for k, v in kv]
+                row_mask = torch.nn.functional.pad(row_mask, (pad, 0))
+            elif length > width:
+                pad = length - width
+                self._kv = [(_pad_left(k, pad), _pad_left(v, pad)) for k, v in self._kv]
+                self._mask = torch.nn.functional.pad(self._mask, (pad, 0))
+            self._kv = [(torch.cat([k0, k1]), torch.cat([v0, v1])) for (k0, v0), (k1, v1) in zip(self._kv, kv)]
+            self._mask = torch.cat([self._mask, row_mask])
+            self._positions = torch.cat([self._positions, torch.tensor([length], device=dev)])
+            self._last_tokens = torch.cat([self._last_tokens, torch.tensor([token], device=dev)])
+        self._running.append(seq)
+
+    def _after_token(self, seq: _Sequence, token: int, queue_s: float | None = None) -> None:
+        seq.generated.append(token)
+        sp = seq.sampling
+        finish = None
+        if token in self.eos_token_ids and not sp.ignore_eos and len(seq.generated) > sp.min_tokens:
+            finish = "stop"
+        elif len(seq.generated) >= seq.max_new_tokens:
+            finish = "length"
+        if finish is not None:
+            seq.done = True
+            self._finished_total += 1
+        self._emit(seq, (token, finish, queue_s))
+
+    def _decode_step(self) -> None:
+        from transformers import DynamicCache
+
+        batch = len(self._running)
+        mask = torch.cat([self._mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], dim=1)
+        cache = DynamicCache(ddp_cache_data=self._kv)
+        out = self.model(input_ids=self._last_tokens.view(batch, 1),
+                         position_ids=self._positions.view(batch, 1), attention_mask=mask,
+                         use_cache=True, **{self._cache_kw: cache}, **self._keep_kw)
+        self._kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self._mask = mask
+        self._positions = self._positions + 1
+        tokens = sample_next_tokens(out.logits[:, -1, :], [s.sampling for s in self._running],
+                                    [s.generated for s in self._running], self.eos_token_ids)
+        self._last_tokens = tokens.to(self.device)
+        finished = []
+        for i, (seq, token) in enumerate(zip(self._running, tokens.tolist())):
+            self._after_token(seq, token)
+            if seq.done:
+                finished.append(i)
+        if finished:
+            self._remove_rows(finished)
+
+    def _drop_cancelled(self) -> None:
+        gone = [i for i, s in enumerate(self._running) if s.cancelled and not s.done]
+        if gone:
+            self._cancelled_total += len(gone)
+            for i in gone:
+                self._running[i].done = True
+            self._remove_rows(gone)
+
+    def _remove_rows(self, rows: list[int]) -> None:
+        drop = set(rows)
+        keep = [i for i in range(len(self._running)) if i not in drop]
+        if not keep:
+            self._reset_batch()
+            return
+        idx = torch.tensor(keep, device=self.device)
+        self._running = [self._running[i] for i in keep]
+        self._kv = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self._kv]
+        self._mask = self._mask.index_select(0, idx)
+        self._positions = self._positions.index_select(0, idx)
+        self._last_tokens = self._last_tokens.index_select(0, idx)
+        # Trim leading columns that are padding in every remaining row.
+        lead = int((self._mask.cumsum(dim=1) == 0).all(dim=0).sum())
+        if lead:
+            self._mask = self._mask[:, lead:]
+            self._kv = [(k[:, :, lead:], v[:, :, lead:]) for k, v in self._kv]
+
+
+def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Pad a [batch, heads, seq, dim] cache tensor with ``n`` zero columns on the left."""
+    return torch.nn.functional.pad(t, (0, 0, n, 0))

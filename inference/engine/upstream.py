@@ -1,0 +1,166 @@
+"""Engine that streams through to any OpenAI-compatible server (vLLM, SGLang, the DeepSeek API).
+
+Teams that outgrow one in-process node keep the same instrumentation: the node in front still
+measures latency and TTFT as its clients see them, masks and logs every turn, and counts
+everything, while the upstream does the generating.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import AsyncIterator
+
+import httpx
+
+from inference.engine.base import (
+    Engine, EngineOutput, EngineState, GenerationRequest, QueueFull, UpstreamError,
+)
+
+_CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count when the upstream reports no usage: one per CJK character, one per
+    four other characters. Only used as a fallback, and documented as such."""
+    cjk = len(_CJK.findall(text))
+    return cjk + (len(text) - cjk + 3) // 4
+
+
+class UpstreamEngine(Engine):
+    def __init__(self, base_url: str, *, api_key: str | None = None, model: str | None = None,
+                 max_batch: int = 256, max_queue: int = 1024, timeout_s: float = 600.0,
+                 model_version: str | None = None, verify: bool | str = True):
+        base = base_url.rstrip("/")
+        self.url = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+        self.api_key = api_key
+        self.upstream_model = model
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.timeout_s = timeout_s
+        self.verify = verify
+        self._model_version = model_version or (model or "upstream")
+        self._client: httpx.AsyncClient | None = None
+        self._in_flight = 0
+        self._finished = 0
+        self._cancelled = 0
+        self.reasoning = True  # passed through when the upstream sends reasoning_content
+
+    @property
+    def model_version(self) -> str:
+        return self._model_version
+
+    async def start(self) -> None:
+        limits = httpx.Limits(max_connections=self.max_batch + self.max_queue, max_keepalive_connections=64)
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=10.0),
+                                         limits=limits, verify=self.verify)
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def state(self) -> EngineState:
+        running = min(self._in_flight, self.max_batch)
+        return EngineState(ready=self._client is not None, running=running,
+                           waiting=self._in_flight - running, max_batch=self.max_batch,
+                           max_queue=self.max_queue, cancelled_total=self._cancelled,
+                           finished_total=self._finished)
+
+    def _payload(self, request: GenerationRequest) -> dict:
+        sp = request.sampling
+        body: dict = {
+            "model": self.upstream_model or request.model,
+            "messages": request.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": sp.temperature,
+            "top_p": sp.top_p,
+        }
+        if sp.max_tokens is not None:
+            body["max_tokens"] = sp.max_tokens
+        if sp.stop:
+            body["stop"] = list(sp.stop)
+        if sp.presence_penalty:
+            body["presence_penalty"] = sp.presence_penalty
+        if sp.frequency_penalty:
+            body["frequency_penalty"] = sp.frequency_penalty
+        if sp.ignore_eos:
+            body["ignore_eos"] = True
+        if sp.min_tokens:
+            body["min_tokens"] = sp.min_tokens
+        if sp.seed is not None:
+            body["seed"] = sp.seed
+        if request.user:
+            body["user"] = request.user
+        return body
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineOutput]:
+        if self._client is None:
+            from inference.engine.base import EngineNotReady
+            raise EngineNotReady("the upstream client is not started")
+        if self._in_flight >= self.max_batch + self.max_queue:
+            raise QueueFull(f"the server is at capacity ({self.max_queue} requests waiting); retry shortly")
+        headers = {"Accept": "text/event-stream"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        self._in_flight += 1
+        t0 = time.monotonic()
+        try:
+            req = self._client.build_request("POST", self.url, json=self._payload(request), headers=headers)
+            resp = await self._client.send(req, stream=True)
+        except httpx.HTTPError as exc:
+            self._in_flight -= 1
+            raise UpstreamError(f"upstream {self.url} unreachable: {exc.__class__.__name__}", 502) from None
+        if resp.status_code != 200:
+            body = (await resp.aread()).decode("utf-8", "replace")
+            await resp.aclose()
+            self._in_flight -= 1
+            try:
+                err = json.loads(body).get("error", {})
+                message, code = err.get("message") or body[:200], err.get("code")
+            except (ValueError, AttributeError):
+                message, code = body[:200], None
+            status = resp.status_code if resp.status_code in (400, 404, 413, 429) else 502
+            raise UpstreamError(f"upstream answered {resp.status_code}: {message}", status, code)
+        return self._stream(resp, request, t0)
+
+    async def _stream(self, resp: httpx.Response, request: GenerationRequest, t0: float) -> AsyncIterator[EngineOutput]:
+        first, finish, usage = True, None, None
+        text_all = ""
+        prompt_est = estimate_tokens("".join(m.get("content") or "" for m in request.messages))
+        done = False
+        try:
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise UpstreamError(f"upstream error mid-stream: {chunk['error'].get('message')}", 502)
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    text = delta.get("content") or ""
+                    reasoning = delta.get("reasoning_content") or ""
+                    text_all += text + reasoning
+                    finish = choice.get("finish_reason") or finish
+                    if text or reasoning or first:
+                        yield EngineOutput(text=text, reasoning=reasoning, prompt_tokens=prompt_est,
+                                           completion_tokens=estimate_tokens(text_all),
+                                           queue_s=0.0 if first else None)
+                        first = False
+            prompt = usage.get("prompt_tokens", prompt_est) if usage else prompt_est
+            completion = usage.get("completion_tokens") if usage else None
+            done = True
+            yield EngineOutput(finish_reason=finish or "stop", prompt_tokens=prompt,
+                               completion_tokens=completion if completion is not None else estimate_tokens(text_all))
+        finally:
+            self._in_flight -= 1
+            if done:
+                self._finished += 1
+            else:
+                self._cancelled += 1
+            await resp.aclose()

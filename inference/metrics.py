@@ -1,0 +1,144 @@
+"""The node's Prometheus metrics, created on a registry the caller owns.
+
+Why a class over module globals: tests, the overhead benchmark (instrumentation on/off in
+one process) and the demo each need their own registry, and a module-level default
+registry would leak series between them. Every name comes from ``contracts.metrics`` so
+alert rules and dashboards cannot drift from the exposition.
+
+Cardinality rule: the only labels are ``status`` (6 values), ``rating`` (2), ``kind`` (6)
+and, on the GPU collector, ``gpu`` (one per device). A session id, user id or prompt never
+becomes a label. All label values are pre-initialised so each series exists at 0 from the
+first scrape — ``rate()`` and ``increase()`` then see the first event, and an alert on
+``log_dropped_total > 0`` has a series to evaluate.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from contracts import metrics as m
+
+#: Every label name the node's exposition may carry (the test asserts this).
+ALLOWED_LABELS = frozenset({"status", "rating", "kind", "gpu", "le"})
+
+
+def _base(name: str, suffix: str) -> str:
+    """prometheus-client appends the suffix itself; pass it the base name."""
+    return name[: -len(suffix)] if name.endswith(suffix) else name
+
+
+class NodeMetrics:
+    """Creates every node metric of DESIGN.md on ``registry`` and offers typed helpers.
+
+    The helpers are what the request path calls; each does a handful of lock-protected
+    float additions (no I/O, no allocation beyond label lookup of pre-bound children).
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.request_duration = Histogram(
+            m.REQUEST_DURATION, "End-to-end duration of a chat turn, request received to last byte.",
+            buckets=m.LATENCY_BUCKETS, registry=r)
+        self.time_to_first_token = Histogram(
+            m.TIME_TO_FIRST_TOKEN, "Time from request received to the first generated token.",
+            buckets=m.LATENCY_BUCKETS, registry=r)
+        self.time_per_output_token = Histogram(
+            m.TIME_PER_OUTPUT_TOKEN, "Mean inter-token time of a turn after its first token.",
+            buckets=m.TOKEN_LATENCY_BUCKETS, registry=r)
+        self.request_queue = Histogram(
+            m.REQUEST_QUEUE, "Time a request waited for a batch slot before generation began.",
+            buckets=m.LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            _base(m.REQUESTS_TOTAL, "_total"), "Chat turns by final status.", ["status"], registry=r)
+        self.prompt_tokens = Counter(
+            _base(m.PROMPT_TOKENS_TOTAL, "_total"), "Prompt (input) tokens processed.", registry=r)
+        self.generation_tokens = Counter(
+            _base(m.GENERATION_TOKENS_TOTAL, "_total"), "Tokens generated (output).", registry=r)
+        self.feedback = Counter(
+            _base(m.FEEDBACK_TOTAL, "_total"), "User feedback on turns, by rating.", ["rating"], registry=r)
+        self.pii_redactions = Counter(
+            _base(m.PII_REDACTIONS_TOTAL, "_total"), "PII items masked before logging, by kind.",
+            ["kind"], registry=r)
+        self.log_records = Counter(
+            _base(m.LOG_RECORDS_TOTAL, "_total"), "Session/feedback log records written to disk.",
+            registry=r)
+        self.log_dropped = Counter(
+            _base(m.LOG_DROPPED_TOTAL, "_total"),
+            "Log records that could not be kept (spill overflow or unwritten at shutdown); must stay 0.",
+            registry=r)
+        self.requests_running = Gauge(
+            m.REQUESTS_RUNNING, "Requests currently generating.", registry=r)
+        self.requests_waiting = Gauge(
+            m.REQUESTS_WAITING, "Requests queued for a batch slot.", registry=r)
+
+        # Pre-bind children: series exist at 0 and the hot path skips label lookup.
+        self._by_status = {s: self.requests.labels(status=s) for s in m.STATUSES}
+        self._by_rating = {r_: self.feedback.labels(rating=r_) for r_ in m.FEEDBACK_RATINGS}
+        self._by_kind = {k: self.pii_redactions.labels(kind=k) for k in m.PII_KINDS}
+
+    # ------------------------------------------------------------------ request path
+
+    def observe_turn(self, status: str, e2e_s: float | None, ttft_s: float | None,
+                     tpot_s: float | None, queue_s: float | None, prompt_tokens: int,
+                     gen_tokens: int) -> None:
+        """Record one finished turn.
+
+        ``status`` must be one of ``contracts.metrics.STATUSES`` (ValueError otherwise —
+        an unknown status would silently create a new series). Latency histograms are not
+        observed for ``rejected`` turns: they never reached the model, and their ~0 ms
+        would pull the P99 the alert reads downwards. ``None`` timings are skipped
+        (no token → no TTFT; one token → no TPOT).
+        """
+        counter = self._by_status.get(status)
+        if counter is None:
+            raise ValueError(f"unknown status {status!r}; expected one of {m.STATUSES}")
+        counter.inc()
+        if prompt_tokens:
+            self.prompt_tokens.inc(prompt_tokens)
+        if gen_tokens:
+            self.generation_tokens.inc(gen_tokens)
+        if status == "rejected":
+            return
+        if e2e_s is not None:
+            self.request_duration.observe(e2e_s)
+        if ttft_s is not None:
+            self.time_to_first_token.observe(ttft_s)
+        if tpot_s is not None:
+            self.time_per_output_token.observe(tpot_s)
+        if queue_s is not None:
+            self.request_queue.observe(queue_s)
+
+    def observe_feedback(self, rating: str) -> None:
+        """Count one feedback (``up`` / ``down``); ValueError for anything else."""
+        child = self._by_rating.get(rating)
+        if child is None:
+            raise ValueError(f"unknown rating {rating!r}; expected one of {m.FEEDBACK_RATINGS}")
+        child.inc()
+
+    def observe_redactions(self, counts: Mapping[str, int]) -> None:
+        """Add a per-kind count mapping (``MaskResult.counts`` / ``record['pii']['redactions']``)."""
+        for kind, n in counts.items():
+            if n:
+                child = self._by_kind.get(kind)
+                if child is None:
+                    raise ValueError(f"unknown PII kind {kind!r}")
+                child.inc(n)
+
+    def set_queue_depth(self, running: int, waiting: int) -> None:
+        """Set the running/waiting gauges (the scheduler calls this when they change)."""
+        self.requests_running.set(running)
+        self.requests_waiting.set(waiting)
+
+    # ------------------------------------------------------------------ session log
+
+    def observe_log_written(self, n: int = 1) -> None:
+        """Records durably handed to the OS by the session-log writer."""
+        if n:
+            self.log_records.inc(n)
+
+    def observe_log_dropped(self, n: int = 1) -> None:
+        """Records that truly could not be kept. Any increase is a bug or a full disk."""
+        if n:
+            self.log_dropped.inc(n)

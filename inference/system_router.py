@@ -1,0 +1,45 @@
+"""Routes for clients and operators that are not chat: model list, health, readiness, metrics."""
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    """OpenAI's model list: every served alias of the loaded model."""
+    created = request.app.state.started_at
+    return {"object": "list", "data": [
+        {"id": name, "object": "model", "created": created, "owned_by": "seekwatch"}
+        for name in request.app.state.chat.served_model_names]}
+
+
+@router.get("/healthz")
+async def healthz():
+    """Liveness: the process answers. Kubernetes restarts the pod when this fails."""
+    return {"status": "ok", "time": time.time()}
+
+
+@router.get("/readyz")
+async def readyz(request: Request):
+    """Readiness: the model is loaded and the engine accepts requests; also the engine's
+    running/waiting counts, which the tests use to see cancellation happen."""
+    state = request.app.state.engine.state()
+    body = {"ready": state.ready, "running": state.running, "waiting": state.waiting,
+            "max_batch": state.max_batch, "max_queue": state.max_queue,
+            "cancelled_total": state.cancelled_total, "finished_total": state.finished_total}
+    if request.app.state.load_error:
+        body["error"] = request.app.state.load_error
+    return JSONResponse(body, status_code=200 if state.ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request):
+    """Prometheus exposition of the node's registry."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
