@@ -1,0 +1,196 @@
+"""Run the bundled single-node OpenSearch (search-engine/, built by
+scripts/setup.d/30-search-engine.sh) as a child process: pick a port, keep its data in a
+directory, wait until it is healthy, stop it cleanly (SIGTERM, then SIGKILL after a grace).
+
+The launcher (``dev.seekwatch.engine.Launcher``) writes its URL to a "ready file" once its
+HTTP port answers, so the port can be 0 (the OS picks a free one) without a race.
+
+Only the standard library is imported here: ``seekwatch search-engine --help`` stays cheap.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+LAUNCHER_CLASS = "dev.seekwatch.engine.Launcher"
+JAR_NAME = "seekwatch-search-engine.jar"
+
+
+class EngineError(RuntimeError):
+    """The engine could not be found, started or stopped."""
+
+
+def default_build_dir() -> Path:
+    """``search-engine/target`` of this checkout, or ``$SEEKWATCH_SEARCH_ENGINE_DIR``."""
+    env = os.environ.get("SEEKWATCH_SEARCH_ENGINE_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "search-engine" / "target"
+
+
+def find_java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    if home and (Path(home) / "bin" / "java").exists():
+        return str(Path(home) / "bin" / "java")
+    java = shutil.which("java")
+    if not java:
+        raise EngineError("java not found: install a JDK 17 (Debian: openjdk-17-jre-headless)")
+    return java
+
+
+def classpath(build_dir: Path | None = None) -> str:
+    build = Path(build_dir) if build_dir else default_build_dir()
+    jar = build / JAR_NAME
+    lib = build / "lib"
+    if not jar.exists() or not lib.is_dir():
+        raise EngineError(
+            f"search engine not built ({jar} missing): run scripts/setup.d/30-search-engine.sh"
+        )
+    return f"{jar}{os.pathsep}{lib}/*"
+
+
+def http_get_json(url: str, timeout: float = 2.0) -> dict:
+    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
+        return json.loads(resp.read().decode("utf-8"))
+
+
+class SearchEngine:
+    """One single-node OpenSearch child process.
+
+    ``data_dir`` holds everything the node writes (``home/`` with config/logs and ``data/``
+    with the indices), so a restart on the same ``data_dir`` keeps the documents.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        port: int = 0,
+        heap: str = "512m",
+        max_heap: str | None = None,
+        build_dir: str | Path | None = None,
+        log_file: str | Path | None = None,
+        extra_settings: dict[str, str] | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = int(port)
+        self.heap = heap
+        self.max_heap = max_heap or heap
+        self.build_dir = Path(build_dir) if build_dir else None
+        self.log_path = Path(log_file) if log_file else self.data_dir / "engine.log"
+        self.extra_settings = dict(extra_settings or {})
+        self.proc: subprocess.Popen | None = None
+        self.url: str | None = None
+        self._log_fh = None
+
+    @property
+    def ready_file(self) -> Path:
+        return self.data_dir / "engine.url"
+
+    def command(self) -> list[str]:
+        cmd = [
+            find_java(),
+            f"-Xms{self.heap}",
+            f"-Xmx{self.max_heap}",
+            "-XX:+UseSerialGC" if os.environ.get("SEEKWATCH_ENGINE_SERIAL_GC") else "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            "-Dfile.encoding=UTF-8",
+            "-Dlog4j2.formatMsgNoLookups=true",
+            "-cp",
+            classpath(self.build_dir),
+            LAUNCHER_CLASS,
+            "--home", str(self.data_dir / "home"),
+            "--data", str(self.data_dir / "data"),
+            "--port", str(self.port),
+            "--ready-file", str(self.ready_file),
+        ]
+        for key, value in self.extra_settings.items():
+            cmd.append(f"-E{key}={value}")
+        return cmd
+
+    def start(self, timeout: float = 90.0) -> str:
+        """Start the node and block until it answers ``GET /`` and the cluster is at least
+        yellow. Returns the base URL."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise EngineError("engine already running")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ready_file.unlink(missing_ok=True)
+        self._log_fh = open(self.log_path, "ab")  # noqa: SIM115 - kept for the child's lifetime
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it cleanly
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise EngineError(
+                    f"search engine exited with status {self.proc.returncode} during start; "
+                    f"last log lines:\n{self.tail_log()}"
+                )
+            if self.ready_file.exists():
+                url = self.ready_file.read_text("utf-8").strip()
+                if url and self._healthy(url):
+                    self.url = url
+                    return url
+            time.sleep(0.2)
+        self.stop()
+        raise EngineError(f"search engine not healthy within {timeout:.0f}s; log:\n{self.tail_log()}")
+
+    def _healthy(self, url: str) -> bool:
+        try:
+            info = http_get_json(url + "/")
+            health = http_get_json(url + "/_cluster/health?wait_for_status=yellow&timeout=1s")
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
+        return bool(info.get("version")) and health.get("status") in ("green", "yellow")
+
+    def tail_log(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text("utf-8", errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace: float = 30.0) -> int | None:
+        """SIGTERM (the launcher's shutdown hook closes the node and flushes), then SIGKILL
+        after ``grace`` seconds. Returns the exit status."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+        self.ready_file.unlink(missing_ok=True)
+        self.proc = None
+        self.url = None
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, no clean shutdown (to test crash recovery)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.stop()
+
+    def __enter__(self) -> "SearchEngine":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
