@@ -1,0 +1,140 @@
+"""Bilingual (Chinese + English) alert text shared by every receiver.
+
+Each alert reads: the rule, the value against its threshold, the node (and GPU), since when,
+and a link to the dashboard. Markdown flavours differ a little per chat tool; the receivers
+pick ``markdown(payload, flavor)`` or ``plain(payload)``.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+from .durations import format_duration, human
+
+RULE_TITLES = {
+    "p99_latency": ("P99 延迟过高", "P99 latency high"),
+    "gpu_utilization": ("GPU 利用率过高", "GPU utilization high"),
+    "completion_rate": ("对话完成率过低", "Dialogue completion rate low"),
+    "no_data": ("节点无数据", "No data from node"),
+    "scaling": ("扩缩容建议", "Scaling recommendation"),
+}
+SEVERITY = {"critical": ("严重", "🔴"), "warning": ("警告", "🟠"), "info": ("提示", "🔵")}
+
+
+def ts(t: float | None) -> str:
+    if not t:
+        return "-"
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def iso(t: float | None) -> str:
+    if not t:
+        return "0001-01-01T00:00:00Z"
+    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _fmt_value(rule: str, v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if rule == "p99_latency":
+        return f"{v * 1000:.0f} ms"
+    if rule in ("gpu_utilization", "completion_rate"):
+        return f"{v * 100:.1f}%"
+    if rule == "scaling":
+        return f"{v:.2f}"
+    return f"{v:g}"
+
+
+def comparison(a: dict[str, Any]) -> tuple[str, str]:
+    """(中文, English) description of value vs threshold for one alert."""
+    rule = a["labels"].get("rule", "")
+    d = a.get("detail") or {}
+    v, thr = a.get("value"), a.get("threshold")
+    fv, ft = _fmt_value(rule, v), _fmt_value(rule, thr)
+    if rule == "p99_latency":
+        name = "首字延迟 TTFT" if d.get("metric", "ttft") == "ttft" else "端到端延迟"
+        en = "time to first token" if d.get("metric", "ttft") == "ttft" else "end-to-end latency"
+        q = f"P{float(d.get('quantile', 0.99)) * 100:g}"
+        w = format_duration(float(d.get("window", 0)))
+        return (f"{w} 内{name} {q} = {fv}，阈值 > {ft}", f"{q} {en} over {w} = {fv}, threshold > {ft}")
+    if rule == "gpu_utilization":
+        w = format_duration(float(d.get("window", 0)))
+        return (f"{w} 平均利用率 {fv}，阈值 > {ft}", f"average utilization over {w} = {fv}, threshold > {ft}")
+    if rule == "completion_rate":
+        w = format_duration(float(d.get("window", 0)))
+        tot = d.get("total")
+        extra_zh = f"（{tot:.0f} 轮，完成 {d.get('completed', 0):.0f}，差评 {d.get('down', 0):.0f}）" if tot is not None else ""
+        extra_en = f" ({tot:.0f} turns, {d.get('completed', 0):.0f} completed, {d.get('down', 0):.0f} thumbs-down)" if tot is not None else ""
+        return (f"{w} 完成率 {fv}，阈值 < {ft}{extra_zh}", f"completion rate over {w} = {fv}, threshold < {ft}{extra_en}")
+    if rule == "no_data":
+        err = d.get("error") or "no samples"
+        return (f"无法获取指标：{err}", f"no metrics: {err}")
+    if rule == "scaling":
+        n = d.get("instances", 0)
+        w = format_duration(float(d.get("window", 0)))
+        if a["labels"].get("direction") == "up":
+            return (f"{w} 平均负载 {fv} > {ft}，建议扩容 +{n} 个实例",
+                    f"average load over {w} = {fv} > {ft}: add {n} instance(s)")
+        return (f"{w} 平均负载 {fv} < {ft}，建议缩容 {n} 个实例",
+                f"average load over {w} = {fv} < {ft}: remove {-n} instance(s)")
+    return (f"{fv} / {ft}", f"{fv} / {ft}")
+
+
+def title(payload: dict[str, Any]) -> str:
+    alerts = payload["alerts"]
+    a = alerts[0]
+    rule = a["labels"].get("rule", "")
+    zh, en = RULE_TITLES.get(rule, (rule, rule))
+    sev = a["labels"].get("severity", "warning")
+    if payload["status"] == "resolved":
+        head = f"✅ [已恢复 RESOLVED] {zh} / {en}"
+    else:
+        sz, icon = SEVERITY.get(sev, (sev, "⚠️"))
+        head = f"{icon} [{sz} {sev.upper()}] {zh} / {en}"
+    if len(alerts) > 1:
+        head += f" ×{len(alerts)}"
+    return head
+
+
+def alert_lines(a: dict[str, Any], status: str, now: float | None = None) -> list[str]:
+    lab = a["labels"]
+    zh, en = comparison(a)
+    node = lab.get("node", "?")
+    if lab.get("gpu"):
+        node += f" · GPU {lab['gpu']}"
+    lines = [f"节点 Node: {node}", f"当前 Value: {zh}", f"Value: {en}"]
+    since = a.get("starts_at")
+    if status == "resolved":
+        end = a.get("ends_at")
+        dur = human(end - since) if end and since else "-"
+        lines.append(f"开始 Since: {ts(since)} · 恢复 Resolved: {ts(end)}（持续 lasted {dur}）")
+    else:
+        lines.append(f"开始于 Since: {ts(since)}" + ("（重复提醒 repeat）" if a.get("repeat") else ""))
+    return lines
+
+
+def plain(payload: dict[str, Any]) -> str:
+    out = [title(payload)]
+    for a in payload["alerts"]:
+        out += ["", *alert_lines(a, payload["status"])] if len(payload["alerts"]) > 1 else alert_lines(a, payload["status"])
+    if payload.get("dashboard_url"):
+        out.append(f"仪表盘 Dashboard: {payload['dashboard_url']}")
+    return "\n".join(out)
+
+
+def markdown(payload: dict[str, Any], flavor: str = "common") -> str:
+    """Markdown body. ``slack`` uses mrkdwn (*bold*, <url|text>), the others CommonMark-ish."""
+    bold = (lambda s: f"*{s}*") if flavor == "slack" else (lambda s: f"**{s}**")
+    out = [bold(title(payload)) if flavor != "dingtalk" else f"### {title(payload)}"]
+    for a in payload["alerts"]:
+        lines = alert_lines(a, payload["status"])
+        if len(payload["alerts"]) > 1:
+            out.append("")
+        for ln in lines:
+            k, _, v = ln.partition(": ")
+            out.append(f"{bold(k)}: {v}" if flavor != "wecom" else f"> {k}: {v}")
+    url = payload.get("dashboard_url")
+    if url:
+        out.append(f"<{url}|仪表盘 Dashboard>" if flavor == "slack" else f"[仪表盘 Dashboard]({url})")
+    sep = "\n\n" if flavor == "dingtalk" else "\n"
+    return sep.join(out)

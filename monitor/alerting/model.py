@@ -1,0 +1,98 @@
+"""What a source hands the rules: one :class:`NodeObservation` per node per evaluation.
+
+Both sources (direct scrape and PromQL) fill the same fields with the same meaning, and the
+rules never look at where they came from — that is what makes their decisions equal on the
+same data. A value is either a number, ``None`` (defined but empty: no requests in the
+window, so there is nothing to judge and the condition is false) or :data:`UNKNOWN` (not
+enough history yet, e.g. right after a restart: the alert keeps its state).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+
+class _Unknown:
+    _inst = None
+
+    def __new__(cls):
+        if cls._inst is None:
+            cls._inst = super().__new__(cls)
+        return cls._inst
+
+    def __repr__(self) -> str:
+        return "UNKNOWN"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNKNOWN = _Unknown()
+
+
+@dataclass
+class Completion:
+    total: float        # turns ended in the window, all statuses
+    completed: float    # status="completed"
+    down: float         # rating="down" feedback in the window
+
+    @property
+    def rate(self) -> float | None:
+        if self.total <= 0:
+            return None
+        return max(0.0, self.completed - self.down) / self.total
+
+
+@dataclass
+class NodeObservation:
+    node: str                                   # host:port (Prometheus' instance)
+    up: bool = True
+    error: str | None = None                    # why there is no data, for the no-data alert
+    latency: object = UNKNOWN                   # seconds (quantile over the window) | None | UNKNOWN
+    completion: object = UNKNOWN                # Completion | UNKNOWN
+    gpu: dict[str, object] = field(default_factory=dict)   # gpu index -> average ratio | UNKNOWN
+    running: object = UNKNOWN                   # average requests_running over the window | UNKNOWN
+
+
+def increase(values: Sequence[float]) -> float:
+    """Counter increase across ``values`` (oldest first), counting a drop as a reset."""
+    total = 0.0
+    prev = values[0]
+    for v in values[1:]:
+        total += v - prev if v >= prev else v
+        prev = v
+    return total
+
+
+def histogram_quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float:
+    """Prometheus' ``histogram_quantile`` over ``(upper_bound, cumulative_count)`` pairs.
+
+    Linear interpolation inside the bucket holding the rank; the +Inf bucket answers with the
+    highest finite bound; NaN when there are no observations or no +Inf bucket.
+    """
+    bs = sorted(buckets)
+    if len(bs) < 2 or not math.isinf(bs[-1][0]):
+        return math.nan
+    # Counts must be monotonic; Prometheus fixes small violations from float rounding.
+    fixed, hi = [], 0.0
+    for ub, c in bs:
+        hi = max(hi, c)
+        fixed.append((ub, hi))
+    bs = fixed
+    observations = bs[-1][1]
+    if observations <= 0:
+        return math.nan
+    rank = q * observations
+    b = next(i for i, (_, c) in enumerate(bs) if c >= rank)
+    if b == len(bs) - 1:
+        return bs[-2][0]
+    if b == 0 and bs[0][0] <= 0:
+        return bs[0][0]
+    start = 0.0 if b == 0 else bs[b - 1][0]
+    end = bs[b][0]
+    prev_count = 0.0 if b == 0 else bs[b - 1][1]
+    count = bs[b][1] - prev_count
+    if count <= 0:
+        return end
+    return start + (end - start) * ((rank - prev_count) / count)

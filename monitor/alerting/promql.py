@@ -1,0 +1,143 @@
+"""PromQL source: the same observations as :mod:`.scrape`, computed by a Prometheus server.
+
+Used when ``prometheus_url`` is set. Nodes are the ``instance`` label values of
+``up{job="<prometheus_job>"}``; each rule input is one instant query evaluated at the same
+timestamp:
+
+===================  ==========================================================================
+latency              ``histogram_quantile(q, sum by (instance, le) (rate(<metric>_bucket[window])))``
+completion           ``sum by (instance, status) (increase(seekwatch_requests_total[window]))`` and
+                     ``sum by (instance) (increase(seekwatch_feedback_total{rating="down"}[window]))``
+gpu                  ``avg_over_time(seekwatch_gpu_utilization_ratio[for])``
+load                 ``sum by (instance) (avg_over_time(seekwatch_requests_running[window]))``
+no data              ``up == 0``, or no ``seekwatch_`` series from an up target
+===================  ==========================================================================
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from contracts import metrics as M
+
+from .config import AlertdConfig
+from .durations import format_duration
+from .model import Completion, NodeObservation
+from .scrape import LATENCY_METRICS
+
+
+class SourceError(Exception):
+    """The source itself is unreachable: every node's alerts keep their state."""
+
+    def __init__(self, node: str, message: str):
+        super().__init__(message)
+        self.node = node
+
+
+def queries(cfg: AlertdConfig) -> dict[str, str]:
+    """The PromQL the source runs, keyed by purpose (also used by the exporter and the docs)."""
+    sel = f'job="{cfg.prometheus_job}"'
+    q: dict[str, str] = {
+        "up": f"up{{{sel}}}",
+        "present": f'count by (instance) ({{{sel}, __name__=~"{M.PREFIX}.+"}})',
+    }
+    p99 = cfg.rule("p99_latency")
+    if p99:
+        metric = LATENCY_METRICS[p99.get("metric", "ttft")]
+        q["latency"] = (f"histogram_quantile({p99.get('quantile', 0.99)}, sum by (instance, le) "
+                        f"(rate({metric}_bucket{{{sel}}}[{format_duration(p99['window'])}])))")
+    comp = cfg.rule("completion_rate")
+    if comp:
+        w = format_duration(comp["window"])
+        q["requests"] = f"sum by (instance, status) (increase({M.REQUESTS_TOTAL}{{{sel}}}[{w}]))"
+        q["down"] = f'sum by (instance) (increase({M.FEEDBACK_TOTAL}{{{sel}, rating="down"}}[{w}]))'
+    gpu = cfg.rule("gpu_utilization")
+    if gpu:
+        w = format_duration(max(gpu["for"], cfg.evaluation_interval))
+        q["gpu"] = f"avg_over_time({M.GPU_UTILIZATION}{{{sel}}}[{w}])"
+    sc = cfg.rule("scaling")
+    if sc:
+        q["running"] = f"sum by (instance) (avg_over_time({M.REQUESTS_RUNNING}{{{sel}}}[{format_duration(sc['window'])}]))"
+    return q
+
+
+class PromQLSource:
+    kind = "promql"
+
+    def __init__(self, cfg: AlertdConfig):
+        import httpx
+
+        self.cfg = cfg
+        self.base = cfg.prometheus_url.rstrip("/")
+        self.pseudo_node = urlsplit(self.base).netloc or self.base
+        self._httpx = httpx
+        self._client = httpx.Client(timeout=cfg.scrape_timeout, trust_env=False)
+        self.queries = queries(cfg)
+
+    def _query(self, promql: str, at: float) -> list[dict[str, Any]]:
+        httpx = self._httpx
+        try:
+            r = self._client.get(f"{self.base}/api/v1/query", params={"query": promql, "time": f"{at:.3f}"})
+        except httpx.HTTPError as exc:
+            raise SourceError(self.pseudo_node, f"Prometheus {self.base} unreachable: {type(exc).__name__}: {exc}") from None
+        try:
+            body = r.json()
+        except ValueError:
+            raise SourceError(self.pseudo_node, f"Prometheus {self.base} answered HTTP {r.status_code}, not JSON") from None
+        if r.status_code != 200 or body.get("status") != "success":
+            raise SourceError(self.pseudo_node, f"Prometheus query failed ({r.status_code}): {body.get('error', '?')}")
+        return body["data"]["result"]
+
+    @staticmethod
+    def _val(item: dict[str, Any]) -> float:
+        return float(item["value"][1])
+
+    def collect(self, now: float | None = None) -> list[NodeObservation]:
+        at = time.time() if now is None else now
+        res = {k: self._query(q, at) for k, q in self.queries.items()}
+        nodes: dict[str, NodeObservation] = {}
+        for item in res["up"]:
+            inst = item["metric"].get("instance", "?")
+            up = self._val(item) == 1
+            nodes[inst] = NodeObservation(node=inst, up=up, error=None if up else
+                                          f"Prometheus cannot scrape {inst} (up == 0)")
+        present = {i["metric"].get("instance") for i in res["present"]}
+        for inst, o in nodes.items():
+            if o.up and inst not in present:
+                o.up, o.error = False, f"{inst} exposes no seekwatch_ series"
+        live = {k: o for k, o in nodes.items() if o.up}
+        if "latency" in res:
+            for o in live.values():
+                o.latency = None
+            for item in res["latency"]:
+                o = live.get(item["metric"].get("instance"))
+                if o is not None:
+                    v = self._val(item)
+                    o.latency = None if math.isnan(v) else v
+        if "requests" in res:
+            per: dict[str, dict[str, float]] = {}
+            for item in res["requests"]:
+                per.setdefault(item["metric"].get("instance"), {})[item["metric"].get("status", "")] = self._val(item)
+            down = {i["metric"].get("instance"): self._val(i) for i in res["down"]}
+            for inst, o in live.items():
+                st = per.get(inst, {})
+                o.completion = Completion(total=sum(st.values()), completed=st.get("completed", 0.0),
+                                          down=down.get(inst, 0.0))
+        if "gpu" in res:
+            for item in res["gpu"]:
+                o = live.get(item["metric"].get("instance"))
+                if o is not None:
+                    o.gpu[item["metric"].get("gpu", "")] = self._val(item)
+        if "running" in res:
+            for item in res["running"]:
+                o = live.get(item["metric"].get("instance"))
+                if o is not None:
+                    o.running = self._val(item)
+        if not nodes:
+            raise SourceError(self.pseudo_node, f'Prometheus {self.base} knows no target of job "{self.cfg.prometheus_job}"')
+        return list(nodes.values())
+
+    def close(self) -> None:
+        self._client.close()

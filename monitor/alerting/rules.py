@@ -1,0 +1,133 @@
+"""The threshold matrix as code: observations in, one :class:`Evaluation` per alert key out.
+
+Rules never know which source produced the observations. ``active`` is True (condition
+holds), False (it does not) or None (unknown — too little history, the node is down, or the
+source itself failed — the alert keeps its current state).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import AlertdConfig
+from .model import UNKNOWN, Completion, NodeObservation
+
+FLEET = "fleet"
+
+
+@dataclass
+class Evaluation:
+    labels: dict[str, str]
+    active: bool | None
+    value: float | None = None
+    threshold: float | None = None
+    for_s: float = 0.0
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return alert_key(self.labels)
+
+
+def alert_key(labels: dict[str, str]) -> str:
+    """Identity of an alert: rule + node (+ gpu / direction). Severity is not part of it."""
+    parts = [labels.get("rule", ""), labels.get("node", "")]
+    for extra in ("gpu", "direction"):
+        if labels.get(extra):
+            parts.append(f"{extra}={labels[extra]}")
+    return "|".join(parts)
+
+
+@dataclass
+class Recommendation:
+    """The seed's scaling rule applied to the fleet's load."""
+
+    load: float | None          # fleet load ratio, None when unknown
+    delta: int                  # +scale_up, -scale_down or 0
+    nodes: int
+
+
+@dataclass
+class Result:
+    evaluations: list[Evaluation]
+    frozen_nodes: set[str]      # nodes whose other alerts must keep their state
+    recommendation: Recommendation | None
+    nodes: list[str]
+
+
+def _labels(rule: str, node: str, cfg_rule: dict[str, Any], **extra: str) -> dict[str, str]:
+    lab = {"rule": rule, "node": node, "severity": cfg_rule.get("severity", "warning")}
+    lab.update({k: v for k, v in extra.items() if v is not None})
+    return lab
+
+
+def evaluate(cfg: AlertdConfig, observations: list[NodeObservation],
+             source_error: tuple[str, str] | None = None) -> Result:
+    evals: list[Evaluation] = []
+    frozen: set[str] = set()
+    nd = cfg.rule("no_data")
+    if source_error is not None:
+        node, msg = source_error
+        if nd:
+            evals.append(Evaluation(_labels("no_data", node, nd), True, for_s=nd["for"], detail={"error": msg}))
+        return Result(evals, {"*"}, None, [node])
+
+    for o in observations:
+        if nd:
+            evals.append(Evaluation(_labels("no_data", o.node, nd), not o.up, for_s=nd["for"],
+                                    detail={"error": o.error} if o.error else {}))
+        if not o.up:
+            frozen.add(o.node)
+            continue
+        r = cfg.rule("p99_latency")
+        if r:
+            thr = r["threshold_ms"] / 1000.0
+            lat = o.latency
+            active = None if lat is UNKNOWN else (lat is not None and lat > thr)
+            evals.append(Evaluation(_labels("p99_latency", o.node, r), active,
+                                    value=None if lat is UNKNOWN else lat, threshold=thr, for_s=r["for"],
+                                    detail={"metric": r.get("metric", "ttft"), "quantile": r.get("quantile", 0.99),
+                                            "window": r["window"]}))
+        r = cfg.rule("completion_rate")
+        if r:
+            c = o.completion
+            if c is UNKNOWN:
+                active, value, detail = None, None, {}
+            else:
+                assert isinstance(c, Completion)
+                rate = c.rate
+                enough = c.total >= r["min_samples"]
+                active = bool(enough and rate is not None and rate < r["threshold"])
+                value = rate
+                detail = {"total": c.total, "completed": c.completed, "down": c.down}
+            detail.update(window=r["window"], min_samples=r["min_samples"])
+            evals.append(Evaluation(_labels("completion_rate", o.node, r), active, value=value,
+                                    threshold=r["threshold"], for_s=r["for"], detail=detail))
+        r = cfg.rule("gpu_utilization")
+        if r:
+            for gpu, v in sorted(o.gpu.items()):
+                active = None if v is UNKNOWN else v > r["threshold"]
+                evals.append(Evaluation(_labels("gpu_utilization", o.node, r, gpu=gpu), active,
+                                        value=None if v is UNKNOWN else v, threshold=r["threshold"],
+                                        for_s=0.0, detail={"window": r["for"]}))
+
+    rec = None
+    sc = cfg.rule("scaling")
+    if sc:
+        live = [o for o in observations if o.up]
+        if live and all(o.running is not UNKNOWN and o.running is not None for o in live):
+            load = sum(o.running for o in live) / (sc["capacity"] * len(live))
+            delta = 0
+            if load > sc["high"]:
+                delta = sc["scale_up"]
+            elif load < sc["low"] and len(live) > sc.get("min_instances", 1):
+                delta = -sc["scale_down"]
+            rec = Recommendation(load, delta, len(live))
+        for direction in ("up", "down"):
+            active = None if rec is None else (rec.delta > 0 if direction == "up" else rec.delta < 0)
+            thr = sc["high"] if direction == "up" else sc["low"]
+            evals.append(Evaluation(_labels("scaling", FLEET, sc, direction=direction), active,
+                                    value=None if rec is None else rec.load, threshold=thr, for_s=sc["for"],
+                                    detail={"instances": (sc["scale_up"] if direction == "up" else -sc["scale_down"]),
+                                            "nodes": len(live), "capacity": sc["capacity"], "window": sc["window"]}))
+    return Result(evals, frozen, rec, [o.node for o in observations])
