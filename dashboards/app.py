@@ -1,0 +1,27 @@
+"""seekwatch ops dashboard: the Streamlit entry point (``seekwatch dashboard`` runs this).
+
+One file per page under ``dashboards/views/``; the sidebar (time range, auto-refresh) is
+rendered here, once, so its state is shared by every page.
+"""
+from __future__ import annotations
+
+
+
+import streamlit as st
+
+from dashboards import ui
+
+
+st.set_page_config(page_title="seekwatch · DeepSeek 运维看板", page_icon="📈", layout="wide")
+PAGES = [
+    st.Page("views/overview.py", title="概览 Overview", icon="🏠", default=True, url_path="overview"),
+    st.Page("views/latency.py", title="延迟 Latency", icon="⏱️", url_path="latency"),
+    st.Page("views/quality.py", title="质量 Quality", icon="✅", url_path="quality"),
+    st.Page("views/cost.py", title="成本 Cost", icon="💰", url_path="cost"),
+    st.Page("views/gpu.py", title="GPU", icon="🖥️", url_path="gpu"),
+    st.Page("views/alerts.py", title="告警 Alerts", icon="🚨", url_path="alerts"),
+    st.Page("views/sessions.py", title="会话 Sessions", icon="💬", url_path="sessions"),
+]
+nav = st.navigation(PAGES)
+ui.sidebar()
+nav.run()

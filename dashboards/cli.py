@@ -1,0 +1,97 @@
+"""``seekwatch dashboard``: run the Streamlit ops dashboard (``streamlit run dashboards/app.py``).
+
+Imports nothing heavy: Streamlit runs in a subprocess, configured through environment
+variables that ``dashboards.ui`` reads. Flags after ``--`` go to ``streamlit run`` unchanged.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+APP = Path(__file__).with_name("app.py")
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{value!r} is not an http(s) URL")
+    return value.rstrip("/")
+
+
+def _port(value: str) -> int:
+    try:
+        p = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number") from None
+    if not 0 < p < 65536:
+        raise argparse.ArgumentTypeError(f"{p} is not a port number (1-65535)")
+    return p
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_text, description=help_text + ". Flags after -- go to `streamlit run`.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--logs", metavar="DIR", help="session-log directory (JSON lines; the default: ./logs)")
+    src.add_argument("--url", metavar="SEARCH_ENGINE_URL", type=_url,
+                     help="Elasticsearch/OpenSearch URL: read through server-side aggregations")
+    p.add_argument("--index", default="seekwatch-*", help="index pattern on the search engine (default: seekwatch-*)")
+    gpu = p.add_mutually_exclusive_group()
+    gpu.add_argument("--prometheus", metavar="URL", type=_url, help="Prometheus server for GPU series (query_range)")
+    gpu.add_argument("--node", metavar="URL", type=_url, help="a node whose /metrics to scrape for GPU series")
+    p.add_argument("--alerts-db", metavar="PATH", help="alertd's SQLite state file (firing alerts and history)")
+    p.add_argument("--cost-config", metavar="PATH", help="cost model YAML (default: the seed's table 5.2)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8501, help="port to listen on (default: 8501)")
+    p.add_argument("--now", metavar="ISO_TIME", help=argparse.SUPPRESS)  # pin "now" (screenshots, tests)
+    p.add_argument("streamlit_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(run=run)
+    return p
+
+
+def build_env(args: argparse.Namespace, base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    for key in [k for k in env if k.startswith("SEEKWATCH_DASHBOARD_")]:
+        del env[key]
+    pairs = {"LOGS": os.path.abspath(args.logs) if args.logs else None, "URL": args.url, "INDEX": args.index,
+             "PROMETHEUS": args.prometheus, "NODE": args.node,
+             "ALERTS_DB": os.path.abspath(args.alerts_db) if args.alerts_db else None, "NOW": args.now}
+    env.update({f"SEEKWATCH_DASHBOARD_{k}": v for k, v in pairs.items() if v})
+    if args.cost_config:
+        env["SEEKWATCH_COST_CONFIG"] = os.path.abspath(args.cost_config)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def command(args: argparse.Namespace) -> list[str]:
+    extra = [a for a in (args.streamlit_args or []) if a != "--"]
+    return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", args.host,
+            "--server.port", str(args.port), "--server.headless", "true",
+            "--browser.gatherUsageStats", "false", *extra]
+
+
+def run(args: argparse.Namespace) -> int:
+    from contracts.config import ConfigError
+
+    if args.cost_config:  # a bad cost file: one line, exit 2, before starting anything
+        from monitor.cost import CostModel
+
+        CostModel.load(args.cost_config)
+    if args.logs and not Path(args.logs).is_dir():
+        raise ConfigError(f"--logs {args.logs}: no such directory")
+    if args.alerts_db and not Path(args.alerts_db).exists():
+        print(f"seekwatch dashboard: warning: --alerts-db {args.alerts_db} does not exist yet", file=sys.stderr)
+    if args.now:
+        import datetime as dt
+
+        try:
+            dt.datetime.fromisoformat(args.now.replace("Z", "+00:00"))
+        except ValueError:
+            raise ConfigError(f"--now {args.now!r}: not an ISO time") from None
+    print(f"seekwatch dashboard: http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
+    try:
+        return subprocess.call(command(args), env=build_env(args))
+    except KeyboardInterrupt:
+        return 130

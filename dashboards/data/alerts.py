@@ -1,0 +1,79 @@
+"""Alerts for the Alerts page and the Overview banner, from alertd's state.
+
+alertd owns its SQLite schema. When ``monitor.alerting`` exposes a reader
+(``read_alerts(path) -> {"firing": [...], "history": [...]}``, or ``firing_alerts(path)`` and
+``alert_history(path)``), it is used. Otherwise the file is opened **read-only** and read
+defensively: tables whose names mention alert/firing/state/history/event are listed as they
+are, and a row counts as firing when a ``state``/``status`` column says ``firing``.
+"""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+def _via_alertd(path: str) -> dict[str, pd.DataFrame] | None:
+    try:
+        import importlib
+
+        mod = None
+        for name in ("monitor.alerting.state", "monitor.alerting"):
+            try:
+                m = importlib.import_module(name)
+            except ImportError:
+                continue
+            if hasattr(m, "read_alerts") or hasattr(m, "firing_alerts"):
+                mod = m
+                break
+        if mod is None:
+            return None
+        if hasattr(mod, "read_alerts"):
+            got = mod.read_alerts(path)
+            return {"firing": pd.DataFrame(got.get("firing", [])), "history": pd.DataFrame(got.get("history", []))}
+        return {"firing": pd.DataFrame(mod.firing_alerts(path)),
+                "history": pd.DataFrame(mod.alert_history(path) if hasattr(mod, "alert_history") else [])}
+    except Exception:  # noqa: BLE001 - fall back to reading the file
+        return None
+
+
+def read_alerts(path: str | None, history_limit: int = 500) -> dict[str, Any]:
+    """``{"firing": DataFrame, "history": DataFrame, "how": str, "error": str | None}``."""
+    empty = pd.DataFrame()
+    if not path:
+        return {"firing": empty, "history": empty, "how": "no alertd state file configured (--alerts-db)", "error": None}
+    if not Path(path).exists():
+        return {"firing": empty, "history": empty, "how": f"{path}", "error": f"{path}: no such file"}
+    got = _via_alertd(path)
+    if got is not None:
+        return {**got, "how": f"alertd reader, {path}", "error": None}
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
+    except sqlite3.Error as exc:
+        return {"firing": empty, "history": empty, "how": path, "error": str(exc)}
+    try:
+        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        firing, history = [], []
+        for t in tables:
+            low = t.lower()
+            if not any(k in low for k in ("alert", "firing", "state", "history", "event", "notif")):
+                continue
+            cols = [r[1] for r in con.execute(f'PRAGMA table_info("{t}")')]
+            order = next((c for c in cols if c.lower() in ("updated_at", "ts", "time", "timestamp", "at", "started_at",
+                                                             "starts_at", "fired_at", "created_at", "rowid")), "rowid")
+            df = pd.read_sql_query(f'SELECT * FROM "{t}" ORDER BY "{order}" DESC LIMIT {int(history_limit)}', con)
+            df.insert(0, "table", t)
+            state_col = next((c for c in cols if c.lower() in ("state", "status")), None)
+            if state_col is not None and ("hist" not in low and "event" not in low):
+                firing.append(df[df[state_col].astype(str).str.lower() == "firing"])
+            else:
+                history.append(df)
+        f = pd.concat(firing, ignore_index=True) if firing else empty
+        h = pd.concat(history, ignore_index=True) if history else empty
+        return {"firing": f, "history": h, "how": f"read-only SQLite, {path} (alertd exposes no reader yet)", "error": None}
+    except sqlite3.Error as exc:
+        return {"firing": empty, "history": empty, "how": path, "error": str(exc)}
+    finally:
+        con.close()

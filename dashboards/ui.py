@@ -1,0 +1,234 @@
+"""Shared by every page: configuration (from the environment `seekwatch dashboard` sets),
+cached data sources, the sidebar (time range, auto-refresh), number formats and charts.
+
+Configuration (environment variables; ``seekwatch dashboard`` sets them from its flags):
+``SEEKWATCH_DASHBOARD_LOGS`` (JSON-lines log dir), ``SEEKWATCH_DASHBOARD_URL`` (search engine,
+wins over LOGS), ``SEEKWATCH_DASHBOARD_INDEX`` (default ``seekwatch-*``),
+``SEEKWATCH_DASHBOARD_PROMETHEUS`` / ``SEEKWATCH_DASHBOARD_NODE`` (GPU series),
+``SEEKWATCH_DASHBOARD_ALERTS_DB`` (alertd's SQLite state), ``SEEKWATCH_COST_CONFIG`` (cost
+YAML), ``SEEKWATCH_DASHBOARD_NOW`` (pin "now" to an ISO time: reproducible views and tests).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboards.data.base import Window, pick_interval
+
+DEFAULT_LOG_DIR = "logs"
+RANGES: dict[str, int] = {"15 min": 900, "1 h": 3600, "6 h": 6 * 3600, "24 h": 86400, "7 d": 7 * 86400, "30 d": 30 * 86400}
+DEFAULT_RANGE = "24 h"
+REFRESH: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 30, "1 min": 60, "5 min": 300}
+FONT = "Noto Sans CJK SC, Noto Sans SC, PingFang SC, Microsoft YaHei, sans-serif"
+TIME_TITLE = "时间 time (UTC)"
+
+
+# ---------------------------------------------------------------------------- config & sources
+def env(name: str, default: str | None = None) -> str | None:
+    v = os.environ.get(f"SEEKWATCH_DASHBOARD_{name}")
+    return v if v else default
+
+
+def now() -> dt.datetime:
+    pinned = env("NOW")
+    if pinned:
+        t = dt.datetime.fromisoformat(pinned.replace("Z", "+00:00"))
+        return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+@st.cache_resource(show_spinner=False)
+def _log_source(kind: str, target: str, index: str):
+    if kind == "engine":
+        from dashboards.data.engine import EngineSource
+
+        return EngineSource(target, index=index)
+    from dashboards.data.jsonl import JsonlSource
+
+    return JsonlSource(target)
+
+
+@st.cache_resource(show_spinner=False)
+def _gpu_source(kind: str, target: str):
+    from dashboards.data import gpu
+
+    return gpu.PrometheusGpu(target) if kind == "prometheus" else gpu.NodeMetricsGpu(target)
+
+
+@st.cache_resource(show_spinner=False)
+def _cost_model(path: str | None):
+    from monitor.cost import CostModel
+
+    return CostModel.load(path)
+
+
+def log_source():
+    url = env("URL")
+    if url:
+        return _log_source("engine", url, env("INDEX", "seekwatch-*"))
+    return _log_source("jsonl", os.path.abspath(env("LOGS", DEFAULT_LOG_DIR)), "")
+
+
+def gpu_source():
+    if env("PROMETHEUS"):
+        return _gpu_source("prometheus", env("PROMETHEUS"))
+    if env("NODE"):
+        return _gpu_source("node", env("NODE"))
+    return None
+
+
+def cost_model():
+    return _cost_model(os.environ.get("SEEKWATCH_COST_CONFIG") or None)
+
+
+# ---------------------------------------------------------------------------- context & sidebar
+@dataclass
+class Ctx:
+    range_label: str
+    refresh_s: int | None
+
+    @property
+    def source(self):
+        return log_source()
+
+    def window(self) -> Window:
+        end = now()
+        return Window(end - dt.timedelta(seconds=RANGES[self.range_label]), end)
+
+    @property
+    def interval_s(self) -> int:
+        return pick_interval(RANGES[self.range_label])
+
+
+_run = threading.local()
+
+
+def sidebar() -> Ctx:
+    """The shared controls; rendered once per run (by app.py, or by a page run on its own)."""
+    ctx = getattr(_run, "ctx", None)
+    if ctx is not None:
+        return ctx
+    with st.sidebar:
+        st.markdown("### seekwatch · DeepSeek 运维")
+        label = st.selectbox("时间范围 Time range", list(RANGES), index=list(RANGES).index(DEFAULT_RANGE), key="sw_range")
+        ref = st.selectbox("自动刷新 Auto-refresh", list(REFRESH), index=0, key="sw_refresh")
+        st.button("刷新 Refresh now", key="sw_refresh_now")
+        try:
+            st.caption(log_source().describe())
+        except Exception as exc:  # noqa: BLE001
+            st.caption(f"log source: {exc}")
+        g = gpu_source()
+        st.caption(g.describe() if g else "GPU: no --prometheus/--node given")
+        st.caption(f"now: {now():%Y-%m-%d %H:%M:%S} UTC")
+    ctx = Ctx(label, REFRESH[ref])
+    _run.ctx = ctx
+    return ctx
+
+
+def run_page(title: str, render: Callable[[Ctx, Window], None]) -> None:
+    """Render a page: title, then ``render(ctx, window)`` — inside a fragment that reruns every
+    ``refresh_s`` seconds when auto-refresh is on (re-reading new log lines each time)."""
+    ctx = sidebar()
+    _run.ctx = None  # the next script run renders the sidebar again
+    st.title(title)
+
+    def body():
+        src = ctx.source
+        if hasattr(src, "refresh"):
+            src.refresh()
+        render(ctx, ctx.window())
+
+    if ctx.refresh_s:
+        st.fragment(run_every=ctx.refresh_s)(body)()
+    else:
+        body()
+
+
+# ---------------------------------------------------------------------------- formats
+def _bad(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and not math.isfinite(v))
+
+
+def fmt_int(v: Any) -> str:
+    return "—" if _bad(v) else f"{int(round(v)):,}"
+
+
+def fmt_ms(v: Any) -> str:
+    return "—" if _bad(v) else f"{v:,.0f} ms"
+
+
+def fmt_pct(v: Any) -> str:
+    return "—" if _bad(v) else f"{v * 100:.1f} %"
+
+
+def fmt_usd(v: Any) -> str:
+    if _bad(v):
+        return "—"
+    return f"${v:,.2f}" if abs(v) >= 1 else f"${v:.4f}"
+
+
+def fmt_rate(v: Any) -> str:
+    return "—" if _bad(v) else f"{v:,.1f} tok/s"
+
+
+def delta(cur: Any, prev: Any, fmt: Callable[[Any], str]) -> str | None:
+    if _bad(cur) or _bad(prev):
+        return None
+    d = cur - prev
+    s = fmt(abs(d))
+    return ("+" if d >= 0 else "-") + s
+
+
+# ---------------------------------------------------------------------------- charts (Altair)
+def _finish(chart: alt.Chart) -> alt.Chart:
+    return chart.configure(font=FONT).configure_axis(labelFont=FONT, titleFont=FONT).configure_legend(
+        labelFont=FONT, titleFont=FONT)
+
+
+def line_chart(df: pd.DataFrame, columns: dict[str, str], y_title: str, height: int = 260) -> None:
+    """Lines of ``columns`` (column -> legend name) over ``time``; units go in ``y_title``."""
+    if df.empty:
+        st.info("该时间范围内没有数据 · no data in this time range")
+        return
+    long = df[["time", *columns]].rename(columns=columns).melt("time", var_name="series", value_name="value")
+    ch = alt.Chart(long).mark_line(point=len(df) < 40).encode(
+        x=alt.X("time:T", title=TIME_TITLE),
+        y=alt.Y("value:Q", title=y_title),
+        color=alt.Color("series:N", title=None),
+        tooltip=[alt.Tooltip("time:T", format="%Y-%m-%d %H:%M"), "series:N", alt.Tooltip("value:Q", format=",.2f")],
+    ).properties(height=height)
+    st.altair_chart(_finish(ch), width="stretch")
+
+
+def bar_chart(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, color: str | None = None,
+              sort: Any = None, height: int = 260, horizontal: bool = False) -> None:
+    if df.empty:
+        st.info("没有数据 · no data")
+        return
+    xe = alt.X(f"{x}", title=x_title, sort=sort)
+    ye = alt.Y(f"{y}:Q", title=y_title)
+    enc = dict(y=xe, x=ye) if horizontal else dict(x=xe, y=ye)
+    if color:
+        enc["color"] = alt.Color(f"{color}:N", title=None)
+    ch = alt.Chart(df).mark_bar().encode(**enc, tooltip=list(df.columns)).properties(height=height)
+    st.altair_chart(_finish(ch), width="stretch")
+
+
+def masked(text: Any) -> str:
+    """Defence in depth: logs are masked by the node, and the dashboard masks again before
+    showing any text (idempotent), so text from another writer cannot leak personal data."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return ""
+    try:
+        from inference.pii import mask
+    except ImportError:  # masker not installed: the node's masking is all there is
+        return str(text)
+    return mask(str(text)).text
