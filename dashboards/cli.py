@@ -33,7 +33,7 @@ def _port(value: str) -> int:
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=help_text, description=help_text + ". Flags after -- go to `streamlit run`.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--logs", metavar="DIR", help="session-log directory (JSON lines; the default: ./logs)")
+    src.add_argument("--logs", metavar="DIR", help="session-log directory (JSON lines; default: ./var/log, the node's default)")
     src.add_argument("--url", metavar="SEARCH_ENGINE_URL", type=_url,
                      help="Elasticsearch/OpenSearch URL: read through server-side aggregations")
     p.add_argument("--index", default="seekwatch-*", help="index pattern on the search engine (default: seekwatch-*)")

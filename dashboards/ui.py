@@ -23,7 +23,7 @@ import streamlit as st
 
 from dashboards.data.base import Window, pick_interval
 
-DEFAULT_LOG_DIR = "logs"
+DEFAULT_LOG_DIR = "var/log"  # the node's default --log-dir
 RANGES: dict[str, int] = {"15 min": 900, "1 h": 3600, "6 h": 6 * 3600, "24 h": 86400, "7 d": 7 * 86400, "30 d": 30 * 86400}
 DEFAULT_RANGE = "24 h"
 REFRESH: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 30, "1 min": 60, "5 min": 300}

@@ -111,7 +111,7 @@ class NodeMetricsGpu:
         if time.time() - self._last > 2:
             self.scrape()
         with self._lock:
-            rows = [r for r in self._samples if start <= r[0] <= end]
+            rows = [r for r in self._samples if start <= r[0] <= end + 60]  # the scrape is "now"
         df = pd.DataFrame(rows, columns=COLUMNS)
         df["time"] = pd.to_datetime(df["time"], unit="s", utc=True)
         return df

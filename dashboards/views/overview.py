@@ -33,7 +33,9 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     t0 = time.perf_counter()
     fired = alert_data.read_alerts(ui.env("ALERTS_DB"))
     if not fired["firing"].empty:
-        names = ", ".join(map(str, fired["firing"].get("rule", fired["firing"].get("name", fired["firing"].iloc[:, 1])).head(5)))
+        f = fired["firing"]
+        col = next((c for c in ("alert", "rule", "name", "key") if c in f.columns), f.columns[-1])
+        names = ", ".join(map(str, f[col].head(5)))
         st.error(f"🔥 {len(fired['firing'])} 条告警触发中 · alerts firing: {names}")
     elif fired["error"]:
         st.warning(f"告警状态不可读 · alert state unavailable: {fired['error']}")
