@@ -24,7 +24,7 @@ import org.opensearch.plugins.Plugin;
 
 /**
  * Runs a single-node OpenSearch 2.19 in this JVM, with its modules (HTTP, ingest processors,
- * analyzers, painless, mapper extras, reindex) loaded as classpath plugins.
+ * analyzers, painless, mustache, mapper extras, reindex) loaded as classpath plugins.
  *
  * <pre>
  * java -Xms512m -Xmx1g -cp 'target/seekwatch-search-engine.jar:target/lib/*' \
@@ -46,6 +46,7 @@ public final class Launcher {
         "org.opensearch.painless.PainlessPlugin",
         "org.opensearch.index.mapper.MapperExtrasPlugin",
         "org.opensearch.index.reindex.ReindexPlugin",
+        "org.opensearch.script.mustache.MustachePlugin",  // {{templates}} in ingest processors
     };
 
     /** Node subclass whose only job is to expose the protected classpath-plugin constructor. */
