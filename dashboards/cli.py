@@ -69,7 +69,7 @@ def command(args: argparse.Namespace) -> list[str]:
     extra = [a for a in (args.streamlit_args or []) if a != "--"]
     return [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", args.host,
             "--server.port", str(args.port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false", *extra]
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", *extra]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -169,6 +169,11 @@ def fmt_pct(v: Any) -> str:
     return "—" if _bad(v) else f"{v * 100:.1f} %"
 
 
+def fmt_pp(v: Any) -> str:
+    """A difference of two rates, in percentage points."""
+    return "—" if _bad(v) else f"{v * 100:.1f} pp"
+
+
 def fmt_usd(v: Any) -> str:
     if _bad(v):
         return "—"

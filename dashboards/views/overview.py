@@ -36,11 +36,11 @@ def render(ctx: ui.Ctx, w: Window) -> None:
         f = fired["firing"]
         col = next((c for c in ("alert", "rule", "name", "key") if c in f.columns), f.columns[-1])
         names = ", ".join(map(str, f[col].head(5)))
-        st.error(f"🔥 {len(fired['firing'])} 条告警触发中 · alerts firing: {names}")
+        st.error(f"{len(fired['firing'])} 条告警触发中 · alerts firing: {names}", icon=":material/local_fire_department:")
     elif fired["error"]:
         st.warning(f"告警状态不可读 · alert state unavailable: {fired['error']}")
     else:
-        st.success("✅ 无告警 · no alerts firing")
+        st.success("无告警 · no alerts firing", icon=":material/check_circle:")
 
     k, p = src.kpis(w), src.kpis(w.previous())
     today = src.kpis(w.today())
@@ -52,9 +52,9 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     c[0].metric("请求数 Requests", ui.fmt_int(k.requests), ui.delta(k.requests, p.requests, ui.fmt_int),
                 chart_data=spark("requests"), border=True)
     c[1].metric("完成率 Completion rate", ui.fmt_pct(k.completion_rate),
-                ui.delta(k.completion_rate, p.completion_rate, ui.fmt_pct),
+                ui.delta(k.completion_rate, p.completion_rate, ui.fmt_pp),
                 chart_data=[a / b if b else 0 for a, b in zip(s["completed"], s["requests"])] if not s.empty else None,
-                border=True, help="status completed and no 👎 feedback, over all turns")
+                border=True, help="status completed and no thumbs-down feedback, over all turns")
     c[2].metric("输出速率 Output tokens/s", ui.fmt_rate(k.tokens_per_s),
                 ui.delta(k.tokens_per_s, p.tokens_per_s, ui.fmt_rate),
                 chart_data=[x / ctx.interval_s for x in s["output_tokens"]] if not s.empty else None, border=True,
@@ -76,13 +76,13 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     c[0].metric("GPU 利用率 GPU utilization", ui.fmt_pct(util), chart_data=util_series, border=True, help=why)
     c[1].metric("会话数 Sessions", ui.fmt_int(k.sessions), ui.delta(k.sessions, p.sessions, ui.fmt_int), border=True)
     c[2].metric("对话完成率 Dialogue completion", ui.fmt_pct(k.dialogue_completion_rate),
-                ui.delta(k.dialogue_completion_rate, p.dialogue_completion_rate, ui.fmt_pct), border=True,
+                ui.delta(k.dialogue_completion_rate, p.dialogue_completion_rate, ui.fmt_pp), border=True,
                 help="dialogues whose every turn completed")
     if why:
         st.caption(f"GPU: {why}")
     h = src.health() if hasattr(src, "health") else {}
     if h.get("set_aside") or h.get("pending_partial_lines"):
-        st.caption(f"⚠️ {h.get('set_aside', 0)} unparsable log line(s) set aside; "
+        st.caption(f":material/warning: {h.get('set_aside', 0)} unparsable log line(s) set aside; "
                    f"{h.get('pending_partial_lines', 0)} file(s) end in an incomplete line")
     st.caption(f"rendered in {time.perf_counter() - t0:.2f} s from {src.describe()}")
 

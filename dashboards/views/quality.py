@@ -12,10 +12,10 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     k = src.kpis(w)
     c = st.columns(4)
     c[0].metric("轮次完成率 Turn completion", ui.fmt_pct(k.completion_rate), border=True,
-                help="completed turns / all turns; completed = status completed and no 👎")
+                help="completed turns / all turns; completed = status completed and no thumbs-down")
     c[1].metric("对话完成率 Dialogue completion", ui.fmt_pct(k.dialogue_completion_rate), border=True,
                 help="dialogues whose every turn in the range completed / all dialogues")
-    c[2].metric("差评 Rated 👎", ui.fmt_int(k.rated_down), border=True)
+    c[2].metric("差评 Rated down", ui.fmt_int(k.rated_down), border=True)
     c[3].metric("拒答 Refused", ui.fmt_int(k.statuses.get("refused", 0)), border=True)
     st.caption("threshold: completion rate < 90 % over 15 min (seed table 4.1)")
 

@@ -75,7 +75,7 @@ def test_quality(dash_env, expected):
     m = metrics(at)
     assert m["轮次完成率 Turn completion"][0] == pct(expected.completion_rate)
     assert m["对话完成率 Dialogue completion"][0] == pct(expected.completed_dialogues / expected.sessions)
-    assert m["差评 Rated 👎"][0] == f"{expected.rated_down:,}"
+    assert m["差评 Rated down"][0] == f"{expected.rated_down:,}"
     assert m["拒答 Refused"][0] == f"{expected.refused:,}"
     table = at.dataframe[0].value.set_index("model_version")
     assert set(table.index) == set(expected.by_model)
