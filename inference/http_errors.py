@@ -49,9 +49,11 @@ async def parse_body(request: Request, model: type[BaseModel]):
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        data = json.loads(raw)
+        text = raw.decode("utf-8")  # RFC 8259: JSON between systems is UTF-8
     except UnicodeDecodeError:
         raise InvalidRequest("The request body is not valid UTF-8.") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).") from None
     if not isinstance(data, dict):

@@ -1,0 +1,217 @@
+"""Quality signals of a turn: the refusal / negative-answer detector and the turn status.
+
+Why: the dialogue completion rate (DESIGN.md threshold matrix, < 90 % alerts) needs to know
+whether a turn *helped*. A 200 OK that says "抱歉，我无法帮助您" is not a completed dialogue;
+the seed (6.2) asks for 否定回答检测. The detector is phrase/regex based on purpose: it
+runs on every turn in the node, must be cheap (microseconds), explainable (which rule
+fired) and tunable by ops without a model — the phrase lists live in YAML
+(``contracts/defaults/refusals.yaml``, or ``--refusals FILE``), checked against a JSON
+Schema at load so a typo is one clear line, not a silent no-op.
+
+:func:`classify_status` maps how a turn ended onto ``contracts.metrics.STATUSES``; the
+node uses the result for ``requests_total{status}`` and the log record's ``status``.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from contracts.config import ConfigError, load_yaml_config
+from contracts.defaults import default_config_path
+from contracts.metrics import STATUSES
+
+_RULE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "phrase": {"type": "string", "minLength": 1},
+        "pattern": {"type": "string", "minLength": 1},
+        "lang": {"enum": ["zh", "en", "any"]},
+        "note": {"type": "string"},
+    },
+    "oneOf": [{"required": ["phrase"]}, {"required": ["pattern"]}],
+}
+
+#: JSON Schema of refusals.yaml.
+REFUSALS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["version", "start"],
+    "properties": {
+        "version": {"const": 1},
+        "start_window_chars": {"type": "integer", "minimum": 1, "maximum": 100000},
+        "start": {"type": "array", "items": _RULE_SCHEMA},
+        "anywhere": {"type": "array", "items": _RULE_SCHEMA},
+        "exclude": {"type": "array", "items": _RULE_SCHEMA},
+    },
+}
+
+_QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201b": "'", "\u2032": "'",
+                         "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": '"'})
+_SPACES = re.compile(r"[ \t\u3000\u00a0]+")
+
+
+def normalise(text: str) -> str:
+    """The form rules are written against: NFKC, lower case, straight quotes, single spaces."""
+    t = unicodedata.normalize("NFKC", text).translate(_QUOTES).lower()
+    return _SPACES.sub(" ", t).strip()
+
+
+@dataclass(frozen=True)
+class Rule:
+    section: str        # start | anywhere | exclude
+    index: int
+    regex: re.Pattern[str]
+    source: str         # the phrase or pattern as written
+    lang: str = "any"
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}[{self.index}]"
+
+
+@dataclass(frozen=True)
+class RefusalMatch:
+    """Why a response was judged a refusal: the rule and the matched text."""
+
+    rule: str
+    matched: str
+
+
+def _inside_quotes(text: str, pos: int) -> bool:
+    before = text[:pos]
+    return before.count('"') % 2 == 1 or before.count("「") > before.count("」")
+
+
+class RefusalDetector:
+    """Detects refusals / negative answers (Chinese and English) from configurable rules."""
+
+    def __init__(self, config: Mapping[str, Any], source: str = "<config>") -> None:
+        from contracts.config import check_against_schema
+
+        check_against_schema(config, REFUSALS_SCHEMA, source)
+        self.source = source
+        self.start_window = int(config.get("start_window_chars", 160))
+        self.start = self._compile("start", config.get("start", []), source)
+        self.anywhere = self._compile("anywhere", config.get("anywhere", []), source)
+        self.exclude = self._compile("exclude", config.get("exclude", []), source)
+
+    @staticmethod
+    def _compile(section: str, rules: list[Mapping[str, Any]], source: str) -> list[Rule]:
+        out = []
+        for i, r in enumerate(rules):
+            if "phrase" in r:
+                text = r["phrase"]
+                regex_src = re.escape(normalise(text))
+            else:
+                text = regex_src = r["pattern"]
+            try:
+                rx = re.compile(regex_src)
+            except re.error as exc:
+                raise ConfigError(f"{source}: {section}.{i}.pattern: invalid regular expression: {exc}") from None
+            out.append(Rule(section, i, rx, text, r.get("lang", "any")))
+        return out
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None = None) -> "RefusalDetector":
+        """Load and schema-check a rules file (default: the shipped refusals.yaml).
+        Raises :class:`contracts.config.ConfigError` with one actionable line."""
+        p = Path(path) if path is not None else default_config_path("refusals")
+        data = load_yaml_config(p)
+        return cls(data, str(p))
+
+    @staticmethod
+    def _first_unquoted(rule: Rule, text: str) -> re.Match[str] | None:
+        for m in rule.regex.finditer(text):
+            if not _inside_quotes(text, m.start()):
+                return m
+        return None
+
+    def match(self, response: str | None) -> RefusalMatch | None:
+        """The first rule that marks ``response`` as a refusal, or None."""
+        if not response:
+            return None
+        text = normalise(response)
+        window = text[: self.start_window]
+        for rule in self.exclude:
+            m = rule.regex.match(window)
+            if m:
+                return None
+        for rule in self.start:
+            m = self._first_unquoted(rule, window)
+            if m:
+                return RefusalMatch(rule.name, m.group(0))
+        for rule in self.anywhere:
+            m = self._first_unquoted(rule, text)
+            if m:
+                return RefusalMatch(rule.name, m.group(0))
+        return None
+
+    def is_refusal(self, response: str | None) -> bool:
+        """True when the response refuses or declines (status ``refused``)."""
+        return self.match(response) is not None
+
+
+_DEFAULT: RefusalDetector | None = None
+
+
+def default_detector() -> RefusalDetector:
+    """The detector built from the shipped refusals.yaml (loaded once)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = RefusalDetector.from_yaml()
+    return _DEFAULT
+
+
+#: finish_reason values (OpenAI, vLLM, DeepSeek API) and what they mean for the status.
+_ABORT_REASONS = frozenset({"abort", "aborted", "cancelled", "canceled"})
+_ERROR_REASONS = frozenset({"error"})
+_TRUNCATED_REASONS = frozenset({"length", "max_tokens"})
+_FILTERED_REASONS = frozenset({"content_filter"})
+
+
+def classify_status(finish_reason: str | None, error: BaseException | str | Mapping[str, Any] | None,
+                    aborted: bool, response_text: str | None,
+                    detector: RefusalDetector | None = None, *,
+                    http_status: int | None = None, generation_started: bool = True) -> str:
+    """Map how a turn ended to one of ``contracts.metrics.STATUSES``.
+
+    Precedence (first that applies):
+
+    1. ``rejected`` — turned away before generation: ``http_status`` 4xx (400 bad request,
+       401, 413, 429 queue full) or 503 not ready, or an error with
+       ``generation_started=False``. It never reached the model.
+    2. ``aborted`` — the client went away (``aborted=True`` or finish_reason ``abort``).
+       Wins over ``error``: cancelling a generation often surfaces as an exception.
+    3. ``error`` — ``error`` is set, ``http_status`` >= 500, or finish_reason ``error``.
+    4. ``truncated`` — finish_reason ``length``: max_tokens (or the context) cut the answer.
+    5. ``refused`` — finish_reason ``content_filter``, or the detector flags the text.
+    6. ``completed``.
+
+    ``detector=None`` uses the shipped rules; pass ``False``-y via a detector with no rules
+    to disable refusal detection.
+    """
+    fr = (finish_reason or "").lower() or None
+    if http_status is not None and (400 <= http_status < 500 or http_status == 503):
+        return "rejected"
+    if error is not None and not generation_started:
+        return "rejected"
+    if aborted or fr in _ABORT_REASONS:
+        return "aborted"
+    if error is not None or (http_status is not None and http_status >= 500) or fr in _ERROR_REASONS:
+        return "error"
+    if fr in _TRUNCATED_REASONS:
+        return "truncated"
+    if fr in _FILTERED_REASONS:
+        return "refused"
+    det = detector if detector is not None else default_detector()
+    if det.is_refusal(response_text):
+        return "refused"
+    return "completed"
+
+
+assert set(("completed", "error", "aborted", "truncated", "refused", "rejected")) == set(STATUSES)

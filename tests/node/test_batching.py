@@ -1,0 +1,87 @@
+"""Continuous batching and cancellation, observed from outside through HTTP."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+
+
+def test_sixteen_concurrent_streams_all_complete(node):
+    async def one(client, i):
+        stream = await client.chat.completions.create(
+            model="deepseek-chat", messages=[{"role": "user", "content": f"订单 {i} 的状态？"}],
+            max_tokens=10 + i, stream=True, extra_body={"ignore_eos": True},
+            stream_options={"include_usage": True})
+        text, finish, usage = "", None, None
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+                finish = chunk.choices[0].finish_reason or finish
+            if chunk.usage:
+                usage = chunk.usage
+        return finish, usage.completion_tokens
+
+    async def main():
+        client = openai.AsyncOpenAI(base_url=node.openai_base, api_key="x", max_retries=0, timeout=120)
+        return await asyncio.gather(*(one(client, i) for i in range(16)))
+
+    results = asyncio.run(main())
+    assert [r[0] for r in results] == ["length"] * 16
+    assert [r[1] for r in results] == [10 + i for i in range(16)]
+
+
+def test_new_request_streams_before_a_long_one_ends(node):
+    """Continuous batching: a request that arrives while a long one is generating gets its
+    first token (and finishes) while the long one is still streaming."""
+    events: list[tuple[str, float]] = []
+
+    async def stream(client, name, max_tokens, delay=0.0):
+        await asyncio.sleep(delay)
+        s = await client.chat.completions.create(
+            model="deepseek-chat", messages=[{"role": "user", "content": name}], max_tokens=max_tokens,
+            stream=True, extra_body={"ignore_eos": True})
+        first = True
+        async for chunk in s:
+            if first and chunk.choices and chunk.choices[0].delta.content:
+                events.append((name + ":first", time.monotonic()))
+                first = False
+        events.append((name + ":end", time.monotonic()))
+
+    async def main():
+        client = openai.AsyncOpenAI(base_url=node.openai_base, api_key="x", max_retries=0, timeout=300)
+        long_task = asyncio.create_task(stream(client, "long", 1500))
+        while not any(e[0] == "long:first" for e in events):
+            await asyncio.sleep(0.01)
+        await stream(client, "short", 5)
+        assert node.readyz()["running"] >= 1  # the long one is still in the batch
+        await long_task
+
+    asyncio.run(main())
+    order = [name for name, _ in sorted(events, key=lambda e: e[1])]
+    assert order.index("short:first") < order.index("long:end")
+    assert order.index("short:end") < order.index("long:end")
+
+
+def test_disconnect_cancels_generation_and_frees_the_slot(node):
+    before = node.readyz()
+    body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "a very long story"}],
+            "max_tokens": 3000, "ignore_eos": True, "stream": True}
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", node.openai_base + "/chat/completions", json=body) as r:
+            got = 0
+            for line in r.iter_lines():
+                if line.startswith("data: ") and '"content"' in line:
+                    got += 1
+                if got >= 3:
+                    assert node.readyz()["running"] >= 1  # generating while we read
+                    break  # leaving iter_lines closes the response: the client is gone
+    # The connection is closed; the engine must drop the request.
+    deadline = time.monotonic() + 20
+    state = node.readyz()
+    while time.monotonic() < deadline and (state["running"] > 0 or state["cancelled_total"] <= before["cancelled_total"]):
+        time.sleep(0.1)
+        state = node.readyz()
+    assert state["running"] == 0
+    assert state["cancelled_total"] == before["cancelled_total"] + 1
