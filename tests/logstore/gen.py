@@ -34,7 +34,10 @@ def iso(t: dt.datetime) -> str:
 
 
 def session_record(i: int, rng: random.Random, *, latency_ms: float | None = None,
-                   prompt: str | None = None, session_id: str | None = None, status: str | None = None) -> dict:
+                   prompt: str | None = None, session_id: str | None = None, status: str | None = None,
+                   tag: str = "") -> dict:
+    """Turn ``i``; ``tag`` (alphanumeric) goes into the request id and ``host.name`` so
+    tests sharing one engine can tell their documents apart."""
     lat = round(latency_ms if latency_ms is not None else rng.lognormvariate(6.0, 0.6), 3)
     status = status or rng.choice(STATUSES)
     in_tok, out_tok = rng.randint(5, 2000), rng.randint(0, 800)
@@ -46,13 +49,13 @@ def session_record(i: int, rng: random.Random, *, latency_ms: float | None = Non
         "event": {"dataset": "seekwatch.session", "duration": int(lat * 1_000_000),
                   "outcome": "success" if status == "completed" else "failure"},
         "service": {"name": "seekwatch-node", "version": "0.1.0"},
-        "host": {"name": "gpu-node-1"},
-        "session_id": session_id or f"sess-{i // 5:06d}",
+        "host": {"name": f"node-{tag}" if tag else "gpu-node-1"},
+        "session_id": session_id or f"sess-{tag}{i // 5:06d}",
         "prompt": prompt if prompt is not None else rng.choice(PROMPTS),
         "response": rng.choice(RESPONSES),
         "latency_ms": lat,
         "model_version": "deepseek-r1-distill-qwen-7b@2026-11",
-        "request_id": f"chatcmpl-{i:08d}a{rng.getrandbits(32):08x}",
+        "request_id": f"chatcmpl-{tag}{i:08d}a{rng.getrandbits(32):08x}",
         "turn_index": i % 5,
         "ttft_ms": ttft,
         "queue_ms": round(rng.uniform(0, 30), 3),
@@ -92,10 +95,10 @@ def feedback_record(i: int, request_id: str, session_id: str, rating: str, comme
     return rec
 
 
-def records(n: int, seed: int = 7, start: int = 0) -> Iterator[dict]:
+def records(n: int, seed: int = 7, start: int = 0, tag: str = "") -> Iterator[dict]:
     rng = random.Random(seed)
     for i in range(start, start + n):
-        yield session_record(i, rng)
+        yield session_record(i, rng, tag=tag)
 
 
 def dumps(rec: dict) -> str:
