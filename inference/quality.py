@@ -127,7 +127,8 @@ class RefusalDetector:
     @staticmethod
     def _first_unquoted(rule: Rule, text: str) -> re.Match[str] | None:
         for m in rule.regex.finditer(text):
-            if not _inside_quotes(text, m.start()):
+            # A quoted message ("抱歉，我无法连接" in an error string) is not the model refusing.
+            if not (_inside_quotes(text, m.start()) or _inside_quotes(text, m.end())):
                 return m
         return None
 

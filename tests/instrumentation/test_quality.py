@@ -1,0 +1,111 @@
+"""Refusal detector (precision/recall on the labelled corpus), its YAML config checks,
+and classify_status precedence."""
+from __future__ import annotations
+
+import pytest
+
+from contracts.config import ConfigError
+from contracts.metrics import STATUSES
+from inference.quality import RefusalDetector, classify_status, default_detector, normalise
+from tests.instrumentation.refusal_corpus import CORPUS, evaluate
+
+
+def test_corpus_is_big_and_bilingual():
+    assert len(CORPUS) >= 60
+    zh = [t for t, _ in CORPUS if any("\u4e00" <= c <= "\u9fff" for c in t)]
+    en = [t for t, _ in CORPUS if t not in zh]
+    for group in (zh, en):
+        labels = {lbl for t, lbl in CORPUS if t in group}
+        assert labels == {True, False}
+
+
+def test_precision_and_recall_on_corpus():
+    r = evaluate()
+    print(f"\nrefusal detector: precision={r['precision']:.3f} recall={r['recall']:.3f} "
+          f"(tp={r['tp']} fp={r['fp']} fn={r['fn']} tn={r['tn']}, n={r['n']})")
+    assert r["precision"] >= 0.9
+    assert r["recall"] >= 0.9
+
+
+@pytest.mark.parametrize("text", [
+    "抱歉，我无法帮助您。", "I can't help with that.", "作为一个AI，我无法访问互联网。",
+    "I'm sorry, but I cannot do that."])
+def test_seed_examples_detected(text):
+    m = default_detector().match(text)
+    assert m is not None and m.rule.startswith(("start", "anywhere"))
+
+
+def test_refusal_late_in_long_answer_is_not_start_match():
+    long_answer = "以下是详细步骤。" * 40 + "抱歉，我无法提供更多信息。"
+    assert not default_detector().is_refusal(long_answer)
+
+
+def test_normalise():
+    assert normalise("I\u2019M  Sorry，我ＡＢ") == "i'm sorry,我ab"
+
+
+def test_config_schema_errors_are_one_line(tmp_path):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("version: 1\nstart:\n  - phrase: x\n    pattern: y\n")
+    with pytest.raises(ConfigError) as e:
+        RefusalDetector.from_yaml(bad)
+    assert str(e.value).startswith(str(bad)) and "\n" not in str(e.value)
+    bad.write_text("version: 1\nstart:\n  - pattern: '(unclosed'\n")
+    with pytest.raises(ConfigError, match=r"start\.0\.pattern: invalid regular expression"):
+        RefusalDetector.from_yaml(bad)
+    bad.write_text("version: 2\nstart: []\n")
+    with pytest.raises(ConfigError):
+        RefusalDetector.from_yaml(bad)
+    with pytest.raises(ConfigError, match="no such file"):
+        RefusalDetector.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_custom_phrases(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("version: 1\nstart_window_chars: 20\nstart:\n  - phrase: '恕难从命'\n"
+                 "anywhere:\n  - phrase: 'computer says no'\n")
+    d = RefusalDetector.from_yaml(f)
+    assert d.is_refusal("恕难从命，请见谅")
+    assert d.is_refusal("Well... " + "x" * 100 + " Computer says NO.")
+    assert not d.is_refusal("x" * 30 + "恕难从命")      # outside the start window
+    assert not d.is_refusal('他说"computer says no"')   # quoted
+
+
+class _Never(RefusalDetector):
+    def __init__(self):
+        super().__init__({"version": 1, "start": []})
+
+
+@pytest.mark.parametrize("kw,expected", [
+    (dict(finish_reason="stop", error=None, aborted=False, response_text="好的，步骤如下"), "completed"),
+    (dict(finish_reason="stop", error=None, aborted=False, response_text="抱歉，我无法帮助您。"), "refused"),
+    (dict(finish_reason="content_filter", error=None, aborted=False, response_text=""), "refused"),
+    (dict(finish_reason="length", error=None, aborted=False, response_text="抱歉，我无法"), "truncated"),
+    (dict(finish_reason=None, error=RuntimeError("cuda oom"), aborted=False, response_text=""), "error"),
+    (dict(finish_reason="error", error=None, aborted=False, response_text=""), "error"),
+    (dict(finish_reason=None, error=RuntimeError("cancelled"), aborted=True, response_text="部分"), "aborted"),
+    (dict(finish_reason="abort", error=None, aborted=False, response_text=""), "aborted"),
+    (dict(finish_reason=None, error="queue full", aborted=False, response_text="", http_status=429), "rejected"),
+    (dict(finish_reason=None, error="bad", aborted=False, response_text="", http_status=400), "rejected"),
+    (dict(finish_reason=None, error="not ready", aborted=False, response_text="", http_status=503), "rejected"),
+    (dict(finish_reason=None, error="boom", aborted=False, response_text="", http_status=500), "error"),
+    (dict(finish_reason=None, error="too long", aborted=False, response_text="", generation_started=False), "rejected"),
+])
+def test_classify_status(kw, expected):
+    s = classify_status(detector=None, **kw)
+    assert s == expected and s in STATUSES
+
+
+def test_classify_status_with_disabled_detector():
+    assert classify_status("stop", None, False, "I can't help with that.", _Never()) == "completed"
+
+
+def test_detector_is_fast():
+    import time
+    d = default_detector()
+    text = "好的，以下是您要的销售报告摘要。" * 200
+    d.is_refusal(text)
+    t0 = time.perf_counter()
+    for _ in range(200):
+        d.is_refusal(text)
+    assert (time.perf_counter() - t0) / 200 < 0.005
