@@ -1,0 +1,71 @@
+"""The engine stopped and restarted while the shipper runs: it waits, resumes, and the index
+ends with exactly 10,000 documents, none lost, none doubled. Uses its own engine (same data
+directory and port across the restart), not the shared session engine."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+
+from monitor.logstore.adapter import StoreClient
+from monitor.logstore.engine import SearchEngine
+from monitor.logstore.setup import install
+from tests.fixtures.search_engine import ensure_engine_built
+from tests.logstore.conftest import checkpoint_offsets, count_tag, seekwatch_env, ship_cmd, tag_query, wait_until
+from tests.logstore.gen import append_lines, records
+
+pytestmark = pytest.mark.slow
+N = 10_000
+TAG = "restart"
+
+
+def test_engine_restart_midway_loses_and_doubles_nothing(tmp_path):
+    ensure_engine_built()
+    engine = SearchEngine(tmp_path / "engine", port=0, heap="384m", max_heap="512m")
+    url = engine.start()
+    port = int(url.rsplit(":", 1)[1])
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    state = logs / ".seekwatch-ship"
+    shipper = None
+    try:
+        with StoreClient(url) as client:
+            install(client)
+        recs = list(records(N, seed=23, tag=TAG))
+        append_lines(logs / "session.jsonl", recs[:6000])
+        first_bytes = (logs / "session.jsonl").stat().st_size
+        shipper = subprocess.Popen(
+            ship_cmd(logs, url, "--batch-size", "100", "--poll", "0.1", "--max-backoff", "1"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=seekwatch_env())
+        wait_until(lambda: checkpoint_offsets(state) >= 0.3 * first_bytes, timeout=60, interval=0.01,
+                   what="30% shipped")
+        engine.stop()                       # midway: batches are in flight
+        append_lines(logs / "session.jsonl", recs[6000:])  # the node keeps writing meanwhile
+        time.sleep(2.0)                     # the shipper is now retrying against a closed port
+        assert shipper.poll() is None, shipper.communicate()
+        stalled_at = checkpoint_offsets(state)
+        engine.port = port                  # same address: the shipper was given one URL
+        assert engine.start() == url
+        total = (logs / "session.jsonl").stat().st_size
+        wait_until(lambda: checkpoint_offsets(state) >= total, timeout=120, interval=0.1, what="catch-up")
+        shipper.send_signal(signal.SIGTERM)
+        out, err = shipper.communicate(timeout=30)
+        assert shipper.returncode == 0, err
+        summary = json.loads(out.strip().splitlines()[-1])
+        assert stalled_at < total
+        assert summary["outages"] >= 1, (summary, err)
+        assert summary["dead_lettered"] == 0, err
+        assert "engine unreachable" in err and "resuming" in err
+        with StoreClient(url) as client:
+            assert count_tag(client, TAG) == N
+            body = {"size": 0, "query": tag_query(TAG),
+                    "aggs": {"dups": {"terms": {"field": "request_id", "min_doc_count": 2, "size": 10}}}}
+            assert client.search("seekwatch-sessions", body)["aggregations"]["dups"]["buckets"] == []
+    finally:
+        if shipper is not None and shipper.poll() is None:
+            shipper.kill()
+            shipper.wait(10)
+        engine.stop()
