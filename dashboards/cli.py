@@ -37,6 +37,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     src.add_argument("--url", metavar="SEARCH_ENGINE_URL", type=_url,
                      help="Elasticsearch/OpenSearch URL: read through server-side aggregations")
     p.add_argument("--index", default="seekwatch-*", help="index pattern on the search engine (default: seekwatch-*)")
+    p.add_argument("--host-name", metavar="NAME", help="with --url: only records whose host.name is NAME (one node)")
     gpu = p.add_mutually_exclusive_group()
     gpu.add_argument("--prometheus", metavar="URL", type=_url, help="Prometheus server for GPU series (query_range)")
     gpu.add_argument("--node", metavar="URL", type=_url, help="a node whose /metrics to scrape for GPU series")
@@ -56,7 +57,8 @@ def build_env(args: argparse.Namespace, base: dict[str, str] | None = None) -> d
         del env[key]
     pairs = {"LOGS": os.path.abspath(args.logs) if args.logs else None, "URL": args.url, "INDEX": args.index,
              "PROMETHEUS": args.prometheus, "NODE": args.node,
-             "ALERTS_DB": os.path.abspath(args.alerts_db) if args.alerts_db else None, "NOW": args.now}
+             "ALERTS_DB": os.path.abspath(args.alerts_db) if args.alerts_db else None, "NOW": args.now,
+             "HOST_NAME": args.host_name}
     env.update({f"SEEKWATCH_DASHBOARD_{k}": v for k, v in pairs.items() if v})
     if args.cost_config:
         env["SEEKWATCH_COST_CONFIG"] = os.path.abspath(args.cost_config)

@@ -3,7 +3,8 @@ cached data sources, the sidebar (time range, auto-refresh), number formats and 
 
 Configuration (environment variables; ``seekwatch dashboard`` sets them from its flags):
 ``SEEKWATCH_DASHBOARD_LOGS`` (JSON-lines log dir), ``SEEKWATCH_DASHBOARD_URL`` (search engine,
-wins over LOGS), ``SEEKWATCH_DASHBOARD_INDEX`` (default ``seekwatch-*``),
+wins over LOGS), ``SEEKWATCH_DASHBOARD_INDEX`` (default ``seekwatch-*``), ``SEEKWATCH_DASHBOARD_HOST_NAME`` (only
+the search engine's records of one ``host.name``),
 ``SEEKWATCH_DASHBOARD_PROMETHEUS`` / ``SEEKWATCH_DASHBOARD_NODE`` (GPU series),
 ``SEEKWATCH_DASHBOARD_ALERTS_DB`` (alertd's SQLite state), ``SEEKWATCH_COST_CONFIG`` (cost
 YAML), ``SEEKWATCH_DASHBOARD_NOW`` (pin "now" to an ISO time: reproducible views and tests).
@@ -46,11 +47,11 @@ def now() -> dt.datetime:
 
 
 @st.cache_resource(show_spinner=False)
-def _log_source(kind: str, target: str, index: str):
+def _log_source(kind: str, target: str, index: str, host_name: str = ""):
     if kind == "engine":
         from dashboards.data.engine import EngineSource
 
-        return EngineSource(target, index=index)
+        return EngineSource(target, index=index, where={"host.name": host_name} if host_name else None)
     from dashboards.data.jsonl import JsonlSource
 
     return JsonlSource(target)
@@ -73,7 +74,7 @@ def _cost_model(path: str | None):
 def log_source():
     url = env("URL")
     if url:
-        return _log_source("engine", url, env("INDEX", "seekwatch-*"))
+        return _log_source("engine", url, env("INDEX", "seekwatch-*"), env("HOST_NAME", ""))
     return _log_source("jsonl", os.path.abspath(env("LOGS", DEFAULT_LOG_DIR)), "")
 
 
