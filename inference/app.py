@@ -16,6 +16,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference.auth import ApiKeys
+from inference.billing_router import router as billing_router
+from inference.feedback_router import RecentIds
+from inference.feedback_router import router as feedback_router
 from inference.chat.api_router import router as chat_router
 from inference.chat.serving import ChatService
 from inference.config import NodeConfig
@@ -44,22 +47,23 @@ def build_engine(config: NodeConfig) -> Engine:
                               max_model_len=config.max_model_len, model_version=config.model_version)
 
 
-def build_observer(config: NodeConfig, registry, engine: Engine) -> TurnObserver:
+def build_observer(config: NodeConfig, registry, engine: Engine, cost) -> TurnObserver:
     if not config.instrumentation:
         return NullObserver()
-    try:
-        from inference.instrumentation import NodeInstrumentation
-    except ImportError:  # instrumentation not built in this checkout yet
-        return NullObserver()
-    return NodeInstrumentation.from_config(config, registry, engine)
+    from inference.instrumentation import NodeInstrumentation
+
+    return NodeInstrumentation.from_config(config, registry, engine, cost)
 
 
 def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     from prometheus_client import CollectorRegistry
 
+    from monitor.cost import CostModel
+
     engine = engine or build_engine(config)
     registry = CollectorRegistry()
-    observer = build_observer(config, registry, engine)
+    cost = CostModel.load(config.cost_config)
+    observer = build_observer(config, registry, engine, cost)
     keys = ApiKeys.load(config.api_key_file, config.api_keys_env)
 
     @asynccontextmanager
@@ -91,6 +95,8 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.registry = registry
     app.state.observer = observer
+    app.state.cost = cost
+    app.state.feedback_seen = RecentIds(100_000)
     app.state.config = config
     app.state.load_error = None
     app.state.started_at = int(time.time())
@@ -99,14 +105,9 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
 
     protected = [Depends(require_key)]
     app.include_router(chat_router, dependencies=protected)
+    app.include_router(feedback_router, dependencies=protected)
+    app.include_router(billing_router, dependencies=protected)
     app.include_router(system_router)
-    for extra in ("inference.feedback_router", "inference.billing_router"):
-        try:
-            module = __import__(extra, fromlist=["router"])
-        except ImportError:
-            continue
-        app.include_router(module.router, dependencies=protected)
-    _engine_state_metrics(registry, engine)
 
     @app.exception_handler(InvalidRequest)
     async def _invalid(request: Request, exc: InvalidRequest):
@@ -147,17 +148,3 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
     return app
 
-
-def _engine_state_metrics(registry, engine: Engine) -> None:
-    """Running and waiting requests, read from the engine at scrape time."""
-    from prometheus_client.core import GaugeMetricFamily
-
-    from contracts import metrics as names
-
-    class EngineStateCollector:
-        def collect(self):
-            state = engine.state()
-            yield GaugeMetricFamily(names.REQUESTS_RUNNING, "Requests in the running batch.", value=state.running)
-            yield GaugeMetricFamily(names.REQUESTS_WAITING, "Requests waiting for a batch slot.", value=state.waiting)
-
-    registry.register(EngineStateCollector())

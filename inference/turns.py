@@ -44,6 +44,7 @@ class TurnRecord:
 
 @dataclass
 class FeedbackEvent:
+    feedback_id: str
     rating: str
     request_id: str | None
     session_id: str | None

@@ -1,0 +1,92 @@
+"""The node's instrumentation behind the :class:`~inference.turns.TurnObserver` interface:
+status classification, PII masking, metrics, the session log, cost, and GPU readings.
+
+One place decides a turn's status, so the metric ``requests_total{status}``, the log's
+``status`` and the completion rate the alerts read can never disagree.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from inference.engine.base import Engine
+from inference.gpu import GpuCollector
+from inference.metrics import NodeMetrics
+from inference.quality import RefusalDetector, classify_status, default_detector
+from inference.session_log import SessionLogWriter
+from inference.session_record import build_feedback_record, build_session_record
+from inference.turns import FeedbackEvent, TurnRecord
+from monitor.cost import CostModel
+
+log = logging.getLogger("seekwatch.instrumentation")
+
+
+class NodeInstrumentation:
+    def __init__(self, metrics: NodeMetrics, writer: SessionLogWriter, cost: CostModel,
+                 detector: RefusalDetector, gpu: GpuCollector | None = None):
+        self.metrics = metrics
+        self.writer = writer
+        self.cost = cost
+        self.detector = detector
+        self.gpu = gpu
+
+    @classmethod
+    def from_config(cls, config: Any, registry, engine: Engine, cost: CostModel) -> "NodeInstrumentation":
+        metrics = NodeMetrics(registry)
+        metrics.requests_running.set_function(lambda: engine.state().running)
+        metrics.requests_waiting.set_function(lambda: engine.state().waiting)
+        writer = SessionLogWriter(config.log_dir, metrics=metrics)
+        gpu = GpuCollector().start()
+        registry.register(gpu)
+        return cls(metrics, writer, cost, default_detector(), gpu)
+
+    def status_of(self, turn: TurnRecord) -> str:
+        error = None
+        if turn.error_type:
+            error = {"type": turn.error_type, "message": turn.error_message, "code": turn.error_code}
+        return classify_status(turn.finish_reason, error, turn.aborted, turn.response, self.detector,
+                               http_status=turn.http_status if turn.http_status != 200 and not turn.aborted else None,
+                               generation_started=not turn.rejected)
+
+    def on_turn(self, turn: TurnRecord) -> None:
+        status = self.status_of(turn)
+        tpot = None
+        if turn.ttft_s is not None and turn.completion_tokens > 1:
+            tpot = (turn.e2e_s - turn.ttft_s) / (turn.completion_tokens - 1)
+        self.metrics.observe_turn(status, turn.e2e_s, turn.ttft_s, tpot, turn.queue_s,
+                                  turn.prompt_tokens, turn.completion_tokens)
+        error = None
+        if turn.error_type:
+            error = {"type": turn.error_type, "message": turn.error_message or "", "code": turn.error_code}
+        record = build_session_record(
+            session_id=turn.session_id, request_id=turn.request_id, turn_index=turn.turn_index,
+            prompt=turn.prompt, response=turn.response, model_version=turn.model_version,
+            duration_s=turn.e2e_s, ttft_s=turn.ttft_s, status=status,
+            input_tokens=turn.prompt_tokens, output_tokens=turn.completion_tokens,
+            cost_usd=0.0 if turn.rejected else self.cost.turn_cost_usd(
+                input_tokens=turn.prompt_tokens, output_tokens=turn.completion_tokens, latency_s=turn.e2e_s),
+            finish_reason=turn.finish_reason, queue_s=turn.queue_s, reasoning=turn.reasoning or None,
+            user=turn.user, request_model=turn.model, temperature=turn.temperature, top_p=turn.top_p,
+            max_tokens=turn.max_tokens, stream=turn.stream, endpoint=turn.endpoint, error=error,
+            ended_at=turn.started_at + turn.e2e_s,
+        )
+        self.metrics.observe_redactions(record["pii"]["redactions"])
+        self.writer.submit(record)
+
+    def on_feedback(self, feedback: FeedbackEvent) -> None:
+        record = build_feedback_record(rating=feedback.rating, request_id=feedback.request_id,
+                                       session_id=feedback.session_id, comment=feedback.comment,
+                                       feedback_id=feedback.feedback_id, at=feedback.received_at)
+        self.metrics.observe_feedback(feedback.rating)
+        self.metrics.observe_redactions(record.get("pii", {}).get("redactions", {}))
+        self.writer.submit(record)
+
+    def on_invalid_request(self, http_status: int) -> None:
+        self.metrics.observe_turn("rejected", None, None, None, None, 0, 0)
+
+    def close(self) -> None:
+        dropped = self.writer.close()
+        if dropped:
+            log.error("session log: %d records could not be written at shutdown", dropped)
+        if self.gpu is not None:
+            self.gpu.stop()
