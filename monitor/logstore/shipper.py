@@ -152,6 +152,7 @@ class Shipper:
         self.files: dict[str, TrackedFile] = {}
         self._lock_fh = None
         self._engine_down_since: float | None = None
+        self._refused: list[dict] = []  # lines the engine refused in the batch being sent
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -375,7 +376,7 @@ class Shipper:
                     raise ShipperError(f"engine refused the credentials: {exc}") from None
                 if len(pending) == 1:
                     ln = pending[0]
-                    self._dead_letter([self._dl_entry(ln, f_by_key, f"engine refused the request: {exc}")])
+                    self._refused.append(self._dl_entry(ln, f_by_key, f"engine refused the request: {exc}"))
                     return True
                 # A whole-request 4xx: isolate the culprit by halving.
                 half = len(pending) // 2
@@ -401,7 +402,7 @@ class Shipper:
                     if isinstance(cause, dict):
                         reason += f" (caused by {cause.get('type')}: {cause.get('reason')})"
                     dead.append(self._dl_entry(ln, f_by_key, reason))
-            self._dead_letter(dead)
+            self._refused.extend(dead)  # written with the batch's other dead letters, in file order
             if retry:
                 self.stats.retries += len(retry)
                 self.stop_event.wait(self._backoff(attempt))
@@ -425,9 +426,11 @@ class Shipper:
 
         def flush() -> bool:
             nonlocal batch, batch_size, pending_dead, last_offset
+            self._refused = []
             if batch and not self._send(batch, self.files):
                 return False
-            self._dead_letter(pending_dead)
+            self._dead_letter(sorted(pending_dead + self._refused, key=lambda e: e["offset"]))
+            self._refused = []
             f.offset = last_offset
             self._save_checkpoints()
             self.stats.batches += 1
