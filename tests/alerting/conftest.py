@@ -30,13 +30,26 @@ class Received:
     t: float
 
 
+def _accepted(text: str) -> bool:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return True
+    if isinstance(body, dict):
+        for k in ("errcode", "code", "StatusCode"):
+            if k in body and body[k] != 0:
+                return False
+    return True
+
+
 class Recorder:
     """A loopback webhook endpoint. ``reply`` decides the answer (status, body) per request;
     ``fail_first`` answers 503 to that many requests first."""
 
     def __init__(self, reply: Callable[[Received], tuple[int, str]] | None = None, fail_first: int = 0,
                  port: int | None = None):
-        self.requests: list[Received] = []
+        self.requests: list[Received] = []        # accepted ones (what the chat would show)
+        self.all_requests: list[Received] = []
         self.attempts = 0
         self.fail_first = fail_first
         self.reply = reply or (lambda r: (200, '{"errcode": 0, "errmsg": "ok", "code": 0}'))
@@ -57,7 +70,8 @@ class Recorder:
                     outer.attempts += 1
                     failing = outer.attempts <= outer.fail_first
                     status, text = (503, "down for maintenance") if failing else outer.reply(rec)
-                    if 200 <= status < 300 and not failing:
+                    outer.all_requests.append(rec)
+                    if 200 <= status < 300 and not failing and _accepted(text):
                         outer.requests.append(rec)
                 data = text.encode()
                 self.send_response(status)
