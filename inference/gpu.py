@@ -96,6 +96,7 @@ class GpuCollector(Collector):
         self._thread: threading.Thread | None = None
         self._error_logged = False
         self.reinit_every_s = 60.0
+        self._mem_v2: bool | None = None
         self._last_init_attempt = clock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -175,6 +176,22 @@ class GpuCollector(Collector):
         except Exception:
             return None
 
+    def _memory(self, h: Any) -> Any:
+        """Memory info, v2 first: since R510 the v1 ``used`` also counts memory the driver
+        reserves for itself (~600 MiB on an H200), while nvidia-smi shows v2's ``used``
+        (allocations only). Measured in docs/metrics.md; v1 is the fallback for old drivers."""
+        nv = self._nvml
+        v2 = getattr(nv, "nvmlMemory_v2", None)
+        if v2 is not None and self._mem_v2 is not False:
+            try:
+                info = nv.nvmlDeviceGetMemoryInfo(h, version=v2)
+                self._mem_v2 = True
+                return info
+            except Exception:
+                if self._mem_v2 is None:
+                    self._mem_v2 = False  # not supported by this driver: stop asking
+        return self._read(lambda: nv.nvmlDeviceGetMemoryInfo(h))
+
     def sample_once(self) -> GpuSample | None:
         """Read every device now and append the snapshot to the history."""
         if not self._initialised:
@@ -184,7 +201,7 @@ class GpuCollector(Collector):
         try:
             for i, h in enumerate(self._handles):
                 util = self._read(lambda: nv.nvmlDeviceGetUtilizationRates(h).gpu)
-                mem = self._read(lambda: nv.nvmlDeviceGetMemoryInfo(h))
+                mem = self._memory(h)
                 temp = self._read(lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))
                 power_mw = self._read(lambda: nv.nvmlDeviceGetPowerUsage(h))
                 readings.append(GpuReading(

@@ -26,6 +26,7 @@ class FakeDevice:
     util: int = 50                 # percent
     mem_used: int = 10 * 2**30
     mem_total: int = 141 * 2**30
+    mem_reserved: int = 615 * 2**20
     temp: int = 45
     power_mw: int | None = 300_000  # None -> NotSupported
 
@@ -35,6 +36,8 @@ class FakeNvml:
     devices: list[FakeDevice] = field(default_factory=lambda: [FakeDevice()])
     init_error: Exception | None = None
     calls: int = 0
+    has_v2: bool = True
+    nvmlMemory_v2: int = 0x02000028
     NVML_TEMPERATURE_GPU: int = 0
     NVMLError: type = NVMLError
 
@@ -58,10 +61,17 @@ class FakeNvml:
         self.calls += 1
         return SimpleNamespace(gpu=self.devices[h].util, memory=0)
 
-    def nvmlDeviceGetMemoryInfo(self, h):
+    def nvmlDeviceGetMemoryInfo(self, h, version=None):
+        """v1: ``used`` includes driver-reserved memory; v2 (like nvidia-smi) excludes it."""
         self.calls += 1
         d = self.devices[h]
-        return SimpleNamespace(used=d.mem_used, total=d.mem_total, free=d.mem_total - d.mem_used)
+        if version is None:
+            used = d.mem_used + d.mem_reserved
+            return SimpleNamespace(used=used, total=d.mem_total, free=d.mem_total - used)
+        if not self.has_v2:
+            raise NVMLError("Function Not Found")
+        return SimpleNamespace(version=version, used=d.mem_used, reserved=d.mem_reserved,
+                               total=d.mem_total, free=d.mem_total - d.mem_used - d.mem_reserved)
 
     def nvmlDeviceGetTemperature(self, h, sensor):
         self.calls += 1

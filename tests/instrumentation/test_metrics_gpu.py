@@ -223,3 +223,15 @@ def test_sampler_thread_and_history_scrape_does_not_call_nvml_mock():
         assert fake.calls == before
     finally:
         gpu.stop()
+
+
+@pytest.mark.parametrize("has_v2,expected_extra", [(True, 0), (False, 615 * 2**20)])
+def test_memory_v2_preferred_with_fake_nvml_mock(has_v2, expected_extra):
+    """Fake NVML (mock): memory 'used' comes from the v2 call (as nvidia-smi shows it,
+    driver-reserved memory excluded); old drivers without v2 fall back to v1."""
+    fake = FakeNvml(has_v2=has_v2)
+    gpu = GpuCollector(nvml=fake)
+    gpu._init_nvml()
+    s = gpu.sample_once()
+    assert s.gpus[0].memory_used_bytes == 10 * 2**30 + expected_extra
+    assert gpu.sample_once().gpus[0].memory_used_bytes == 10 * 2**30 + expected_extra
