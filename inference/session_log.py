@@ -28,6 +28,7 @@ which masks PII before they are submitted.
 """
 from __future__ import annotations
 
+import atexit
 import errno
 import json
 import logging
@@ -35,6 +36,7 @@ import os
 import re
 import threading
 import time
+import weakref
 from collections import deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -144,6 +146,11 @@ class SessionLogWriter:
         self._thread = threading.Thread(target=self._run, name="seekwatch-session-log", daemon=True)
         if start:
             self._thread.start()
+        # Safety net: an interpreter exit without close() still drains (atexit runs before
+        # daemon threads are frozen). close() unregisters it.
+        ref = weakref.ref(self)
+        self._atexit = lambda: (ref() is not None and ref().close(timeout=5.0))
+        atexit.register(self._atexit)
 
     # ------------------------------------------------------------------ request path
 
@@ -202,6 +209,7 @@ class SessionLogWriter:
         If records cannot be written within ``timeout`` seconds (disk still full), they
         are counted as dropped and logged. Returns the number dropped at close.
         """
+        atexit.unregister(self._atexit)
         with self._cv:
             if self._closed:
                 return 0

@@ -373,3 +373,18 @@ def test_sigkill_mid_write_leaves_at_most_a_partial_last_line(tmp_path):
             fh.seek(b.offset)
             assert b"\n" not in fh.read()
     assert len(r.torn) <= len(files)
+
+
+def test_interpreter_exit_without_close_still_drains(tmp_path):
+    """A process that forgets close(): the atexit hook drains the queue."""
+    code = textwrap.dedent("""
+        import sys
+        from inference.session_log import SessionLogWriter
+        w = SessionLogWriter(sys.argv[1])
+        for i in range(2000):
+            w.submit({"i": i, "text": "没有调用 close"})
+    """)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60,
+                   cwd=Path(__file__).resolve().parents[2])
+    records, bad = read_records(tmp_path)
+    assert bad == [] and [r["i"] for r in records] == list(range(2000))
