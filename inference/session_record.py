@@ -132,7 +132,6 @@ def build_session_record(
         "cost_usd": max(0.0, float(cost_usd)),
         "gen_ai": {
             "system": system,
-            "operation": {"name": "chat"},
             "request": {"model": request_model or model_version},
             "usage": {"input_tokens": int(input_tokens), "output_tokens": int(output_tokens)},
             "response": {
