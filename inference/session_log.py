@@ -250,13 +250,22 @@ class SessionLogWriter:
 
     def _run(self) -> None:
         try:
-            self._loop()
-        except Exception:  # pragma: no cover - defensive: never die silently
-            log.exception("session log writer crashed")
+            while True:
+                try:
+                    self._loop()
+                    return
+                except Exception:  # pragma: no cover - defensive: a bug must not stop logging
+                    log.exception("session log writer: unexpected error; restarting the loop")
+                    with self._cv:
+                        if self._closing:
+                            return
+                        self._cv.wait(self.retry_interval_s)
         finally:
-            self._close_file()
-            with self._cv:
-                self._cv.notify_all()
+            try:
+                self._close_file()
+            finally:
+                with self._cv:
+                    self._cv.notify_all()
 
     def _loop(self) -> None:
         while True:
@@ -274,7 +283,7 @@ class SessionLogWriter:
             for rec in batch:
                 try:
                     self._lines.append(serialise(rec))
-                except (TypeError, ValueError) as exc:
+                except Exception as exc:  # circular reference, recursion depth, ...
                     bad += 1
                     log.error("session log: record not serialisable (%s); dropped", exc)
             if bad:
@@ -304,12 +313,17 @@ class SessionLogWriter:
                                   "(last error persists)", lost)
                     return
                 if not ok:
-                    # Back off before retrying; close() and new records do not shorten it
-                    # beyond the close deadline.
-                    wait = self.retry_interval_s
-                    if self._deadline is not None:
-                        wait = min(wait, max(0.0, self._deadline - time.monotonic()))
-                    self._cv.wait(wait)
+                    # Back off before retrying. New records do not shorten the wait (under
+                    # load that would retry per submit); close() does, to its deadline.
+                    retry_at = time.monotonic() + self.retry_interval_s
+                    while True:
+                        now = time.monotonic()
+                        until = retry_at
+                        if self._closing and self._deadline is not None:
+                            until = min(until, self._deadline)
+                        if now >= until:
+                            break
+                        self._cv.wait(until - now)
 
     def _wait_time(self) -> float:
         return max(0.01, min(self.fsync_interval_s, 60.0) if self._dirty else 60.0)

@@ -388,3 +388,23 @@ def test_interpreter_exit_without_close_still_drains(tmp_path):
                    cwd=Path(__file__).resolve().parents[2])
     records, bad = read_records(tmp_path)
     assert bad == [] and [r["i"] for r in records] == list(range(2000))
+
+
+def test_disk_full_mock_retries_on_a_timer_not_per_record(tmp_path):
+    """Mock opener (FlakyDisk) stays full while records keep arriving: the writer retries
+    every retry_interval_s, not once per submitted record."""
+    disk = FlakyDisk()
+    disk.full = True
+    w = SessionLogWriter(tmp_path, opener=disk, retry_interval_s=0.25)
+    r0 = rec(0)
+    t0 = time.monotonic()
+    i = 0
+    while time.monotonic() - t0 < 0.6:
+        w.submit(dict(r0, turn_index=i))
+        i += 1
+        time.sleep(0.002)
+    assert 1 <= disk.failures <= 4, disk.failures
+    disk.full = False
+    assert w.flush(5)
+    w.close()
+    assert len(read_records(tmp_path)[0]) == i
