@@ -30,7 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.fixtures.node import start_node  # noqa: E402  (the same launcher the tests use)
+from seekwatch.node_process import start_node  # noqa: E402  (the same launcher the tests use)
 
 CORPUS = (ROOT / "inference" / "data" / "tiny_corpus.txt").read_text("utf-8").splitlines()
 

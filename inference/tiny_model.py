@@ -59,7 +59,7 @@ def train_tokenizer(vocab_size: int = 4096):
 
 
 def make_tiny_model(out_dir: str | Path, *, seed: int = 0, size: str = "tiny",
-                    vocab_size: int = 4096) -> Path:
+                    vocab_size: int = 4096, device: str = "cpu") -> Path:
     """Write config, random weights and tokenizer to ``out_dir``; return the path."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
@@ -68,7 +68,12 @@ def make_tiny_model(out_dir: str | Path, *, seed: int = 0, size: str = "tiny",
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(vocab_size)
     shape = TINY if size == "tiny" else DEEPSEEK_7B
-    vocab = len(tokenizer) if size == "tiny" else 102400
+    if size != "tiny":
+        # DeepSeek-LLM's vocabulary is 102,400. Pad the locally trained tokenizer with
+        # visible placeholder tokens so every id the random model samples decodes to text
+        # (an id past the vocabulary would decode to nothing and hide the stream's tokens).
+        tokenizer.add_tokens([f"<t{i}>" for i in range(len(tokenizer), 102400)])
+    vocab = len(tokenizer)
     config = LlamaConfig(
         vocab_size=vocab, rms_norm_eps=1e-6, rope_theta=10000.0, hidden_act="silu",
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -76,9 +81,14 @@ def make_tiny_model(out_dir: str | Path, *, seed: int = 0, size: str = "tiny",
         torch_dtype="float32" if size == "tiny" else "bfloat16", **shape,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    if size != "tiny":
-        model = model.to(torch.bfloat16)
+    dtype = torch.float32 if size == "tiny" else torch.bfloat16
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):  # initialising 7B random weights is minutes on a CPU, seconds on a GPU
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, do_sample=True, temperature=0.7, top_p=0.95,
@@ -97,10 +107,11 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed for the weights (default 0)")
     p.add_argument("--size", choices=["tiny", "deepseek-7b"], default="tiny",
                    help="tiny (default, for CPU) or the full DeepSeek-LLM-7B shape with random bf16 weights")
+    p.add_argument("--device", default="cpu", help="where to initialise the weights (cuda is much faster for deepseek-7b)")
     p.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    out = make_tiny_model(args.dir, seed=args.seed, size=args.size)
+    out = make_tiny_model(args.dir, seed=args.seed, size=args.size, device=args.device)
     print(f"wrote {args.size} model to {out}")
     return 0

@@ -1,0 +1,81 @@
+"""Start ``seekwatch serve`` as a child process and wait until it is ready.
+
+Shared by the tests, the benchmarks and the demo, so all of them run the node exactly as
+users start it (``python -m seekwatch serve``), with the real HTTP stack and shutdown.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class NodeProcess:
+    """A running ``seekwatch serve`` and where to reach it."""
+
+    proc: subprocess.Popen
+    port: int
+    log_dir: Path
+    output: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_base(self) -> str:
+        return self.base_url + "/v1"
+
+    def readyz(self) -> dict:
+        return httpx.get(self.base_url + "/readyz", timeout=5).json()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def start_node(tmp: Path, *args: str, ready_timeout: float = 120, env: dict | None = None) -> NodeProcess:
+    """Start a node with ``args`` and wait until /readyz says ready."""
+    port = free_port()
+    log_dir = tmp / f"node-{port}-log"
+    output = tmp / f"node-{port}.out"
+    cmd = [sys.executable, "-m", "seekwatch", "serve", "--port", str(port), "--log-dir", str(log_dir), *args]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+    node = NodeProcess(proc, port, log_dir, output, list(args))
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"node exited with {proc.returncode}:\n{output.read_text(errors='replace')[-3000:]}")
+        try:
+            if httpx.get(node.base_url + "/readyz", timeout=2).status_code == 200:
+                return node
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    node.stop(signal.SIGKILL)
+    raise TimeoutError(f"node not ready in {ready_timeout}s:\n{output.read_text(errors='replace')[-3000:]}")
