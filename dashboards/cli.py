@@ -43,6 +43,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     gpu.add_argument("--node", metavar="URL", type=_url, help="a node whose /metrics to scrape for GPU series")
     p.add_argument("--alerts-db", metavar="PATH", help="alertd's SQLite state file (firing alerts and history)")
     p.add_argument("--cost-config", metavar="PATH", help="cost model YAML (default: the seed's table 5.2)")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="with --logs: where parsed rows of settled log files are kept for fast restarts "
+                        "(default ~/.cache/seekwatch/dashboard; 'off' disables)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8501, help="port to listen on (default: 8501)")
     p.add_argument("--now", metavar="ISO_TIME", help=argparse.SUPPRESS)  # pin "now" (screenshots, tests)
@@ -58,7 +61,8 @@ def build_env(args: argparse.Namespace, base: dict[str, str] | None = None) -> d
     pairs = {"LOGS": os.path.abspath(args.logs) if args.logs else None, "URL": args.url, "INDEX": args.index,
              "PROMETHEUS": args.prometheus, "NODE": args.node,
              "ALERTS_DB": os.path.abspath(args.alerts_db) if args.alerts_db else None, "NOW": args.now,
-             "HOST_NAME": args.host_name}
+             "HOST_NAME": args.host_name,
+             "CACHE": (args.cache_dir if args.cache_dir == "off" else os.path.abspath(args.cache_dir)) if args.cache_dir else None}
     env.update({f"SEEKWATCH_DASHBOARD_{k}": v for k, v in pairs.items() if v})
     if args.cost_config:
         env["SEEKWATCH_COST_CONFIG"] = os.path.abspath(args.cost_config)

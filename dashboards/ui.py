@@ -7,7 +7,8 @@ wins over LOGS), ``SEEKWATCH_DASHBOARD_INDEX`` (default ``seekwatch-*``), ``SEEK
 the search engine's records of one ``host.name``),
 ``SEEKWATCH_DASHBOARD_PROMETHEUS`` / ``SEEKWATCH_DASHBOARD_NODE`` (GPU series),
 ``SEEKWATCH_DASHBOARD_ALERTS_DB`` (alertd's SQLite state), ``SEEKWATCH_COST_CONFIG`` (cost
-YAML), ``SEEKWATCH_DASHBOARD_NOW`` (pin "now" to an ISO time: reproducible views and tests).
+YAML), ``SEEKWATCH_DASHBOARD_NOW`` (pin "now" to an ISO time: reproducible views and tests),
+``SEEKWATCH_DASHBOARD_CACHE`` (parse cache root, or ``off``).
 """
 from __future__ import annotations
 
@@ -54,7 +55,19 @@ def _log_source(kind: str, target: str, index: str, host_name: str = ""):
         return EngineSource(target, index=index, where={"host.name": host_name} if host_name else None)
     from dashboards.data.jsonl import JsonlSource
 
-    return JsonlSource(target)
+    return JsonlSource(target, cache_dir=parse_cache_dir(target))
+
+
+def parse_cache_dir(log_dir: str) -> str | None:
+    """Where parsed rows of settled log files are cached (``SEEKWATCH_DASHBOARD_CACHE``;
+    ``off`` disables; default ``~/.cache/seekwatch/dashboard/<hash of the log dir>``)."""
+    import hashlib
+
+    root = env("CACHE")
+    if root == "off":
+        return None
+    root = root or os.path.join(os.path.expanduser("~"), ".cache", "seekwatch", "dashboard")
+    return os.path.join(root, hashlib.sha1(os.path.abspath(log_dir).encode()).hexdigest()[:16])
 
 
 @st.cache_resource(show_spinner=False)

@@ -50,6 +50,28 @@ class FrameAnalytics:
         hi = np.searchsorted(t, _ts(w.end).value // 1_000_000, "left")
         return turns.iloc[lo:hi]
 
+    def _flags(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(done, rated_up, rated_down, session codes) for the rows of ``df``: precomputed
+        columns when the source keeps them (JsonlSource does, once per refresh), else computed."""
+        if "_done" in df.columns:
+            return (df["_done"].to_numpy(), df["_up"].to_numpy(), df["_down"].to_numpy(), df["_sess"].to_numpy())
+        done = self._completed_mask(df).to_numpy()
+        up = df["request_id"].isin(self._rated("up")).to_numpy()
+        down = df["request_id"].isin(self._rated("down")).to_numpy()
+        codes, _ = pd.factorize(df["session_id"])
+        return done, up, down, codes
+
+    @staticmethod
+    def _dialogues(done: np.ndarray, codes: np.ndarray) -> tuple[int, int]:
+        """(dialogues, dialogues whose every turn is done) for session codes >= 0."""
+        if not len(codes):
+            return 0, 0
+        size = int(codes.max()) + 1
+        seen = np.bincount(codes, minlength=size)
+        bad = np.bincount(codes[~done], minlength=size)
+        sessions = int(np.count_nonzero(seen))
+        return sessions, sessions - int(np.count_nonzero(bad))
+
     def _rated(self, rating: str) -> pd.Index:
         _, fb = self.frames()
         if fb.empty:
@@ -70,18 +92,16 @@ class FrameAnalytics:
         k = Kpis(seconds=w.seconds)
         if df.empty:
             return k
-        done = self._completed_mask(df)
+        done, up, down, codes = self._flags(df)
         k.requests = int(len(df))
         k.completed = int(done.sum())
-        per_session = done.groupby(df["session_id"].to_numpy(), sort=False).all()
-        k.sessions = int(len(per_session))
-        k.completed_dialogues = int(per_session.sum())
+        k.sessions, k.completed_dialogues = self._dialogues(done, codes)
         k.input_tokens = int(df["input_tokens"].sum())
         k.output_tokens = int(df["output_tokens"].sum())
         k.cost_usd = float(df["cost_usd"].sum())
         k.busy_s = float(df["latency_ms"].sum()) / 1000.0
-        k.rated_up = int(df["request_id"].isin(self._rated("up")).sum())
-        k.rated_down = int(df["request_id"].isin(self._rated("down")).sum())
+        k.rated_up = int(up.sum())
+        k.rated_down = int(down.sum())
         k.statuses = {str(s): int(n) for s, n in df["status"].value_counts().items() if n}
         ttft = df["ttft_ms"].dropna().to_numpy(dtype="float64")
         e2e = df["latency_ms"].dropna().to_numpy(dtype="float64")
@@ -98,7 +118,9 @@ class FrameAnalytics:
         ms = _ms(df["time"])
         step = int(interval_s) * 1000
         bucket = (ms // step) * step
-        g = df.assign(_b=bucket, _done=self._completed_mask(df).to_numpy()).groupby("_b", sort=True)
+        done = self._flags(df)[0]
+        g = df[["input_tokens", "output_tokens", "cost_usd", "latency_ms", "ttft_ms"]].assign(
+            _b=bucket, _done=done).groupby("_b", sort=True)
         out = pd.DataFrame({
             "requests": g.size(),
             "completed": g["_done"].sum(),
@@ -132,27 +154,26 @@ class FrameAnalytics:
         df = self._window(w)
         if df.empty:
             return pd.DataFrame(columns=QUALITY_COLUMNS)
-        d = df.assign(_done=self._completed_mask(df).to_numpy(),
-                      _ref=(df["status"] == "refused").to_numpy(),
-                      _fail=df["status"].isin(FAILED).to_numpy(),
-                      _up=df["request_id"].isin(self._rated("up")).to_numpy(),
-                      _down=df["request_id"].isin(self._rated("down")).to_numpy())
-        d["model_version"] = d["model_version"].astype(str)
+        done, up, down, codes = self._flags(df)
+        d = pd.DataFrame({"model_version": df["model_version"].astype(str).to_numpy(), "_done": done,
+                          "_ref": (df["status"] == "refused").to_numpy(), "_fail": df["status"].isin(FAILED).to_numpy(),
+                          "_up": up, "_down": down, "_sess": codes})
         g = d.groupby("model_version", sort=True)
-        dial = d.groupby(["model_version", "session_id"], sort=False)["_done"].all().groupby(level=0)
         out = pd.DataFrame({
             "turns": g.size(), "completed": g["_done"].sum(), "refused": g["_ref"].sum(),
             "failed": g["_fail"].sum(), "rated_up": g["_up"].sum(), "rated_down": g["_down"].sum(),
-            "sessions": dial.size(), "completed_dialogues": dial.sum(),
-        }).reset_index()
+        })
+        dial = {m: self._dialogues(part["_done"].to_numpy(), part["_sess"].to_numpy()) for m, part in g}
+        out["sessions"] = [dial[m][0] for m in out.index]
+        out["completed_dialogues"] = [dial[m][1] for m in out.index]
+        out = out.reset_index()
         return out[QUALITY_COLUMNS].astype({c: int for c in QUALITY_COLUMNS[1:]})
 
     def completion_by_turn(self, w: Window, cap: int = 10) -> pd.DataFrame:
         df = self._window(w)
         if df.empty:
             return pd.DataFrame(columns=["turn_index", "turns", "completed"])
-        d = df.assign(_done=self._completed_mask(df).to_numpy(),
-                      _ti=df["turn_index"].clip(upper=cap).to_numpy())
+        d = pd.DataFrame({"_done": self._flags(df)[0], "_ti": df["turn_index"].clip(upper=cap).to_numpy()})
         g = d.groupby("_ti", sort=True)
         out = pd.DataFrame({"turns": g.size(), "completed": g["_done"].sum()}).reset_index(names="turn_index")
         return out.astype(int)

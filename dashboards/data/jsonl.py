@@ -18,6 +18,7 @@ import io
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,30 @@ from .base import TURN_COLUMNS, Window
 from .frame import FrameAnalytics
 
 CHUNK_BYTES = 16 << 20
+_TURN_CACHE_COLS = ["time", "session_id", "request_id", "model_version", "status", "turn_index", "latency_ms",
+                    "ttft_ms", "input_tokens", "output_tokens", "cost_usd", "_file", "_off"]
+_FB_CACHE_COLS = ["time", "request_id", "session_id", "rating", "feedback_id", "_file"]
+# pandas >= 3: "str" is the Arrow-backed string dtype; pandas 2's astype("str") would turn None
+# into "None", so it gets the nullable "string" dtype instead.
+_STR = "str" if int(pd.__version__.split(".")[0]) >= 3 else "string"
 _NUMERIC = {"turn_index": "int64", "latency_ms": "float64", "ttft_ms": "float64",
             "input_tokens": "int64", "output_tokens": "int64", "cost_usd": "float64"}
+
+
+def _turn_schema():
+    import pyarrow as pa
+
+    return pa.schema([("time", pa.timestamp("ms", tz="UTC")), ("session_id", pa.string()), ("request_id", pa.string()),
+                      ("model_version", pa.string()), ("status", pa.string()), ("turn_index", pa.int64()),
+                      ("latency_ms", pa.float64()), ("ttft_ms", pa.float64()), ("input_tokens", pa.int64()),
+                      ("output_tokens", pa.int64()), ("cost_usd", pa.float64()), ("_file", pa.int32()), ("_off", pa.int64())])
+
+
+def _fb_schema():
+    import pyarrow as pa
+
+    return pa.schema([("time", pa.timestamp("ms", tz="UTC")), ("request_id", pa.string()), ("session_id", pa.string()),
+                      ("rating", pa.string()), ("feedback_id", pa.string()), ("_file", pa.int32())])
 
 
 def _arrow_schema():
@@ -94,10 +117,21 @@ class ParseStats:
 
 
 class JsonlSource(FrameAnalytics):
+    """``cache_dir``: where parsed rows of *settled* log files (whole, unchanged for
+    ``settle_s``; rotated files are) are kept as Arrow IPC, keyed by device, inode, size and
+    mtime, so a restarted dashboard reads them back instead of parsing JSON again. ``None``:
+    no cache. The live file is always parsed."""
+
     name = "jsonl"
 
-    def __init__(self, log_dir: str | os.PathLike[str]):
+    def __init__(self, log_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
+                 settle_s: float = 60.0, cache_async: bool = True):
         self.log_dir = Path(log_dir)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.settle_s = settle_s
+        self.cache_async = cache_async
+        self._cached: set[int] = set()
+        self._cache_thread: threading.Thread | None = None
         self._lock = threading.RLock()
         self._files: dict[tuple[int, int], _File] = {}
         self._paths: dict[int, Path] = {}
@@ -107,6 +141,8 @@ class JsonlSource(FrameAnalytics):
                                        "session_id": pd.Series([], dtype=object),
                                        "rating": pd.Series([], dtype=object)})
         self.stats = ParseStats()
+        self._file_lines: dict[int, int] = {}
+        self._file_bad: dict[int, int] = {}
         self.refreshes = 0
 
     @staticmethod
@@ -150,6 +186,11 @@ class JsonlSource(FrameAnalytics):
                 if f is None:
                     f = self._files[key] = _File(len(self._paths), p)
                     self._paths[f.fid] = p
+                    hit = self._cache_load(f, st)
+                    if hit is not None:
+                        new_turns += hit[0]
+                        new_fb += hit[1]
+                        continue
                 f.path = self._paths[f.fid] = p
                 if st.st_size < f.offset:  # truncated in place (copytruncate): start again
                     f.offset = 0
@@ -163,7 +204,9 @@ class JsonlSource(FrameAnalytics):
             if not new_turns and not new_fb:
                 return False
             if new_turns:
-                add = pd.concat(new_turns, ignore_index=True)
+                import pyarrow as pa
+
+                add = pa.concat_tables(new_turns).to_pandas()
                 turns = pd.concat([self._turns, add], ignore_index=True) if len(self._turns) else add
                 if not turns["time"].is_monotonic_increasing:
                     turns = turns.sort_values("time", kind="stable", ignore_index=True)
@@ -171,10 +214,112 @@ class JsonlSource(FrameAnalytics):
                     turns = turns.drop_duplicates("request_id", keep="last", ignore_index=True)
                 self._turns = turns
             if new_fb:
-                fb = pd.concat([self._feedback, *new_fb], ignore_index=True) if len(self._feedback) else pd.concat(new_fb, ignore_index=True)
+                import pyarrow as pa
+
+                add_fb = pa.concat_tables(new_fb).to_pandas()
+                fb = pd.concat([self._feedback, add_fb], ignore_index=True) if len(self._feedback) else add_fb
                 fb = fb.drop_duplicates("feedback_id", keep="last", ignore_index=True) if "feedback_id" in fb else fb
                 self._feedback = fb
-            return True
+            self._derive()
+        if self.cache_dir is not None:
+            if self.cache_async:
+                if self._cache_thread is None or not self._cache_thread.is_alive():
+                    self._cache_thread = threading.Thread(target=self._cache_write, name="jsonl-cache", daemon=True)
+                    self._cache_thread.start()
+            else:
+                self._cache_write()
+        return True
+
+    # ------------------------------------------------------------------ parse cache (Arrow IPC)
+    @staticmethod
+    def _cache_name(st: os.stat_result) -> str:
+        return f"{st.st_dev}-{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+
+    def _cache_load(self, f: _File, st: os.stat_result):
+        if self.cache_dir is None:
+            return None
+        base = self.cache_dir / self._cache_name(st)
+        try:
+            import pyarrow as pa
+            import pyarrow.compute as pc  # noqa: F401
+
+            out = []
+            for kind in ("turns", "fb"):
+                with pa.memory_map(str(base) + f".{kind}.arrow") as src:
+                    tbl = pa.ipc.open_file(src).read_all()
+                meta = tbl.schema.metadata or {}
+                i = tbl.schema.get_field_index("_file")
+                tbl = tbl.set_column(i, "_file", pa.array(np.full(len(tbl), f.fid, dtype=np.int32)))
+                tbl = tbl.cast(_turn_schema() if kind == "turns" else _fb_schema())
+                out.append([tbl] if len(tbl) else [])
+        except (OSError, ValueError, KeyError):  # missing or unreadable: parse the file instead
+            return None
+        f.offset, f.pending = st.st_size, 0
+        self._cached.add(f.fid)
+        self.stats.set_aside += int(meta.get(b"set_aside", b"0"))
+        self.stats.lines += int(meta.get(b"lines", b"0"))
+        return out[0], out[1]
+
+    def _cache_write(self) -> None:
+        import pyarrow as pa
+
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            turns, fb = self._turns, self._feedback
+            now = time.time()
+            for key, f in list(self._files.items()):
+                if f.fid in self._cached or f.pending:
+                    continue
+                try:
+                    st = f.path.stat()
+                except OSError:
+                    continue
+                if (st.st_dev, st.st_ino) != key or st.st_size != f.offset or now - st.st_mtime < self.settle_s:
+                    continue
+                base = self.cache_dir / self._cache_name(st)
+                for stale in self.cache_dir.glob(f"{st.st_dev}-{st.st_ino}-*"):
+                    stale.unlink(missing_ok=True)
+                meta = {b"lines": str(self._file_lines.get(f.fid, 0)).encode(),
+                        b"set_aside": str(self._file_bad.get(f.fid, 0)).encode()}
+                for kind, df, cols in (("turns", turns, _TURN_CACHE_COLS), ("fb", fb, _FB_CACHE_COLS)):
+                    part = df.loc[df["_file"] == f.fid, cols] if "_file" in df.columns else df.iloc[0:0][[]]
+                    tbl = pa.Table.from_pandas(part, preserve_index=False).cast(
+                        _turn_schema() if kind == "turns" else _fb_schema())
+                    tbl = tbl.replace_schema_metadata(meta)
+                    tmp = str(base) + f".{kind}.arrow.tmp"
+                    with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, tbl.schema) as w:
+                        w.write_table(tbl)
+                    os.replace(tmp, str(base) + f".{kind}.arrow")
+                self._cached.add(f.fid)
+        except (OSError, ValueError):  # a cache is an optimisation: never fail a render for it
+            return
+
+    def _derive(self) -> None:
+        """Per-turn flags the KPIs need, computed once per refresh instead of once per query:
+        completed / rated up / rated down (the feedback join) and integer session codes."""
+        t = self._turns
+        if t.empty:
+            return
+        drop = [c for c in ("_done", "_up", "_down", "_sess") if c in t.columns]
+        t = t.drop(columns=drop)
+        down, up = self._rated("down"), self._rated("up")
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        rid = pa.array(t["request_id"], type=pa.string(), from_pandas=True)
+
+        def member(ids) -> np.ndarray:
+            if not len(ids):
+                return np.zeros(len(t), bool)
+            hit = pc.is_in(rid, value_set=pa.array(list(ids), type=pa.string()))
+            return pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+
+        is_down = member(down)
+        t["_down"] = is_down
+        t["_up"] = member(up)
+        t["_done"] = (t["status"] == "completed").to_numpy() & ~is_down
+        t["_sess"] = pd.factorize(t["session_id"])[0].astype(np.int64)
+        self._turns = t
 
     def _read_file(self, f: _File, size: int) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
         turns: list[pd.DataFrame] = []
@@ -201,14 +346,18 @@ class JsonlSource(FrameAnalytics):
                 block = buf[: cut + 1]
                 fh.seek(pos + cut + 1)
                 t, fb = self._parse_block(block, f.fid, pos)
-                turns += t
-                fbs += fb
+                if len(t):
+                    turns.append(t)
+                if len(fb):
+                    fbs.append(fb)
                 pos += cut + 1
                 f.offset = pos
                 f.pending = 0
         return turns, fbs
 
-    def _parse_block(self, block: bytes, fid: int, base: int) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+    def _parse_block(self, block: bytes, fid: int, base: int):
+        """Whole lines -> (turns, feedback) Arrow tables. Fast path: one pyarrow parse of the
+        block; if any line breaks it, every line is parsed on its own and bad ones set aside."""
         import pyarrow as pa
         import pyarrow.json as pj
 
@@ -231,27 +380,45 @@ class JsonlSource(FrameAnalytics):
             while any(pa.types.is_struct(f.type) for f in flat.schema):
                 flat = flat.flatten()
             flat = flat.rename_columns([_FLAT.get(n, n) for n in flat.column_names])
-            df = flat.to_pandas()
-            df["_off"] = offsets
+            flat = flat.append_column("_off", pa.array(offsets, pa.int64()))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            df = self._parse_lines(block, starts[nonblank], ends[nonblank], base)
+            flat = self._parse_lines(block, starts[nonblank], ends[nonblank], base, fid)
         self.stats.lines += int(len(offsets))
-        df["_file"] = np.int32(fid)
-        is_fb = df["dataset"] == FEEDBACK_DATASET
-        is_turn = (df["dataset"] == SESSION_DATASET) | (df["dataset"].isna() & df["request_id"].notna() & df["rating"].isna())
-        is_turn &= df["time"].notna() & df["session_id"].notna()
-        bad = ~(is_fb | is_turn)
-        if bad.any():
-            self.stats.set_aside += int(bad.sum())
-        turns = df.loc[is_turn, ["time", "session_id", "request_id", "model_version", "status", *_NUMERIC, "_file", "_off"]]
-        turns = turns.astype({"turn_index": "float64"}).fillna({"turn_index": 0, "input_tokens": 0, "output_tokens": 0,
-                                                               "cost_usd": 0.0, "latency_ms": 0.0})
-        turns = turns.astype({k: v for k, v in _NUMERIC.items() if k != "ttft_ms"} | {"ttft_ms": "float64"})
-        turns = turns.astype({c: object for c in ("session_id", "request_id", "model_version", "status")})
-        fb = df.loc[is_fb & df["rating"].isin(["up", "down"]), ["time", "request_id", "session_id", "rating", "feedback_id"]]
-        return [turns] if len(turns) else [], [fb.astype(object).astype({"time": "datetime64[ms, UTC]"})] if len(fb) else []
+        self._file_lines[fid] = self._file_lines.get(fid, 0) + int(len(offsets))
+        return self._select(flat, fid)
 
-    def _parse_lines(self, block: bytes, starts, ends, base: int) -> pd.DataFrame:
+    def _select(self, flat, fid: int):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        ds = flat["dataset"]
+        is_fb = pc.fill_null(pc.equal(ds, FEEDBACK_DATASET), False)
+        legacy = pc.and_(pc.and_(pc.is_null(ds), pc.is_valid(flat["request_id"])), pc.is_null(flat["rating"]))
+        is_turn = pc.or_(pc.fill_null(pc.equal(ds, SESSION_DATASET), False), legacy)
+        is_turn = pc.and_(is_turn, pc.and_(pc.is_valid(flat["time"]), pc.is_valid(flat["session_id"])))
+        bad = len(flat) - pc.sum(pc.or_(is_fb, is_turn).cast(pa.int64())).as_py() if len(flat) else 0
+        self.stats.set_aside += int(bad or 0)
+        self._file_bad[fid] = self._file_bad.get(fid, 0) + int(bad or 0)
+        t = flat.filter(is_turn)
+        cols = {"time": t["time"]}
+        for c in ("session_id", "request_id", "model_version", "status"):
+            cols[c] = t[c]
+        for c, typ in _NUMERIC.items():
+            col = t[c]
+            if c != "ttft_ms":
+                col = pc.fill_null(col, 0)
+            cols[c] = pc.cast(col, pa.int64() if typ == "int64" else pa.float64(), safe=False)
+        cols["_file"] = pa.array(np.full(len(t), fid, dtype=np.int32))
+        cols["_off"] = t["_off"]
+        turns = pa.table(cols).cast(_turn_schema())
+        keep_fb = pc.and_(is_fb, pc.fill_null(pc.is_in(flat["rating"], value_set=pa.array(["up", "down"])), False))
+        fb = flat.filter(keep_fb).select(["time", "request_id", "session_id", "rating", "feedback_id"])
+        fb = fb.append_column("_file", pa.array(np.full(len(fb), fid, dtype=np.int32))).cast(_fb_schema())
+        return turns, fb
+
+    def _parse_lines(self, block: bytes, starts, ends, base: int, fid: int):
+        import pyarrow as pa
+
         rows, offs = [], []
         for s, e in zip(starts, ends):
             line = block[s:e]
@@ -261,6 +428,7 @@ class JsonlSource(FrameAnalytics):
                 rec = None
             if rec is None:
                 self.stats.set_aside += 1
+                self._file_bad[fid] = self._file_bad.get(fid, 0) + 1
                 if len(self.stats.samples) < 5:
                     self.stats.samples.append(line[:120].decode("utf-8", "replace"))
                 continue
@@ -269,11 +437,14 @@ class JsonlSource(FrameAnalytics):
         df = pd.DataFrame(rows, columns=["time", "dataset", "session_id", "request_id", "model_version", "status",
                                          "turn_index", "latency_ms", "ttft_ms", "cost_usd", "input_tokens",
                                          "output_tokens", "rating", "feedback_id"])
-        df["time"] = pd.to_datetime(df["time"], utc=True).astype("datetime64[ms, UTC]")
+        cols = {"time": pa.array(pd.to_datetime(df["time"], utc=True).astype("datetime64[ms, UTC]"),
+                                 type=pa.timestamp("ms", tz="UTC"), from_pandas=True)}
+        for c in ("dataset", "session_id", "request_id", "model_version", "status", "rating", "feedback_id"):
+            cols[c] = pa.array([v if isinstance(v, str) else None for v in df[c]], type=pa.string())
         for c in _NUMERIC:
-            df[c] = pd.to_numeric(df[c], errors="coerce")
-        df["_off"] = np.asarray(offs, dtype="int64")
-        return df
+            cols[c] = pa.array(pd.to_numeric(df[c], errors="coerce").astype("float64"), type=pa.float64(), from_pandas=True)
+        cols["_off"] = pa.array(np.asarray(offs, dtype="int64"))
+        return pa.table(cols)
 
     # ------------------------------------------------------------------ text, read back from disk
     def _texts(self, rows: pd.DataFrame) -> pd.DataFrame:

@@ -100,10 +100,11 @@ def expected(fixture_records):
 
 
 @pytest.fixture
-def dash_env(monkeypatch, fixture_logs):
+def dash_env(monkeypatch, fixture_logs, tmp_path):
     for k in ("URL", "PROMETHEUS", "NODE", "ALERTS_DB"):
         monkeypatch.delenv(f"SEEKWATCH_DASHBOARD_{k}", raising=False)
     monkeypatch.delenv("SEEKWATCH_COST_CONFIG", raising=False)
     monkeypatch.setenv("SEEKWATCH_DASHBOARD_LOGS", str(fixture_logs))
     monkeypatch.setenv("SEEKWATCH_DASHBOARD_NOW", END.isoformat())
+    monkeypatch.setenv("SEEKWATCH_DASHBOARD_CACHE", str(tmp_path / "parse-cache"))
     return monkeypatch

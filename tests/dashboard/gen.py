@@ -35,7 +35,7 @@ def iso(t: dt.datetime) -> str:
 
 
 def generate(n_turns: int, end: dt.datetime, span_s: float = 6 * 3600, seed: int = 7,
-             feedback_ratio: float = 0.12, down_share: float = 0.35) -> Iterator[dict]:
+             feedback_ratio: float = 0.12, down_share: float = 0.35, ordered_starts: bool = False) -> Iterator[dict]:
     """Yield ``n_turns`` session records (and interleaved feedback records), times in
     [end - span_s, end), in time order per session (not globally)."""
     rng = random.Random(seed)
@@ -47,7 +47,10 @@ def generate(n_turns: int, end: dt.datetime, span_s: float = 6 * 3600, seed: int
         sess_no += 1
         sid = f"s{seed}x{sess_no:07d}"
         n = min(rng.randint(1, 6), n_turns - made)
-        t = end - dt.timedelta(seconds=rng.uniform(60.0, span_s))
+        if ordered_starts:  # sessions start evenly through the span (about 3.5 turns each)
+            t = end - dt.timedelta(seconds=span_s) + dt.timedelta(seconds=(made / n_turns) * (span_s - 600) + rng.uniform(0, 30))
+        else:
+            t = end - dt.timedelta(seconds=rng.uniform(60.0, span_s))
         model = MODELS[0] if rng.random() < 0.7 else MODELS[1]
         for k in range(n):
             made += 1
@@ -97,6 +100,33 @@ def generate(n_turns: int, end: dt.datetime, span_s: float = 6 * 3600, seed: int
                     "rating": "down" if down else "up",
                 }
             t += dt.timedelta(seconds=lat / 1000 + rng.uniform(5, 90))
+
+
+def generate_ordered(n_turns: int, end: dt.datetime, span_s: float = 6 * 3600, seed: int = 7,
+                     concurrent: int = 200, **kw) -> Iterator[dict]:
+    """Like :func:`generate`, but in global time order, as the node writes them (each record
+    when its turn ends): ``concurrent`` sessions are interleaved through a heap, so memory
+    stays small for any ``n_turns``. Session and turn contents follow the same distributions."""
+    import heapq
+
+    per = max(1, n_turns // concurrent)
+    streams = []
+    for i in range(concurrent):
+        n = per if i < concurrent - 1 else n_turns - per * (concurrent - 1)
+        if n > 0:
+            streams.append(generate(n, end, span_s=span_s, seed=seed * 100_003 + i, ordered_starts=True, **kw))
+    # each stream is in time order per session but sessions overlap: merge by timestamp through
+    # a small reorder buffer per stream (a session spans minutes, the span hours)
+    def ordered(stream):
+        buf: list = []
+        for rec in stream:
+            heapq.heappush(buf, (rec["@timestamp"], id(rec), rec))
+            if len(buf) > 1024:
+                yield heapq.heappop(buf)[2]
+        while buf:
+            yield heapq.heappop(buf)[2]
+
+    yield from heapq.merge(*(ordered(s) for s in streams), key=lambda r: r["@timestamp"])
 
 
 def write_logs(log_dir: Path, records, per_file: int = 5000, partial_tail: bool = False,

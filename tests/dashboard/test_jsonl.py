@@ -94,3 +94,18 @@ def test_feedback_down_makes_turn_incomplete(tmp_path):
     k = src.kpis(ALL)
     assert (k.requests, k.completed, k.rated_down) == (10, 9, 1)
     assert k.completed_dialogues == k.sessions - 1
+
+
+def test_parse_cache_roundtrip(fixture_logs, fixture_records, tmp_path):
+    cache = tmp_path / "cache"
+    first = JsonlSource(fixture_logs, cache_dir=cache, settle_s=0, cache_async=False)
+    first.refresh()
+    assert list(cache.glob("*.turns.arrow")), "settled files are cached"
+    again = JsonlSource(fixture_logs, cache_dir=cache, settle_s=0, cache_async=False)
+    again.refresh()
+    assert again._cached  # read back, not parsed
+    for w in (ALL, Window(END - dt.timedelta(hours=24), END)):
+        assert again.kpis(w) == first.kpis(w)
+    assert again.health()["set_aside"] == first.health()["set_aside"] == 1
+    sid = first.slowest(ALL, "latency_ms", 1)["session_id"][0]
+    assert list(again.conversation(sid)["prompt"]) == list(first.conversation(sid)["prompt"])
