@@ -10,7 +10,7 @@ with the request id as ``_id``, into the same data stream through the same defau
 pipeline; each round uses fresh ids so neither meets the other's documents. The bare loader
 is the floor of the work: read the file, split lines, pull the id out with json, POST. The
 shipper adds file tracking, per-item error handling and an fsynced checkpoint per batch.
-Rounds alternate (bare, shipper, bare, shipper, ...) and the median of each is reported.
+Rounds alternate which goes first (bare then shipper, shipper then bare, ...) and the median of each is reported.
 """
 from __future__ import annotations
 
@@ -25,8 +25,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-import os  # noqa: E402
 
 from monitor.logstore.adapter import SESSION_STREAM, StoreClient  # noqa: E402
 from monitor.logstore.shipper import Shipper  # noqa: E402
@@ -94,10 +92,14 @@ def main(argv: list[str] | None = None) -> int:
             # warm-up (JIT, pipeline compilation, index creation), not measured
             warm = work / "warm"
             warm.mkdir()
-            append_lines(warm / "w.jsonl", records(2000, seed=1, tag="warm"))
+            append_lines(warm / "w.jsonl", records(5000, seed=1, tag="warm"))
             bare_load(client, warm / "w.jsonl", args.batch)
+            (work / "warm2").mkdir()
+            append_lines(work / "warm2" / "w.jsonl", records(5000, seed=2, tag="warmup"))
+            shipper_load(client, work / "warm2", args.batch)
             for r in range(args.rounds):
-                for name in results:
+                order = list(results) if r % 2 == 0 else list(results)[::-1]  # no order bias
+                for name in order:
                     d = work / f"{name.split()[0]}-{r}"
                     d.mkdir()
                     tag = f"b{r}{name[0]}"
