@@ -1,4 +1,4 @@
-"""Direct-scrape source: fetch every node's ``/metrics``, parse the exposition, keep a short
+"""Direct-scrape source: fetch every node's ``/metrics`` (:mod:`.http_scrape`), parse the exposition, keep a short
 history in memory and turn it into :class:`~monitor.alerting.model.NodeObservation` s.
 
 * P99 latency: per-bucket counter increases over ``window`` (reset-aware), then
@@ -154,32 +154,32 @@ class ScrapeSource:
     kind = "scrape"
 
     def __init__(self, cfg: AlertdConfig):
-        import httpx
+        from .http_scrape import Endpoint
 
         self.cfg = cfg
         self.latency_metric = LATENCY_METRICS[(cfg.rules.get("p99_latency") or {}).get("metric", "ttft")]
         keep = cfg.history_seconds() + 2 * cfg.evaluation_interval
         self.histories = [NodeHistory(u, keep) for u in cfg.nodes]
+        self.endpoints = [Endpoint(u) for u in cfg.nodes]
         self._loop = asyncio.new_event_loop()
-        self._httpx = httpx
-        self._client = None
 
     def nodes(self) -> list[str]:
         return [h.node for h in self.histories]
 
-    async def _fetch(self, h: NodeHistory) -> None:
-        httpx = self._httpx
-        t = time.time()
+    async def _fetch(self, h: NodeHistory, ep, t: float) -> None:
+        from .http_scrape import ScrapeError
+
         try:
-            r = await self._client.get(h.url)
-            if r.status_code != 200:
-                h.error = f"HTTP {r.status_code} from {h.url}"
-                return
-            sample = parse_exposition(r.text, self.latency_metric, t)
-        except httpx.HTTPError as exc:
-            h.error = f"cannot scrape {h.url}: {type(exc).__name__}: {exc}".rstrip(": ")
+            status, body = await ep.get(self.cfg.scrape_timeout)
+        except ScrapeError as exc:
+            h.error = f"cannot scrape {h.url}: {exc}"
             return
-        except (ValueError, KeyError, TypeError) as exc:
+        if status != 200:
+            h.error = f"HTTP {status} from {h.url}"
+            return
+        try:
+            sample = parse_exposition(body.decode("utf-8", "replace"), self.latency_metric, t)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
             h.error = f"cannot parse the exposition of {h.url}: {exc}"
             return
         if sample is None:
@@ -188,23 +188,19 @@ class ScrapeSource:
         h.error = None
         h.add(sample)
 
-    async def _scrape_all(self) -> None:
-        if self._client is None:
-            self._client = self._httpx.AsyncClient(
-                timeout=self.cfg.scrape_timeout,
-                limits=self._httpx.Limits(max_connections=200, max_keepalive_connections=200),
-                headers={"Accept": "text/plain;version=0.0.4"}, trust_env=False)
-        await asyncio.gather(*(self._fetch(h) for h in self.histories))
+    async def _scrape_all(self, t: float) -> None:
+        await asyncio.gather(*(self._fetch(h, ep, t) for h, ep in zip(self.histories, self.endpoints)))
 
     def collect(self, now: float | None = None) -> list[NodeObservation]:
-        self._loop.run_until_complete(self._scrape_all())
         now = time.time() if now is None else now
+        self._loop.run_until_complete(self._scrape_all(now))   # one timestamp per cycle, like a scrape
         return [observe(h, self.cfg, now) for h in self.histories]
 
     def close(self) -> None:
-        if self._client is not None:
-            self._loop.run_until_complete(self._client.aclose())
-            self._client = None
+        for ep in self.endpoints:
+            ep.close()
+        # let the transports finish closing before the loop goes away
+        self._loop.run_until_complete(asyncio.sleep(0))
         self._loop.close()
 
 
