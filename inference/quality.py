@@ -55,10 +55,38 @@ _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201b": "'", "\u2032": 
 _SPACES = re.compile(r"[ \t\u3000\u00a0]+")
 
 
+#: The full-width punctuation Chinese text is full of, replaced before the (slow) NFKC pass,
+#: so that for typical text ``is_normalized`` is true and NFKC itself is skipped.
+_FULLWIDTH = (("，", ","), ("！", "!"), ("？", "?"), ("：", ":"), ("；", ";"), ("（", "("),
+              ("）", ")"), ("\u3000", " "))
+_QUOTE_CHARS = "\u2018\u2019\u201b\u2032\u201c\u201d\u201e\u00ab\u00bb"
+
+
 def normalise(text: str) -> str:
-    """The form rules are written against: NFKC, lower case, straight quotes, single spaces."""
-    t = unicodedata.normalize("NFKC", text).translate(_QUOTES).lower()
-    return _SPACES.sub(" ", t).strip()
+    """The form rules are written against: NFKC, lower case, straight quotes, single spaces.
+
+    Same result as ``NFKC → quotes → lower → collapse spaces``, done with cheap checks first
+    (this runs on every turn)."""
+    for a, b in _FULLWIDTH:
+        if a in text:
+            text = text.replace(a, b)
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
+    if any(q in text for q in _QUOTE_CHARS):
+        text = text.translate(_QUOTES)
+    t = text.lower()
+    if "  " in t or "\t" in t or "\u00a0" in t:
+        t = _SPACES.sub(" ", t)
+    return t.strip()
+
+
+def _light_normalise(text: str) -> str:
+    """What ``anywhere`` rules read: lower case and straight quotes only — NFKC over a long
+    response costs ~100 µs, and these rules (explicit declines) need no width folding."""
+    t = text.lower()
+    if any(q in t for q in _QUOTE_CHARS):
+        t = t.translate(_QUOTES)
+    return t
 
 
 @dataclass(frozen=True)
@@ -136,8 +164,9 @@ class RefusalDetector:
         """The first rule that marks ``response`` as a refusal, or None."""
         if not response:
             return None
-        text = normalise(response)
-        window = text[: self.start_window]
+        # Normalise only what the start rules read (NFKC can change lengths, so take a
+        # margin and cut after); the whole text gets the cheap part (lower case, quotes).
+        window = normalise(response[: self.start_window * 2 + 16])[: self.start_window]
         for rule in self.exclude:
             m = rule.regex.match(window)
             if m:
@@ -146,6 +175,9 @@ class RefusalDetector:
             m = self._first_unquoted(rule, window)
             if m:
                 return RefusalMatch(rule.name, m.group(0))
+        if not self.anywhere:
+            return None
+        text = _light_normalise(response)
         for rule in self.anywhere:
             m = self._first_unquoted(rule, text)
             if m:

@@ -59,6 +59,8 @@ NEAR_MISSES: list[str] = [
     "version 1.2.3.4.5 released",                      # dotted version string
     "请升级到 v1.2.3.4",                              # v-prefixed version
     "IP 256.1.1.1 无效",                              # invalid octet
+    "地址 010.0.0.1 和 1234.1.1.1 与 10.0.0.1234",       # leading zero / 4-digit groups
+    "pi ≈ 3.1415.9265.3589",                           # long dotted digits
     "电话 12812345678 不是手机号",                     # 12x is not a mobile prefix
     "手机号1381234567少一位",                          # 10 digits
     "Bearer of good news",                             # "Bearer" as a word

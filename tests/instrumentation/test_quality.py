@@ -109,3 +109,19 @@ def test_detector_is_fast():
     for _ in range(200):
         d.is_refusal(text)
     assert (time.perf_counter() - t0) / 200 < 0.005
+
+
+def _reference_normalise(t: str) -> str:
+    import unicodedata
+    from inference.quality import _QUOTES, _SPACES
+    return _SPACES.sub(" ", unicodedata.normalize("NFKC", t).translate(_QUOTES).lower()).strip()
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("aZ 　\t，！？：；（）“”‘’Ｉｍ我无法。.,'\"\u00a0ﬁ①")), max_size=40))
+def test_fast_normalise_equals_reference(text):
+    """The shortcut normalise() gives exactly NFKC → quotes → lower → single spaces."""
+    assert normalise(text) == _reference_normalise(text)
