@@ -76,6 +76,15 @@ def serialise(record: dict[str, Any]) -> bytes:
     return text.encode("utf-8", "backslashreplace") + b"\n"
 
 
+class _Lazy:
+    """A queued record builder (see :meth:`SessionLogWriter.submit_lazy`)."""
+
+    __slots__ = ("build",)
+
+    def __init__(self, build: Callable[[], "dict[str, Any] | None"]) -> None:
+        self.build = build
+
+
 class SessionLogWriter:
     """Append-only JSONL writer with a queue, a writer thread, rotation, retention and spill.
 
@@ -179,6 +188,16 @@ class SessionLogWriter:
                       "see seekwatch_log_dropped_total", reason, self._unwritten, self.spill_max)
         return False
 
+    def submit_lazy(self, build: Callable[[], "dict[str, Any] | None"]) -> bool:
+        """Queue a *builder*; the writer thread calls it and writes what it returns.
+
+        Moves record building (PII masking, ~50–150 µs for a 2 KB answer) off the request
+        path: ``writer.submit_lazy(lambda: build_session_record(...))``. Masking still
+        happens before anything is serialised. ``None`` from the builder writes nothing;
+        an exception is logged and counted as dropped.
+        """
+        return self.submit(_Lazy(build))  # type: ignore[arg-type]
+
     # ------------------------------------------------------------------ control
 
     @property
@@ -279,16 +298,21 @@ class SessionLogWriter:
                 self._queue.clear()
                 closing = self._closing
             # Serialise outside the lock: the request path only ever waits for an append.
-            bad = 0
+            bad = skipped = 0
             for rec in batch:
                 try:
+                    if type(rec) is _Lazy:
+                        rec = rec.build()
+                        if rec is None:
+                            skipped += 1
+                            continue
                     self._lines.append(serialise(rec))
-                except Exception as exc:  # circular reference, recursion depth, ...
+                except Exception as exc:  # builder bug, circular reference, ...
                     bad += 1
-                    log.error("session log: record not serialisable (%s); dropped", exc)
-            if bad:
+                    log.error("session log: record could not be built/serialised (%r); dropped", exc)
+            if bad or skipped:
                 with self._cv:
-                    self._unwritten -= bad
+                    self._unwritten -= bad + skipped
                 self._count_dropped(bad)
 
             ok = self._write_pending()

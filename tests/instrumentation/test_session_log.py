@@ -408,3 +408,30 @@ def test_disk_full_mock_retries_on_a_timer_not_per_record(tmp_path):
     assert w.flush(5)
     w.close()
     assert len(read_records(tmp_path)[0]) == i
+
+
+def test_submit_lazy_builds_on_the_writer_thread(tmp_path, reg):
+    """Builders run on the writer thread; None writes nothing; a failing builder is
+    counted as dropped and does not stop the writer."""
+    import threading
+    nm = NodeMetrics(reg)
+    w = SessionLogWriter(tmp_path, metrics=nm)
+    threads = []
+
+    def build(i):
+        threads.append(threading.current_thread().name)
+        return rec(i, text=f"手机13812345678 第{i}轮")
+
+    for i in range(5):
+        assert w.submit_lazy(lambda i=i: build(i))
+    w.submit_lazy(lambda: None)
+    w.submit_lazy(lambda: 1 / 0)
+    w.submit(rec(99))
+    assert w.close() == 0
+    records, bad = read_records(tmp_path)
+    assert [r["turn_index"] for r in records] == [0, 1, 2, 3, 4, 99]
+    assert all("13812345678" not in r["prompt"] for r in records)
+    assert set(threads) == {"seekwatch-session-log"}
+    assert metric(reg, "seekwatch_log_dropped_total") == 1
+    assert metric(reg, "seekwatch_log_records_total") == 6
+    assert w.pending == 0
