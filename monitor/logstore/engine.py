@@ -98,7 +98,6 @@ class SearchEngine:
             find_java(),
             f"-Xms{self.heap}",
             f"-Xmx{self.max_heap}",
-            "-XX:+UseSerialGC" if os.environ.get("SEEKWATCH_ENGINE_SERIAL_GC") else "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             "-Dfile.encoding=UTF-8",
             "-Dlog4j2.formatMsgNoLookups=true",
