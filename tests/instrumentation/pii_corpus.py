@@ -40,6 +40,10 @@ CASES: list[tuple[str, str, dict[str, int]]] = [
     ("数据库密码：Passw0rd!，别外传", "数据库密码：[SECRET]，别外传", {"secret": 1}),
     ("DeepSeek key sk-proj-AbCdEf1234567890GhIjKl", "DeepSeek key [SECRET]", {"secret": 1}),
     ("aws AKIAIOSFODNN7EXAMPLE ok", "aws [SECRET] ok", {"secret": 1}),
+    ("export DEEPSEEK_API_KEY=\"sk-AbCdEf0123456789XyZ\"", "export DEEPSEEK_API_KEY=\"[SECRET]\"", {"secret": 1}),
+    ("AUTHORIZATION: Basic dXNlcjpwYXNzd29yZA==", "AUTHORIZATION: Basic [SECRET]", {"secret": 1}),
+    ("Password=Tr0ub4dor&3 and gh token ghp_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+     "Password=[SECRET] and gh token [SECRET]", {"secret": 2}),
     # --- mixed
     (
         "客户王五，电话 13912345678，身份证 320582197811303450，卡 6222021234567894，登录IP 203.0.113.7",
@@ -66,6 +70,7 @@ NEAR_MISSES: list[str] = [
     "Bearer of good news",                             # "Bearer" as a word
     "max_tokens=4096, prompt_tokens: 1200",            # token counts
     "The task-force met; risk-free rate 3.5%",         # sk- inside words
+    "akiaiosfodnn7example is lower case, not an AWS key id",  # token shape needs its case
     "git commit 0f3c2a9b8e7d6c5b4a39281706f5e4d3c2b1a098",  # a hash without key= context
     "库存 13 件，价格 5678 元，共 1,234,567 元",          # plain quantities
     "作者:很酷cat2025.11.06 14:04浏览量:0",            # the seed's own byline
@@ -84,4 +89,5 @@ RAW_PII: list[str] = [
     "sk-0123456789abcdef0123456789abcdef", "eyJhbGciOiJIUzI1NiJ9.abc123", "Zm9vYmFyYmF6cXV4MTIzNDU2Nzg5",
     "3f9a0c7e5b1d2f4a6c8e0b1d3f5a7c9e", "Passw0rd!", "sk-proj-AbCdEf1234567890GhIjKl",
     "AKIAIOSFODNN7EXAMPLE", "13912345678", "203.0.113.7",
+    "sk-AbCdEf0123456789XyZ", "dXNlcjpwYXNzd29yZA==", "Tr0ub4dor&3", "ghp_ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
 ]
