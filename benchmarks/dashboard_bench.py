@@ -109,6 +109,7 @@ def main() -> int:
     ap.add_argument("--start-engine", action="store_true",
                     help="start a local OpenSearch (monitor.logstore.engine, seekwatch es-setup) for --engine-url")
     ap.add_argument("--engine-heap", default="2g")
+    ap.add_argument("--skip-jsonl", action="store_true", help="only the engine measurement")
     ap.add_argument("--runs", type=int, default=3, help="repeat each measurement (the machine may be shared)")
     args = ap.parse_args()
     engine = None
@@ -140,12 +141,13 @@ def _bench(args) -> int:
     base = render({"SEEKWATCH_DASHBOARD_LOGS": str(empty), "SEEKWATCH_DASHBOARD_CACHE": "off"})
     print(f"baseline (empty log dir): first render {base['first_s']:.2f} s, peak RSS {base['peak_rss_mib']:,.0f} MiB")
     cache = Path(tempfile.mkdtemp(prefix="sw-bench-cache-"))
-    for run in range(args.runs):
+    for run in range(0 if args.skip_jsonl else args.runs):
         r = render({"SEEKWATCH_DASHBOARD_LOGS": str(d), "SEEKWATCH_DASHBOARD_CACHE": "off"})
         print(f"JSON lines, cold (every line parsed): first render {r['first_s']:.2f} s, second {r['second_s']:.2f} s, "
               f"peak RSS {r['peak_rss_mib']:,.0f} MiB; Requests = {r['metrics'].get('请求数 Requests')}")
-    render({"SEEKWATCH_DASHBOARD_LOGS": str(d), "SEEKWATCH_DASHBOARD_CACHE": str(cache)})  # fills the cache
-    for run in range(args.runs):
+    if not args.skip_jsonl:
+        render({"SEEKWATCH_DASHBOARD_LOGS": str(d), "SEEKWATCH_DASHBOARD_CACHE": str(cache)})  # fills the cache
+    for run in range(0 if args.skip_jsonl else args.runs):
         r = render({"SEEKWATCH_DASHBOARD_LOGS": str(d), "SEEKWATCH_DASHBOARD_CACHE": str(cache)})
         print(f"JSON lines, restart with parse cache ({r['cached_files']} files from cache): first render "
               f"{r['first_s']:.2f} s, second {r['second_s']:.2f} s, peak RSS {r['peak_rss_mib']:,.0f} MiB; "

@@ -228,15 +228,23 @@ def line_chart(df: pd.DataFrame, columns: dict[str, str], y_title: str, height: 
 
 
 def bar_chart(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, color: str | None = None,
-              sort: Any = None, height: int = 260, horizontal: bool = False) -> None:
+              sort: Any = None, height: int = 260, horizontal: bool = False, grouped: bool = False) -> None:
+    """Bars of ``y`` per ``x``; ``horizontal`` for long category names; ``grouped`` puts the
+    ``color`` series side by side (rates must not be stacked)."""
     if df.empty:
         st.info("没有数据 · no data")
         return
-    xe = alt.X(f"{x}", title=x_title, sort=sort)
+    axis = alt.Axis(labelAngle=0, labelLimit=260) if horizontal else alt.Axis(labelAngle=-30, labelLimit=200)
+    xe = alt.X(f"{x}", title=x_title, sort=sort, axis=axis)
     ye = alt.Y(f"{y}:Q", title=y_title)
-    enc = dict(y=xe, x=ye) if horizontal else dict(x=xe, y=ye)
+    if horizontal:
+        enc = dict(y=alt.Y(f"{x}", title=x_title, sort=sort, axis=axis), x=alt.X(f"{y}:Q", title=y_title))
+    else:
+        enc = dict(x=xe, y=ye)
     if color:
         enc["color"] = alt.Color(f"{color}:N", title=None)
+        if grouped:
+            enc["yOffset" if horizontal else "xOffset"] = alt.XOffset(f"{color}:N") if not horizontal else alt.YOffset(f"{color}:N")
     ch = alt.Chart(df).mark_bar().encode(**enc, tooltip=list(df.columns)).properties(height=height)
     st.altair_chart(_finish(ch), width="stretch")
 

@@ -42,7 +42,7 @@ def render(ctx: ui.Ctx, w: Window) -> None:
         "delta_vs_current_usd": st.column_config.NumberColumn("Δ vs current (USD/month)", format="$%.2f"),
         "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%d")})
     ui.bar_chart(modes, "label:N", "monthly_usd", x_title="部署方式 deployment mode", y_title="月成本 monthly cost (USD)",
-                 sort="-y")
+                 sort="-x", horizontal=True, height=150)
     st.subheader("与 API 价格对比 Versus hosted API prices (same monthly tokens)")
     api = pd.DataFrame(model.api_comparison(v))
     if not api.empty:
@@ -52,7 +52,8 @@ def render(ctx: ui.Ctx, w: Window) -> None:
             "delta_vs_current_usd": st.column_config.NumberColumn("Δ vs self-hosted (USD/month)", format="$%.2f")})
         both = pd.concat([modes[["label", "monthly_usd"]].rename(columns={"label": "option"}),
                           api[["api", "monthly_usd"]].rename(columns={"api": "option"})], ignore_index=True)
-        ui.bar_chart(both, "option:N", "monthly_usd", x_title="方案 option", y_title="月成本 monthly cost (USD)", sort="-y")
+        ui.bar_chart(both, "option:N", "monthly_usd", x_title="方案 option", y_title="月成本 monthly cost (USD)", sort="-x",
+                     horizontal=True, height=200)
 
     st.subheader("扩缩容建议 Scaling recommendation (seed 5.2: load > 0.8 → +2, < 0.3 → −1)")
     ser = src.series(w, ctx.interval_s)
@@ -62,8 +63,9 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     load = ser["busy_s"] / (ctx.interval_s * model.instances * model.concurrency)
     rec = ser.assign(load=load, recommendation=[model.scaling_delta(x) for x in load],
                      instances=[model.recommended_instances(x) for x in load])
-    ui.line_chart(rec.assign(load_pct=rec["load"] * 100), {"load_pct": "load (%)"},
-                  y_title="负载 load (% of instances × concurrency slots)")
+    ui.line_chart(rec.assign(load_pct=rec["load"] * 100), {"load_pct": "load (%)"}, y_title="负载 load (%)")
+    st.caption(f"load = busy slot-seconds / (bucket × {model.instances} instance(s) × {model.concurrency} slots); "
+               f"bucket {ctx.interval_s // 60} min; thresholds {model.scale_low:.0%} / {model.scale_high:.0%}")
     last = rec.iloc[-1]
     st.metric("当前建议 Recommendation now", f"{int(last['instances'])} instance(s)",
               f"{int(last['recommendation']):+d} (load {last['load'] * 100:.1f} %)", delta_color="off", border=True)

@@ -34,11 +34,13 @@ def render(ctx: ui.Ctx, w: Window) -> None:
         st.markdown("**完成率 Completion rate by model (%)**")
         long = q.melt("model_version", ["turn_completion", "dialogue_completion"], var_name="kind", value_name="rate")
         long["rate"] = long["rate"] * 100
-        ui.bar_chart(long, "model_version:N", "rate", x_title="model_version", y_title="完成率 completion (%)", color="kind")
+        ui.bar_chart(long, "model_version:N", "rate", x_title="model_version", y_title="完成率 completion (%)", color="kind",
+                     grouped=True, horizontal=True, height=180)
     with right:
         st.markdown("**反馈与拒答 Feedback & refusals by model (turns)**")
         long = q.melt("model_version", ["rated_up", "rated_down", "refused", "failed"], var_name="kind", value_name="count")
-        ui.bar_chart(long, "model_version:N", "count", x_title="model_version", y_title="轮次 turns (count)", color="kind")
+        ui.bar_chart(long, "model_version:N", "count", x_title="model_version", y_title="轮次 turns (count)", color="kind",
+                     grouped=True, horizontal=True, height=180)
     st.subheader("按轮次序号 By turn index")
     t = src.completion_by_turn(w)
     if not t.empty:

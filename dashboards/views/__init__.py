@@ -1,0 +1,1 @@
+"""Streamlit page scripts of the dashboard (run by path through st.navigation, not imported)."""
