@@ -85,3 +85,37 @@ def test_sigkill_with_undelivered_notification_delivers_it_once_after_restart(tm
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
                 p.wait(10)
+
+
+def test_daemon_serves_its_own_metrics_and_once_mode(tmp_path, metrics_node):
+    import httpx
+
+    from tests.fixtures.ports import free_port, wait_for_port
+
+    from .conftest import REPO, seekwatch_cmd
+
+    node = metrics_node(running=45)
+    port = free_port()
+    cfg = fast_config(tmp_path, nodes=[node.url], metrics_listen=f"127.0.0.1:{port}", receivers=[{"type": "console"}],
+                      rules={"scaling": {"capacity": 50, "window": "2s"}})
+    proc = start_alertd_process(cfg, tmp_path / "alertd.log")
+    try:
+        wait_for_port(port, timeout=30)
+        deadline = time.time() + 15
+        text = ""
+        while time.time() < deadline:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            if "seekwatch_alertd_scaling_recommendation_instances 2.0" in text:
+                break
+            time.sleep(0.5)
+        assert "seekwatch_alertd_scaling_recommendation_instances 2.0" in text, text
+        assert "seekwatch_alertd_fleet_load_ratio 0.9" in text
+        assert f'seekwatch_alertd_node_up{{node="{node.target}"}} 1.0' in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    import subprocess
+
+    r = subprocess.run(seekwatch_cmd("alertd", "--config", str(cfg), "--once"), cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr

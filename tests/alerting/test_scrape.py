@@ -160,3 +160,35 @@ def test_window_quantile_uses_bucket_deltas_only(tmp_path, metrics_node):
         assert o.latency is None and o.completion.total == 0
     finally:
         src.close()
+
+
+def test_fast_path_agrees_with_prometheus_client_parser(metrics_node):
+    node = metrics_node(gpus=2, running=3)
+    node.turn(0.3, n=7)
+    node.turn(2.0, "error", n=2)
+    node.feedback.labels("down").inc(3)
+    node.gpu_util.labels("1").set(0.97)
+    text = generate_latest(node.registry).decode()
+    fast = parse_exposition(text, "seekwatch_time_to_first_token_seconds", 1.0)
+    ref = parse_exposition(text, "seekwatch_time_to_first_token_seconds", 1.0, reference=True)
+    assert fast == ref and fast.requests["error"] == 2 and fast.gpu == {"0": 0.0, "1": 0.97}
+    # unusual but valid lines (escapes, timestamps, exponents) go through prometheus_client
+    odd = ('seekwatch_requests_total{status="completed",note="a\\"b"} 1.5e1 1700000000000\n'
+           'seekwatch_requests_running 2\n')
+    s = parse_exposition(odd, "seekwatch_time_to_first_token_seconds", 0.0)
+    assert s.requests == {"completed": 15.0} and s.running == 2
+
+
+def test_counter_reset_in_the_window_is_counted_like_prometheus(tmp_path):
+    """A node restart resets its counters: 100 -> 5 -> 10 is an increase of 5 + 5 turns."""
+    from monitor.alerting.scrape import Sample, observe_static
+
+    cfg = load_config(fast_config(tmp_path, nodes=["http://n:1/metrics"]))
+    inf = math.inf
+
+    def smp(t, completed, errors, b05, total):
+        return ("http://n:1/metrics", Sample(t, {0.5: b05, inf: total}, {"completed": completed, "error": errors},
+                                             0.0, {}, 1.0))
+    (o,) = observe_static(cfg, [smp(0, 90, 10, 100, 100), smp(1, 5, 0, 0, 5), smp(2, 8, 2, 0, 10)], now=2)
+    assert o.completion.total == 10 and o.completion.completed == 8
+    assert o.latency == 0.5                    # all 10 windowed turns > 0.5 s: +Inf bucket -> highest bound
