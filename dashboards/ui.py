@@ -28,6 +28,7 @@ from dashboards.data.base import Window, pick_interval
 DEFAULT_LOG_DIR = "var/log"  # the node's default --log-dir
 RANGES: dict[str, int] = {"15 min": 900, "1 h": 3600, "6 h": 6 * 3600, "24 h": 86400, "7 d": 7 * 86400, "30 d": 30 * 86400}
 DEFAULT_RANGE = "24 h"
+CUSTOM = "自定义 custom days"
 REFRESH: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 30, "1 min": 60, "5 min": 300}
 FONT = "Noto Sans CJK SC, Noto Sans SC, PingFang SC, Microsoft YaHei, sans-serif"
 TIME_TITLE = "时间 time (UTC)"
@@ -108,18 +109,24 @@ def cost_model():
 class Ctx:
     range_label: str
     refresh_s: int | None
+    #: (first day, last day) for the "custom" range, whole UTC days
+    days: tuple[dt.date, dt.date] | None = None
 
     @property
     def source(self):
         return log_source()
 
     def window(self) -> Window:
+        if self.range_label == CUSTOM and self.days:
+            start = dt.datetime.combine(self.days[0], dt.time(), dt.timezone.utc)
+            end = dt.datetime.combine(self.days[1], dt.time(), dt.timezone.utc) + dt.timedelta(days=1)
+            return Window(start, min(end, now()) if start < now() else end)
         end = now()
-        return Window(end - dt.timedelta(seconds=RANGES[self.range_label]), end)
+        return Window(end - dt.timedelta(seconds=RANGES.get(self.range_label, 86400)), end)
 
     @property
     def interval_s(self) -> int:
-        return pick_interval(RANGES[self.range_label])
+        return pick_interval(self.window().seconds)
 
 
 _run = threading.local()
@@ -132,7 +139,16 @@ def sidebar() -> Ctx:
         return ctx
     with st.sidebar:
         st.markdown("### seekwatch · DeepSeek 运维")
-        label = st.selectbox("时间范围 Time range", list(RANGES), index=list(RANGES).index(DEFAULT_RANGE), key="sw_range")
+        label = st.selectbox("时间范围 Time range", [*RANGES, CUSTOM], index=list(RANGES).index(DEFAULT_RANGE),
+                             key="sw_range")
+        days = None
+        if label == CUSTOM:
+            today = now().date()
+            picked = st.date_input("日期 Days (UTC)", (today - dt.timedelta(days=6), today), key="sw_days")
+            if isinstance(picked, (tuple, list)) and len(picked) == 2:
+                days = (picked[0], picked[1])
+            elif isinstance(picked, (tuple, list)) and len(picked) == 1:
+                days = (picked[0], picked[0])
         ref = st.selectbox("自动刷新 Auto-refresh", list(REFRESH), index=0, key="sw_refresh")
         st.button("刷新 Refresh now", key="sw_refresh_now")
         try:
@@ -142,7 +158,7 @@ def sidebar() -> Ctx:
         g = gpu_source()
         st.caption(g.describe() if g else "GPU: no --prometheus/--node given")
         st.caption(f"now: {now():%Y-%m-%d %H:%M:%S} UTC")
-    ctx = Ctx(label, REFRESH[ref])
+    ctx = Ctx(label, REFRESH[ref], days)
     _run.ctx = ctx
     return ctx
 

@@ -185,3 +185,14 @@ def test_app_navigation(dash_env):
     for page in ("latency", "quality", "cost", "gpu", "alerts", "sessions"):
         at.switch_page(f"views/{page}.py").run()
         assert not at.exception, (page, at.exception)
+
+
+def test_custom_day_range(dash_env, fixture_records):
+    at = AppTest.from_file(str(VIEWS / "overview.py"), default_timeout=60)
+    at.run()
+    at.selectbox(key="sw_range").set_value("自定义 custom days").run()
+    at.date_input(key="sw_days").set_value((dt.date(2026, 11, 28), dt.date(2026, 11, 28))).run()
+    assert not at.exception, at.exception
+    day = Expected(fixture_records, dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 29, tzinfo=dt.timezone.utc))
+    assert metrics(at)["请求数 Requests"][0] == f"{day.requests:,}"
+    assert metrics(at)["首字延迟 TTFT P95"][0] == ms(day.ttft_p95)
