@@ -1,0 +1,111 @@
+"""End to end with the real node: ``seekwatch serve --engine upstream`` in front of a tiny
+loopback OpenAI-compatible server whose answers we delay. Latency driven over the threshold
+fires the P99 alert within `for` + two evaluation intervals (+ one scrape interval through
+Prometheus), and it resolves after recovery — once with direct scrape, once through a real
+Prometheus server."""
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from .conftest import fast_config
+from .upstream import SlowUpstream
+
+
+class ChatLoad:
+    """A few clients streaming chat turns through the node; records when TTFT first exceeded a bound."""
+
+    def __init__(self, base_url: str, workers: int = 3):
+        self.base_url = base_url
+        self.stop_ev = threading.Event()
+        self.slow_seen_at: float | None = None
+        self.slow_bound = 0.5
+        self.watch = False
+        self.errors = 0
+        self.turns = 0
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(workers)]
+        for t in self.threads:
+            t.start()
+
+    def _run(self):
+        with httpx.Client(timeout=30, trust_env=False) as c:
+            while not self.stop_ev.is_set():
+                t0 = time.time()
+                watching = self.watch
+                try:
+                    with c.stream("POST", self.base_url + "/v1/chat/completions",
+                                  json={"model": "deepseek-chat", "stream": True,
+                                        "messages": [{"role": "user", "content": "退货流程是什么？"}]}) as r:
+                        first = None
+                        for line in r.iter_lines():
+                            if first is None and line.startswith("data:") and '"content"' in line:
+                                first = time.time()
+                        self.turns += 1
+                        if watching and first and first - t0 > self.slow_bound and self.slow_seen_at is None:
+                            self.slow_seen_at = time.time()
+                except httpx.HTTPError:
+                    self.errors += 1
+                    time.sleep(0.1)
+
+    def stop(self):
+        self.stop_ev.set()
+        for t in self.threads:
+            t.join(10)
+
+
+@pytest.fixture
+def upstream_node(tmp_path):
+    from tests.fixtures.node import start_node
+
+    up = SlowUpstream(delay=0.03)
+    node = start_node(tmp_path, "--engine", "upstream", "--upstream-url", up.base_url,
+                      "--served-model-name", "deepseek-chat", ready_timeout=60)
+    yield up, node
+    node.stop()
+    up.stop()
+
+
+@pytest.mark.parametrize("mode", ["scrape", "prometheus"])
+def test_node_latency_alert_fires_and_resolves(mode, tmp_path, upstream_node, recorder, run_alertd, prometheus_server):
+    up, node = upstream_node
+    metrics = httpx.get(node.base_url + "/metrics", timeout=10).text
+    if "seekwatch_time_to_first_token_seconds_bucket" not in metrics:
+        pytest.skip("this checkout's node does not expose the TTFT histogram yet")
+    hook = recorder()
+    over = {"receivers": [{"type": "webhook", "url": hook.url}],
+            "rules": {"completion_rate": None, "scaling": None, "gpu_utilization": None}}
+    scrape_interval = 0.0
+    if mode == "prometheus":
+        prom = prometheus_server([f"127.0.0.1:{node.port}"], scrape_interval="1s")
+        prom.wait_for_series("up == 1")
+        over["prometheus_url"] = prom.url
+        scrape_interval = 1.0
+    else:
+        over["nodes"] = [node.base_url + "/metrics"]
+    cfg = fast_config(tmp_path, **over)
+    load = ChatLoad(node.base_url)
+    try:
+        time.sleep(2)
+        d = run_alertd(cfg)
+        time.sleep(3)
+        assert hook.bodies() == [] and load.turns > 5 and load.errors == 0
+        up.delay = 0.8                      # the upstream slows down: TTFT ~0.8 s > 500 ms
+        load.watch = True
+        assert hook.wait_for(lambda: load.slow_seen_at is not None, timeout=10)
+        budget = 2.0 + 2 * 1.0 + scrape_interval          # for + two evaluation intervals (+ scrape)
+        assert hook.wait_for(lambda: hook.bodies("firing"), timeout=budget + 5), "did not fire"
+        took = hook.requests[0].t - load.slow_seen_at
+        assert took <= budget + 0.5, f"fired {took:.2f}s after TTFT went over, budget {budget}s"
+        a = hook.bodies("firing")[0]["alerts"][0]
+        assert a["labels"]["rule"] == "p99_latency" and a["labels"]["node"] == f"127.0.0.1:{node.port}"
+        assert 0.5 < float(a["annotations"]["value"]) <= 1.0
+        up.delay = 0.03                     # recovery
+        assert hook.wait_for(lambda: hook.bodies("resolved"), timeout=8 + 2 + 6), "did not resolve"
+        time.sleep(1)
+        assert len(hook.bodies("firing")) == 1 and len(hook.bodies("resolved")) == 1
+        assert d.d.source.kind == ("promql" if mode == "prometheus" else "scrape")
+    finally:
+        load.stop()
