@@ -26,8 +26,8 @@ from seekwatch.node_process import start_node  # noqa: E402
 
 
 def per_turn_cost_us(n: int = 5000) -> float:
-    """In-process: microseconds of instrumentation work per turn (classify, mask, metrics,
-    record build, queue hand-off), the part of the overhead that sits on the request path."""
+    """In-process: microseconds of instrumentation work per turn on the request path
+    (classify, metrics, hand-off; the writer thread masks and builds meanwhile)."""
     import time
 
     from prometheus_client import CollectorRegistry
@@ -117,8 +117,9 @@ def main() -> int:
         "",
         f"Throughput ratio on/off: **{ratio:.3f}** (per round: {', '.join(f'{x:.3f}' for x in per_round)}); "
         f"added p50 latency per request: **{added:+.2f} ms**. Targets: ratio ≥ 0.99, added ≤ 0.2 ms.", "",
-        f"In-process, the instrumentation's own work per turn (status, PII masking of prompt and "
-        f"reply, metrics, record build, hand-off to the writer thread; 5,000 turns of ~300 characters): "
+        f"In-process, the instrumentation's request-path work per turn (status with the refusal "
+        f"check, metrics, hand-off to the writer thread, which masks and builds the record on its own "
+        f"thread while competing for the same cores; 5,000 turns of ~300 characters): "
         f"**{per_turn:.0f} µs**. The HTTP figures above are medians of whole-run measurements on a shared "
         f"2-core machine, so differences under about 2 % are within their noise.",
     ])

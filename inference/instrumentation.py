@@ -55,6 +55,11 @@ class NodeInstrumentation:
             tpot = (turn.e2e_s - turn.ttft_s) / (turn.completion_tokens - 1)
         self.metrics.observe_turn(status, turn.e2e_s, turn.ttft_s, tpot, turn.queue_s,
                                   turn.prompt_tokens, turn.completion_tokens)
+        self.writer.submit_lazy(lambda: self._session_record(turn, status))
+
+    def _session_record(self, turn: TurnRecord, status: str) -> dict:
+        """Runs on the log writer's thread: masking and record building stay off the
+        request path (the record is still masked before anything is serialised)."""
         error = None
         if turn.error_type:
             error = {"type": turn.error_type, "message": turn.error_message or "", "code": turn.error_code}
@@ -71,15 +76,19 @@ class NodeInstrumentation:
             ended_at=turn.started_at + turn.e2e_s,
         )
         self.metrics.observe_redactions(record["pii"]["redactions"])
-        self.writer.submit(record)
+        return record
 
     def on_feedback(self, feedback: FeedbackEvent) -> None:
-        record = build_feedback_record(rating=feedback.rating, request_id=feedback.request_id,
-                                       session_id=feedback.session_id, comment=feedback.comment,
-                                       feedback_id=feedback.feedback_id, at=feedback.received_at)
         self.metrics.observe_feedback(feedback.rating)
-        self.metrics.observe_redactions(record.get("pii", {}).get("redactions", {}))
-        self.writer.submit(record)
+
+        def build() -> dict:
+            record = build_feedback_record(rating=feedback.rating, request_id=feedback.request_id,
+                                           session_id=feedback.session_id, comment=feedback.comment,
+                                           feedback_id=feedback.feedback_id, at=feedback.received_at)
+            self.metrics.observe_redactions(record.get("pii", {}).get("redactions", {}))
+            return record
+
+        self.writer.submit_lazy(build)
 
     def on_invalid_request(self, http_status: int) -> None:
         self.metrics.observe_turn("rejected", None, None, None, None, 0, 0)
