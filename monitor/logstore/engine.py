@@ -22,17 +22,27 @@ from pathlib import Path
 LAUNCHER_CLASS = "dev.seekwatch.engine.Launcher"
 JAR_NAME = "seekwatch-search-engine.jar"
 
+#: flavor -> (build dir under the repo, jar, main class). "opensearch" is the engine for tests
+#: and the local stack; "elasticsearch-core" (Elasticsearch 8.19 without x-pack and modules)
+#: only serves the smoke tests of the Elasticsearch code path.
+FLAVORS = {
+    "opensearch": ("search-engine/target", JAR_NAME, LAUNCHER_CLASS),
+    "elasticsearch-core": ("search-engine/elasticsearch/target", "seekwatch-es-core.jar",
+                           "org.elasticsearch.node.CoreOnlyLauncher"),
+}
+
 
 class EngineError(RuntimeError):
     """The engine could not be found, started or stopped."""
 
 
-def default_build_dir() -> Path:
-    """``search-engine/target`` of this checkout, or ``$SEEKWATCH_SEARCH_ENGINE_DIR``."""
+def default_build_dir(flavor: str = "opensearch") -> Path:
+    """``search-engine/target`` of this checkout (OpenSearch; ``$SEEKWATCH_SEARCH_ENGINE_DIR``
+    overrides it), or the build dir of another flavor."""
     env = os.environ.get("SEEKWATCH_SEARCH_ENGINE_DIR")
-    if env:
+    if env and flavor == "opensearch":
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "search-engine" / "target"
+    return Path(__file__).resolve().parents[2] / FLAVORS[flavor][0]
 
 
 def find_java() -> str:
@@ -45,9 +55,9 @@ def find_java() -> str:
     return java
 
 
-def classpath(build_dir: Path | None = None) -> str:
-    build = Path(build_dir) if build_dir else default_build_dir()
-    jar = build / JAR_NAME
+def classpath(build_dir: Path | None = None, flavor: str = "opensearch") -> str:
+    build = Path(build_dir) if build_dir else default_build_dir(flavor)
+    jar = build / FLAVORS[flavor][1]
     lib = build / "lib"
     if not jar.exists() or not lib.is_dir():
         raise EngineError(
@@ -77,7 +87,11 @@ class SearchEngine:
         build_dir: str | Path | None = None,
         log_file: str | Path | None = None,
         extra_settings: dict[str, str] | None = None,
+        flavor: str = "opensearch",
     ) -> None:
+        if flavor not in FLAVORS:
+            raise EngineError(f"unknown engine flavor {flavor!r}")
+        self.flavor = flavor
         self.data_dir = Path(data_dir).resolve()
         self.port = int(port)
         self.heap = heap
@@ -102,8 +116,8 @@ class SearchEngine:
             "-Dfile.encoding=UTF-8",
             "-Dlog4j2.formatMsgNoLookups=true",
             "-cp",
-            classpath(self.build_dir),
-            LAUNCHER_CLASS,
+            classpath(self.build_dir, self.flavor),
+            FLAVORS[self.flavor][2],
             "--home", str(self.data_dir / "home"),
             "--data", str(self.data_dir / "data"),
             "--port", str(self.port),
@@ -146,11 +160,13 @@ class SearchEngine:
 
     def _healthy(self, url: str) -> bool:
         try:
-            info = http_get_json(url + "/")
+            if self.flavor == "opensearch":  # core-only Elasticsearch has no GET /
+                if not http_get_json(url + "/").get("version"):
+                    return False
             health = http_get_json(url + "/_cluster/health?wait_for_status=yellow&timeout=1s")
         except (OSError, urllib.error.URLError, ValueError):
             return False
-        return bool(info.get("version")) and health.get("status") in ("green", "yellow")
+        return health.get("status") in ("green", "yellow")
 
     def tail_log(self, lines: int = 20) -> str:
         try:

@@ -69,10 +69,22 @@ def retention_policy(api: str, days: int = DEFAULT_RETENTION_DAYS) -> dict:
     return body
 
 
-def index_template(api: str, policy: str | None) -> dict:
+def index_template(api: str, policy: str | None, core_only: bool = False) -> dict:
     body = load_asset("index-template.json")
     if api == "ilm" and policy:
         body["template"]["settings"]["index"]["lifecycle"] = {"name": policy}
+    if core_only:
+        # Elasticsearch without its modules: no ingest pipeline to default to, and no
+        # analysis-common (so no cjk analyzer): fall back to the standard analyzer.
+        del body["template"]["settings"]["index"]["default_pipeline"]
+
+        def walk(props: dict) -> None:
+            for spec in props.values():
+                if spec.get("analyzer") == "cjk":
+                    spec["analyzer"] = "standard"
+                walk(spec.get("properties", {}))
+
+        walk(body["template"]["mappings"]["properties"])
     return body
 
 
@@ -139,6 +151,18 @@ def install(
         report.add(f"retention policy {RETENTION_POLICY}", f"skipped: {api.upper()} unavailable")
         report.warnings.append(msg)
 
+    if info.core_only:
+        report.warnings.append(
+            "core-only Elasticsearch (no modules, no x-pack): no ingest pipeline (no timestamp parsing, "
+            "no second PII pass), standard analyzer instead of cjk, data streams created on first write; "
+            "fit for smoke tests, not for production")
+        report.add(f"ingest pipeline {PIPELINE}", "skipped: no ingest processors")
+        template = index_template(api, None, core_only=True)
+        _install_template(client, template, report)
+        for stream in (SESSION_STREAM, FEEDBACK_STREAM):
+            report.add(f"data stream {stream}", "skipped: created on first write")
+        return report
+
     # 2. ingest pipeline
     pipeline = load_asset("ingest-pipeline.json")
     digest = _digest(pipeline)
@@ -151,7 +175,19 @@ def install(
         report.add(f"ingest pipeline {PIPELINE}", "updated" if existing_p else "created")
 
     # 3. index template
-    template = index_template(api, policy_name)
+    _install_template(client, index_template(api, policy_name), report)
+
+    # 4. data streams
+    for stream in (SESSION_STREAM, FEEDBACK_STREAM):
+        if client.data_stream_exists(stream):
+            report.add(f"data stream {stream}", "unchanged")
+        else:
+            client.create_data_stream(stream)
+            report.add(f"data stream {stream}", "created")
+    return report
+
+
+def _install_template(client: StoreClient, template: dict, report: Report) -> None:
     digest = _digest(template)
     template["_meta"]["seekwatch_hash"] = digest
     existing_t = client.get_index_template(TEMPLATE)
@@ -162,15 +198,6 @@ def install(
         report.add(f"index template {TEMPLATE}", "updated" if existing_t else "created")
         if existing_t:
             report.warnings.append("the new template applies to the next backing index (after rollover)")
-
-    # 4. data streams
-    for stream in (SESSION_STREAM, FEEDBACK_STREAM):
-        if client.data_stream_exists(stream):
-            report.add(f"data stream {stream}", "unchanged")
-        else:
-            client.create_data_stream(stream)
-            report.add(f"data stream {stream}", "created")
-    return report
 
 
 def template_field_paths(template: dict | None = None) -> set[str]:
