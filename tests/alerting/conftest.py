@@ -187,6 +187,25 @@ def run_alertd():
         t.stop()
 
 
+class Driver:
+    """Keeps producing turns on a MetricsNode at a given TTFT until stopped."""
+
+    def __init__(self, node, ttft: float, status: str = "completed", per_s: int = 10):
+        self.node, self.ttft, self.status, self.per_s = node, ttft, status, per_s
+        self.stop_ev = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stop_ev.is_set():
+            self.node.turn(self.ttft, self.status)
+            self.stop_ev.wait(1 / self.per_s)
+
+    def stop(self):
+        self.stop_ev.set()
+        self.t.join(2)
+
+
 def seekwatch_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "seekwatch", *args]
 

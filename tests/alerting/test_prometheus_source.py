@@ -11,8 +11,7 @@ from monitor.alerting.promql import PromQLSource, SourceError
 from monitor.alerting.rules import evaluate
 from monitor.alerting.scrape import ScrapeSource
 
-from .conftest import fast_config
-from .test_lifecycle import Driver
+from .conftest import Driver, fast_config
 
 
 def _decisions(cfg, obs):
@@ -113,3 +112,5 @@ def test_alert_fires_within_for_plus_two_intervals_and_resolves(mode, tmp_path, 
     time.sleep(1)
     assert len(hook.bodies("firing")) == 1 and len(hook.bodies("resolved")) == 1
     assert d.d.source.kind == ("promql" if mode == "prometheus" else "scrape")
+    p99 = [e["event"] for e in reversed(d.d.store.events()) if e["labels"]["rule"] == "p99_latency"]
+    assert p99 == ["pending", "firing", "resolved"]

@@ -7,8 +7,7 @@ import time
 
 from monitor.alerting.state import StateStore
 
-from .conftest import fast_config, start_alertd_process
-from .test_lifecycle import Driver
+from .conftest import Driver, fast_config, start_alertd_process
 
 
 def _kill(proc):
