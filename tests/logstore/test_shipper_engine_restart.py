@@ -38,7 +38,7 @@ def test_engine_restart_midway_loses_and_doubles_nothing(tmp_path):
         append_lines(logs / "session.jsonl", recs[:6000])
         first_bytes = (logs / "session.jsonl").stat().st_size
         shipper = subprocess.Popen(
-            ship_cmd(logs, url, "--batch-size", "100", "--poll", "0.1", "--max-backoff", "1"),
+            ship_cmd(logs, url, "--batch-size", "250", "--poll", "0.1", "--max-backoff", "1"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=seekwatch_env())
         wait_until(lambda: checkpoint_offsets(state) >= 0.3 * first_bytes, timeout=60, interval=0.01,
                    what="30% shipped")
