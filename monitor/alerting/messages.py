@@ -85,24 +85,31 @@ def title(payload: dict[str, Any]) -> str:
     a = alerts[0]
     rule = a["labels"].get("rule", "")
     zh, en = RULE_TITLES.get(rule, (rule, rule))
-    sev = a["labels"].get("severity", "warning")
+    if len({x["labels"].get("rule") for x in alerts}) > 1:
+        zh, en = f"{len(alerts)} 条告警", f"{len(alerts)} alerts"
+    order = ["critical", "warning", "info"]
+    sev = min((x["labels"].get("severity", "warning") for x in alerts),
+              key=lambda v: order.index(v) if v in order else len(order))
     if payload["status"] == "resolved":
         head = f"✅ [已恢复 RESOLVED] {zh} / {en}"
     else:
         sz, icon = SEVERITY.get(sev, (sev, "⚠️"))
         head = f"{icon} [{sz} {sev.upper()}] {zh} / {en}"
-    if len(alerts) > 1:
+    if len(alerts) > 1 and len({x["labels"].get("rule") for x in alerts}) == 1:
         head += f" ×{len(alerts)}"
     return head
 
 
-def alert_lines(a: dict[str, Any], status: str, now: float | None = None) -> list[str]:
+def alert_lines(a: dict[str, Any], status: str, with_rule: bool = False) -> list[str]:
     lab = a["labels"]
     zh, en = comparison(a)
     node = lab.get("node", "?")
     if lab.get("gpu"):
         node += f" · GPU {lab['gpu']}"
     lines = [f"节点 Node: {node}", f"当前 Value: {zh}", f"Value: {en}"]
+    if with_rule:
+        rz, re_ = RULE_TITLES.get(lab.get("rule", ""), (lab.get("rule", ""), lab.get("rule", "")))
+        lines.insert(0, f"规则 Rule: {rz} / {re_} ({lab.get('severity', '')})")
     since = a.get("starts_at")
     if status == "resolved":
         end = a.get("ends_at")
@@ -115,8 +122,10 @@ def alert_lines(a: dict[str, Any], status: str, now: float | None = None) -> lis
 
 def plain(payload: dict[str, Any]) -> str:
     out = [title(payload)]
+    mixed = len({x["labels"].get("rule") for x in payload["alerts"]}) > 1
     for a in payload["alerts"]:
-        out += ["", *alert_lines(a, payload["status"])] if len(payload["alerts"]) > 1 else alert_lines(a, payload["status"])
+        lines = alert_lines(a, payload["status"], with_rule=mixed)
+        out += ["", *lines] if len(payload["alerts"]) > 1 else lines
     if payload.get("dashboard_url"):
         out.append(f"仪表盘 Dashboard: {payload['dashboard_url']}")
     return "\n".join(out)
@@ -126,8 +135,9 @@ def markdown(payload: dict[str, Any], flavor: str = "common") -> str:
     """Markdown body. ``slack`` uses mrkdwn (*bold*, <url|text>), the others CommonMark-ish."""
     bold = (lambda s: f"*{s}*") if flavor == "slack" else (lambda s: f"**{s}**")
     out = [bold(title(payload)) if flavor != "dingtalk" else f"### {title(payload)}"]
+    mixed = len({x["labels"].get("rule") for x in payload["alerts"]}) > 1
     for a in payload["alerts"]:
-        lines = alert_lines(a, payload["status"])
+        lines = alert_lines(a, payload["status"], with_rule=mixed)
         if len(payload["alerts"]) > 1:
             out.append("")
         for ln in lines:

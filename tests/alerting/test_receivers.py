@@ -198,3 +198,22 @@ def test_grouping_merges_nodes_when_grouped_by_rule(tmp_path, recorder):
     (b,) = r.bodies()
     assert b["groupLabels"] == {"rule": "p99_latency"}
     assert sorted(a["labels"]["node"] for a in b["alerts"]) == ["a:1", "b:1"]
+
+
+def test_mixed_group_message_names_each_rule(tmp_path, recorder):
+    r = recorder(reply=wecom_reply)
+    cfg = load_config(fast_config(tmp_path, nodes=["http://a:1/metrics"], group_by=["node"],
+                                  receivers=[{"type": "wecom", "url": r.url}],
+                                  rules={"p99_latency": {"for": "0s"}, "scaling": None}))
+    d = Alertd(cfg, source=StaticSource([NodeObservation(node="a:1", latency=0.9, completion=Completion(100, 50, 0),
+                                                         gpu={"1": 0.99}, running=1.0)]))
+    try:
+        d.evaluate_once()
+        d.deliverer.deliver_due()
+    finally:
+        d.close()
+    (b,) = r.bodies()
+    text = b["markdown"]["content"]
+    assert text.startswith("**🔴 [严重 CRITICAL] 3 条告警 / 3 alerts**")
+    for needle in ("P99 latency high", "Dialogue completion rate low", "GPU utilization high", "GPU 1", "50.0%"):
+        assert needle in text, needle
