@@ -80,6 +80,7 @@ class AlertdConfig:
     rules: dict[str, dict[str, Any]]
     receivers: list[dict[str, Any]]
     delivery: dict[str, float]
+    history_retention: float = 30 * 86400.0
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -180,6 +181,7 @@ def build_config(data: dict[str, Any], source: str) -> AlertdConfig:
         rules=rules,
         receivers=receivers,
         delivery=delivery,
+        history_retention=_dur(data.get("history_retention", "30d"), "history_retention", source),
         raw=data,
     )
 

@@ -33,6 +33,7 @@ class Alertd:
         self.store = StateStore(cfg.state_path)
         self.deliverer = Deliverer(cfg.state_path, cfg.receivers, cfg.delivery, self.metrics)
         self.last_result: Result | None = None
+        self._next_prune = 0.0
 
     def evaluate_once(self, now: float | None = None) -> Result:
         from .promql import SourceError
@@ -70,6 +71,11 @@ class Alertd:
                      ", ".join(sorted({r["name"] for r in self.cfg.receivers})), len(p["alerts"]))
         if queued:
             self.deliverer.wake.set()
+        if now >= self._next_prune:
+            self._next_prune = now + 3600
+            pruned = self.store.prune(now - self.cfg.history_retention)
+            if pruned:
+                log.info("pruned %d history rows older than %s", pruned, self.cfg.raw.get("history_retention"))
         self.last_result = result
         return result
 

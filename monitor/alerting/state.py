@@ -206,6 +206,16 @@ class StateStore:
                 out.append(payload)
         return out
 
+    def prune(self, before: float) -> int:
+        """Drop history older than ``before``: events, delivered/failed/silenced notifications
+        and expired silences. Open alerts and pending notifications are never pruned."""
+        n = 0
+        for q in ("DELETE FROM events WHERE t < ?",
+                  "DELETE FROM outbox WHERE status != 'pending' AND created_at < ?",
+                  "DELETE FROM silences WHERE ends_at < ?"):
+            n += self.conn.execute(q, (before,)).rowcount
+        return n
+
     # -- outbox -----------------------------------------------------------------------------
     def due(self, now: float, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.conn.execute(

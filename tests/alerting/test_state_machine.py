@@ -200,3 +200,25 @@ def test_silence_expire_command(harness):
     r = subprocess.run(seekwatch_cmd("alertd", "status", "--config", str(h.cfg_path)),
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert "firing" in r.stdout and "p99_latency|n:1" in r.stdout and "outbox: sent 1" in r.stdout
+
+
+def test_history_is_pruned_but_open_alerts_are_kept(harness):
+    h = harness(history_retention="10s", rules={"p99_latency": {"for": "0s"}, "scaling": None})
+    h.step(0, obs(latency=0.9), obs(node="m:1", latency=0.9))
+    h.step(1, obs(latency=0.9), obs(node="m:1", latency=0.1))
+    assert len(h.d.store.events()) == 5 and len(h.d.store.outbox("sent")) == 3
+    assert h.d.store.prune(h.t0 + 5) == 8
+    assert h.d.store.events() == [] and h.d.store.outbox() == []
+    assert h.states() == {"p99_latency|n:1": "firing"}
+    h.step(20, obs(latency=0.1), obs(node="m:1", latency=0.1))      # still resolves with its notice
+    assert [b["status"] for b in h.hook.bodies()][-1] == "resolved"
+
+
+def test_overrides_are_checked(tmp_path):
+    from contracts.config import ConfigError
+
+    cfg = load_config(None, overrides={"nodes": ["http://10.1.1.1:8000/metrics"], "rules": {"p99_latency": {"threshold_ms": 800}}})
+    assert cfg.nodes == ["http://10.1.1.1:8000/metrics"] and cfg.rules["p99_latency"]["threshold_ms"] == 800
+    assert cfg.rules["p99_latency"]["window"] == 300
+    with pytest.raises(ConfigError):
+        load_config(None, overrides={"evaluation_interval": "soon"})
