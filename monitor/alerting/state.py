@@ -10,7 +10,8 @@ Tables (stable, the dashboard may read them):
 
 * ``alerts``   — one row per pending/firing alert (``key``, ``labels`` JSON, ``state``,
   ``active_at``, ``fired_at``, ``value``, ``threshold``, ``notified``, ``last_notified_at``).
-* ``events``   — history: ``t``, ``key``, ``labels``, ``event`` (pending|firing|resolved), value.
+* ``events``   — history: ``t``, ``key``, ``labels``, ``event`` (pending|firing|resolved, or
+  inactive for a pending alert that cleared before ``for``), ``value``, ``threshold``.
 * ``silences`` — ``matchers`` JSON (label -> glob), ``starts_at``, ``ends_at``, ``comment``.
 * ``outbox``   — ``receiver``, ``kind`` (firing|resolved), ``payload`` JSON, ``status``
   (pending|sent|failed|silenced), ``attempts``, ``next_attempt_at``, ``last_error``, ``sent_at``.
@@ -131,6 +132,8 @@ class StateStore:
                     event(key, row["labels"], "resolved", value, row["threshold"])
                     if row["notified"] and send_resolved and not self.is_silenced(row["labels"], now, active_silences):
                         notes.append(("resolved", _alert_doc(key, row, "resolved", now, value)))
+                else:
+                    event(key, row["labels"], "inactive", ev.value if ev is not None else None, row["threshold"])
                 conn.execute("DELETE FROM alerts WHERE key=?", (key,))
 
             for ev in result.evaluations:

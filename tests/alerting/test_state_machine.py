@@ -222,3 +222,10 @@ def test_overrides_are_checked(tmp_path):
     assert cfg.rules["p99_latency"]["window"] == 300
     with pytest.raises(ConfigError):
         load_config(None, overrides={"evaluation_interval": "soon"})
+
+
+def test_events_record_a_pending_alert_that_cleared(harness):
+    h = harness(rules={"p99_latency": {"for": "3s"}, "scaling": None})
+    h.step(0, obs(latency=0.9))
+    h.step(1, obs(latency=0.1))
+    assert [e["event"] for e in reversed(h.d.store.events())] == ["pending", "inactive"]
