@@ -11,9 +11,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 
+def _basic(user: str, password: str) -> str:
+    import base64
+
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
 class FakeEngine:
-    def __init__(self, distribution: str = "elasticsearch", version: str = "8.19.0") -> None:
+    def __init__(self, distribution: str = "elasticsearch", version: str = "8.19.0", *,
+                 tls: tuple[str, str] | None = None, basic_auth: tuple[str, str] | None = None) -> None:
+        """``tls`` = (cert chain PEM, key PEM) serves HTTPS; ``basic_auth`` = (user, password)
+        answers 401 to requests without those credentials."""
         self.distribution = distribution
+        self.basic_auth = basic_auth
         self.version = version
         self.requests: list[tuple[str, str, dict, object]] = []
         self.ilm: dict[str, dict] = {}
@@ -22,11 +32,19 @@ class FakeEngine:
         self.templates: dict[str, dict] = {}
         self.streams: set[str] = set()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.scheme = "http"
+        if tls:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"{self.scheme}://127.0.0.1:{self._server.server_address[1]}"
 
     def __enter__(self) -> "FakeEngine":
         self._thread.start()
@@ -117,7 +135,10 @@ class FakeEngine:
                 body = json.loads(raw) if raw else None
                 query = parse_qs(parts.query)
                 fake.requests.append((self.command, parts.path, query, body))
-                status, payload = fake._route(self.command, parts.path, query, body)
+                if fake.basic_auth and self.headers.get("Authorization") != _basic(*fake.basic_auth):
+                    status, payload = 401, {"error": {"type": "security_exception", "reason": "missing authentication"}}
+                else:
+                    status, payload = fake._route(self.command, parts.path, query, body)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
