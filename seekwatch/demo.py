@@ -1,0 +1,673 @@
+"""``seekwatch demo``: the whole stack on one machine, with nothing else installed.
+
+It makes the tiny random-weight model (``./var/demo/model``) if absent, then starts, each as
+its own process (``python -m seekwatch ...``) in its own process group:
+
+* a node (``seekwatch serve``) writing session logs to ``./var/demo/log``;
+* the dashboard (``seekwatch dashboard``) on those logs;
+* alertd (``seekwatch alertd``) with a demo config of short windows, so the dialogue-completion
+  alert fires within a minute (the random model's answers are mostly cut by ``max_tokens``),
+  a console receiver and, with ``--webhook URL``, an Alertmanager-format webhook;
+* optionally Debian's Prometheus scraping the node (``--with-prometheus``; alertd then
+  evaluates through PromQL and the dashboard reads GPU series from it) and the bundled
+  OpenSearch with ``es-setup`` and ``seekwatch ship`` (``--with-search-engine``; the dashboard
+  then reads the search engine);
+
+and drives the node with ``seekwatch loadgen``'s conversations in-process. Ctrl-C or SIGTERM
+stops everything (traffic, then the parts in reverse order: SIGTERM to each process group,
+SIGKILL after a grace period, and any stray descendant too). ``--duration S`` stops after S
+seconds of traffic and exits 0 when every part came up, stayed up and the node answered.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+ALERT_MARK = "── seekwatch alert ──"
+
+
+class DemoError(RuntimeError):
+    """A part failed to start or died; the message names it."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C / SIGTERM arrived while starting."""
+
+
+# --------------------------------------------------------------------------------------------
+# processes
+# --------------------------------------------------------------------------------------------
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pick_port(preferred: int, what: str, say: Callable[[str], None]) -> int:
+    if preferred == 0:
+        return _free_port()
+    if _port_free(preferred):
+        return preferred
+    port = _free_port()
+    say(f"  port {preferred} is busy: {what} uses {port} instead")
+    return port
+
+
+def _children_map() -> dict[int, list[int]]:
+    """ppid -> pids, from /proc (Linux); empty elsewhere."""
+    kids: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return kids
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat", "rb") as f:
+                stat = f.read().decode(errors="replace")
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(e))
+    return kids
+
+
+def _group_members(pgid: int) -> list[int]:
+    out = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for e in entries:
+        if e.isdigit():
+            try:
+                with open(f"/proc/{e}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[2]) == pgid:
+                        out.append(int(e))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (also those that moved to their own session)."""
+    kids = _children_map()
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not running
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    out_path: Path
+    url: str | None = None
+    grace: float = 15.0
+    known: set[int] = field(default_factory=set)   # descendants seen while it ran
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 2000) -> str:
+        try:
+            return self.out_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def remember_descendants(self) -> None:
+        if self.running:
+            self.known.update(descendants(self.proc.pid))
+
+    def signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def leftovers(self) -> list[int]:
+        """Its processes still running: the leader, its descendants, its process group."""
+        pids = set(self.known) | set(_group_members(self.proc.pid))
+        if self.running:
+            pids.add(self.proc.pid)
+            pids.update(descendants(self.proc.pid))
+        return sorted(p for p in pids if _alive(p))
+
+
+def spawn(name: str, args: list[str], workdir: Path, *, pipe_stdout: bool = False, grace: float = 15.0,
+          env: dict[str, str] | None = None) -> Child:
+    """Start ``args`` in its own process group (a terminal Ctrl-C reaches only the demo, which
+    then stops the parts in order), output to ``workdir/<name>.out``."""
+    out_path = workdir / f"{name}.out"
+    out = open(out_path, "ab")
+    try:
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE if pipe_stdout else out, stderr=out, stdin=subprocess.DEVNULL,
+            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+    finally:
+        out.close()
+    return Child(name, proc, out_path, grace=grace)
+
+
+def stop_children(children: list[Child], say: Callable[[str], None]) -> list[str]:
+    """SIGTERM every group, wait up to each one's grace, then SIGKILL what is left (group and
+    descendants that left it). Returns the names that needed SIGKILL."""
+    for c in children:
+        c.remember_descendants()
+    for c in children:  # descendants in a session of their own (the search engine's JVM) are
+        c.signal_group(signal.SIGTERM)  # stopped by their parent's clean shutdown, forced below
+    deadline = {c.name: time.monotonic() + c.grace for c in children}
+    killed = []
+    for c in children:
+        while c.running and time.monotonic() < deadline[c.name]:
+            time.sleep(0.05)
+        # the leader is gone (or overdue): give its descendants a moment, then force
+        end = min(deadline[c.name], time.monotonic() + 3.0)
+        while c.leftovers() and time.monotonic() < end:
+            time.sleep(0.05)
+        left = c.leftovers()
+        if left:
+            killed.append(c.name)
+            c.signal_group(signal.SIGKILL)
+            for pid in left:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        try:
+            c.proc.wait(5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL always ends it
+            pass
+    return killed
+
+
+# --------------------------------------------------------------------------------------------
+# the demo
+# --------------------------------------------------------------------------------------------
+def _py(*args: str) -> list[str]:
+    return [sys.executable, "-m", "seekwatch", *args]
+
+
+def has_display() -> bool:
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def demo_alert_config(node_url: str, state_path: Path, dashboard_url: str, *, webhook: str | None,
+                      prometheus_url: str | None, capacity: int) -> dict[str, Any]:
+    """The threshold matrix with demo-sized windows: a minute of traffic is enough to decide."""
+    receivers: list[dict[str, Any]] = [{"type": "console", "name": "console"}]
+    if webhook:
+        receivers.append({"type": "webhook", "name": "webhook", "url": webhook})
+    cfg: dict[str, Any] = {
+        "nodes": [node_url.rstrip("/") + "/metrics"],
+        "prometheus_url": prometheus_url,
+        "evaluation_interval": "2s",
+        "scrape_timeout": "2s",
+        "state_path": str(state_path),
+        "dashboard_url": dashboard_url,
+        "repeat_interval": "10m",
+        "rules": {
+            "p99_latency": {"window": "30s", "for": "10s"},
+            "gpu_utilization": {"for": "30s"},
+            "completion_rate": {"window": "30s", "min_samples": 10, "for": "0s"},
+            "no_data": {"for": "20s"},
+            "scaling": {"capacity": capacity, "window": "30s", "for": "30s"},
+        },
+        "receivers": receivers,
+        "delivery": {"max_attempts": 3, "backoff": "1s", "timeout": "5s"},
+    }
+    return cfg
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.workdir = Path(args.workdir).resolve()
+        self.children: list[Child] = []
+        self.stop_event = threading.Event()
+        self.signals = 0
+        self.out_lock = threading.Lock()
+        self.tty = sys.stdout.isatty()
+        self.progress_drawn = False
+        self.alerts: list[str] = []
+        self.failures: list[str] = []
+        self.urls: dict[str, str] = {}
+        self.gen = None
+        self.summary: dict[str, Any] | None = None
+
+    # -- output ------------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        with self.out_lock:
+            if self.progress_drawn:
+                sys.stdout.write("\r\x1b[2K")
+                self.progress_drawn = False
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+    def progress(self, text: str) -> None:
+        with self.out_lock:
+            if self.tty:
+                sys.stdout.write("\r\x1b[2K" + text[:200])
+                self.progress_drawn = True
+            else:
+                sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+    # -- signals -----------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        self.signals += 1
+        self.stop_event.set()
+        if self.signals == 1:
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            # print from the handler without the lock (the main thread may hold it)
+            try:
+                os.write(1, f"\nseekwatch demo: {name}: stopping everything…\n".encode())
+            except OSError:
+                pass
+
+    def check_stop(self) -> None:
+        if self.stop_event.is_set():
+            raise Interrupted()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def start(self, name: str, args: list[str], **kw: Any) -> Child:
+        c = spawn(name, args, self.workdir, **kw)
+        self.children.append(c)
+        return c
+
+    def wait_http(self, child: Child, url: str, timeout: float, what: str) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_stop()
+            if not child.running:
+                raise DemoError(f"{child.name} exited with status {child.proc.returncode} while starting; "
+                                f"its output ({child.out_path}):\n{child.tail()}")
+            try:
+                if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            self.stop_event.wait(0.25)
+        raise DemoError(f"{child.name} did not answer {url} within {timeout:.0f} s ({what}); "
+                        f"its output ({child.out_path}):\n{child.tail()}")
+
+    def run_step(self, name: str, args: list[str], timeout: float) -> None:
+        c = self.start(name, args)
+        deadline = time.monotonic() + timeout
+        while c.running:
+            self.check_stop()
+            if time.monotonic() > deadline:
+                raise DemoError(f"{name} took longer than {timeout:.0f} s; output in {c.out_path}")
+            self.stop_event.wait(0.1)
+        self.children.remove(c)
+        if c.proc.returncode != 0:
+            raise DemoError(f"{name} failed with status {c.proc.returncode}:\n{c.tail()}")
+
+    def _read_alertd(self, child: Child) -> None:
+        """Echo alertd's console notifications (stdout) and remember their titles."""
+        stream = child.proc.stdout
+        assert stream is not None
+        expect_title = False
+        with open(child.out_path, "ab") as copy:
+            for raw in iter(stream.readline, b""):
+                copy.write(raw)
+                copy.flush()
+                line = raw.decode(errors="replace").rstrip("\n")
+                if line.startswith(ALERT_MARK):
+                    expect_title = True
+                    self.say("")
+                    self.say("[alertd] " + line)
+                    continue
+                if expect_title and line.strip():
+                    self.alerts.append(line.strip())
+                    expect_title = False
+                self.say("[alertd] " + line)
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self) -> int:
+        args = self.args
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        started = time.monotonic()
+        try:
+            self.setup()
+            self.traffic()
+        except Interrupted:
+            pass
+        except DemoError as exc:
+            self.failures.append(str(exc))
+            self.say(f"seekwatch demo: error: {exc}")
+        finally:
+            self.teardown()
+        if self.summary:
+            from seekwatch.loadgen import format_summary
+
+            self.say(format_summary(self.summary))
+        self.say("alerts sent to the console: " + (", ".join(dict.fromkeys(self.alerts)) if self.alerts else "none"))
+        took = time.monotonic() - started
+        if self.failures:
+            self.say(f"seekwatch demo: FAILED after {took:.0f} s: " + "; ".join(f.splitlines()[0] for f in self.failures))
+            return 1
+        self.say(f"seekwatch demo: done in {took:.0f} s; every part stopped, nothing left running")
+        return 0
+
+    def setup(self) -> None:
+        args, wd = self.args, self.workdir
+        wd.mkdir(parents=True, exist_ok=True)
+        log_dir = wd / "log"
+        log_dir.mkdir(exist_ok=True)
+        model = Path(args.model_dir).resolve() if args.model_dir else wd / "model"
+        steps = 4 + bool(args.with_prometheus) + bool(args.with_search_engine)
+        n = iter(range(1, steps + 1))
+        self.say(f"seekwatch demo — the whole stack on a tiny random-weight DeepSeek-architecture model "
+                 f"(files in {wd}; Ctrl-C stops everything)")
+
+        # 1. model
+        if not (model / "config.json").exists():
+            t0 = time.monotonic()
+            self.say(f"  [{next(n)}/{steps}] model      making the tiny model in {model} …")
+            self.run_step("make-tiny-model", _py("make-tiny-model", str(model)), timeout=600)
+            self.say(f"                    made in {time.monotonic() - t0:.0f} s")
+        else:
+            self.say(f"  [{next(n)}/{steps}] model      {model}")
+
+        # 2. node + dashboard (+ search engine), started together, waited for in turn
+        node_port = pick_port(args.port, "the node", self.say)
+        dash_port = pick_port(args.dashboard_port, "the dashboard", self.say)
+        node_url = f"http://127.0.0.1:{node_port}"
+        dash_url = f"http://127.0.0.1:{dash_port}"
+        self.urls.update(node=node_url, dashboard=dash_url)
+        node = self.start("node", _py("serve", "--model", str(model), "--port", str(node_port),
+                                      "--log-dir", str(log_dir), "--max-batch", str(args.max_batch),
+                                      "--model-version", "deepseek-tiny-demo"), grace=20)
+        engine = None
+        es_url = None
+        if args.with_search_engine:
+            es_port = pick_port(args.search_engine_port, "the search engine", self.say)
+            es_url = f"http://127.0.0.1:{es_port}"
+            engine = self.start("search-engine", _py("search-engine", "start", "--port", str(es_port),
+                                                     "--data", str(wd / "search-engine")), grace=40)
+        prom_url = None
+        prom = None
+        if args.with_prometheus:
+            import shutil
+
+            prom_bin = shutil.which("prometheus") or "/usr/bin/prometheus"
+            if not Path(prom_bin).exists():
+                raise DemoError("--with-prometheus: no `prometheus` binary (Debian: apt-get install prometheus)")
+            prom_port = pick_port(args.prometheus_port, "Prometheus", self.say)
+            prom_url = f"http://127.0.0.1:{prom_port}"
+            (wd / "prometheus").mkdir(exist_ok=True)
+            self._write_yaml(wd / "prometheus.yml", {
+                "global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"},
+                "scrape_configs": [{"job_name": "seekwatch", "metrics_path": "/metrics",
+                                    "static_configs": [{"targets": [f"127.0.0.1:{node_port}"],
+                                                        "labels": {"deployment": "demo"}}]}]})
+            prom = self.start("prometheus", [prom_bin, f"--config.file={wd / 'prometheus.yml'}",
+                                             f"--storage.tsdb.path={wd / 'prometheus'}",
+                                             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"])
+        dash_args = ["dashboard", "--port", str(dash_port), "--alerts-db", str(wd / "alertd.sqlite"),
+                     "--cache-dir", str(wd / "dashboard-cache")]
+        dash_args += ["--url", es_url] if es_url else ["--logs", str(log_dir)]
+        dash_args += ["--prometheus", prom_url] if prom_url else ["--node", node_url]
+        dashboard = self.start("dashboard", _py(*dash_args), grace=10)
+
+        self.wait_http(node, node_url + "/readyz", args.start_timeout, "model loading")
+        self.say(f"  [{next(n)}/{steps}] node       {node_url}   OpenAI API {node_url}/v1 · metrics {node_url}/metrics · "
+                 f"session logs {log_dir}")
+        if prom is not None:
+            self.wait_http(prom, prom_url + "/-/ready", args.start_timeout, "Prometheus")
+            self.say(f"  [{next(n)}/{steps}] prometheus {prom_url}   scraping the node every 2 s")
+        if engine is not None:
+            self.wait_http(engine, es_url, max(args.start_timeout, 180), "search engine")
+            self.run_step("es-setup", _py("es-setup", "--url", es_url), timeout=120)
+            self.start("ship", _py("ship", "--logs", str(log_dir), "--url", es_url, "--quiet",
+                                   "--state-dir", str(wd / "ship-state")), grace=15)
+            self.say(f"  [{next(n)}/{steps}] search     {es_url}   OpenSearch; es-setup done; `seekwatch ship` tailing {log_dir}")
+
+        # 3. alertd
+        state = wd / "alertd.sqlite"
+        for suffix in ("", "-wal", "-shm"):  # a fresh alert state each run, so the alert shows again
+            Path(str(state) + suffix).unlink(missing_ok=True)
+        cfg = demo_alert_config(node_url, state, dash_url, webhook=args.webhook, prometheus_url=prom_url,
+                                capacity=args.max_batch)
+        self._write_yaml(wd / "alerts.yaml", cfg)
+        alertd = self.start("alertd", _py("alertd", "--config", str(wd / "alerts.yaml"), "--log-level", "WARNING"),
+                            pipe_stdout=True, grace=10)
+        threading.Thread(target=self._read_alertd, args=(alertd,), name="alertd-output", daemon=True).start()
+        recv = "console" + (f" + webhook {args.webhook}" if args.webhook else "")
+        src = f"PromQL on {prom_url}" if prom_url else "scraping the node"
+        self.say(f"  [{next(n)}/{steps}] alertd     {recv}; {src} every 2 s; config {wd / 'alerts.yaml'}")
+
+        # 4. dashboard
+        self.wait_http(dashboard, dash_url + "/_stcore/health", max(args.start_timeout, 120), "Streamlit")
+        self.wait_http(dashboard, dash_url + "/", 30, "Streamlit page")
+        self.say(f"  [{next(n)}/{steps}] dashboard  {dash_url}")
+        time.sleep(0.5)
+        if not alertd.running:
+            raise DemoError(f"alertd exited with status {alertd.proc.returncode}:\n{alertd.tail()}")
+        self.say(f"Connect NextChat: Settings → Custom Endpoint → provider DeepSeek (or OpenAI), endpoint "
+                 f"{node_url}, model deepseek-chat, any API key (the demo node has none). Details: docs/deployment.md")
+        if has_display() and not args.no_browser:
+            import webbrowser
+
+            try:
+                webbrowser.open(dash_url)
+            except Exception:  # noqa: BLE001 - a browser is a convenience
+                pass
+
+    def _write_yaml(self, path: Path, data: dict[str, Any]) -> None:
+        import yaml
+
+        path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+
+    def traffic(self) -> None:
+        import asyncio
+
+        from seekwatch.loadgen import LoadGenerator, config_from_args
+
+        args = self.args
+        cfg = config_from_args(args, url=self.urls["node"])
+        cfg.duration = None
+        cfg.drain = 5.0
+        gen = LoadGenerator(cfg)
+        self.gen = gen
+        box: dict[str, Any] = {}
+        loop_box: dict[str, Any] = {}
+
+        def runner() -> None:
+            async def main():
+                loop_box["loop"] = asyncio.get_running_loop()
+                return await gen.run()
+
+            try:
+                box["summary"] = asyncio.run(main())
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                box["error"] = exc
+
+        dur = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
+        self.say(f"Traffic {dur}: {cfg.sessions_per_second:g} conversations/s, {cfg.turns[0]}-{cfg.turns[1]} turns, "
+                 f"{cfg.stream_ratio:.0%} streamed, {cfg.abort_ratio:.0%} stopped midway, "
+                 f"{cfg.feedback_ratio:.0%} rated (mostly thumbs-down)")
+        t = threading.Thread(target=runner, name="loadgen", daemon=True)
+        t.start()
+        t0 = time.monotonic()
+        last_progress = 0.0
+        last_check = time.monotonic()
+        try:
+            while t.is_alive():
+                if self.stop_event.is_set():
+                    break
+                now = time.monotonic()
+                if args.duration and now - t0 >= args.duration:
+                    break
+                if now - last_check >= 1.0:
+                    last_check = now
+                    for c in self.children:
+                        if not c.running:
+                            raise DemoError(f"{c.name} exited with status {c.proc.returncode}; "
+                                            f"its output ({c.out_path}):\n{c.tail()}")
+                        c.remember_descendants()
+                if now - last_progress >= (1.0 if self.tty else 5.0):
+                    last_progress = now
+                    self.progress(gen.stats.progress_line().replace("loadgen", "demo", 1)
+                                  + f"  alerts {len(self.alerts)}")
+                self.stop_event.wait(0.2)
+        finally:
+            loop = loop_box.get("loop")
+            if loop is not None:
+                try:
+                    loop.call_soon_threadsafe(gen.stop)
+                except RuntimeError:
+                    pass
+            t.join(cfg.drain + 10)
+            self.summary = box.get("summary") or gen.stats.summary()
+            self.say("")
+        if "error" in box:
+            raise DemoError(f"traffic generator failed: {box['error']!r}")
+        s = self.summary
+        ok_turns = s["turns_answered"] + s["aborted_by_user"]
+        if not self.stop_event.is_set() and ok_turns == 0:
+            raise DemoError(f"the node answered no turn (last error: {s['last_error']})")
+        # the dashboard still answers at the end
+        import httpx
+
+        try:
+            if httpx.get(self.urls["dashboard"] + "/_stcore/health", timeout=5, trust_env=False).status_code != 200:
+                raise DemoError("the dashboard stopped answering")
+        except httpx.HTTPError as exc:
+            if not self.stop_event.is_set():
+                raise DemoError(f"the dashboard stopped answering: {exc}") from None
+
+    def teardown(self) -> None:
+        if not self.children:
+            return
+        self.say("Stopping: " + ", ".join(c.name for c in reversed(self.children)) + " …")
+        order = {"alertd": 0, "dashboard": 0, "ship": 0, "prometheus": 0, "make-tiny-model": 0, "es-setup": 0,
+                 "node": 1, "search-engine": 2}
+        killed: list[str] = []
+        for tier in (0, 1, 2):
+            group = [c for c in self.children if order.get(c.name, 0) == tier]
+            if group:
+                killed += stop_children(group, self.say)
+        if killed:
+            self.say("  forced (SIGKILL) after the grace period: " + ", ".join(killed))
+        left = [f"{c.name}: {c.leftovers()}" for c in self.children if c.leftovers()]
+        if left:
+            self.failures.append("processes still running after stop: " + "; ".join(left))
+        for c in self.children:
+            if c.proc.stdout:
+                c.proc.stdout.close()
+        self.children.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+def _seconds(v: str) -> float:
+    try:
+        f = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a number of seconds") from None
+    if not f > 0:
+        raise argparse.ArgumentTypeError(f"{v} must be greater than 0")
+    return f
+
+
+def _port(v: str) -> int:
+    try:
+        p = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a port number") from None
+    if not 0 <= p < 65536:
+        raise argparse.ArgumentTypeError(f"{p} is not a port number (0 = any free port)")
+    return p
+
+
+def _url(v: str) -> str:
+    if not v.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(f"{v!r} is not an http(s) URL")
+    return v
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    from seekwatch.loadgen import add_arguments
+
+    p = subparsers.add_parser(name, help=help_text, description=(
+        help_text + ": makes the tiny model if absent, starts a node, alertd and the dashboard on local "
+        "logs, prints their URLs and drives realistic multi-turn traffic. Ctrl-C stops everything."))
+    p.add_argument("--duration", type=_seconds, metavar="SECONDS",
+                   help="stop after SECONDS of traffic and exit (0 when every part worked); default: until Ctrl-C")
+    p.add_argument("--workdir", default="var/demo", help="model, logs, configs and state (default ./var/demo)")
+    p.add_argument("--model-dir", metavar="DIR", help="serve this model folder instead of the tiny one (e.g. real DeepSeek weights)")
+    p.add_argument("--port", type=_port, default=8000, help="node port (default 8000; another free one if busy; 0 = any)")
+    p.add_argument("--dashboard-port", type=_port, default=8501, help="dashboard port (default 8501; another if busy)")
+    p.add_argument("--prometheus-port", type=_port, default=9090, help="with --with-prometheus (default 9090)")
+    p.add_argument("--search-engine-port", type=_port, default=9200, help="with --with-search-engine (default 9200)")
+    p.add_argument("--webhook", type=_url, metavar="URL",
+                   help="also send alerts to this Alertmanager-format webhook (e.g. a chat-ops relay)")
+    p.add_argument("--with-prometheus", action="store_true",
+                   help="also run Debian's prometheus scraping the node; alertd evaluates through PromQL")
+    p.add_argument("--with-search-engine", action="store_true",
+                   help="also run the bundled OpenSearch, es-setup and `seekwatch ship`; the dashboard reads it")
+    p.add_argument("--max-batch", type=int, default=16, help="node's --max-batch (default 16)")
+    p.add_argument("--start-timeout", type=_seconds, default=180.0, metavar="SECONDS",
+                   help="how long each part may take to come up (default 180)")
+    p.add_argument("--no-browser", action="store_true", help="never open a browser (none opens without a display)")
+    tr = p.add_argument_group("traffic (the same flags as seekwatch loadgen)")
+    add_arguments(tr, url_required=False)
+    p.set_defaults(run=run, sessions_per_second=0.5, turns=[2, 4], max_tokens=[16, 128], think_time=[0.5, 2.0],
+                   feedback_ratio=0.25, abort_ratio=0.1, timeout=60.0)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from contracts.config import ConfigError
+
+    if args.max_batch < 1:
+        raise ConfigError(f"--max-batch {args.max_batch}: must be at least 1")
+    from seekwatch.loadgen import config_from_args
+
+    config_from_args(args, url="http://127.0.0.1:1")  # flag errors: one line, exit 2, before starting
+    return Demo(args).run()
