@@ -110,6 +110,7 @@ def main() -> int:
                     help="start a local OpenSearch (monitor.logstore.engine, seekwatch es-setup) for --engine-url")
     ap.add_argument("--engine-heap", default="2g")
     ap.add_argument("--skip-jsonl", action="store_true", help="only the engine measurement")
+    ap.add_argument("--engine-tag", help="the turns are already indexed under this host.name: skip indexing")
     ap.add_argument("--runs", type=int, default=3, help="repeat each measurement (the machine may be shared)")
     args = ap.parse_args()
     engine = None
@@ -153,9 +154,10 @@ def _bench(args) -> int:
               f"{r['first_s']:.2f} s, second {r['second_s']:.2f} s, peak RSS {r['peak_rss_mib']:,.0f} MiB; "
               f"Requests = {r['metrics'].get('请求数 Requests')}")
     if args.engine_url:
-        tag = f"bench-{int(time.time())}"
-        idx_s = index_into_engine(args.engine_url, d, tag)
-        print(f"indexed into {args.engine_url} in {idx_s:.0f} s")
+        tag = args.engine_tag or f"bench-{int(time.time())}"
+        if not args.engine_tag:
+            idx_s = index_into_engine(args.engine_url, d, tag)
+            print(f"indexed into {args.engine_url} in {idx_s:.0f} s (host.name {tag})")
         for run in range(args.runs):
             e = render({"SEEKWATCH_DASHBOARD_URL": args.engine_url, "SEEKWATCH_DASHBOARD_HOST_NAME": tag})
             print(f"engine: first render {e['first_s']:.2f} s, second {e['second_s']:.2f} s, "

@@ -87,7 +87,7 @@ class FrameAnalytics:
         return ok
 
     # ------------------------------------------------------------------ KPIs
-    def kpis(self, w: Window) -> Kpis:
+    def kpis(self, w: Window, detail: bool = True) -> Kpis:
         df = self._window(w)
         k = Kpis(seconds=w.seconds)
         if df.empty:
@@ -110,6 +110,11 @@ class FrameAnalytics:
         if len(e2e):
             k.e2e_p50, k.e2e_p95, k.e2e_p99 = (float(x) for x in np.percentile(e2e, [50, 95, 99]))
         return k
+
+    def overview(self, w: Window, interval_s: int):
+        """(this period, previous period, today, series of this period) for the Overview."""
+        return (self.kpis(w, detail=False), self.kpis(w.previous(), detail=False), self.kpis(w.today(), detail=False),
+                self.series(w, interval_s))
 
     def series(self, w: Window, interval_s: int) -> pd.DataFrame:
         df = self._window(w)

@@ -42,9 +42,7 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     else:
         st.success("无告警 · no alerts firing", icon=":material/check_circle:")
 
-    k, p = src.kpis(w), src.kpis(w.previous())
-    today = src.kpis(w.today())
-    s = src.series(w, ctx.interval_s)
+    k, p, today, s = src.overview(w, ctx.interval_s)  # this period, the previous one, today, series
     spark = lambda col: [float(x) for x in s[col].fillna(0).to_numpy()] if not s.empty else None  # noqa: E731
 
     st.caption(f"{w.start:%Y-%m-%d %H:%M} → {w.end:%Y-%m-%d %H:%M} UTC · Δ vs previous {ctx.range_label}")
