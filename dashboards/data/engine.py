@@ -224,8 +224,9 @@ class EngineSource:
 
     def overview(self, w: Window, interval_s: int) -> tuple[Kpis, Kpis, Kpis, pd.DataFrame]:
         """The Overview's numbers in ONE request: a ``filters`` aggregation with a bucket per
-        window (this period, the previous one, today) and the date histogram of this period,
-        so the feedback join's terms filters are built once."""
+        window (this period, the previous one), today's cost, and the date histogram of this
+        period, so the feedback join's terms filters are built once. The third Kpis (today)
+        carries only ``requests`` and ``cost_usd``."""
         prev, today = w.previous(), w.today()
         lo = min(prev.start, today.start)
         down = self._rated("down", lo)
@@ -234,13 +235,17 @@ class EngineSource:
             return {"range": {"@timestamp": {"gte": _ms(x.start), "lt": _ms(x.end), "format": "epoch_millis"}}}
 
         r = self._search({"size": 0, "query": self._turns_query(Window(lo, w.end)), "aggs": {
-            "win": {"filters": {"filters": {"cur": rng(w), "prev": rng(prev), "today": rng(today)}},
+            "win": {"filters": {"filters": {"cur": rng(w), "prev": rng(prev)}},
                     "aggs": self._metric_aggs(down, None, dialogues=True)},
+            # the Overview shows only today's cost
+            "today": {"filter": rng(today), "aggs": {"cost": {"sum": {"field": "cost_usd"}}}},
             "t": {"filter": rng(w), "aggs": {"h": self._hist_agg(interval_s, down)}}}})
         b = r["aggregations"]["win"]["buckets"]
-        out = [self._kpis_from(b[key], int(b[key]["doc_count"]), x, None, down, False)
-               for key, x in (("cur", w), ("prev", prev), ("today", today))]
-        return out[0], out[1], out[2], self._series_from(r["aggregations"]["t"]["h"]["buckets"])
+        cur, before = (self._kpis_from(b[key], int(b[key]["doc_count"]), x, None, down, False)
+                       for key, x in (("cur", w), ("prev", prev)))
+        t = r["aggregations"]["today"]
+        day = Kpis(seconds=today.seconds, requests=int(t["doc_count"]), cost_usd=float(t["cost"]["value"]))
+        return cur, before, day, self._series_from(r["aggregations"]["t"]["h"]["buckets"])
 
     def histogram(self, w: Window, field: str) -> pd.DataFrame:
         edges = histogram_edges_ms() + [float("inf")]
