@@ -119,8 +119,8 @@ def main() -> int:
         from monitor.logstore.engine import SearchEngine
         from monitor.logstore.setup import install
 
-        engine = SearchEngine(Path(tempfile.mkdtemp(prefix="sw-bench-engine-")), port=0, heap=args.engine_heap,
-                              max_heap=args.engine_heap)
+        engine_dir = Path(tempfile.mkdtemp(prefix="sw-bench-engine-"))
+        engine = SearchEngine(engine_dir, port=0, heap=args.engine_heap, max_heap=args.engine_heap)
         engine.start()
         with StoreClient(engine.url) as c:
             install(c)
@@ -130,18 +130,32 @@ def main() -> int:
     finally:
         if engine is not None:
             engine.stop()
+            import shutil
+
+            shutil.rmtree(engine_dir, ignore_errors=True)
 
 
 def _bench(args) -> int:
-    d = args.dir or Path(tempfile.mkdtemp(prefix="sw-bench-"))
+    import shutil
+
+    scratch = Path(tempfile.mkdtemp(prefix="sw-bench-scratch-"))
+    try:
+        return _bench_in(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _bench_in(args, scratch: Path) -> int:
+    d = args.dir or scratch / "logs"
     d.mkdir(parents=True, exist_ok=True)
     gen_s, size = generate(d, args.turns)
-    empty = Path(tempfile.mkdtemp(prefix="sw-bench-empty-"))
+    empty = scratch / "empty"
+    empty.mkdir()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"{args.turns:,} turns in {len(list(d.glob('*.jsonl')))} files, {size / 2**20:,.0f} MiB (generated in {gen_s:.0f} s)")
     base = render({"SEEKWATCH_DASHBOARD_LOGS": str(empty), "SEEKWATCH_DASHBOARD_CACHE": "off"})
     print(f"baseline (empty log dir): first render {base['first_s']:.2f} s, peak RSS {base['peak_rss_mib']:,.0f} MiB")
-    cache = Path(tempfile.mkdtemp(prefix="sw-bench-cache-"))
+    cache = scratch / "cache"
     for run in range(0 if args.skip_jsonl else args.runs):
         r = render({"SEEKWATCH_DASHBOARD_LOGS": str(d), "SEEKWATCH_DASHBOARD_CACHE": "off"})
         print(f"JSON lines, cold (every line parsed): first render {r['first_s']:.2f} s, second {r['second_s']:.2f} s, "
