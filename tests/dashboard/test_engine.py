@@ -135,3 +135,20 @@ def test_overview_page_from_engine(sources, tagged, search_engine_url, dash_env,
     assert m["请求数 Requests"][0] == f"{expected.requests:,}"
     assert m["完成率 Completion rate"][0] == f"{expected.completion_rate * 100:.1f} %"
     assert m["会话数 Sessions"][0] == f"{expected.sessions:,}"
+
+
+@pytest.mark.parametrize("page", ["latency", "quality", "cost", "alerts", "sessions"])
+def test_every_page_renders_from_engine(page, sources, tagged, search_engine_url, dash_env, expected):
+    from streamlit.testing.v1 import AppTest
+
+    from .test_pages import VIEWS
+
+    dash_env.setenv("SEEKWATCH_DASHBOARD_URL", search_engine_url)
+    dash_env.setenv("SEEKWATCH_DASHBOARD_HOST_NAME", f"dash-{tagged[0]}")
+    at = AppTest.from_file(str(VIEWS / f"{page}.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    if page == "quality":
+        assert {m.label: m.value for m in at.metric}["轮次完成率 Turn completion"] == f"{expected.completion_rate * 100:.1f} %"
+    if page == "sessions":
+        assert len(at.dataframe[0].value) == 200  # newest first, capped: never all documents

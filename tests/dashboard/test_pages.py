@@ -196,3 +196,11 @@ def test_custom_day_range(dash_env, fixture_records):
     day = Expected(fixture_records, dt.datetime(2026, 11, 28, tzinfo=dt.timezone.utc), dt.datetime(2026, 11, 29, tzinfo=dt.timezone.utc))
     assert metrics(at)["请求数 Requests"][0] == f"{day.requests:,}"
     assert metrics(at)["首字延迟 TTFT P95"][0] == ms(day.ttft_p95)
+
+
+def test_auto_refresh_fragment(dash_env, expected):
+    at = AppTest.from_file(str(VIEWS / "overview.py"), default_timeout=60)
+    at.run()
+    at.selectbox(key="sw_refresh").set_value("10 s").run()
+    assert not at.exception, at.exception
+    assert metrics(at)["请求数 Requests"][0] == f"{expected.requests:,}"
