@@ -5,6 +5,8 @@ import datetime as dt
 import json
 import os
 
+import pytest
+
 from dashboards.data.base import Window
 from dashboards.data.jsonl import JsonlSource
 
@@ -109,3 +111,23 @@ def test_parse_cache_roundtrip(fixture_logs, fixture_records, tmp_path):
     assert again.health()["set_aside"] == first.health()["set_aside"] == 1
     sid = first.slowest(ALL, "latency_ms", 1)["session_id"][0]
     assert list(again.conversation(sid)["prompt"]) == list(first.conversation(sid)["prompt"])
+
+
+def test_reads_the_nodes_own_records(tmp_path):
+    """Records built by the node's own builders (inference.session_record) read back right."""
+    sr = pytest.importorskip("inference.session_record")
+    at = END - dt.timedelta(minutes=30)
+    recs = [sr.build_session_record(session_id="conv-1", request_id=f"chatcmpl-node{i}", turn_index=i,
+                                    prompt="我的手机13812345678", response="好的", model_version="deepseek-7b-v1.5",
+                                    duration_s=1.5 + i, ttft_s=0.2, status="completed" if i < 2 else "truncated",
+                                    input_tokens=100, output_tokens=50, cost_usd=0.001, ended_at=at + dt.timedelta(minutes=i))
+            for i in range(3)]
+    recs.append(sr.build_feedback_record(rating="down", request_id="chatcmpl-node1", session_id="conv-1",
+                                         at=at + dt.timedelta(minutes=5)))
+    (tmp_path / "seekwatch-2026-11-29.0000.jsonl").write_text(lines(recs), "utf-8")
+    src = JsonlSource(tmp_path)
+    src.refresh()
+    k = src.kpis(Window(END - dt.timedelta(hours=1), END))
+    assert (k.requests, k.completed, k.rated_down, k.sessions, k.completed_dialogues) == (3, 1, 1, 1, 0)
+    assert k.e2e_p50 == pytest.approx(2500.0) and k.ttft_p50 == pytest.approx(200.0)
+    assert src.health()["set_aside"] == 0
