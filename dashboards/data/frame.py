@@ -24,13 +24,6 @@ def _ms(col: pd.Series) -> np.ndarray:
     return np.asarray(col.dt.as_unit("ms").array.asi8)
 
 
-def _pct(s: pd.Series, q: float) -> float | None:
-    s = s.dropna()
-    if s.empty:
-        return None
-    return float(np.percentile(s.to_numpy(dtype="float64"), q * 100.0))
-
-
 class FrameAnalytics:
     """Everything :class:`~dashboards.data.base.LogSource` needs, computed with pandas."""
 

@@ -13,7 +13,6 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from typing import Any
 
 import pandas as pd
 

@@ -35,9 +35,6 @@ CHUNK_BYTES = 16 << 20
 _TURN_CACHE_COLS = ["time", "session_id", "request_id", "model_version", "status", "turn_index", "latency_ms",
                     "ttft_ms", "input_tokens", "output_tokens", "cost_usd", "_file", "_off"]
 _FB_CACHE_COLS = ["time", "request_id", "session_id", "rating", "feedback_id", "_file"]
-# pandas >= 3: "str" is the Arrow-backed string dtype; pandas 2's astype("str") would turn None
-# into "None", so it gets the nullable "string" dtype instead.
-_STR = "str" if int(pd.__version__.split(".")[0]) >= 3 else "string"
 _NUMERIC = {"turn_index": "int64", "latency_ms": "float64", "ttft_ms": "float64",
             "input_tokens": "int64", "output_tokens": "int64", "cost_usd": "float64"}
 

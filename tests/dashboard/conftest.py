@@ -3,7 +3,6 @@ and the numbers a page must show, computed here independently (plain Python, no 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from pathlib import Path
 
