@@ -146,5 +146,19 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
                        allow_headers=["*"],
                        expose_headers=["X-Request-Id", "X-Session-Id", "Retry-After"], max_age=600)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(StampArrival)
     return app
+
+
+class StampArrival:
+    """Outermost middleware: notes when a request arrived, so latency and TTFT count the
+    time spent reading and parsing the body too, as the client sees it."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["arrival"] = (time.monotonic(), time.time())
+        await self.app(scope, receive, send)
 

@@ -40,7 +40,7 @@ async def _until_disconnected(request: Request, coro):
 async def _chat(request: Request, endpoint: str):
     service = _service(request)
     req = await parse_body(request, ChatCompletionRequest)
-    ctx = service.context(req, request.headers, endpoint)
+    ctx = service.context(req, request.headers, endpoint, getattr(request.state, "arrival", None))
     try:
         outputs = await service.start(req, ctx)
     except EngineError as exc:
@@ -81,7 +81,7 @@ async def seed_chat(request: Request):
     model = service.served_model_names[0]
     req = ChatCompletionRequest(model=model, messages=[ChatMessage(role="user", content=body.prompt)],
                                 max_tokens=body.max_tokens, temperature=body.temperature)
-    ctx = service.context(req, request.headers, "/chat")
+    ctx = service.context(req, request.headers, "/chat", getattr(request.state, "arrival", None))
     try:
         outputs = await service.start(req, ctx)
         result = await _until_disconnected(request, service.complete(req, ctx, outputs))

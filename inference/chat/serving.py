@@ -60,15 +60,18 @@ class ChatService:
                                 f"available: {', '.join(self.served_model_names)}")
         return model
 
-    def context(self, req: ChatCompletionRequest, headers: Mapping[str, str], endpoint: str) -> TurnContext:
+    def context(self, req: ChatCompletionRequest, headers: Mapping[str, str], endpoint: str,
+                arrival: tuple[float, float] | None = None) -> TurnContext:
+        """``arrival`` is (monotonic, wall) time the request reached the server; now if unknown."""
         pairs = [(m.role, m.text()) for m in req.messages]
+        mono, wall = arrival or (time.monotonic(), time.time())
         return TurnContext(
             request_id=new_request_id(),
             session_id=session_id_for(headers, req.user, pairs),
             turn_index=turn_index(pairs),
             created=int(time.time()),
-            started_mono=time.monotonic(),
-            started_wall=time.time(),
+            started_mono=mono,
+            started_wall=wall,
             endpoint=endpoint,
         )
 

@@ -45,8 +45,12 @@ async def _stream_ttft(client: httpx.AsyncClient, i: int) -> float:
 
 def test_prometheus_p99_of_ttft_agrees_with_client_side_p99(node_factory, prometheus_server):
     """A real Prometheus scrapes the node under load; histogram_quantile(0.99) over the TTFT
-    histogram lands within one bucket of the P99 the client measured itself."""
-    n = node_factory("--max-batch", "8")
+    histogram lands within one bucket of the P99 the client measured itself.
+
+    Two batch slots for twelve concurrent clients: TTFT is dominated by queueing (hundreds of
+    ms to seconds), as in an overloaded production node, so the client's own scheduling
+    noise on this small shared machine stays well inside one bucket."""
+    n = node_factory("--max-batch", "2")
     prom = prometheus_server([n.base_url], scrape_interval="1s")
 
     async def load():
