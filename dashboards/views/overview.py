@@ -79,6 +79,9 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     if why:
         st.caption(f"GPU: {why}")
     h = src.health() if hasattr(src, "health") else {}
+    if "files" in h and not h["files"]:
+        st.warning(f"没有日志文件 · no *.jsonl log files in {getattr(src, 'log_dir', '?')} "
+                   "(start the node with --log-dir, or pass --logs DIR / --url)")
     if h.get("set_aside") or h.get("pending_partial_lines"):
         st.caption(f":material/warning: {h.get('set_aside', 0)} unparsable log line(s) set aside; "
                    f"{h.get('pending_partial_lines', 0)} file(s) end in an incomplete line")

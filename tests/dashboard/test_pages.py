@@ -204,3 +204,12 @@ def test_auto_refresh_fragment(dash_env, expected):
     at.selectbox(key="sw_refresh").set_value("10 s").run()
     assert not at.exception, at.exception
     assert metrics(at)["请求数 Requests"][0] == f"{expected.requests:,}"
+
+
+def test_empty_log_dir_says_so(dash_env, tmp_path):
+    dash_env.setenv("SEEKWATCH_DASHBOARD_LOGS", str(tmp_path / "nothing-here"))
+    at = run("overview")
+    assert metrics(at)["请求数 Requests"][0] == "0"
+    assert any("no *.jsonl log files" in w.value for w in at.warning)
+    for page in ("latency", "quality", "cost", "sessions"):
+        run(page)  # no data: no exception
