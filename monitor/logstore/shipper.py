@@ -10,6 +10,9 @@ Guarantees and how they are kept:
 * **No duplicates.** Every document has an id from the record itself: ``request_id`` for a
   session turn, ``feedback_id`` for feedback; the bulk action is ``create`` (data streams
   allow nothing else), so a re-sent line answers 409 "already exists", which counts as done.
+  A batch that may have reached the engine before (the first batch of each file after a
+  start, a resend after a broken connection) is first checked with an ``ids`` query over
+  ``seekwatch-*``, so a rollover in between cannot turn the re-send into a second copy.
 * **Rotation.** Files are identified by device + inode, with a fingerprint of their first
   line against inode reuse. A file renamed by rotation keeps its offset (the shipper also
   keeps the open descriptor and drains it to EOF); a truncated file (copytruncate) restarts
@@ -42,6 +45,7 @@ from typing import Callable, Iterator
 
 from monitor.logstore.adapter import (
     FEEDBACK_STREAM,
+    INDEX_PATTERN,
     SESSION_STREAM,
     StoreClient,
     StoreError,
@@ -85,6 +89,7 @@ class TrackedFile:
     fingerprint: str | None = None
     fh: object | None = None    # open binary handle (kept across renames)
     seen: bool = True           # present in the last directory scan
+    verified: bool = False      # first batch since start sent (it may repeat a crashed run's)
 
 
 @dataclass
@@ -346,19 +351,64 @@ class Shipper:
             log.warning("engine reachable again after %.1fs: resuming", time.monotonic() - self._engine_down_since)
             self._engine_down_since = None
 
-    def _send(self, batch: list[Line], f_by_key: dict[str, TrackedFile]) -> bool:
+    def _drop_present(self, pending: list[Line]) -> list[Line] | None:
+        """Drop lines whose id is already in the engine (any backing index). Used only when a
+        batch may have been applied before: the first batch of a file after a (re)start and a
+        resend after a lost connection. It keeps "create" idempotent across a rollover, where
+        a 409 could not catch it (the id would be new to the new write index).
+        Returns None when the engine cannot be asked right now."""
+        ids = [ln.doc_id for ln in pending]
+        present: set[str] = set()
+        try:
+            try:  # search sees refreshed documents only; a refresh needs the "maintenance" privilege
+                self.client.refresh(INDEX_PATTERN)
+            except StoreError as exc:
+                if exc.status not in (403, 404):
+                    raise
+            for i in range(0, len(ids), 5000):  # under the default max_result_window
+                chunk = ids[i:i + 5000]
+                res = self.client.search(INDEX_PATTERN, {"query": {"ids": {"values": chunk}}, "size": len(chunk),
+                                                         "_source": False})
+                present.update(h["_id"] for h in res.get("hits", {}).get("hits", []))
+        except StoreUnavailable as exc:
+            self._note_down(exc)
+            return None
+        except StoreError as exc:
+            if exc.status == 404:  # no such index yet: nothing can be there
+                return pending
+            if exc.status in RETRYABLE_ITEM_STATUS:
+                self._note_down(exc)
+                return None
+            raise
+        if present:
+            self.stats.duplicates += len(present)
+            log.info("skipping %d lines already in the engine (re-sent after a restart or outage)", len(present))
+        return [ln for ln in pending if ln.doc_id not in present]
+
+    def _send(self, batch: list[Line], f_by_key: dict[str, TrackedFile], ambiguous: bool = False) -> bool:
         """Send until every line is acknowledged (or dead-lettered). False if stopped."""
         pending = batch
         attempt = 0
         while pending:
             if self.stop_event.is_set():
                 return False
+            if ambiguous:
+                checked = self._drop_present(pending)
+                if checked is None:
+                    self.stats.retries += 1
+                    self.stop_event.wait(self._backoff(attempt))
+                    attempt += 1
+                    continue
+                pending, ambiguous = checked, False
+                if not pending:
+                    break
             body = b"".join(b"%s\n%s\n" % (ln.action, ln.raw) for ln in pending)
             try:
                 resp = self.client.bulk(body)
             except StoreUnavailable as exc:
                 self._note_down(exc)
                 self.stats.retries += 1
+                ambiguous = True  # the request may have been applied before the connection broke
                 self.stop_event.wait(self._backoff(attempt))
                 attempt += 1
                 continue
@@ -427,8 +477,10 @@ class Shipper:
         def flush() -> bool:
             nonlocal batch, batch_size, pending_dead, last_offset
             self._refused = []
-            if batch and not self._send(batch, self.files):
+            if batch and not self._send(batch, self.files, ambiguous=not f.verified):
                 return False
+            if batch:
+                f.verified = True
             self._dead_letter(sorted(pending_dead + self._refused, key=lambda e: e["offset"]))
             self._refused = []
             f.offset = last_offset

@@ -180,3 +180,16 @@ def test_ship_bad_flags_exit_2_one_line(args):
     proc = subprocess.run([sys.executable, "-m", "seekwatch", *args], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_resend_after_rollover_does_not_duplicate(tmp_path, store):
+    # A crash after the engine acknowledged but before the checkpoint, then a rollover: the
+    # re-sent ids are new to the new write index, so only the ids check prevents doubles.
+    tag = "rollover"
+    append_lines(tmp_path / "s.jsonl", records(25, seed=12, tag=tag))
+    ship_once(tmp_path, store)
+    store.request("POST", "/seekwatch-sessions/_rollover")
+    (tmp_path / ".seekwatch-ship" / "checkpoints.json").unlink()  # as if the checkpoint never landed
+    s = ship_once(tmp_path, store)
+    assert s.stats.shipped == 0 and s.stats.duplicates == 25
+    assert count_tag(store, tag) == 25

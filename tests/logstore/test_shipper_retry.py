@@ -20,6 +20,13 @@ class ScriptedClient:
         self.sent: list[list[str]] = []
         self.indexed: set[str] = set()
 
+    def refresh(self, target) -> None:
+        pass
+
+    def search(self, target, body) -> dict:
+        ids = body["query"]["ids"]["values"]
+        return {"hits": {"hits": [{"_id": i} for i in ids if i in self.indexed]}}
+
     def bulk(self, body: bytes) -> dict:
         lines = body.decode().splitlines()
         ids = [json.loads(a)["create"]["_id"] for a in lines[0::2]]
@@ -70,6 +77,19 @@ def test_engine_unreachable_is_waited_out(tmp_path):
     s = shipper(tmp_path, client)
     s.run(once=True)
     assert s.stats.shipped == 10 and s.stats.outages == 1 and s.stats.retries == 3
+
+
+def test_resend_after_a_lost_response_checks_ids_first(tmp_path):
+    # The engine applied the bulk but the connection broke before the answer arrived.
+    def applied_then_lost(client, ids):
+        ok(client, ids)
+        raise StoreUnavailable("read timeout")
+
+    client = ScriptedClient([applied_then_lost])
+    s = shipper(tmp_path, client)
+    s.run(once=True)
+    assert len(client.sent) == 1          # not sent again: the ids query found all ten
+    assert s.stats.duplicates == 10 and s.stats.shipped == 0
 
 
 def test_whole_request_400_is_split_to_the_culprit(tmp_path):
