@@ -222,13 +222,14 @@ class EngineSource:
         r = self._search({"size": 0, "query": self._turns_query(w), "aggs": {"t": self._hist_agg(interval_s, down)}})
         return self._series_from(r["aggregations"]["t"]["buckets"])
 
-    def overview(self, w: Window, interval_s: int) -> tuple[Kpis, Kpis, Kpis, pd.DataFrame]:
+    def overview(self, w: Window, interval_s: int) -> tuple[Kpis, Kpis, Kpis, Kpis, pd.DataFrame]:
         """The Overview's numbers in ONE request: a ``filters`` aggregation with a bucket per
         window (this period, the previous one), today's cost, and the date histogram of this
-        period, so the feedback join's terms filters are built once. The third Kpis (today)
-        carries only ``requests`` and ``cost_usd``."""
+        period, so the feedback join's terms filters are built once. The third and fourth Kpis
+        (today, and yesterday up to the same time) carry only ``requests`` and ``cost_usd``."""
         prev, today = w.previous(), w.today()
-        lo = min(prev.start, today.start)
+        yday = today.shifted(-86400)
+        lo = min(prev.start, yday.start)
         down = self._rated("down", lo)
 
         def rng(x: Window) -> dict:
@@ -238,14 +239,16 @@ class EngineSource:
             "win": {"filters": {"filters": {"cur": rng(w), "prev": rng(prev)}},
                     "aggs": self._metric_aggs(down, None, dialogues=True)},
             # the Overview shows only today's cost
-            "today": {"filter": rng(today), "aggs": {"cost": {"sum": {"field": "cost_usd"}}}},
+            "day": {"filters": {"filters": {"today": rng(today), "yday": rng(yday)}},
+                    "aggs": {"cost": {"sum": {"field": "cost_usd"}}}},
             "t": {"filter": rng(w), "aggs": {"h": self._hist_agg(interval_s, down)}}}})
         b = r["aggregations"]["win"]["buckets"]
         cur, before = (self._kpis_from(b[key], int(b[key]["doc_count"]), x, None, down, False)
                        for key, x in (("cur", w), ("prev", prev)))
-        t = r["aggregations"]["today"]
-        day = Kpis(seconds=today.seconds, requests=int(t["doc_count"]), cost_usd=float(t["cost"]["value"]))
-        return cur, before, day, self._series_from(r["aggregations"]["t"]["h"]["buckets"])
+        days = r["aggregations"]["day"]["buckets"]
+        day, before_day = (Kpis(seconds=x.seconds, requests=int(days[key]["doc_count"]),
+                                cost_usd=float(days[key]["cost"]["value"])) for key, x in (("today", today), ("yday", yday)))
+        return cur, before, day, before_day, self._series_from(r["aggregations"]["t"]["h"]["buckets"])
 
     def histogram(self, w: Window, field: str) -> pd.DataFrame:
         edges = histogram_edges_ms() + [float("inf")]

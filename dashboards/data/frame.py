@@ -105,9 +105,10 @@ class FrameAnalytics:
         return k
 
     def overview(self, w: Window, interval_s: int):
-        """(this period, previous period, today, series of this period) for the Overview."""
+        """(this period, previous period, today, yesterday to the same time, series of this
+        period) for the Overview."""
         return (self.kpis(w, detail=False), self.kpis(w.previous(), detail=False), self.kpis(w.today(), detail=False),
-                self.series(w, interval_s))
+                self.kpis(w.today().shifted(-86400), detail=False), self.series(w, interval_s))
 
     def series(self, w: Window, interval_s: int) -> pd.DataFrame:
         df = self._window(w)

@@ -42,7 +42,8 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     else:
         st.success("无告警 · no alerts firing", icon=":material/check_circle:")
 
-    k, p, today, s = src.overview(w, ctx.interval_s)  # this period, the previous one, today, series
+    # this period, the previous one, today, yesterday up to the same time, series
+    k, p, today, yday, s = src.overview(w, ctx.interval_s)
     spark = lambda col: [float(x) for x in s[col].fillna(0).to_numpy()] if not s.empty else None  # noqa: E731
 
     st.caption(f"{w.start:%Y-%m-%d %H:%M} → {w.end:%Y-%m-%d %H:%M} UTC · Δ vs previous {ctx.range_label}")
@@ -57,8 +58,9 @@ def render(ctx: ui.Ctx, w: Window) -> None:
                 ui.delta(k.tokens_per_s, p.tokens_per_s, ui.fmt_rate),
                 chart_data=[x / ctx.interval_s for x in s["output_tokens"]] if not s.empty else None, border=True,
                 help="generated tokens / seconds in the range")
-    c[3].metric("今日成本 Cost today (UTC)", ui.fmt_usd(today.cost_usd), border=True,
-                chart_data=spark("cost_usd"), help="sum of the turns' cost_usd since 00:00 UTC")
+    c[3].metric("今日成本 Cost today (UTC)", ui.fmt_usd(today.cost_usd), ui.delta(today.cost_usd, yday.cost_usd, ui.fmt_usd),
+                delta_color="inverse", border=True, chart_data=spark("cost_usd"),
+                help="sum of the turns' cost_usd since 00:00 UTC; Δ vs yesterday up to the same time")
     c = st.columns(3)
     for i, q in enumerate(("p50", "p95", "p99")):
         cur, prev = getattr(k, f"ttft_{q}"), getattr(p, f"ttft_{q}")

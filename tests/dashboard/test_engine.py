@@ -110,10 +110,11 @@ def test_engine_uses_aggregations_only(sources):
     # the Overview's bundle: one request for three windows and the series
     e._fb_cache.clear()
     before = e.requests_made
-    ek, ep, et, es = e.overview(W24, 3600)
+    ek, ep, et, ey, es = e.overview(W24, 3600)
     assert e.requests_made - before == 2  # the thumbs-down ids (one page) + one aggregation
-    jk, jp, jt, js = j.overview(W24, 3600)
+    jk, jp, jt, jy, js = j.overview(W24, 3600)
     assert (jt.requests, jt.cost_usd) == (et.requests, pytest.approx(et.cost_usd))
+    assert (jy.requests, jy.cost_usd) == (ey.requests, pytest.approx(ey.cost_usd))
     for a, b in ((jk, ek), (jp, ep)):
         assert (a.requests, a.completed, a.sessions, a.completed_dialogues, a.output_tokens) == \
                (b.requests, b.completed, b.sessions, b.completed_dialogues, b.output_tokens)

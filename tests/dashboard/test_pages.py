@@ -44,10 +44,12 @@ def test_overview(dash_env, expected, fixture_records):
     m = metrics(run("overview"))
     prev = Expected(fixture_records, END - dt.timedelta(hours=48), END - dt.timedelta(hours=24))
     today = Expected(fixture_records, END.replace(hour=0), END)
+    yday = Expected(fixture_records, END.replace(hour=0) - dt.timedelta(days=1), END - dt.timedelta(days=1))
     assert m["请求数 Requests"] == (f"{expected.requests:,}", f"{expected.requests - prev.requests:+,}")
     assert m["完成率 Completion rate"][0] == pct(expected.completion_rate)
     assert m["输出速率 Output tokens/s"][0] == f"{expected.tokens_per_s:,.1f} tok/s"
-    assert m["今日成本 Cost today (UTC)"][0] == usd(today.cost_usd)
+    d = today.cost_usd - yday.cost_usd
+    assert m["今日成本 Cost today (UTC)"] == (usd(today.cost_usd), ("+" if d >= 0 else "-") + usd(abs(d)))
     for q in ("p50", "p95", "p99"):
         assert m[f"首字延迟 TTFT {q.upper()}"][0] == ms(getattr(expected, f"ttft_{q}"))
         assert m[f"端到端延迟 E2E {q.upper()}"][0] == ms(getattr(expected, f"e2e_{q}"))
