@@ -76,11 +76,25 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
                 app.state.load_error = f"{exc.__class__.__name__}: {exc}"
                 log.exception("engine failed to start")
 
+        async def watch_keys():
+            while True:  # key rotation without a restart: poll the file, and reload on SIGHUP
+                await asyncio.sleep(2)
+                keys.reload_if_changed()
+
         task = asyncio.create_task(load())
+        watcher = asyncio.create_task(watch_keys()) if keys.key_file else None
+        try:
+            import signal
+
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.reload)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no SIGHUP
+            pass
         try:
             yield
         finally:
             task.cancel()
+            if watcher:
+                watcher.cancel()
             await engine.stop()
             close = getattr(observer, "close", None)
             if close:
@@ -107,7 +121,7 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     app.include_router(chat_router, dependencies=protected)
     app.include_router(feedback_router, dependencies=protected)
     app.include_router(billing_router, dependencies=protected)
-    app.include_router(system_router)
+    app.include_router(system_router, dependencies=protected if config.auth_probes else [])
 
     @app.exception_handler(InvalidRequest)
     async def _invalid(request: Request, exc: InvalidRequest):

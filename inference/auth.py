@@ -19,11 +19,41 @@ def _digest(key: str) -> bytes:
 
 
 class ApiKeys:
-    def __init__(self, keys: list[str] | None = None):
+    def __init__(self, keys: list[str] | None = None, key_file: str | None = None, env_var: str | None = None):
         self._digests = [_digest(k) for k in (keys or []) if k]
+        self.key_file, self.env_var = key_file, env_var
+        self._mtime = _mtime(key_file)
 
     @classmethod
     def load(cls, key_file: str | None, env_var: str | None) -> "ApiKeys":
+        return cls(cls._read(key_file, env_var), key_file, env_var)
+
+    def reload(self) -> bool:
+        """Re-read the key file (and variable) in place, so keys rotate without a restart.
+        A file that became unreadable or empty keeps the old keys (and says so) rather than
+        locking everyone out or letting everyone in. Returns True when the keys changed."""
+        import logging
+
+        self._mtime = _mtime(self.key_file)
+        try:
+            digests = [_digest(k) for k in self._read(self.key_file, self.env_var)]
+        except ConfigError as exc:
+            logging.getLogger("seekwatch.auth").error("API keys not reloaded: %s", exc)
+            return False
+        changed = digests != self._digests
+        self._digests = digests
+        if changed:
+            logging.getLogger("seekwatch.auth").info("API keys reloaded: %d key(s)", len(digests))
+        return changed
+
+    def reload_if_changed(self) -> bool:
+        """Reload when the key file's modification time moved (polled by the node)."""
+        if self.key_file and _mtime(self.key_file) != self._mtime:
+            return self.reload()
+        return False
+
+    @staticmethod
+    def _read(key_file: str | None, env_var: str | None) -> list[str]:
         keys: list[str] = []
         if key_file:
             try:
@@ -35,7 +65,7 @@ class ApiKeys:
                 raise ConfigError(f"{key_file}: API key file holds no key")
         if env_var and os.environ.get(env_var):
             keys += [k.strip() for k in os.environ[env_var].split(",") if k.strip()]
-        return cls(keys)
+        return keys
 
     @property
     def enabled(self) -> bool:
@@ -55,3 +85,12 @@ class ApiKeys:
         for d in self._digests:  # no early exit: constant time over the key set
             ok |= hmac.compare_digest(got, d)
         return ok
+
+
+def _mtime(path: str | None) -> float | None:
+    if not path:
+        return None
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None

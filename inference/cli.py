@@ -26,6 +26,10 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request bodies over this get 413")
     p.add_argument("--api-key-file", metavar="F", help="file with one API key per line; also $SEEKWATCH_API_KEYS (comma-separated)")
+    p.add_argument("--auth-probes", action="store_true",
+                   help="require the API key on /metrics, /healthz, /readyz and /v1/models too")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS (TLS 1.3 only) with this certificate chain")
+    p.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     p.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
                    help="allowed browser origin (repeatable; default: any)")
     p.add_argument("--log-dir", default="./var/log", help="session log folder (JSON lines)")
@@ -48,6 +52,11 @@ def config_from_args(args: argparse.Namespace):
             raise ConfigError(f"--model {args.model}: no config.json in the folder; is it a transformers model?")
     elif not args.upstream_url:
         raise ConfigError("--upstream-url URL is required with --engine upstream")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    for path in (args.tls_cert, args.tls_key):
+        if path and not os.path.isfile(path):
+            raise ConfigError(f"{path}: no such file")
     for flag in ("max_batch", "max_queue", "max_body_bytes"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
@@ -56,7 +65,8 @@ def config_from_args(args: argparse.Namespace):
         host=args.host, port=args.port, engine=args.engine, upstream_url=args.upstream_url,
         upstream_model=args.upstream_model, device=args.device, dtype=args.dtype,
         max_batch=args.max_batch, max_queue=args.max_queue, max_model_len=args.max_model_len,
-        max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file,
+        max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file, auth_probes=args.auth_probes,
+        tls_cert=args.tls_cert, tls_key=args.tls_key,
         cors_origins=args.cors_origins or ["*"], log_dir=args.log_dir,
         instrumentation=args.instrumentation, cost_config=args.cost_config,
     )
@@ -71,8 +81,15 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from inference.tls import Tls13Config
+
     app = create_app(config)
-    print(f"seekwatch node on http://{config.host}:{config.port} (OpenAI base URL http://{config.host}:{config.port}/v1)", flush=True)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=args.log_level,
-                timeout_graceful_shutdown=10, access_log=False)
+    scheme = "https" if config.tls_cert else "http"
+    print(f"seekwatch node on {scheme}://{config.host}:{config.port} "
+          f"(OpenAI base URL {scheme}://{config.host}:{config.port}/v1)", flush=True)
+    server_config = Tls13Config(app, host=config.host, port=config.port, log_level=args.log_level,
+                                timeout_graceful_shutdown=10, access_log=False,
+                                ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key)
+    uvicorn.Server(server_config).run()
     return 0
+

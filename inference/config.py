@@ -23,6 +23,9 @@ class NodeConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     api_key_file: str | None = None
     api_keys_env: str = "SEEKWATCH_API_KEYS"
+    auth_probes: bool = False                 # /metrics, /healthz, /readyz, /v1/models need a key too
+    tls_cert: str | None = None
+    tls_key: str | None = None
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     log_dir: str = "./var/log"
     instrumentation: bool = True

@@ -57,8 +57,11 @@ class NodeProcess:
         return self.proc.returncode
 
 
-def start_node(tmp: Path, *args: str, ready_timeout: float = 120, env: dict | None = None) -> NodeProcess:
-    """Start a node with ``args`` and wait until /readyz says ready."""
+def start_node(tmp: Path, *args: str, ready_timeout: float = 120, env: dict | None = None,
+               ready_scheme: str = "http", ready_verify: "bool | str | ssl.SSLContext" = True,
+               ready_headers: dict | None = None) -> NodeProcess:
+    """Start a node with ``args`` and wait until /readyz says ready (over ``ready_scheme``,
+    checking the certificate against ``ready_verify``, sending ``ready_headers``)."""
     port = free_port()
     log_dir = tmp / f"node-{port}-log"
     output = tmp / f"node-{port}.out"
@@ -67,12 +70,17 @@ def start_node(tmp: Path, *args: str, ready_timeout: float = 120, env: dict | No
     with open(output, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
     node = NodeProcess(proc, port, log_dir, output, list(args))
+    if isinstance(ready_verify, str):
+        import ssl
+
+        ready_verify = ssl.create_default_context(cafile=ready_verify)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"node exited with {proc.returncode}:\n{output.read_text(errors='replace')[-3000:]}")
         try:
-            if httpx.get(node.base_url + "/readyz", timeout=2).status_code == 200:
+            url = f"{ready_scheme}://127.0.0.1:{port}/readyz"
+            if httpx.get(url, timeout=2, verify=ready_verify, headers=ready_headers).status_code == 200:
                 return node
         except httpx.HTTPError:
             pass
