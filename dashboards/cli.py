@@ -1,7 +1,8 @@
 """``seekwatch dashboard``: run the Streamlit ops dashboard (``streamlit run dashboards/app.py``).
 
-Imports nothing heavy: Streamlit runs in a subprocess, configured through environment
-variables that ``dashboards.ui`` reads. Flags after ``--`` go to ``streamlit run`` unchanged.
+Imports nothing heavy: the process execs ``python -m streamlit run`` (on POSIX; a child process
+elsewhere), configured through environment variables that ``dashboards.ui`` reads, so stopping
+``seekwatch dashboard`` stops the server. Flags after ``--`` go to ``streamlit run`` unchanged.
 """
 from __future__ import annotations
 
@@ -97,7 +98,16 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--now {args.now!r}: not an ISO time") from None
     print(f"seekwatch dashboard: http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
+    cmd, env = command(args), build_env(args)
+    if os.name == "posix":
+        # become the Streamlit server: whoever stops `seekwatch dashboard` (a terminal, systemd,
+        # a test, `seekwatch demo`) signals the server itself, and no orphan is left behind
+        sys.stdout.flush()
+        os.execve(cmd[0], cmd, env)
+    proc = subprocess.Popen(cmd, env=env)
     try:
-        return subprocess.call(command(args), env=build_env(args))
+        return proc.wait()
     except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(10)
         return 130
