@@ -1,0 +1,119 @@
+"""Unit tests of the node's pure pieces: reasoning split, stop strings, incremental
+detokenization of split UTF-8 characters, session fingerprints, API key checks."""
+from __future__ import annotations
+
+import pytest
+
+from inference.auth import ApiKeys
+from inference.chat.reasoning import ReasoningSplitter
+from inference.engine.detokenizer import IncrementalDetokenizer, StopMatcher
+from inference.session_ids import conversation_fingerprint, session_id_for, turn_index
+
+
+def _split(chunks, starts_in_reasoning=False):
+    s = ReasoningSplitter(starts_in_reasoning)
+    deltas = [s.feed(c) for c in chunks] + [s.flush()]
+    return "".join(r for r, _ in deltas), "".join(c for _, c in deltas), deltas
+
+
+@pytest.mark.parametrize("chunks", [
+    ["<think>先查订单", "状态</think>\n\n您的订单已发货。"],
+    ["<thi", "nk>先查订单状态</th", "ink>您的订单已发货。"],
+    ["  <think>", "先查订单状态", "</think>", "您的订单已发货。"],
+])
+def test_reasoning_is_split_out_whatever_the_chunking(chunks):
+    reasoning, content, deltas = _split(chunks)
+    assert reasoning == "先查订单状态"
+    assert content == "您的订单已发货。"
+
+
+def test_stream_never_puts_reasoning_and_content_in_one_delta_scripted_engine():
+    """Serving layer with a scripted engine (a test double standing in for a DeepSeek-R1
+    model, which cannot run here): the chunk that closes </think> and starts the answer is
+    sent as two deltas, because NextChat drops `content` from a delta that also carries
+    `reasoning_content`."""
+    import asyncio
+    import json
+
+    from inference.chat.protocol import ChatCompletionRequest
+    from inference.chat.serving import ChatService
+    from inference.engine.base import Engine, EngineOutput, EngineState
+    from inference.turns import NullObserver
+
+    class ScriptedEngine(Engine):
+        model_version = "scripted-r1"
+
+        async def start(self): ...
+        async def stop(self): ...
+        def state(self): return EngineState(True, 0, 0, 1, 1)
+
+        async def generate(self, request):
+            async def outputs():
+                for text in ["<think>想一想", "</think>答案", "是这样"]:
+                    yield EngineOutput(text=text, prompt_tokens=3, completion_tokens=1)
+                yield EngineOutput(finish_reason="stop", prompt_tokens=3, completion_tokens=3)
+            return outputs()
+
+    service = ChatService(ScriptedEngine(), ["deepseek-reasoner"], NullObserver())
+    req = ChatCompletionRequest(model="deepseek-reasoner", messages=[{"role": "user", "content": "q"}], stream=True)
+
+    async def run():
+        ctx = service.context(req, {}, "/v1/chat/completions")
+        return [e async for e in service.stream(req, ctx, await service.start(req, ctx))]
+
+    events = asyncio.run(run())
+    deltas = [json.loads(e[6:])["choices"][0]["delta"] for e in events if e.startswith("data: {")]
+    assert not any("content" in d and "reasoning_content" in d for d in deltas)
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "想一想"
+    assert "".join(d.get("content", "") for d in deltas) == "答案是这样"
+
+
+def test_text_without_think_is_all_content():
+    reasoning, content, _ = _split(["<b>bold</b> and ", "<thinking> is not a tag"])
+    assert reasoning == "" and content == "<b>bold</b> and <thinking> is not a tag"
+
+
+def test_reasoning_open_from_the_prompt():
+    reasoning, content, _ = _split(["weighing options", "</think>answer"], starts_in_reasoning=True)
+    assert (reasoning, content) == ("weighing options", "answer")
+
+
+def test_stop_matcher_never_emits_part_of_a_stop_string():
+    m = StopMatcher(["STOP", "。\n"])
+    out = "".join(m.feed(c) for c in ["Hello ST", "O", "P world"]) + m.flush()
+    assert out == "Hello " and m.stopped
+    m = StopMatcher(["STOP"])
+    out = "".join(m.feed(c) for c in ["no st", "op here"]) + m.flush()
+    assert out == "no stop here" and not m.stopped
+
+
+def test_incremental_detokenizer_holds_split_characters(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    text = "退货流程：请访问订单详情页。Returns are easy."
+    ids = tok.encode(text, add_special_tokens=False)
+    d = IncrementalDetokenizer(tok)
+    pieces = [d.add([i]) for i in ids] + [d.flush()]
+    assert "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_session_fingerprint_follows_the_conversation_opening():
+    turn1 = [("system", "客服"), ("user", "如何退货？")]
+    turn2 = turn1 + [("assistant", "请访问订单页。"), ("user", "要多久？")]
+    other = [("system", "客服"), ("user", "订单到哪了？")]
+    assert conversation_fingerprint(turn1) == conversation_fingerprint(turn2) != conversation_fingerprint(other)
+    assert (turn_index(turn1), turn_index(turn2)) == (0, 1)
+    assert session_id_for({"x-session-id": "abc-1"}, "u", turn1) == "abc-1"
+    by_user = session_id_for({}, "alice@example.com", turn1)
+    assert by_user.startswith("user-") and "alice" not in by_user  # the raw user value may be PII
+    assert session_id_for({"x-session-id": "has spaces & <tags>"}, None, turn1).startswith("hs-")
+
+
+def test_api_keys_accept_only_bearer_of_a_known_key():
+    keys = ApiKeys(["sk-a", "sk-b"])
+    assert keys.check("Bearer sk-b") and keys.check("bearer sk-a")
+    for bad in (None, "", "Bearer", "Bearer ", "sk-a", "Basic sk-a", "Bearer sk-c"):
+        assert not keys.check(bad)
+    assert ApiKeys([]).check(None) and ApiKeys([]).check("")
