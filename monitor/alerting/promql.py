@@ -24,7 +24,7 @@ from contracts import metrics as M
 
 from .config import AlertdConfig
 from .durations import format_duration
-from .model import Completion, NodeObservation
+from .model import UNKNOWN, Completion, NodeObservation
 from .scrape import LATENCY_METRICS
 
 
@@ -48,11 +48,14 @@ def queries(cfg: AlertdConfig) -> dict[str, str]:
         metric = LATENCY_METRICS[p99.get("metric", "ttft")]
         q["latency"] = (f"histogram_quantile({p99.get('quantile', 0.99)}, sum by (instance, le) "
                         f"(rate({metric}_bucket{{{sel}}}[{format_duration(p99['window'])}])))")
+        # scrapes inside the window: fewer than two means "not enough data yet", as with direct scrape
+        q["latency_n"] = f"count_over_time(up{{{sel}}}[{format_duration(p99['window'])}])"
     comp = cfg.rule("completion_rate")
     if comp:
         w = format_duration(comp["window"])
         q["requests"] = f"sum by (instance, status) (increase({M.REQUESTS_TOTAL}{{{sel}}}[{w}]))"
         q["down"] = f'sum by (instance) (increase({M.FEEDBACK_TOTAL}{{{sel}, rating="down"}}[{w}]))'
+        q["requests_n"] = f"count_over_time(up{{{sel}}}[{w}])"
     gpu = cfg.rule("gpu_utilization")
     if gpu:
         w = format_duration(max(gpu["for"], cfg.evaluation_interval))
@@ -108,12 +111,16 @@ class PromQLSource:
             if o.up and inst not in present:
                 o.up, o.error = False, f"{inst} exposes no seekwatch_ series"
         live = {k: o for k, o in nodes.items() if o.up}
+        def enough(key: str) -> set[str]:
+            return {i["metric"].get("instance") for i in res.get(key, []) if self._val(i) >= 2}
+
         if "latency" in res:
-            for o in live.values():
-                o.latency = None
+            ok = enough("latency_n")
+            for inst, o in live.items():
+                o.latency = None if inst in ok else UNKNOWN
             for item in res["latency"]:
                 o = live.get(item["metric"].get("instance"))
-                if o is not None:
+                if o is not None and o.latency is not UNKNOWN:
                     v = self._val(item)
                     o.latency = None if math.isnan(v) else v
         if "requests" in res:
@@ -121,7 +128,10 @@ class PromQLSource:
             for item in res["requests"]:
                 per.setdefault(item["metric"].get("instance"), {})[item["metric"].get("status", "")] = self._val(item)
             down = {i["metric"].get("instance"): self._val(i) for i in res["down"]}
+            ok = enough("requests_n")
             for inst, o in live.items():
+                if inst not in ok:
+                    continue          # stays UNKNOWN
                 st = per.get(inst, {})
                 o.completion = Completion(total=sum(st.values()), completed=st.get("completed", 0.0),
                                           down=down.get(inst, 0.0))
