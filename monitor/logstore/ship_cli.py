@@ -28,6 +28,9 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between looks for new lines (default 0.5)")
     parser.add_argument("--max-backoff", type=float, default=30.0,
                         help="longest wait between retries while the engine is down (default 30 s)")
+    parser.add_argument("--torn-after", type=float, default=30.0, metavar="SECONDS",
+                        help="dead-letter a last line without newline once its file has been idle this "
+                             "long while a newer file in the same directory was written (default 30)")
     parser.add_argument("--quiet", action="store_true", help="only warnings and the final summary")
     parser.set_defaults(run=run)
 
@@ -41,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.logs):
         raise ConfigError(f"--logs: {args.logs}: no such directory")
     for flag, value in (("--batch-size", args.batch_size), ("--batch-mb", args.batch_mb),
-                        ("--poll", args.poll), ("--max-backoff", args.max_backoff)):
+                        ("--poll", args.poll), ("--max-backoff", args.max_backoff),
+                        ("--torn-after", args.torn_after)):
         if value <= 0:
             raise ConfigError(f"{flag}: must be greater than 0")
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         shipper = Shipper(args.logs, client, state_dir=args.state_dir, batch_docs=args.batch_size,
                           batch_bytes=int(args.batch_mb * 1024 * 1024), poll_interval=args.poll,
-                          max_backoff=args.max_backoff, stop_event=stop)
+                          max_backoff=args.max_backoff, stop_event=stop, torn_after=args.torn_after)
         try:
             stats = shipper.run(once=args.once)
         except ShipperError as exc:

@@ -19,7 +19,9 @@ Guarantees and how they are kept:
   at 0. Inputs: ``*.jsonl`` and numbered rotations ``*.jsonl.N`` under the log directory.
 * **Partial last line.** Bytes after the last newline are never sent: they wait until the
   writer completes the line. If the file vanishes (rotated away, deleted) while they still
-  lack a newline, they go to the dead-letter file as "incomplete last line".
+  lack a newline, they go to the dead-letter file as "incomplete last line"; if the file
+  stays but has not changed for ``torn_after`` seconds while a newer file in its directory
+  has (a writer killed mid-line that started a new file), as "torn last line".
 * **Engine down.** Connection errors, 429 and 5xx wait with exponential backoff (capped)
   and resume; per-item 429/5xx in a bulk response are retried alone.
 * **Malformed lines** (invalid JSON, not an object, no id, or refused by the engine with a
@@ -39,7 +41,7 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -143,6 +145,7 @@ class Shipper:
         max_backoff: float = 30.0,
         stop_event: threading.Event | None = None,
         on_batch: Callable[["Shipper"], None] | None = None,
+        torn_after: float = 30.0,
     ) -> None:
         self.logs_dir = Path(logs_dir).resolve()
         self.state_dir = Path(state_dir).resolve() if state_dir else self.logs_dir / ".seekwatch-ship"
@@ -153,6 +156,7 @@ class Shipper:
         self.max_backoff = max_backoff
         self.stop_event = stop_event or threading.Event()
         self.on_batch = on_batch
+        self.torn_after = torn_after
         self.stats = Stats()
         self.files: dict[str, TrackedFile] = {}
         self._lock_fh = None
@@ -534,6 +538,45 @@ class Shipper:
         if changed:
             self._save_checkpoints()
 
+    def _settle_torn_tails(self) -> int:
+        """A writer that was killed mid-line leaves a last line without a newline, and (like
+        the node, which starts a new file at every start) never appends to that file again.
+        Such a tail is declared torn — dead-lettered, offset moved past it — once its file
+        has not changed for ``torn_after`` seconds *and* a newer input file in the same
+        directory has been written since. Returns the number of tails settled."""
+        now = time.time()
+        live = [f for f in self.files.values() if f.seen]
+        mtimes: dict[str, float] = {}
+        for f in live:
+            try:
+                mtimes[f.key] = os.stat(f.path).st_mtime
+            except OSError:
+                pass
+        settled = 0
+        for f in live:
+            mt = mtimes.get(f.key)
+            if mt is None or now - mt < self.torn_after:
+                continue
+            folder = os.path.dirname(f.path)
+            if not any(mtimes.get(o.key, 0) > mt and os.path.dirname(o.path) == folder for o in live if o is not f):
+                continue
+            fh = self._open(f)
+            if fh is None:
+                continue
+            fh.seek(f.offset)
+            rest = fh.read(1 << 20)
+            if not rest or b"\n" in rest:
+                continue  # nothing left, or complete lines the next pass will ship
+            self._dead_letter([{"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "file": f.path,
+                                "offset": f.offset,
+                                "reason": "torn last line (no newline; the writer has moved on to a newer file)",
+                                "line": rest.decode("utf-8", errors="replace")}])
+            f.offset += len(rest)
+            settled += 1
+        if settled:
+            self._save_checkpoints()
+        return settled
+
     def ship_pass(self) -> int:
         """One pass over every input file. Returns the number of lines consumed."""
         self._scan()
@@ -543,6 +586,7 @@ class Shipper:
                 break
             total += self._ship_file(f)
         if not self.stop_event.is_set():
+            total += self._settle_torn_tails()
             self._retire_vanished()
         return total
 

@@ -2,7 +2,6 @@
 the real engine returns exactly the records the search means; the NDJSON and docs agree."""
 from __future__ import annotations
 
-import copy
 import json
 import random
 from pathlib import Path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
 
 from tests.logstore.conftest import run_ship
 from tests.logstore.gen import append_lines, feedback_record, session_record

@@ -193,3 +193,24 @@ def test_resend_after_rollover_does_not_duplicate(tmp_path, store):
     s = ship_once(tmp_path, store)
     assert s.stats.shipped == 0 and s.stats.duplicates == 25
     assert count_tag(store, tag) == 25
+
+
+def test_torn_tail_of_a_file_the_writer_left_is_dead_lettered(tmp_path, store):
+    # The node was SIGKILLed mid-line in .0001 and, restarted, writes .0002 (it never
+    # appends to a file a killed process may have torn).
+    tag = "torn"
+    recs = list(records(20, seed=13, tag=tag))
+    old = tmp_path / "session-2026-11-28.0001.jsonl"
+    new = tmp_path / "session-2026-11-28.0002.jsonl"
+    append_lines(old, recs[:10])
+    append_partial(old, dumps(recs[10])[:50])
+    append_lines(new, recs[11:])
+    s = ship_once(tmp_path, store, torn_after=3600)      # too recent: left waiting
+    assert s.stats.shipped == 19 and s.stats.dead_lettered == 0 and s.partial_bytes() == {str(old): 50}
+    t = os.stat(new).st_mtime
+    os.utime(old, (t - 120, t - 120))                     # the old file has been idle for 2 minutes
+    s = ship_once(tmp_path, store, torn_after=60)
+    assert s.stats.dead_lettered == 1 and s.partial_bytes() == {}
+    assert dead_letters(tmp_path)[-1]["reason"].startswith("torn last line")
+    assert dead_letters(tmp_path)[-1]["line"] == dumps(recs[10])[:50]
+    assert count_tag(store, tag) == 19
