@@ -273,6 +273,8 @@ class Demo:
         self.urls: dict[str, str] = {}
         self.gen = None
         self.summary: dict[str, Any] | None = None
+        self.node_target = ""
+        self.es_baseline = 0
 
     # -- output ------------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -418,6 +420,7 @@ class Demo:
         node_url = f"http://127.0.0.1:{node_port}"
         dash_url = f"http://127.0.0.1:{dash_port}"
         self.urls.update(node=node_url, dashboard=dash_url)
+        self.node_target = f"127.0.0.1:{node_port}"
         node = self.start("node", _py("serve", "--model", str(model), "--port", str(node_port),
                                       "--log-dir", str(log_dir), "--max-batch", str(args.max_batch),
                                       "--model-version", "deepseek-tiny-demo"), grace=20)
@@ -426,6 +429,7 @@ class Demo:
         if args.with_search_engine:
             es_port = pick_port(args.search_engine_port, "the search engine", self.say)
             es_url = f"http://127.0.0.1:{es_port}"
+            self.urls["search"] = es_url
             engine = self.start("search-engine", _py("search-engine", "start", "--port", str(es_port),
                                                      "--data", str(wd / "search-engine")), grace=40)
         prom_url = None
@@ -438,6 +442,7 @@ class Demo:
                 raise DemoError("--with-prometheus: no `prometheus` binary (Debian: apt-get install prometheus)")
             prom_port = pick_port(args.prometheus_port, "Prometheus", self.say)
             prom_url = f"http://127.0.0.1:{prom_port}"
+            self.urls["prometheus"] = prom_url
             (wd / "prometheus").mkdir(exist_ok=True)
             self._write_yaml(wd / "prometheus.yml", {
                 "global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"},
@@ -462,6 +467,7 @@ class Demo:
         if engine is not None:
             self.wait_http(engine, es_url, max(args.start_timeout, 180), "search engine")
             self.run_step("es-setup", _py("es-setup", "--url", es_url), timeout=120)
+            self.es_baseline = self._es_count()
             self.start("ship", _py("ship", "--logs", str(log_dir), "--url", es_url, "--quiet",
                                    "--state-dir", str(wd / "ship-state")), grace=15)
             self.say(f"  [{next(n)}/{steps}] search     {es_url}   OpenSearch; es-setup done; `seekwatch ship` tailing {log_dir}")
@@ -570,6 +576,8 @@ class Demo:
         ok_turns = s["turns_answered"] + s["aborted_by_user"]
         if not self.stop_event.is_set() and ok_turns == 0:
             raise DemoError(f"the node answered no turn (last error: {s['last_error']})")
+        if not self.stop_event.is_set():
+            self.verify_extras()
         # the dashboard still answers at the end
         import httpx
 
@@ -579,6 +587,42 @@ class Demo:
         except httpx.HTTPError as exc:
             if not self.stop_event.is_set():
                 raise DemoError(f"the dashboard stopped answering: {exc}") from None
+
+    def verify_extras(self) -> None:
+        """With the real services in: Prometheus scraped the node, the engine holds the turns."""
+        import httpx
+
+        if "prometheus" in self.urls:
+            try:
+                r = httpx.get(self.urls["prometheus"] + "/api/v1/query", timeout=5, trust_env=False,
+                              params={"query": f'sum(seekwatch_requests_total{{job="seekwatch",instance="{self.node_target}"}})'})
+                result = r.json()["data"]["result"]
+                n = float(result[0]["value"][1]) if result else 0.0
+            except (httpx.HTTPError, ValueError, KeyError, IndexError) as exc:
+                raise DemoError(f"Prometheus query failed: {exc}") from None
+            if n <= 0:
+                raise DemoError("Prometheus has no seekwatch_requests_total from the node")
+            self.say(f"Prometheus: {n:.0f} turns counted through PromQL")
+        if "search" in self.urls:
+            deadline = time.monotonic() + 20
+            count = 0
+            while time.monotonic() < deadline and not self.stop_event.is_set():
+                count = self._es_count() - self.es_baseline
+                if count > 0:
+                    break
+                self.stop_event.wait(1.0)
+            if count <= 0:
+                raise DemoError("no session record of this run reached the search engine (see ship.out)")
+            self.say(f"search engine: {count} session records of this run shipped (data stream seekwatch-sessions)")
+
+    def _es_count(self) -> int:
+        import httpx
+
+        try:
+            r = httpx.get(self.urls["search"] + "/seekwatch-sessions/_count", trust_env=False, timeout=5)
+            return int(r.json().get("count", 0)) if r.status_code == 200 else 0
+        except (httpx.HTTPError, ValueError):
+            return 0
 
     def teardown(self) -> None:
         if not self.children:

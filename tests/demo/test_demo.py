@@ -1,0 +1,205 @@
+"""``seekwatch demo`` end to end, as a newcomer runs it: it makes the model, starts the node,
+alertd and the dashboard, drives traffic, shows an alert within a minute, and stops
+everything — at the end of ``--duration``, on Ctrl-C and on SIGTERM — leaving no process
+behind (every descendant seen while it ran is checked)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from seekwatch.demo import _alive, descendants
+
+ALERT_TITLE = "Dialogue completion rate low"
+
+
+class DemoRun:
+    """``python -m seekwatch demo ARGS`` in its own session (like a shell job), its output
+    collected line by line and its process tree sampled while it runs."""
+
+    def __init__(self, *args: str, cwd=None):
+        env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
+        env["PYTHONUNBUFFERED"] = "1"
+        self.proc = subprocess.Popen([sys.executable, "-m", "seekwatch", "demo", *args], cwd=cwd, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.lines: list[str] = []
+        self.seen: set[int] = set()
+        self.dashboard_status: int | None = None
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _read(self) -> None:
+        for raw in iter(self.proc.stdout.readline, b""):
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            m = re.search(r"dashboard\s+(http://\S+)", line)
+            if m and self.dashboard_status is None:
+                try:
+                    self.dashboard_status = httpx.get(m.group(1), timeout=10, trust_env=False).status_code
+                except httpx.HTTPError as exc:
+                    self.dashboard_status = -1
+                    self.lines.append(f"(test) dashboard GET failed: {exc}")
+
+    def _sample(self) -> None:
+        while self.proc.poll() is None:
+            self.seen.update(descendants(self.proc.pid))
+            time.sleep(0.5)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.text):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"no {pattern!r} in the demo's output within {timeout} s:\n{self.text[-4000:]}")
+
+    def finish(self, timeout: float) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"demo still running after {timeout} s:\n{self.text[-4000:]}")
+        self._reader.join(10)
+        return rc
+
+    def left_running(self) -> list[str]:
+        out = []
+        for pid in sorted(self.seen):
+            if _alive(pid):
+                try:
+                    cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()[:150]
+                except OSError:
+                    cmd = "?"
+                out.append(f"{pid} {cmd}")
+        return out
+
+    def kill(self) -> None:
+        """Test cleanup only: whatever is left of this run's own processes."""
+        for pid in [self.proc.pid, *self.seen]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+@pytest.fixture
+def demo_runs():
+    runs: list[DemoRun] = []
+
+    def start(*args: str, **kw) -> DemoRun:
+        r = DemoRun(*args, **kw)
+        runs.append(r)
+        return r
+
+    yield start
+    for r in runs:
+        if r.proc.poll() is None or r.left_running():
+            r.kill()
+
+
+class _Webhook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802 - http.server API
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        type(self).received.append(json.loads(body))
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *a):  # quiet
+        pass
+
+
+@pytest.fixture
+def webhook():
+    _Webhook.received = []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Webhook)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/alerts", _Webhook.received
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_demo_duration_end_to_end(tmp_path, demo_runs, webhook):
+    """The README's path: no model yet, `seekwatch demo --duration 40`, exit 0."""
+    url, received = webhook
+    wd = tmp_path / "demo"
+    t0 = time.monotonic()
+    run = demo_runs("--duration", "40", "--workdir", str(wd), "--port", "0", "--dashboard-port", "0",
+                    "--webhook", url, cwd=tmp_path)
+    rc = run.finish(timeout=200)
+    took = time.monotonic() - t0
+    out = run.text
+    assert rc == 0, out[-5000:]
+    assert (wd / "model" / "config.json").exists()                 # it made the tiny model
+    assert run.dashboard_status == 200, out[-3000:]                 # the printed URL answered
+    node_url = re.search(r"node\s+(http://\S+)", out).group(1)
+    assert ALERT_TITLE in out                                       # an alert within the run
+    assert any(a["version"] == "4" and a["status"] == "firing" and "completion_rate" in a["groupKey"]
+               for a in received), received
+    assert "nothing left running" in out
+    assert run.seen and not run.left_running(), run.left_running()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(node_url + "/healthz", timeout=2, trust_env=False)
+    records = [json.loads(x) for f in (wd / "log").glob("*.jsonl") for x in f.read_text().splitlines() if x]
+    assert len({r["session_id"] for r in records if "session_id" in r}) >= 5
+    assert took < 180
+
+
+def test_demo_ctrl_c_with_prometheus(tmp_path, tiny_model_dir, demo_runs):
+    """Ctrl-C in the terminal (SIGINT to the demo's process group) while traffic runs, with
+    the real Prometheus in the stack (alertd evaluates through PromQL): the alert shows, then
+    everything stops."""
+    run = demo_runs("--workdir", str(tmp_path / "demo"), "--model-dir", str(tiny_model_dir), "--port", "0",
+                    "--dashboard-port", "0", "--with-prometheus", "--prometheus-port", "0",
+                    "--sessions-per-second", "1", cwd=tmp_path)
+    run.wait_for(r"Traffic until Ctrl-C", 150)
+    assert "PromQL on http://127.0.0.1:" in run.text
+    run.wait_for(ALERT_TITLE, 90)
+    os.killpg(run.proc.pid, signal.SIGINT)
+    rc = run.finish(timeout=60)
+    assert rc == 0, run.text[-4000:]
+    assert "Ctrl-C: stopping everything" in run.text
+    assert run.seen and not run.left_running(), run.left_running()
+
+
+def test_demo_sigterm_while_starting(tmp_path, tiny_model_dir, demo_runs):
+    run = demo_runs("--workdir", str(tmp_path / "demo"), "--model-dir", str(tiny_model_dir), "--port", "0",
+                    "--dashboard-port", "0", cwd=tmp_path)
+    run.wait_for(r"\[1/4\] model", 60)
+    time.sleep(1.0)  # the node and the dashboard are starting now
+    run.proc.send_signal(signal.SIGTERM)
+    rc = run.finish(timeout=60)
+    assert rc == 0, run.text[-4000:]
+    assert "SIGTERM: stopping everything" in run.text
+    assert run.seen and not run.left_running(), run.left_running()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--duration", "0"], "greater than 0"),
+    (["--webhook", "hooks.example"], "not an http(s) URL"),
+    (["--port", "70000"], "not a port number"),
+    (["--turns", "3", "1"], "MIN is larger than MAX"),
+])
+def test_demo_bad_flags(args, needle):
+    r = subprocess.run([sys.executable, "-m", "seekwatch", "demo", *args], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -1,0 +1,162 @@
+"""``seekwatch loadgen``: the conversation plans, its flags, and a run against a real node
+(tiny model) whose metrics and session log must show the multi-turn sessions, the users'
+aborts and thumbs-down, and masked personal data."""
+from __future__ import annotations
+
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from seekwatch.loadgen import DATA_FILE, load_scenarios, plan_conversation
+
+PHONE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
+EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
+
+
+def seekwatch(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "seekwatch", *args], capture_output=True, text=True, **kw)
+
+
+def test_scenarios_cover_the_seed():
+    data = load_scenarios(DATA_FILE)
+    ids = {s["id"] for s in data["scenarios"]}
+    assert {"return", "order_tracking", "fault_report", "sales_summary"} <= ids
+    assert {s["lang"] for s in data["scenarios"]} == {"zh", "en"}
+    openings = [o for s in data["scenarios"] for o in s["opening"]]
+    assert "如何退货？" in openings
+    assert any("销售报告摘要" in o for o in openings) and any("申报故障" in o for o in openings)
+    assert [s["lang"] for s in load_scenarios(DATA_FILE, "zh")["scenarios"]] == ["zh"] * 4
+
+
+def test_plans_are_repeatable_filled_and_carry_pii():
+    data = load_scenarios(DATA_FILE)
+    plans = [plan_conversation(random.Random(i), data, (2, 6), 0.5) for i in range(300)]
+    again = [plan_conversation(random.Random(i), data, (2, 6), 0.5) for i in range(300)]
+    assert [p.user_messages for p in plans] == [p.user_messages for p in again]
+    for p in plans:
+        assert 2 <= len(p.user_messages) <= 6
+        assert not any("{" in m or "}" in m for m in p.user_messages), p.user_messages
+        if p.pii_index is not None:
+            m = p.user_messages[p.pii_index]
+            assert PHONE.search(m) or EMAIL.search(m), m
+    with_pii = sum(p.pii_index is not None for p in plans)
+    assert 100 < with_pii < 200
+    # openings differ between conversations (order numbers, products), so turns of one
+    # conversation share a fingerprint and different ones rarely do
+    assert len({p.user_messages[0] for p in plans}) > 150
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--url", "localhost:8000"], "not an http(s) URL"),
+    (["--url", "http://x", "--turns", "4", "2"], "MIN is larger than MAX"),
+    (["--url", "http://x", "--stream-ratio", "1.5"], "ratio between 0 and 1"),
+    (["--url", "http://x", "--sessions-per-second", "0"], "greater than 0"),
+    (["--url", "http://x", "--duration", "5", "--sessions", "3"], "not allowed with"),
+    ([], "required"),
+])
+def test_bad_flags_one_line_exit_2(args, needle):
+    r = seekwatch("loadgen", *args, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_unreachable_node_exits_1():
+    r = seekwatch("loadgen", "--url", "http://127.0.0.1:9", "--sessions", "2", "--think-time", "0", "0",
+                  "--json", "--quiet", timeout=60)
+    assert r.returncode == 1, r.stdout + r.stderr
+    s = json.loads(r.stdout)
+    assert s["transport_errors"] == 2 and s["turns_answered"] == 0 and "Connect" in s["last_error"]
+
+
+def _metrics(url: str) -> dict[str, float]:
+    out = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("seekwatch_") and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+def _records(log_dir) -> list[dict]:
+    recs = []
+    for f in sorted(log_dir.glob("*.jsonl")):
+        for line in f.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                recs.append(json.loads(line))
+    return recs
+
+
+def test_drives_a_real_node(node_factory):
+    node = node_factory("--max-batch", "16")
+    t0 = time.monotonic()
+    r = seekwatch("loadgen", "--url", node.openai_base, "--sessions", "12", "--turns", "2", "4",
+                  "--sessions-per-second", "4", "--abort-ratio", "0.5", "--feedback-ratio", "0.6",
+                  "--negative-ratio", "0.8", "--pii-ratio", "0.7", "--think-time", "0", "0.2",
+                  "--max-tokens", "8", "48", "--seed", "3", "--json", timeout=180)
+    took = time.monotonic() - t0
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "loadgen" in r.stderr  # the progress line
+    s = json.loads(r.stdout)
+    assert s["sessions_started"] == s["sessions_finished"] == 12
+    assert s["turns_sent"] >= 20 and not s["http_errors"] and s["transport_errors"] == 0
+    assert s["aborted_by_user"] >= 1 and s["feedback"]["down"] >= 1 and s["pii_messages"] >= 1
+    assert 0 < s["turns_streamed"] < s["turns_sent"] or s["turns_streamed"] == s["turns_sent"]
+    assert took < 150
+
+    # the node counted every turn, the users' aborts and their thumbs-down
+    deadline = time.monotonic() + 15
+    while True:
+        m = _metrics(node.base_url)
+        turns = sum(v for k, v in m.items() if k.startswith("seekwatch_requests_total{"))
+        recs = _records(node.log_dir)
+        sessions = [x for x in recs if x["event"]["dataset"] == "seekwatch.session"]
+        feedback = [x for x in recs if x["event"]["dataset"] == "seekwatch.feedback"]
+        if (turns == s["turns_sent"] and len(sessions) == turns
+                and len(feedback) == s["feedback"]["down"] + s["feedback"]["up"]) or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert turns == s["turns_sent"]
+    assert m['seekwatch_requests_total{status="aborted"}'] >= 1
+    assert m['seekwatch_feedback_total{rating="down"}'] == s["feedback"]["down"]
+    assert m['seekwatch_feedback_total{rating="up"}'] == s["feedback"]["up"]
+    assert m['seekwatch_pii_redactions_total{kind="phone"}'] + m['seekwatch_pii_redactions_total{kind="email"}'] >= 1
+    assert m["seekwatch_log_dropped_total"] == 0
+
+    # the log: multi-turn sessions (NextChat resends the history: turn_index grows within a
+    # session id), aborted turns, feedback joined by request id, personal data masked
+    assert len(sessions) == turns
+    by_session: dict[str, list[int]] = {}
+    for x in sessions:
+        by_session.setdefault(x["session_id"], []).append(x["turn_index"])
+    assert len(by_session) >= 6
+    assert any(sorted(t)[:2] == [0, 1] for t in by_session.values()), by_session
+    assert max(max(t) for t in by_session.values()) >= 2
+    assert {x["status"] for x in sessions} >= {"aborted", "truncated"}
+    ids = {x["request_id"] for x in sessions}
+    assert feedback and all(f["request_id"] in ids for f in feedback)
+    text = "\n".join(json.dumps(x, ensure_ascii=False) for x in recs)
+    assert "[PHONE]" in text or "[EMAIL]" in text
+    assert not PHONE.search(text) and not EMAIL.search(text)
+    # Chinese and English conversations both arrived
+    prompts = " ".join(x["prompt"] for x in sessions)
+    assert re.search(r"[\u4e00-\u9fff]", prompts) and re.search(r"[A-Za-z]{4,}", prompts)
+
+
+def test_runs_until_sigint_then_prints_a_summary(node_factory):
+    node = node_factory()
+    p = subprocess.Popen([sys.executable, "-m", "seekwatch", "loadgen", "--url", node.base_url,
+                          "--sessions-per-second", "3", "--think-time", "0", "0.3", "--max-tokens", "8", "32",
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=40)
+    assert p.returncode == 0, out + err
+    s = json.loads(out)
+    assert s["turns_sent"] >= 1 and s["sessions_started"] == s["sessions_finished"]
