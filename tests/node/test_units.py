@@ -6,7 +6,7 @@ import pytest
 
 from inference.auth import ApiKeys
 from inference.chat.reasoning import ReasoningSplitter
-from inference.engine.detokenizer import IncrementalDetokenizer, StopMatcher
+from inference.engine.detokenizer import ByteLevelDetokenizer, IncrementalDetokenizer, StopMatcher
 from inference.session_ids import conversation_fingerprint, session_id_for, turn_index
 
 
@@ -87,16 +87,18 @@ def test_stop_matcher_never_emits_part_of_a_stop_string():
     assert out == "no stop here" and not m.stopped
 
 
-def test_incremental_detokenizer_holds_split_characters(tiny_model_dir):
+@pytest.mark.parametrize("kind", ["window", "byte-level"])
+def test_incremental_detokenizers_hold_split_characters(tiny_model_dir, kind):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    text = "退货流程：请访问订单详情页。Returns are easy."
-    ids = tok.encode(text, add_special_tokens=False)
-    d = IncrementalDetokenizer(tok)
+    text = "退货流程：请访问订单详情页。Returns are easy — 谢谢!"
+    ids = tok.encode(text, add_special_tokens=False) + [tok.eos_token_id]
+    d = IncrementalDetokenizer(tok) if kind == "window" else ByteLevelDetokenizer(tok)
     pieces = [d.add([i]) for i in ids] + [d.flush()]
     assert "".join(pieces) == text
     assert not any("\ufffd" in p for p in pieces)
+    assert "".join(pieces) == tok.decode(ids, skip_special_tokens=True)
 
 
 def test_session_fingerprint_follows_the_conversation_opening():
