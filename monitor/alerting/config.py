@@ -8,6 +8,8 @@ the key, which the CLI prints before exiting with status 2.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,18 @@ class AlertdConfig:
     receivers: list[dict[str, Any]]
     delivery: dict[str, float]
     history_retention: float = 30 * 86400.0
+    scrape_headers: dict[str, str] = field(default_factory=dict)
+    scrape_tls: dict[str, Any] = field(default_factory=dict)
+
+    def ssl_context(self):
+        """SSL context for https nodes / Prometheus: system CAs, or ``scrape_tls.ca_file``."""
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=self.scrape_tls.get("ca_file"))
+        if self.scrape_tls.get("insecure_skip_verify"):
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -182,8 +196,30 @@ def build_config(data: dict[str, Any], source: str) -> AlertdConfig:
         receivers=receivers,
         delivery=delivery,
         history_retention=_dur(data.get("history_retention", "30d"), "history_retention", source),
+        scrape_headers={k: _expand(v, f"scrape_headers.{k}", source) for k, v in (data.get("scrape_headers") or {}).items()},
+        scrape_tls=_tls(data.get("scrape_tls") or {}, source),
         raw=data,
     )
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand(value: str, where: str, source: str) -> str:
+    """``${VAR}`` from the environment, so secrets need not sit in the file."""
+    def sub(m: re.Match) -> str:
+        if m.group(1) not in os.environ:
+            raise ConfigError(f"{source}: {where}: environment variable {m.group(1)} is not set")
+        return os.environ[m.group(1)]
+
+    return _VAR.sub(sub, value)
+
+
+def _tls(tls: dict[str, Any], source: str) -> dict[str, Any]:
+    ca = tls.get("ca_file")
+    if ca and not Path(ca).expanduser().is_file():
+        raise ConfigError(f"{source}: scrape_tls.ca_file: no such file {ca!r}")
+    return {**tls, **({"ca_file": str(Path(ca).expanduser())} if ca else {})}
 
 
 def rule_str(data: dict[str, Any], rule: str, key: str) -> str:

@@ -18,7 +18,7 @@ class ScrapeError(Exception):
 
 
 class Endpoint:
-    def __init__(self, url: str):
+    def __init__(self, url: str, headers: dict[str, str] | None = None, ssl_context: ssl.SSLContext | None = None):
         p = urlsplit(url)
         if p.scheme not in ("http", "https"):
             raise ValueError(f"unsupported scheme in {url!r}")
@@ -28,8 +28,10 @@ class Endpoint:
         self.port = p.port or (443 if self.tls else 80)
         self.path = (p.path or "/") + (f"?{p.query}" if p.query else "")
         host_header = p.netloc.rsplit("@", 1)[-1]
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         self.request = (f"GET {self.path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: seekwatch-alertd\r\n"
-                        f"Accept: text/plain;version=0.0.4\r\nConnection: keep-alive\r\n\r\n").encode("latin-1")
+                        f"Accept: text/plain;version=0.0.4\r\n{extra}Connection: keep-alive\r\n\r\n").encode("latin-1")
+        self.ssl_context = ssl_context
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -42,7 +44,7 @@ class Endpoint:
         self.reader = self.writer = None
 
     async def _connect(self) -> None:
-        ctx = ssl.create_default_context() if self.tls else None
+        ctx = (self.ssl_context or ssl.create_default_context()) if self.tls else None
         self.reader, self.writer = await asyncio.open_connection(self.host, self.port, ssl=ctx,
                                                                  limit=1 << 22)
 

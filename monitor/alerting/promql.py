@@ -76,7 +76,8 @@ class PromQLSource:
         self.base = cfg.prometheus_url.rstrip("/")
         self.pseudo_node = urlsplit(self.base).netloc or self.base
         self._httpx = httpx
-        self._client = httpx.Client(timeout=cfg.scrape_timeout, trust_env=False)
+        self._client = httpx.Client(timeout=cfg.scrape_timeout, trust_env=False, headers=cfg.scrape_headers,
+                                    verify=cfg.ssl_context() if self.base.startswith("https:") else True)
         self.queries = queries(cfg)
 
     def _query(self, promql: str, at: float) -> list[dict[str, Any]]:

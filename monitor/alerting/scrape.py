@@ -225,7 +225,8 @@ class ScrapeSource:
         self.latency_metric = LATENCY_METRICS[(cfg.rules.get("p99_latency") or {}).get("metric", "ttft")]
         keep = cfg.history_seconds() + 2 * cfg.evaluation_interval
         self.histories = [NodeHistory(u, keep) for u in cfg.nodes]
-        self.endpoints = [Endpoint(u) for u in cfg.nodes]
+        ctx = cfg.ssl_context() if any(u.startswith("https:") for u in cfg.nodes) else None
+        self.endpoints = [Endpoint(u, cfg.scrape_headers, ctx) for u in cfg.nodes]
         self._loop = asyncio.new_event_loop()
 
     def nodes(self) -> list[str]:

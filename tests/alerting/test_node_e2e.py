@@ -109,3 +109,51 @@ def test_node_latency_alert_fires_and_resolves(mode, tmp_path, upstream_node, re
         assert d.d.source.kind == ("promql" if mode == "prometheus" else "scrape")
     finally:
         load.stop()
+
+
+def test_node_with_auth_probes_needs_scrape_headers(tmp_path, monkeypatch):
+    """`seekwatch serve --auth-probes` guards /metrics: without the key alertd reports no data
+    (HTTP 401), with `scrape_headers` (key from the environment) it reads the node."""
+    from monitor.alerting.config import load_config
+    from monitor.alerting.scrape import ScrapeSource
+
+    import os
+    import subprocess
+    import sys
+
+    from tests.fixtures.ports import free_port
+
+    up = SlowUpstream(delay=0.01)
+    # tests.fixtures.node.start_node polls /readyz without a key (a 401 here), so start it directly
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "seekwatch", "serve", "--port", str(port), "--log-dir",
+                             str(tmp_path / "log"), "--engine", "upstream", "--upstream-url", up.base_url,
+                             "--served-model-name", "deepseek-chat", "--auth-probes"],
+                            env={**os.environ, "SEEKWATCH_API_KEYS": "sk-alertd-test"},
+                            stdout=open(tmp_path / "node.out", "wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", headers={"Authorization": "Bearer sk-alertd-test"},
+                             timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        url = f"http://127.0.0.1:{port}/metrics"
+        bare = load_config(fast_config(tmp_path, nodes=[url]))
+        src = ScrapeSource(bare)
+        (o,) = src.collect()
+        src.close()
+        assert not o.up and "HTTP 401" in o.error
+        monkeypatch.setenv("ALERTD_NODE_KEY", "sk-alertd-test")
+        keyed = load_config(fast_config(tmp_path, nodes=[url], scrape_headers={"Authorization": "Bearer ${ALERTD_NODE_KEY}"}))
+        src = ScrapeSource(keyed)
+        (o,) = src.collect()
+        src.close()
+        assert o.up, o.error
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        up.stop()

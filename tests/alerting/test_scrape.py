@@ -192,3 +192,67 @@ def test_counter_reset_in_the_window_is_counted_like_prometheus(tmp_path):
     (o,) = observe_static(cfg, [smp(0, 90, 10, 100, 100), smp(1, 5, 0, 0, 5), smp(2, 8, 2, 0, 10)], now=2)
     assert o.completion.total == 10 and o.completion.completed == 8
     assert o.latency == 0.5                    # all 10 windowed turns > 0.5 s: +Inf bucket -> highest bound
+
+
+def test_https_node_with_ca_file_and_headers(tmp_path, metrics_node, monkeypatch):
+    import shutil
+    import ssl
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    node = metrics_node()
+    body = generate_latest(node.registry)
+    seen = []
+
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    port = free_port()
+    srv = ThreadingHTTPServer(("127.0.0.1", port), H)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{port}/metrics"
+    monkeypatch.setenv("NODE_KEY", "sk-1")
+    try:
+        untrusted = load_config(fast_config(tmp_path, nodes=[url]))
+        src = ScrapeSource(untrusted)
+        (o,) = src.collect()
+        src.close()
+        assert not o.up and "CERTIFICATE_VERIFY_FAILED" in o.error
+        trusted = load_config(fast_config(tmp_path, nodes=[url], scrape_tls={"ca_file": str(cert)},
+                                          scrape_headers={"Authorization": "Bearer ${NODE_KEY}"}))
+        src = ScrapeSource(trusted)
+        (o,) = src.collect()
+        src.close()
+        assert o.up, o.error
+        assert seen[-1] == "Bearer sk-1"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_unset_header_variable_is_a_config_error(tmp_path, monkeypatch):
+    from contracts.config import ConfigError
+
+    monkeypatch.delenv("NOPE_NOT_SET", raising=False)
+    with pytest.raises(ConfigError, match="scrape_headers.Authorization: environment variable NOPE_NOT_SET is not set"):
+        load_config(fast_config(tmp_path, nodes=["http://a:1/metrics"],
+                                scrape_headers={"Authorization": "Bearer ${NOPE_NOT_SET}"}))
