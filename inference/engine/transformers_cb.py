@@ -8,8 +8,9 @@ below works with any causal LM that accepts a ``DynamicCache``:
 * one engine thread owns the model; requests arrive through a lock-protected list and leave
   through each request's asyncio queue (``call_soon_threadsafe``), so the event loop never
   runs a forward pass;
-* between two decode steps, waiting requests are prefilled (at most ``max_prefill_per_step``
-  per step, so a burst of arrivals cannot stall running streams) and join the batch;
+* between two decode steps, waiting requests are prefilled together in one left-padded
+  forward pass (at most ``max_prefill_per_step`` requests and ``max_prefill_tokens`` prompt
+  tokens per step, so a burst of arrivals cannot stall running streams) and join the batch;
 * the batch keeps one key/value tensor per layer, left-padded so that every row ends at the
   same column; a 2-D attention mask hides the padding and explicit ``position_ids`` keep
   each row's own positions, so a joined row computes exactly what it would alone;
@@ -35,7 +36,7 @@ from inference.engine.base import (
     ContextLengthExceeded, Engine, EngineError, EngineNotReady, EngineOutput, EngineState,
     GenerationRequest, QueueFull, SamplingParams,
 )
-from inference.engine.detokenizer import IncrementalDetokenizer, StopMatcher
+from inference.engine.detokenizer import StopMatcher, make_detokenizer
 from inference.engine.sampling import sample_next_tokens
 
 log = logging.getLogger("seekwatch.engine")
@@ -72,8 +73,8 @@ class TransformersEngine(Engine):
 
     def __init__(self, model_dir: str | os.PathLike, *, device: str | None = None,
                  dtype: str | None = None, max_batch: int = 32, max_queue: int = 128,
-                 max_model_len: int | None = None, max_prefill_per_step: int = 4,
-                 model_version: str | None = None):
+                 max_model_len: int | None = None, max_prefill_per_step: int = 16,
+                 max_prefill_tokens: int = 8192, model_version: str | None = None):
         self.model_dir = Path(model_dir)
         self.device = _pick_device(device)
         self.dtype_name = dtype or "auto"
@@ -81,6 +82,7 @@ class TransformersEngine(Engine):
         self.max_queue = max_queue
         self._max_model_len = max_model_len
         self.max_prefill_per_step = max_prefill_per_step
+        self.max_prefill_tokens = max_prefill_tokens
         self._model_version = model_version or self.model_dir.name
         self.model = None
         self.tokenizer = None
@@ -182,17 +184,21 @@ class TransformersEngine(Engine):
         return self._stream(seq)
 
     async def _stream(self, seq: _Sequence) -> AsyncIterator[EngineOutput]:
-        detok = IncrementalDetokenizer(self.tokenizer)
+        detok = make_detokenizer(self.tokenizer)
         stops = StopMatcher(seq.sampling.stop)
         n_prompt, n_gen, first = len(seq.prompt_ids), 0, True
         try:
             while True:
-                item = await seq.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                token, finish, queue_s = item
-                n_gen += 1
-                text = stops.feed(detok.add([token]))
+                items = [await seq.queue.get()]
+                while not seq.queue.empty():  # under load, send what piled up as one chunk
+                    items.append(seq.queue.get_nowait())
+                errors = [i for i in items if isinstance(i, BaseException)]
+                if errors:
+                    raise errors[0]
+                tokens = [token for token, _, _ in items]
+                finish, queue_s = items[-1][1], items[0][2]
+                n_gen += len(tokens)
+                text = stops.feed(detok.add(tokens))
                 if finish is not None:
                     text += stops.feed(detok.flush()) + stops.flush()
                 if stops.stopped:
@@ -247,51 +253,70 @@ class TransformersEngine(Engine):
         with self._lock:
             self._waiting.extend(self._incoming)
             self._incoming.clear()
-        admitted = 0
-        while self._waiting and len(self._running) < self.max_batch and admitted < self.max_prefill_per_step:
-            seq = self._waiting.popleft()
+        group: list[_Sequence] = []
+        tokens = 0
+        while (self._waiting and len(self._running) + len(group) < self.max_batch
+               and len(group) < self.max_prefill_per_step):
+            seq = self._waiting[0]
             if seq.cancelled:
+                self._waiting.popleft()
                 self._cancelled_total += 1
                 continue
-            self._prefill(seq)
-            admitted += 1
+            if group and tokens + len(seq.prompt_ids) > self.max_prefill_tokens:
+                break  # the rest waits a step: running streams keep decoding
+            group.append(self._waiting.popleft())
+            tokens += len(seq.prompt_ids)
+        if group:
+            self._prefill(group)
 
-    def _prefill(self, seq: _Sequence) -> None:
+    def _prefill(self, group: list[_Sequence]) -> None:
+        """Prefill the admitted sequences in one forward pass, left-padded to the longest,
+        sample each one's first token, and join them to the running batch."""
         from transformers import DynamicCache
 
-        queue_s = time.monotonic() - seq.arrival
-        ids = torch.tensor([seq.prompt_ids], device=self.device)
+        now = time.monotonic()
+        width = max(len(s.prompt_ids) for s in group)
+        pad_id = self.eos_token_ids[0]
+        ids = torch.tensor([[pad_id] * (width - len(s.prompt_ids)) + s.prompt_ids for s in group], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in group],
+                            dtype=torch.long, device=self.device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out = self.model(input_ids=ids, use_cache=True, **{self._cache_kw: cache}, **self._keep_kw)
-        token = int(sample_next_tokens(out.logits[:, -1, :], [seq.sampling], [[]], self.eos_token_ids)[0])
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         **{self._cache_kw: cache}, **self._keep_kw)
+        tokens = sample_next_tokens(out.logits[:, -1, :], [s.sampling for s in group], [[] for _ in group],
+                                    self.eos_token_ids)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
-        self._join_batch(seq, kv, len(seq.prompt_ids), token)
-        self._after_token(seq, token, queue_s)
-        if seq.done:
-            self._remove_rows([len(self._running) - 1])
+        lengths = torch.tensor([len(s.prompt_ids) for s in group], device=self.device)
+        self._join_batch(group, kv, mask, lengths, tokens.to(self.device))
+        first_row = len(self._running) - len(group)
+        done = []
+        for i, (seq, token) in enumerate(zip(group, tokens.tolist())):
+            self._after_token(seq, token, now - seq.arrival)
+            if seq.done:
+                done.append(first_row + i)
+        if done:
+            self._remove_rows(done)
 
-    def _join_batch(self, seq: _Sequence, kv, length: int, token: int) -> None:
-        dev = self.device
-        row_mask = torch.ones((1, length), dtype=torch.long, device=dev)
+    def _join_batch(self, group: list[_Sequence], kv, mask: torch.Tensor, lengths: torch.Tensor,
+                    tokens: torch.Tensor) -> None:
+        """Append rows to the batch, left-padding whichever side is narrower so that every
+        row's last column stays aligned."""
         if not self._running:
-            self._kv, self._mask = kv, row_mask
-            self._positions = torch.tensor([length], device=dev)
-            self._last_tokens = torch.tensor([token], device=dev)
+            self._kv, self._mask, self._positions, self._last_tokens = kv, mask, lengths, tokens
         else:
-            width = self._mask.shape[1]
-            if length < width:
-                pad = width - length
-                kv = [(_pad_left(k, pad), _pad_left(v, pad)) for k, v in kv]
-                row_mask = torch.nn.functional.pad(row_mask, (pad, 0))
-            elif length > width:
-                pad = length - width
-                self._kv = [(_pad_left(k, pad), _pad_left(v, pad)) for k, v in self._kv]
-                self._mask = torch.nn.functional.pad(self._mask, (pad, 0))
+            width, new = self._mask.shape[1], mask.shape[1]
+            if new < width:
+                kv = [(_pad_left(k, width - new), _pad_left(v, width - new)) for k, v in kv]
+                mask = torch.nn.functional.pad(mask, (width - new, 0))
+            elif new > width:
+                self._kv = [(_pad_left(k, new - width), _pad_left(v, new - width)) for k, v in self._kv]
+                self._mask = torch.nn.functional.pad(self._mask, (new - width, 0))
             self._kv = [(torch.cat([k0, k1]), torch.cat([v0, v1])) for (k0, v0), (k1, v1) in zip(self._kv, kv)]
-            self._mask = torch.cat([self._mask, row_mask])
-            self._positions = torch.cat([self._positions, torch.tensor([length], device=dev)])
-            self._last_tokens = torch.cat([self._last_tokens, torch.tensor([token], device=dev)])
-        self._running.append(seq)
+            self._mask = torch.cat([self._mask, mask])
+            self._positions = torch.cat([self._positions, lengths])
+            self._last_tokens = torch.cat([self._last_tokens, tokens])
+        self._running.extend(group)
 
     def _after_token(self, seq: _Sequence, token: int, queue_s: float | None = None) -> None:
         seq.generated.append(token)

@@ -85,3 +85,24 @@ def test_disconnect_cancels_generation_and_frees_the_slot(node):
         state = node.readyz()
     assert state["running"] == 0
     assert state["cancelled_total"] == before["cancelled_total"] + 1
+
+
+def test_a_request_computes_the_same_alone_and_in_a_batch(node):
+    """Left-padded batching and batched prefill must not change what a request computes:
+    greedy output alone equals greedy output while sharing the batch with others."""
+    def body(content, n):
+        return {"model": "deepseek-chat", "messages": [{"role": "user", "content": content}],
+                "max_tokens": n, "temperature": 0, "ignore_eos": True}
+
+    target = body("请帮我生成本月销售报告摘要。", 24)
+    alone = httpx.post(node.openai_base + "/chat/completions", json=target, timeout=60).json()
+
+    async def together():
+        async with httpx.AsyncClient(timeout=120) as c:
+            others = [c.post(node.openai_base + "/chat/completions", json=body("退货" * (3 + 7 * i), 10 + 5 * i))
+                      for i in range(5)]
+            results = await asyncio.gather(c.post(node.openai_base + "/chat/completions", json=target), *others)
+            return results[0].json()
+
+    batched = asyncio.run(together())
+    assert batched["choices"][0]["message"]["content"] == alone["choices"][0]["message"]["content"]
