@@ -186,9 +186,11 @@ def spawn(name: str, args: list[str], workdir: Path, *, pipe_stdout: bool = Fals
     return Child(name, proc, out_path, grace=grace)
 
 
-def stop_children(children: list[Child], say: Callable[[str], None]) -> list[str]:
-    """SIGTERM every group, wait up to each one's grace, then SIGKILL what is left (group and
-    descendants that left it). Returns the names that needed SIGKILL."""
+def stop_children(children: list[Child], say: Callable[[str], None],
+                  hurry: Callable[[], bool] = lambda: False) -> list[str]:
+    """SIGTERM every group, wait up to each one's grace (cut short once ``hurry()`` says so:
+    a second Ctrl-C), then SIGKILL what is left (group and descendants that left it).
+    Returns the names that needed SIGKILL."""
     for c in children:
         c.remember_descendants()
     for c in children:  # descendants in a session of their own (the search engine's JVM) are
@@ -196,11 +198,11 @@ def stop_children(children: list[Child], say: Callable[[str], None]) -> list[str
     deadline = {c.name: time.monotonic() + c.grace for c in children}
     killed = []
     for c in children:
-        while c.running and time.monotonic() < deadline[c.name]:
+        while c.running and time.monotonic() < deadline[c.name] and not hurry():
             time.sleep(0.05)
         # the leader is gone (or overdue): give its descendants a moment, then force
         end = min(deadline[c.name], time.monotonic() + 3.0)
-        while c.leftovers() and time.monotonic() < end:
+        while c.leftovers() and time.monotonic() < end and not hurry():
             time.sleep(0.05)
         left = c.leftovers()
         if left:
@@ -298,13 +300,13 @@ class Demo:
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         self.signals += 1
         self.stop_event.set()
-        if self.signals == 1:
-            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            # print from the handler without the lock (the main thread may hold it)
-            try:
-                os.write(1, f"\nseekwatch demo: {name}: stopping everything…\n".encode())
-            except OSError:
-                pass
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        msg = (f"\nseekwatch demo: {name}: stopping everything… (again to force)\n" if self.signals == 1
+               else f"\nseekwatch demo: {name} again: forcing the stop (SIGKILL)\n")
+        try:  # written from the handler without the lock (the main thread may hold it)
+            os.write(1, msg.encode())
+        except OSError:
+            pass
 
     def check_stop(self) -> None:
         if self.stop_event.is_set():
@@ -406,10 +408,20 @@ class Demo:
                  f"(files in {wd}; Ctrl-C stops everything)")
 
         # 1. model
-        if not (model / "config.json").exists():
+        if args.model_dir:
+            if not (model / "config.json").exists():
+                raise DemoError(f"--model-dir {model}: no config.json there (not a transformers model folder)")
+            self.say(f"  [{next(n)}/{steps}] model      {model}")
+        elif not (model / "config.json").exists():
+            import shutil
+
+            for stale in [model, *model.parent.glob(model.name + ".partial-*")]:
+                shutil.rmtree(stale, ignore_errors=True)  # an interrupted earlier run's leftovers
             t0 = time.monotonic()
             self.say(f"  [{next(n)}/{steps}] model      making the tiny model in {model} …")
-            self.run_step("make-tiny-model", _py("make-tiny-model", str(model)), timeout=600)
+            partial = model.with_name(model.name + f".partial-{os.getpid()}")
+            self.run_step("make-tiny-model", _py("make-tiny-model", str(partial)), timeout=600)
+            os.replace(partial, model)  # only a complete model ever sits at the final path
             self.say(f"                    made in {time.monotonic() - t0:.0f} s")
         else:
             self.say(f"  [{next(n)}/{steps}] model      {model}")
@@ -634,7 +646,7 @@ class Demo:
         for tier in (0, 1, 2):
             group = [c for c in self.children if order.get(c.name, 0) == tier]
             if group:
-                killed += stop_children(group, self.say)
+                killed += stop_children(group, self.say, hurry=lambda: self.signals >= 2)
         if killed:
             self.say("  forced (SIGKILL) after the grace period: " + ", ".join(killed))
         left = [f"{c.name}: {c.leftovers()}" for c in self.children if c.leftovers()]

@@ -33,6 +33,7 @@ class DemoRun:
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         self.lines: list[str] = []
         self.seen: set[int] = set()
+        self.names: dict[int, str] = {}   # pid -> /proc/PID/comm, as sampled
         self.dashboard_status: int | None = None
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -53,7 +54,13 @@ class DemoRun:
 
     def _sample(self) -> None:
         while self.proc.poll() is None:
-            self.seen.update(descendants(self.proc.pid))
+            for pid in descendants(self.proc.pid):
+                if pid not in self.seen:
+                    self.seen.add(pid)
+                    try:
+                        self.names[pid] = open(f"/proc/{pid}/comm").read().strip()
+                    except OSError:
+                        pass
             time.sleep(0.5)
 
     @property
@@ -203,3 +210,34 @@ def test_demo_sigterm_while_starting(tmp_path, tiny_model_dir, demo_runs):
 def test_demo_bad_flags(args, needle):
     r = subprocess.run([sys.executable, "-m", "seekwatch", "demo", *args], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def _engine_built() -> bool:
+    try:
+        from monitor.logstore.engine import FLAVORS, default_build_dir
+    except ImportError:
+        return False
+    return all((default_build_dir(f) / jar).exists() and (default_build_dir(f) / "lib").is_dir()
+               for f, (_dir, jar, _cls) in FLAVORS.items())
+
+
+@pytest.mark.skipif(not _engine_built(), reason="search engine not built (scripts/setup.d/30-search-engine.sh)")
+def test_demo_with_search_engine(tmp_path, tiny_model_dir, demo_runs):
+    """--with-search-engine: OpenSearch (a JVM in a session of its own), es-setup and the
+    shipper join the stack; this run's records reach the engine; the JVM is stopped too."""
+    run = demo_runs("--duration", "12", "--workdir", str(tmp_path / "demo"), "--model-dir", str(tiny_model_dir),
+                    "--port", "0", "--dashboard-port", "0", "--with-search-engine", "--search-engine-port", "0",
+                    cwd=tmp_path)
+    rc = run.finish(timeout=240)
+    assert rc == 0, run.text[-5000:]
+    assert re.search(r"search engine: \d+ session records of this run shipped", run.text)
+    assert run.dashboard_status == 200
+    assert "java" in run.names.values(), run.names        # the engine's JVM was part of the run…
+    assert not run.left_running(), run.left_running()     # …and is gone
+
+
+def test_demo_bad_model_dir_fails_fast(tmp_path, demo_runs):
+    run = demo_runs("--duration", "5", "--workdir", str(tmp_path / "demo"), "--model-dir", str(tmp_path / "nope"),
+                    "--port", "0", "--dashboard-port", "0", cwd=tmp_path)
+    rc = run.finish(timeout=60)
+    assert rc == 1 and "no config.json there" in run.text and "FAILED" in run.text, run.text
