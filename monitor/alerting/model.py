@@ -53,6 +53,9 @@ class NodeObservation:
     completion: object = UNKNOWN                # Completion | UNKNOWN
     gpu: dict[str, object] = field(default_factory=dict)   # gpu index -> average ratio | UNKNOWN
     running: object = UNKNOWN                   # average requests_running over the window | UNKNOWN
+    #: inputs computed over less history than their window (e.g. just after alertd restarted):
+    #: they may confirm an alert but never clear one — "all good" needs the whole window.
+    partial: set[str] = field(default_factory=set)
 
 
 def increase(values: Sequence[float]) -> float:

@@ -84,6 +84,8 @@ def evaluate(cfg: AlertdConfig, observations: list[NodeObservation],
             thr = r["threshold_ms"] / 1000.0
             lat = o.latency
             active = None if lat is UNKNOWN else (lat is not None and lat > thr)
+            if active is False and "latency" in o.partial:
+                active = None
             evals.append(Evaluation(_labels("p99_latency", o.node, r), active,
                                     value=None if lat is UNKNOWN else lat, threshold=thr, for_s=r["for"],
                                     detail={"metric": r.get("metric", "ttft"), "quantile": r.get("quantile", 0.99),
@@ -98,6 +100,8 @@ def evaluate(cfg: AlertdConfig, observations: list[NodeObservation],
                 rate = c.rate
                 enough = c.total >= r["min_samples"]
                 active = bool(enough and rate is not None and rate < r["threshold"])
+                if not active and "completion" in o.partial:
+                    active = None
                 value = rate
                 detail = {"total": c.total, "completed": c.completed, "down": c.down}
             detail.update(window=r["window"], min_samples=r["min_samples"])

@@ -189,6 +189,8 @@ def observe(h: NodeHistory, cfg: AlertdConfig, now: float) -> NodeObservation:
             inc = [(le, c - first.get(le, 0.0)) for le, c in last.items()]
             q = histogram_quantile(p99.get("quantile", 0.99), inc)
             obs.latency = None if math.isnan(q) else q
+            if not h.covers(now, p99["window"], ev):
+                obs.partial.add("latency")
     comp = cfg.rule("completion_rate")
     if comp:
         win = h.window(now, comp["window"])
@@ -197,6 +199,8 @@ def observe(h: NodeHistory, cfg: AlertdConfig, now: float) -> NodeObservation:
             per = {st: c - first.get(st, 0.0) for st, c in last.items()}
             obs.completion = Completion(total=sum(per.values()), completed=per.get("completed", 0.0),
                                         down=win[-1].cd - win[0].cd)
+            if not h.covers(now, comp["window"], ev):
+                obs.partial.add("completion")
     gpu = cfg.rule("gpu_utilization")
     if gpu and h.samples:
         span = max(gpu["for"], ev)

@@ -229,3 +229,35 @@ def test_events_record_a_pending_alert_that_cleared(harness):
     h.step(0, obs(latency=0.9))
     h.step(1, obs(latency=0.1))
     assert [e["event"] for e in reversed(h.d.store.events())] == ["pending", "inactive"]
+
+
+def test_partial_window_can_confirm_but_not_clear(harness):
+    """Right after a restart the direct-scrape history is shorter than the window: a firing
+    completion alert must not resolve on a handful of good turns (then re-fire: a duplicate)."""
+    h = harness(rules={"completion_rate": {"min_samples": 20}, "scaling": None})
+    h.step(0, obs(comp=(100, 50, 0)))
+    assert h.states() == {"completion_rate|n:1": "firing"}
+    few = obs(comp=(3, 3, 0))
+    few.partial.add("completion")
+    h.step(1, few)
+    assert h.states() == {"completion_rate|n:1": "firing"}
+    bad = obs(comp=(30, 10, 0), latency=0.9)
+    bad.partial.update({"completion", "latency"})
+    h.step(2, bad)                                   # partial data may still confirm / fire
+    assert h.states()["p99_latency|n:1"] in ("pending", "firing")
+    h.step(3, obs(comp=(100, 99, 0)))                # whole window, good: resolves
+    assert "completion_rate|n:1" not in h.states()
+    assert len(h.hook.bodies("resolved")) == 1 and len([b for b in h.hook.bodies("firing")
+                                                        if b["alerts"][0]["labels"]["rule"] == "completion_rate"]) == 1
+
+
+def test_scrape_marks_short_history_partial(tmp_path):
+    from monitor.alerting.scrape import Sample, observe_static
+
+    cfg = load_config(fast_config(tmp_path, nodes=["http://n:1/metrics"]))      # 8 s windows, 1 s interval
+    inf = math.inf
+    mk = lambda t, n: ("http://n:1/metrics", Sample(t, {0.5: n, inf: n}, {"completed": n}, 0.0, {}, 1.0))
+    (o,) = observe_static(cfg, [mk(0, 0), mk(1, 5), mk(2, 10)], now=2)
+    assert o.partial == {"latency", "completion"}
+    (o,) = observe_static(cfg, [mk(t, t) for t in range(0, 12)], now=11)
+    assert o.partial == set()
