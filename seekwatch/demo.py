@@ -277,24 +277,31 @@ class Demo:
         self.summary: dict[str, Any] | None = None
         self.node_target = ""
         self.es_baseline = 0
+        self.alertd_reader: threading.Thread | None = None
 
     # -- output ------------------------------------------------------------------------------
     def say(self, text: str) -> None:
         with self.out_lock:
-            if self.progress_drawn:
-                sys.stdout.write("\r\x1b[2K")
-                self.progress_drawn = False
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
+            try:  # a closed terminal or pipe must not stop the shutdown
+                if self.progress_drawn:
+                    sys.stdout.write("\r\x1b[2K")
+                    self.progress_drawn = False
+                sys.stdout.write(text + "\n")
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
 
     def progress(self, text: str) -> None:
         with self.out_lock:
-            if self.tty:
-                sys.stdout.write("\r\x1b[2K" + text[:200])
-                self.progress_drawn = True
-            else:
-                sys.stdout.write(text + "\n")
-            sys.stdout.flush()
+            try:
+                if self.tty:
+                    sys.stdout.write("\r\x1b[2K" + text[:200])
+                    self.progress_drawn = True
+                else:
+                    sys.stdout.write(text + "\n")
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
 
     # -- signals -----------------------------------------------------------------------------
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
@@ -493,7 +500,9 @@ class Demo:
         self._write_yaml(wd / "alerts.yaml", cfg)
         alertd = self.start("alertd", _py("alertd", "--config", str(wd / "alerts.yaml"), "--log-level", "WARNING"),
                             pipe_stdout=True, grace=10)
-        threading.Thread(target=self._read_alertd, args=(alertd,), name="alertd-output", daemon=True).start()
+        self.alertd_reader = threading.Thread(target=self._read_alertd, args=(alertd,), name="alertd-output",
+                                              daemon=True)
+        self.alertd_reader.start()
         recv = "console" + (f" + webhook {args.webhook}" if args.webhook else "")
         src = f"PromQL on {prom_url}" if prom_url else "scraping the node"
         self.say(f"  [{next(n)}/{steps}] alertd     {recv}; {src} every 2 s; config {wd / 'alerts.yaml'}")
@@ -652,8 +661,10 @@ class Demo:
         left = [f"{c.name}: {c.leftovers()}" for c in self.children if c.leftovers()]
         if left:
             self.failures.append("processes still running after stop: " + "; ".join(left))
+        if self.alertd_reader is not None:
+            self.alertd_reader.join(5)  # alertd has exited: its last lines are echoed
         for c in self.children:
-            if c.proc.stdout:
+            if c.proc.stdout and not (c.name == "alertd" and self.alertd_reader and self.alertd_reader.is_alive()):
                 c.proc.stdout.close()
         self.children.clear()
 
