@@ -89,12 +89,20 @@ def run(args) -> int:
 
         host, port = cfg.metrics_listen.rsplit(":", 1)
         start_http_server(int(port), addr=host, registry=d.metrics.registry)
+    bridge = None
+    if cfg.alertmanager_listen and not args.once:
+        from .bridge import AlertmanagerBridge
+
+        bridge = AlertmanagerBridge(cfg.alertmanager_listen, cfg.state_path, cfg.receivers, cfg.dashboard_url,
+                                    wake=d.deliverer.wake).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
         d.run(stop, once=args.once)
     finally:
+        if bridge is not None:
+            bridge.stop()
         d.close()
     return 0
 

@@ -85,6 +85,7 @@ class AlertdConfig:
     history_retention: float = 30 * 86400.0
     scrape_headers: dict[str, str] = field(default_factory=dict)
     scrape_tls: dict[str, Any] = field(default_factory=dict)
+    alertmanager_listen: str | None = None
 
     def ssl_context(self):
         """SSL context for https nodes / Prometheus: system CAs, or ``scrape_tls.ca_file``."""
@@ -198,6 +199,7 @@ def build_config(data: dict[str, Any], source: str) -> AlertdConfig:
         history_retention=_dur(data.get("history_retention", "30d"), "history_retention", source),
         scrape_headers={k: _expand(v, f"scrape_headers.{k}", source) for k, v in (data.get("scrape_headers") or {}).items()},
         scrape_tls=_tls(data.get("scrape_tls") or {}, source),
+        alertmanager_listen=data.get("alertmanager_listen"),
         raw=data,
     )
 

@@ -46,12 +46,15 @@ def recording_names(cfg: AlertdConfig) -> dict[str, str]:
     return n
 
 
-def _alert(name: str, expr: str, for_s: float, labels: dict[str, str], summary: str, description: str) -> dict[str, Any]:
+def _alert(name: str, expr: str, for_s: float, labels: dict[str, str], summary: str, description: str,
+           extra: dict[str, str] | None = None) -> dict[str, Any]:
+    """One alerting rule. ``extra`` annotations (value, threshold, window_seconds, …) let alertd's
+    Alertmanager bridge render the same bilingual message alertd itself sends."""
     a: dict[str, Any] = {"alert": name, "expr": expr}
     if for_s > 0:
         a["for"] = fd(for_s)
     a["labels"] = labels
-    a["annotations"] = {"summary": summary, "description": description}
+    a["annotations"] = {"summary": summary, "description": description, **(extra or {})}
     return a
 
 
@@ -77,7 +80,9 @@ def prometheus_rules(cfg: AlertdConfig) -> dict[str, Any]:
             "P99 延迟过高 / P99 latency high: {{ $labels.instance }}",
             f"{fd(p['window'])} 内{what} P{q * 100:g} = {{{{ $value | humanizeDuration }}}}，阈值 > {p['threshold_ms']:g} ms\n"
             f"P{q * 100:g} {'time to first token' if p.get('metric', 'ttft') == 'ttft' else 'end-to-end latency'} "
-            f"over {fd(p['window'])} = {{{{ $value | humanizeDuration }}}}, threshold > {p['threshold_ms']:g} ms{dash}"))
+            f"over {fd(p['window'])} = {{{{ $value | humanizeDuration }}}}, threshold > {p['threshold_ms']:g} ms{dash}",
+            {"value": "{{ $value }}", "threshold": f"{thr:g}", "window_seconds": f"{p['window']:g}",
+             "metric": p.get("metric", "ttft"), "quantile": f"{q:g}"}))
 
     c = cfg.rule("completion_rate")
     if c:
@@ -95,7 +100,8 @@ def prometheus_rules(cfg: AlertdConfig) -> dict[str, Any]:
             {"severity": c.get("severity", "critical"), "rule": "completion_rate"},
             "对话完成率过低 / Dialogue completion rate low: {{ $labels.instance }}",
             f"{w} 完成率 {{{{ $value | humanizePercentage }}}}，阈值 < {c['threshold'] * 100:g}%\n"
-            f"completion rate over {w} = {{{{ $value | humanizePercentage }}}}, threshold < {c['threshold'] * 100:g}%{dash}"))
+            f"completion rate over {w} = {{{{ $value | humanizePercentage }}}}, threshold < {c['threshold'] * 100:g}%{dash}",
+            {"value": "{{ $value }}", "threshold": f"{c['threshold']:g}", "window_seconds": f"{c['window']:g}"}))
 
     g = cfg.rule("gpu_utilization")
     if g:
@@ -106,7 +112,9 @@ def prometheus_rules(cfg: AlertdConfig) -> dict[str, Any]:
             {"severity": g.get("severity", "warning"), "rule": "gpu_utilization"},
             "GPU 利用率过高 / GPU utilization high: {{ $labels.instance }} GPU {{ $labels.gpu }}",
             f"{w} 平均利用率 {{{{ $value | humanizePercentage }}}}，阈值 > {g['threshold'] * 100:g}%\n"
-            f"average utilization over {w} = {{{{ $value | humanizePercentage }}}}, threshold > {g['threshold'] * 100:g}%{dash}"))
+            f"average utilization over {w} = {{{{ $value | humanizePercentage }}}}, threshold > {g['threshold'] * 100:g}%{dash}",
+            {"value": "{{ $value }}", "threshold": f"{g['threshold']:g}",
+             "window_seconds": f"{max(g['for'], cfg.evaluation_interval):g}"}))
 
     nd = cfg.rule("no_data")
     if nd:
@@ -137,7 +145,10 @@ def prometheus_rules(cfg: AlertdConfig) -> dict[str, Any]:
                 "扩缩容建议 / Scaling recommendation: {{ $labels.job }}",
                 (f"{w} 平均负载 {{{{ with query \"{n['fleet']}\" }}}}{{{{ . | first | value | printf \"%.2f\" }}}}{{{{ end }}}}"
                  f" {op} {thr:g}，建议{'扩容 +' if direction == 'up' else '缩容 '}{k} 个实例\n"
-                 f"average load over {w} {op} {thr:g}: {'add' if direction == 'up' else 'remove'} {k} instance(s){dash}")))
+                 f"average load over {w} {op} {thr:g}: {'add' if direction == 'up' else 'remove'} {k} instance(s){dash}"),
+                {"value": f"{{{{ with query \"{n['fleet']}\" }}}}{{{{ . | first | value }}}}{{{{ end }}}}",
+                 "threshold": f"{thr:g}", "window_seconds": f"{s['window']:g}",
+                 "instances": f"{k if direction == 'up' else -k}"}))
     return {"groups": [
         {"name": "seekwatch.recording", "interval": fd(cfg.evaluation_interval), "rules": rec},
         {"name": "seekwatch.alerts", "interval": fd(cfg.evaluation_interval), "rules": alerts},
@@ -161,9 +172,13 @@ def alertmanager_config(cfg: AlertdConfig) -> tuple[dict[str, Any], list[str]]:
             }]
         elif t == "webhook":
             entry["webhook_configs"] = [{"url": rc["url"], "send_resolved": cfg.send_resolved}]
+        elif t in ("dingtalk", "feishu", "wecom") and cfg.alertmanager_listen:
+            # through alertd's bridge, which signs and formats for the chat tool
+            entry["webhook_configs"] = [{"url": f"http://{cfg.alertmanager_listen}/alertmanager/{name}",
+                                         "send_resolved": cfg.send_resolved}]
         else:
             notes.append(f"receiver {name!r} ({t}) left out: Alertmanager has no native {t} integration — "
-                         f"keep alertd for it, or run a bridge (e.g. prometheus-webhook-dingtalk) as a webhook receiver")
+                         f"set alertmanager_listen so alertd bridges it (see docs/alerts.md), or keep alertd for it")
             continue
         receivers.append(entry)
         route: dict[str, Any] = {"receiver": name, "continue": True}

@@ -220,6 +220,14 @@ class StateStore:
         return n
 
     # -- outbox -----------------------------------------------------------------------------
+    def enqueue(self, receiver: str, payload: dict[str, Any]) -> int:
+        """Queue one ready-made notification (the Alertmanager bridge)."""
+        cur = self.conn.execute(
+            "INSERT INTO outbox(created_at, receiver, kind, group_key, payload, next_attempt_at) VALUES (?,?,?,?,?,?)",
+            (payload["created_at"], receiver, payload["status"], payload["group_key"],
+             json.dumps(payload, default=str), payload["created_at"]))
+        return int(cur.lastrowid)
+
     def due(self, now: float, limit: int = 50) -> list[dict[str, Any]]:
         rows = self.conn.execute(
             "SELECT * FROM outbox WHERE status='pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",

@@ -80,28 +80,59 @@ def test_deploy_files_are_valid_and_in_sync():
 
 def test_exported_rules_run_in_a_real_prometheus_and_alertmanager(tmp_path, metrics_node, prometheus_server,
                                                                   alertmanager_server, recorder):
-    """The exported rules fire in Prometheus and reach a receiver through the exported Alertmanager route."""
+    """The exported rules fire in a real Prometheus and reach, through the exported Alertmanager
+    route, a generic webhook directly and a DingTalk robot through alertd's bridge (signed, bilingual)."""
+    import signal
+    import time
+
+    from tests.fixtures.ports import free_port, wait_for_port
+
+    from .conftest import start_alertd_process
+    from .test_receivers import SECRET, dingtalk_reply
+
     node = metrics_node()
     hook = recorder()
+    ding = recorder(reply=dingtalk_reply)
+    bridge_port = free_port()
+    receivers = (f"receivers:\n  - {{type: webhook, name: hook, url: '{hook.url}/am'}}\n"
+                 f"  - {{type: dingtalk, name: ops-dt, url: '{ding.url}/robot/send?access_token=t', secret: {SECRET}}}\n")
     cfg = tmp_path / "a.yaml"
     cfg.write_text(
         "evaluation_interval: 1s\n"
+        f"alertmanager_listen: 127.0.0.1:{bridge_port}\n"
+        f"state_path: {tmp_path / 'alertd.sqlite'}\n"
         "rules:\n  p99_latency: {window: 5s, for: 1s}\n  completion_rate: {enabled: false}\n"
-        "  scaling: {enabled: false}\n  gpu_utilization: {enabled: false}\n  no_data: {enabled: false}\n"
-        f"receivers:\n  - {{type: webhook, name: hook, url: '{hook.url}/am'}}\n")
+        "  scaling: {enabled: false}\n  gpu_utilization: {enabled: false}\n  no_data: {enabled: false}\n" + receivers)
     rules = tmp_path / "rules.yml"
     rules.write_text(export("--format", "prometheus", "--config", str(cfg)))
     am_text = export("--format", "alertmanager", "--config", str(cfg)).replace("group_wait: 30s", "group_wait: 1s")
-    am = alertmanager_server(am_text)
-    prometheus_server([node.target], scrape_interval="1s", evaluation_interval="1s",
-                      rule_files=[rules], alertmanagers=[f"127.0.0.1:{am.port}"])
-    import time
-
-    deadline = time.time() + 40
-    while time.time() < deadline and not hook.bodies("firing"):
-        node.turn(0.9, n=5)
-        time.sleep(0.5)
-    body = hook.bodies("firing")[0]
-    assert body["alerts"][0]["labels"]["alertname"] == "SeekwatchP99LatencyHigh"
-    assert body["alerts"][0]["labels"]["instance"] == node.target
-    assert "P99 延迟过高 / P99 latency high" in body["alerts"][0]["annotations"]["summary"]
+    assert f"http://127.0.0.1:{bridge_port}/alertmanager/ops-dt" in am_text
+    # alertd runs only as the bridge here: its own rules are off, so every DingTalk message came via Alertmanager
+    bridge_cfg = tmp_path / "bridge.yaml"
+    bridge_cfg.write_text(
+        f"nodes: ['{node.url}']\nevaluation_interval: 1s\nalertmanager_listen: 127.0.0.1:{bridge_port}\n"
+        f"state_path: {tmp_path / 'alertd.sqlite'}\n"
+        "rules:\n  p99_latency: {enabled: false}\n  completion_rate: {enabled: false}\n  scaling: {enabled: false}\n"
+        "  gpu_utilization: {enabled: false}\n  no_data: {enabled: false}\n" + receivers)
+    proc = start_alertd_process(bridge_cfg, tmp_path / "alertd.log")
+    try:
+        wait_for_port(bridge_port, timeout=30)
+        am = alertmanager_server(am_text)
+        prometheus_server([node.target], scrape_interval="1s", evaluation_interval="1s",
+                          rule_files=[rules], alertmanagers=[f"127.0.0.1:{am.port}"])
+        deadline = time.time() + 40
+        while time.time() < deadline and not (hook.bodies("firing") and ding.requests):
+            node.turn(0.9, n=5)
+            time.sleep(0.5)
+        body = hook.bodies("firing")[0]
+        assert body["alerts"][0]["labels"]["alertname"] == "SeekwatchP99LatencyHigh"
+        assert body["alerts"][0]["labels"]["instance"] == node.target
+        assert "P99 延迟过高 / P99 latency high" in body["alerts"][0]["annotations"]["summary"]
+        text = ding.requests[0].body["markdown"]["text"]      # accepted => signature verified
+        for needle in ("P99 延迟过高 / P99 latency high", node.target, "threshold > 500 ms", "开始于 Since"):
+            assert needle in text, (needle, text)
+        assert " ms" in text.split("P99 time to first token over 5s = ")[1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)
+    assert "bridged" in (tmp_path / "alertd.log").read_text()

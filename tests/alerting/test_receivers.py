@@ -217,3 +217,34 @@ def test_mixed_group_message_names_each_rule(tmp_path, recorder):
     assert text.startswith("**🔴 [严重 CRITICAL] 3 条告警 / 3 alerts**")
     for needle in ("P99 latency high", "Dialogue completion rate low", "GPU utilization high", "GPU 1", "50.0%"):
         assert needle in text, needle
+
+
+def test_bridge_round_trips_alertmanager_payloads(tmp_path, recorder):
+    """alertd's own Alertmanager-format webhook, fed to its bridge, renders the same message."""
+    import httpx
+
+    from monitor.alerting.bridge import AlertmanagerBridge
+    from monitor.alerting.delivery import Deliverer
+    from tests.fixtures.ports import free_port
+
+    am_hook = recorder()
+    wecom = recorder(reply=wecom_reply)
+    run_cycle(tmp_path, [{"type": "webhook", "url": am_hook.url}], [[slow_node()], [ok_node()]])
+    receivers = [{"type": "wecom", "name": "wc", "url": wecom.url}]
+    state = tmp_path / "bridge.sqlite"
+    bridge = AlertmanagerBridge(f"127.0.0.1:{free_port()}", state, receivers, "http://dash").start()
+    try:
+        base = f"http://127.0.0.1:{bridge.port}/alertmanager/"
+        assert httpx.post(base + "nope", json={}).status_code == 404
+        assert httpx.post(base + "wc", content=b"not json").status_code == 400
+        for b in am_hook.bodies():
+            assert httpx.post(base + "wc", json=b).status_code == 200
+    finally:
+        bridge.stop()
+    d = Deliverer(state, receivers, {"backoff": 0.1})
+    d.deliver_due()
+    d.close()
+    firing, resolved = [r.body["markdown"]["content"] for r in wecom.requests]
+    assert "P99 延迟过高 / P99 latency high" in firing and "812 ms" in firing and "10.0.0.5:8000" in firing
+    assert "over 8s = 812 ms, threshold > 500 ms" in firing
+    assert "已恢复 RESOLVED" in resolved and "持续 lasted" in resolved

@@ -29,6 +29,12 @@ def am_alert(a: dict[str, Any], status: str, dashboard_url: str | None) -> dict[
     ann = {"summary": f"{zt} / {et}: {lab.get('node', '')}", "description": f"{zh}\n{en}",
            "value": "" if a.get("value") is None else f"{a['value']:g}",
            "threshold": "" if a.get("threshold") is None else f"{a['threshold']:g}"}
+    d = a.get("detail") or {}
+    if d.get("window") is not None:
+        ann["window_seconds"] = f"{float(d['window']):g}"
+    for k in ("metric", "quantile", "instances"):
+        if d.get(k) is not None:
+            ann[k] = str(d[k])
     if dashboard_url:
         ann["dashboard"] = dashboard_url
     return {
