@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,25 @@ import pytest
 from seekwatch.demo import _alive, descendants
 
 ALERT_TITLE = "Dialogue completion rate low"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _dashboard_body(url: str) -> str:
+    """The overview page's text, rendered by headless Debian Chromium (Playwright)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1200})
+            page.goto(url + "/", wait_until="domcontentloaded", timeout=60_000)
+            page.wait_for_selector("[data-testid=stMetricValue]", timeout=60_000)
+            page.wait_for_function("document.body.innerText.includes('alerts firing')", timeout=30_000)
+            return page.inner_text("body")
+        finally:
+            browser.close()
 
 
 class DemoRun:
@@ -182,6 +202,13 @@ def test_demo_ctrl_c_with_prometheus(tmp_path, tiny_model_dir, demo_runs):
     run.wait_for(r"Traffic until Ctrl-C", 150)
     assert "PromQL on http://127.0.0.1:" in run.text
     run.wait_for(ALERT_TITLE, 90)
+    dash = re.search(r"dashboard\s+(http://\S+)", run.text).group(1)
+    if shutil.which(CHROMIUM):
+        body = _dashboard_body(dash)
+        # the dashboard shows this run's traffic and the alert that fired
+        assert "请求数 Requests" in body and "alerts firing" in body and "completion_rate" in body, body[:3000]
+        requests = re.search(r"请求数 Requests\s+([\d,]+)", body)
+        assert requests and int(requests.group(1).replace(",", "")) > 0, body[:3000]
     os.killpg(run.proc.pid, signal.SIGINT)
     rc = run.finish(timeout=60)
     assert rc == 0, run.text[-4000:]
