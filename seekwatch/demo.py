@@ -403,9 +403,27 @@ class Demo:
         self.say(f"seekwatch demo: done in {took:.0f} s; every part stopped, nothing left running")
         return 0
 
+    def _lock_workdir(self) -> None:
+        """One demo per work directory: two would share the log folder and alertd's state."""
+        import fcntl
+
+        self.lock_file = open(self.workdir / ".demo.lock", "a+")
+        try:
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.lock_file.seek(0)
+            other = self.lock_file.read().strip() or "?"
+            raise DemoError(f"another seekwatch demo (pid {other}) is running in {self.workdir}; "
+                            "stop it or give this one --workdir DIR") from None
+        self.lock_file.seek(0)
+        self.lock_file.truncate()
+        self.lock_file.write(str(os.getpid()))
+        self.lock_file.flush()
+
     def setup(self) -> None:
         args, wd = self.args, self.workdir
         wd.mkdir(parents=True, exist_ok=True)
+        self._lock_workdir()
         log_dir = wd / "log"
         log_dir.mkdir(exist_ok=True)
         model = Path(args.model_dir).resolve() if args.model_dir else wd / "model"
@@ -648,9 +666,10 @@ class Demo:
     def teardown(self) -> None:
         if not self.children:
             return
-        self.say("Stopping: " + ", ".join(c.name for c in reversed(self.children)) + " …")
         order = {"alertd": 0, "dashboard": 0, "ship": 0, "prometheus": 0, "make-tiny-model": 0, "es-setup": 0,
                  "node": 1, "search-engine": 2}
+        names = [c.name for c in sorted(self.children, key=lambda c: order.get(c.name, 0))]
+        self.say("Stopping: " + ", ".join(names) + " …")
         killed: list[str] = []
         for tier in (0, 1, 2):
             group = [c for c in self.children if order.get(c.name, 0) == tier]

@@ -180,6 +180,21 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
                                                      "endPort": PORT})}})},
         "egress": {"type": "array"},
     }, ["podSelector"])),
+    ("networking.k8s.io/v1", "Ingress"): kind("networking.k8s.io/v1", "Ingress", obj({
+        "ingressClassName": STR,
+        "tls": {"type": "array", "items": obj({"hosts": {"type": "array", "items": DNS_SUBDOMAIN},
+                                               "secretName": DNS_SUBDOMAIN})},
+        "rules": {"type": "array", "minItems": 1, "items": obj({
+            "host": DNS_SUBDOMAIN,
+            "http": obj({"paths": {"type": "array", "minItems": 1, "items": obj({
+                "path": {"type": "string", "pattern": "^/"},
+                "pathType": {"enum": ["Prefix", "Exact", "ImplementationSpecific"]},
+                "backend": obj({"service": obj({"name": DNS_LABEL, "port": {
+                    **obj({"name": DNS_LABEL, "number": PORT}), "minProperties": 1, "maxProperties": 1}},
+                    ["name", "port"])}, ["service"]),
+            }, ["path", "pathType", "backend"])}}, ["paths"]),
+        })},
+    }, ["rules"])),
     ("kustomize.config.k8s.io/v1beta1", "Kustomization"): {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         **obj({"apiVersion": {"const": "kustomize.config.k8s.io/v1beta1"}, "kind": {"const": "Kustomization"},

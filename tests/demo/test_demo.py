@@ -220,7 +220,12 @@ def test_demo_sigterm_while_starting(tmp_path, tiny_model_dir, demo_runs):
     run = demo_runs("--workdir", str(tmp_path / "demo"), "--model-dir", str(tiny_model_dir), "--port", "0",
                     "--dashboard-port", "0", cwd=tmp_path)
     run.wait_for(r"\[1/4\] model", 60)
-    time.sleep(1.0)  # the node and the dashboard are starting now
+    # a second demo in the same work directory refuses to start (shared logs and alert state)
+    second = demo_runs("--duration", "5", "--workdir", str(tmp_path / "demo"), "--model-dir", str(tiny_model_dir),
+                       "--port", "0", "--dashboard-port", "0", cwd=tmp_path)
+    assert second.finish(timeout=60) == 1 and "another seekwatch demo" in second.text, second.text
+    assert not second.left_running()
+    time.sleep(0.5)  # the node and the dashboard are starting now
     run.proc.send_signal(signal.SIGTERM)
     rc = run.finish(timeout=60)
     assert rc == 0, run.text[-4000:]

@@ -246,3 +246,19 @@ def test_scrape_config_passes_promtool(tmp_path):
     f.write_text(yaml.safe_dump(cfg))
     r = subprocess.run(["promtool", "check", "config", str(f)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_ingress_routes_to_services_over_tls():
+    ing = one("Ingress", "seekwatch")
+    tls_hosts = {h for t in ing["spec"]["tls"] for h in t["hosts"]}
+    services = {d["metadata"]["name"]: d for d in find("Service")}
+    for rule in ing["spec"]["rules"]:
+        assert rule["host"] in tls_hosts, f"{rule['host']} is served without TLS"
+        for path in rule["http"]["paths"]:
+            svc = path["backend"]["service"]
+            assert svc["name"] in services, svc
+            port_names = {p.get("name") for p in services[svc["name"]]["spec"]["ports"]}
+            assert svc["port"].get("name") in port_names
+    assert {r["http"]["paths"][0]["backend"]["service"]["name"] for r in ing["spec"]["rules"]} == {"nextchat", "deepseek-service"}
+    # SSE must not be buffered by the proxy
+    assert ing["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
