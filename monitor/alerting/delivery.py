@@ -44,7 +44,10 @@ class Deliverer:
         """Attempt every due notification once; returns how many were sent."""
         now = time.time() if now is None else now
         sent = 0
+        failed_now: set[str] = set()
         for row in self.store.due(now):
+            if row["receiver"] in failed_now:
+                continue          # keep this receiver's order: retry the older one first
             rc = self.receivers.get(row["receiver"])
             payload = row["payload"]
             if rc is None:
@@ -64,6 +67,8 @@ class Deliverer:
                 failed = attempt >= self.max_attempts
                 delay = backoff_delay(attempt, self.base, self.cap)
                 self.store.mark_retry(row["id"], attempt, time.time() + delay, str(exc), failed)
+                if not failed:
+                    failed_now.add(row["receiver"])
                 if failed:
                     log.error("notification %s to %s failed for good after %d attempts: %s",
                               row["id"], rc.name, attempt, exc)

@@ -228,11 +228,21 @@ class StateStore:
              json.dumps(payload, default=str), payload["created_at"]))
         return int(cur.lastrowid)
 
-    def due(self, now: float, limit: int = 50) -> list[dict[str, Any]]:
-        rows = self.conn.execute(
-            "SELECT * FROM outbox WHERE status='pending' AND next_attempt_at <= ? ORDER BY id LIMIT ?",
-            (now, limit)).fetchall()
-        return [dict(r, payload=json.loads(r["payload"])) for r in rows]
+    def due(self, now: float, limit: int = 200) -> list[dict[str, Any]]:
+        """Pending notifications that may be attempted now, oldest first, in order per receiver:
+        a receiver's later notifications wait behind one that is backing off (a resolved notice
+        never overtakes its firing notice)."""
+        rows = self.conn.execute("SELECT * FROM outbox WHERE status='pending' ORDER BY id LIMIT ?",
+                                 (limit,)).fetchall()
+        out, blocked = [], set()
+        for r in rows:
+            if r["receiver"] in blocked:
+                continue
+            if r["next_attempt_at"] > now:
+                blocked.add(r["receiver"])
+                continue
+            out.append(dict(r, payload=json.loads(r["payload"])))
+        return out
 
     def next_due(self) -> float | None:
         row = self.conn.execute("SELECT MIN(next_attempt_at) FROM outbox WHERE status='pending'").fetchone()

@@ -81,3 +81,33 @@ def test_gives_up_after_max_attempts(tmp_path, metrics_node, recorder, run_alert
     assert hook.attempts == 3
     reg = d.d.metrics.registry
     assert reg.get_sample_value("seekwatch_alertd_notifications_total", {"receiver": "dead", "outcome": "failed"}) == 1
+
+
+def test_resolved_never_overtakes_its_firing_notice(tmp_path, recorder):
+    """Receiver down while an alert fires and clears: once it is back, firing arrives before resolved."""
+    from monitor.alerting.config import load_config
+    from monitor.alerting.daemon import Alertd
+
+    from .test_receivers import StaticSource, ok_node, slow_node
+
+    hook = recorder(fail_first=2)
+    cfg = load_config(fast_config(tmp_path, nodes=["http://10.0.0.5:8000/metrics"],
+                                  receivers=[{"type": "webhook", "url": hook.url}],
+                                  rules={"p99_latency": {"for": "0s"}, "scaling": None},
+                                  delivery={"backoff": "1s", "max_backoff": "1s", "max_attempts": 10}))
+    src = StaticSource([slow_node()])
+    d = Alertd(cfg, source=src)
+    try:
+        d.evaluate_once()
+        d.deliverer.deliver_due()          # attempt 1 fails, backs off 1 s
+        src.obs = [ok_node()]
+        d.evaluate_once()                  # resolved queued now, due at once
+        d.deliverer.deliver_due()          # must not send the resolved notice first
+        assert hook.attempts == 1
+        deadline = time.time() + 10
+        while time.time() < deadline and len(hook.requests) < 2:
+            d.deliverer.deliver_due()
+            time.sleep(0.1)
+    finally:
+        d.close()
+    assert [b["status"] for b in hook.bodies()] == ["firing", "resolved"]
