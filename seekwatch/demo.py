@@ -534,7 +534,7 @@ class Demo:
             raise DemoError(f"alertd exited with status {alertd.proc.returncode}:\n{alertd.tail()}")
         self.say(f"Connect NextChat: Settings → Custom Endpoint → provider DeepSeek (or OpenAI), endpoint "
                  f"{node_url}, model deepseek-chat, any API key (the demo node has none). Details: docs/deployment.md")
-        if has_display() and not args.no_browser:
+        if has_display() and sys.stdout.isatty() and not args.no_browser:  # not in scripts and tests
             import webbrowser
 
             try:
@@ -740,7 +740,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("--max-batch", type=int, default=16, help="node's --max-batch (default 16)")
     p.add_argument("--start-timeout", type=_seconds, default=180.0, metavar="SECONDS",
                    help="how long each part may take to come up (default 180)")
-    p.add_argument("--no-browser", action="store_true", help="never open a browser (none opens without a display)")
+    p.add_argument("--no-browser", action="store_true",
+                   help="never open a browser (none opens without a display, or when stdout is not a terminal)")
     tr = p.add_argument_group("traffic (the same flags as seekwatch loadgen)")
     add_arguments(tr, url_required=False)
     p.set_defaults(run=run, sessions_per_second=0.5, turns=[2, 4], max_tokens=[16, 128], think_time=[0.5, 2.0],

@@ -144,6 +144,8 @@ def test_drives_a_real_node(node_factory):
     text = "\n".join(json.dumps(x, ensure_ascii=False) for x in recs)
     assert "[PHONE]" in text or "[EMAIL]" in text
     assert not PHONE.search(text) and not EMAIL.search(text)
+    # NextChat's OpenAI and DeepSeek providers post to different paths; both arrived
+    assert {x["endpoint"] for x in sessions} == {"/v1/chat/completions", "/chat/completions"}
     # Chinese and English conversations both arrived
     prompts = " ".join(x["prompt"] for x in sessions)
     assert re.search(r"[\u4e00-\u9fff]", prompts) and re.search(r"[A-Za-z]{4,}", prompts)
