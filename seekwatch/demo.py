@@ -389,6 +389,11 @@ class Demo:
         except DemoError as exc:
             self.failures.append(str(exc))
             self.say(f"seekwatch demo: error: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a bug or an OS error: still stop every part first
+            import traceback
+
+            self.failures.append(f"unexpected {type(exc).__name__}: {exc}")
+            self.say(traceback.format_exc().rstrip())
         finally:
             self.teardown()
         if self.summary:

@@ -259,6 +259,7 @@ class LoadGenerator:
     def stop(self) -> None:
         """Stop starting sessions and turns; in-flight turns get ``drain`` seconds."""
         self._stop.set()
+        self._no_new_turns.set()
 
     async def run(self) -> dict[str, Any]:
         import httpx
@@ -282,10 +283,12 @@ class LoadGenerator:
                         break
                     if deadline is not None and time.monotonic() >= deadline:
                         break
-                    await sem.acquire()
-                    if self._stop.is_set():
-                        sem.release()
+                    # at --max-concurrency, the next arrival waits for a conversation to end
+                    while sem.locked() and not self._stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                        await asyncio.sleep(0.05)
+                    if self._stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
                         break
+                    await sem.acquire()  # free now: returns at once
                     seed = self.rng.getrandbits(64)
                     self.stats.sessions_started += 1
                     t = asyncio.create_task(self._session(random.Random(seed)))
