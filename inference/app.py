@@ -44,7 +44,8 @@ def build_engine(config: NodeConfig) -> Engine:
 
     return TransformersEngine(config.model, device=config.device, dtype=config.dtype,
                               max_batch=config.max_batch, max_queue=config.max_queue,
-                              max_model_len=config.max_model_len, model_version=config.model_version)
+                              max_model_len=config.max_model_len, kv_cache_tokens=config.kv_cache_tokens,
+                              model_version=config.model_version)
 
 
 def build_observer(config: NodeConfig, registry, engine: Engine, cost) -> TurnObserver:

@@ -24,6 +24,8 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="requests decoded together")
     p.add_argument("--max-queue", type=int, default=128, help="requests allowed to wait; more get 429")
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    p.add_argument("--kv-cache-tokens", type=int, metavar="N",
+                   help="cap on the batch's padded key/value slots (rows x width); default: 40%% of free GPU memory, unbounded on CPU")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request bodies over this get 413")
     p.add_argument("--api-key-file", metavar="F", help="file with one API key per line; also $SEEKWATCH_API_KEYS (comma-separated)")
     p.add_argument("--auth-probes", action="store_true",
@@ -57,6 +59,8 @@ def config_from_args(args: argparse.Namespace):
     for path in (args.tls_cert, args.tls_key):
         if path and not os.path.isfile(path):
             raise ConfigError(f"{path}: no such file")
+    if args.kv_cache_tokens is not None and args.kv_cache_tokens < 1:
+        raise ConfigError("--kv-cache-tokens must be at least 1")
     for flag in ("max_batch", "max_queue", "max_body_bytes"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
@@ -64,7 +68,7 @@ def config_from_args(args: argparse.Namespace):
         model=args.model, served_model_names=args.served_model_name, model_version=args.model_version,
         host=args.host, port=args.port, engine=args.engine, upstream_url=args.upstream_url,
         upstream_model=args.upstream_model, device=args.device, dtype=args.dtype,
-        max_batch=args.max_batch, max_queue=args.max_queue, max_model_len=args.max_model_len,
+        max_batch=args.max_batch, max_queue=args.max_queue, max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
         max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file, auth_probes=args.auth_probes,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         cors_origins=args.cors_origins or ["*"], log_dir=args.log_dir,

@@ -37,29 +37,28 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser(available: dict[str, str] | None = None) -> OneLineParser:
-    parser = OneLineParser(prog="seekwatch", description=__doc__.splitlines()[0])
+def build_parser(argv: Sequence[str] = ()) -> OneLineParser:
+    """The parser for ``argv``: only the chosen subcommand's module is imported, so one
+    part's missing dependency (or a half-finished edit) never breaks the others, and
+    ``seekwatch alertd --help`` stays free of torch."""
+    parser = OneLineParser(prog="seekwatch", description="Monitoring stack for a self-hosted DeepSeek chat service used through NextChat.")
     from seekwatch import __version__
 
     parser.add_argument("--version", action="version", version=f"seekwatch {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     sub.required = True
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        if available is not None and name not in available:
-            continue
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-                continue  # part not built yet in this checkout
-            raise
-        module.add_parser(sub, name, help_text)
+        if name == chosen:
+            importlib.import_module(module_name).add_parser(sub, name, help_text)
+        else:
+            sub.add_parser(name, help=help_text)  # listed in --help; parsed only when chosen
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     run: Callable[[argparse.Namespace], int | None] = args.run
     try:

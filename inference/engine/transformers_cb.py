@@ -74,7 +74,8 @@ class TransformersEngine(Engine):
     def __init__(self, model_dir: str | os.PathLike, *, device: str | None = None,
                  dtype: str | None = None, max_batch: int = 32, max_queue: int = 128,
                  max_model_len: int | None = None, max_prefill_per_step: int = 16,
-                 max_prefill_tokens: int = 8192, model_version: str | None = None):
+                 max_prefill_tokens: int = 8192, kv_cache_tokens: int | None = None,
+                 model_version: str | None = None):
         self.model_dir = Path(model_dir)
         self.device = _pick_device(device)
         self.dtype_name = dtype or "auto"
@@ -83,6 +84,10 @@ class TransformersEngine(Engine):
         self._max_model_len = max_model_len
         self.max_prefill_per_step = max_prefill_per_step
         self.max_prefill_tokens = max_prefill_tokens
+        #: Cap on the batch's padded key/value slots (rows × width). None on the CPU unless
+        #: given; on CUDA sized from free memory at load, so admission waits instead of
+        #: running the GPU out of memory mid-batch.
+        self.kv_cache_tokens = kv_cache_tokens
         self._model_version = model_version or self.model_dir.name
         self.model = None
         self.tokenizer = None
@@ -141,7 +146,21 @@ class TransformersEngine(Engine):
         self.reasoning = "<think>" in str(template)
         with torch.inference_mode():  # warm-up: first request should not pay for lazy init
             self.model(input_ids=torch.tensor([[self.eos_token_ids[0]]], device=self.device))
-        log.info("loaded %s on %s (%s) in %.1fs", self.model_dir, self.device, dtype, time.monotonic() - t0)
+        if self.kv_cache_tokens is None and self.device.type == "cuda":
+            self.kv_cache_tokens = self._kv_tokens_that_fit(dtype)
+        log.info("loaded %s on %s (%s) in %.1fs; KV budget %s tokens", self.model_dir, self.device, dtype,
+                 time.monotonic() - t0, self.kv_cache_tokens or "unbounded")
+
+    def _kv_tokens_that_fit(self, dtype: torch.dtype) -> int:
+        """Padded KV tokens that fit in 40 % of the free GPU memory: each decode step and
+        each join builds the new cache beside the old one (torch.cat), and activations,
+        logits and the allocator's fragmentation need the rest."""
+        cfg = self.model.config
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        per_token = 2 * cfg.num_hidden_layers * heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(int(free * 0.4) // per_token, self._max_model_len)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -242,6 +261,8 @@ class TransformersEngine(Engine):
                         seq.done = True
                         self._emit(seq, EngineError(f"generation failed: {exc}"))
                     self._reset_batch()
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
         for seq in self._running + list(self._waiting) + self._incoming:
             self._emit(seq, _Shutdown("the server is shutting down"))
 
@@ -264,10 +285,22 @@ class TransformersEngine(Engine):
                 continue
             if group and tokens + len(seq.prompt_ids) > self.max_prefill_tokens:
                 break  # the rest waits a step: running streams keep decoding
+            if not self._fits(len(group) + 1, max([len(seq.prompt_ids)] + [len(s.prompt_ids) for s in group])):
+                break  # KV budget: wait for running rows to finish
             group.append(self._waiting.popleft())
             tokens += len(seq.prompt_ids)
         if group:
             self._prefill(group)
+
+    def _fits(self, new_rows: int, new_width: int) -> bool:
+        """Would the batch, with ``new_rows`` more rows, stay within the KV budget while the
+        widest row grows by a further 256 tokens?"""
+        if self.kv_cache_tokens is None:
+            return True
+        width = max(new_width, self._mask.shape[1] if self._mask is not None else 0) + 256
+        if not self._running and new_rows == 1:
+            return True  # one request alone always runs (the context limit bounds it)
+        return (len(self._running) + new_rows) * width <= self.kv_cache_tokens
 
     def _prefill(self, group: list[_Sequence]) -> None:
         """Prefill the admitted sequences in one forward pass, left-padded to the longest,
