@@ -532,35 +532,45 @@ def _nonneg_float(v: str) -> float:
     return f
 
 
-def add_arguments(p: argparse.ArgumentParser, *, url_required: bool = True) -> None:
-    """Traffic flags, shared with ``seekwatch demo``."""
+TRAFFIC_DEFAULTS: dict[str, Any] = {
+    "sessions_per_second": 1.0, "turns": [2, 5], "stream_ratio": 0.8, "feedback_ratio": 0.25,
+    "negative_ratio": 0.8, "abort_ratio": 0.1, "pii_ratio": 0.15, "think_time": [0.5, 3.0],
+    "max_tokens": [64, 256], "max_concurrency": 64,
+}
+
+
+def add_arguments(p: argparse.ArgumentParser, *, url_required: bool = True,
+                  defaults: dict[str, Any] | None = None) -> None:
+    """Traffic flags, shared with ``seekwatch demo`` (which passes its own ``defaults``)."""
+    d = {**TRAFFIC_DEFAULTS, **(defaults or {})}
+    show = lambda k: " ".join(f"{v:g}" for v in d[k]) if isinstance(d[k], list) else f"{d[k]:g}"  # noqa: E731
     if url_required:
         p.add_argument("--url", required=True,
                        help="the node's base URL, e.g. http://127.0.0.1:8000 (a trailing /v1 is accepted)")
-    p.add_argument("--sessions-per-second", type=_positive_float, default=1.0, metavar="R",
-                   help="new conversations per second, Poisson arrivals (default 1)")
-    p.add_argument("--turns", type=_pos_int, nargs=2, default=[2, 5], metavar=("MIN", "MAX"),
-                   help="user messages per conversation, uniform between MIN and MAX (default 2 5)")
-    p.add_argument("--stream-ratio", type=_ratio, default=0.8, metavar="F",
-                   help="share of turns sent with stream: true (default 0.8)")
-    p.add_argument("--feedback-ratio", type=_ratio, default=0.25, metavar="F",
-                   help="share of answered turns the user rates via /v1/feedback (default 0.25)")
-    p.add_argument("--negative-ratio", type=_ratio, default=0.8, metavar="F",
-                   help="share of ratings that are thumbs-down (default 0.8)")
-    p.add_argument("--abort-ratio", type=_ratio, default=0.1, metavar="F",
-                   help="share of streamed turns the user stops midway (default 0.1)")
-    p.add_argument("--pii-ratio", type=_ratio, default=0.15, metavar="F",
-                   help="share of conversations mentioning a phone number or e-mail (default 0.15)")
-    p.add_argument("--think-time", type=_nonneg_float, nargs=2, default=[0.5, 3.0], metavar=("MIN", "MAX"),
-                   help="seconds between a reply and the next message (default 0.5 3)")
-    p.add_argument("--max-tokens", type=_pos_int, nargs=2, default=[64, 256], metavar=("MIN", "MAX"),
-                   help="max_tokens per request, uniform between MIN and MAX (default 64 256)")
+    p.add_argument("--sessions-per-second", type=_positive_float, default=d["sessions_per_second"], metavar="R",
+                   help=f"new conversations per second, Poisson arrivals (default {show('sessions_per_second')})")
+    p.add_argument("--turns", type=_pos_int, nargs=2, default=d["turns"], metavar=("MIN", "MAX"),
+                   help=f"user messages per conversation, uniform between MIN and MAX (default {show('turns')})")
+    p.add_argument("--stream-ratio", type=_ratio, default=d["stream_ratio"], metavar="F",
+                   help=f"share of turns sent with stream: true (default {show('stream_ratio')})")
+    p.add_argument("--feedback-ratio", type=_ratio, default=d["feedback_ratio"], metavar="F",
+                   help=f"share of answered turns the user rates via /v1/feedback (default {show('feedback_ratio')})")
+    p.add_argument("--negative-ratio", type=_ratio, default=d["negative_ratio"], metavar="F",
+                   help=f"share of ratings that are thumbs-down (default {show('negative_ratio')})")
+    p.add_argument("--abort-ratio", type=_ratio, default=d["abort_ratio"], metavar="F",
+                   help=f"share of streamed turns the user stops midway (default {show('abort_ratio')})")
+    p.add_argument("--pii-ratio", type=_ratio, default=d["pii_ratio"], metavar="F",
+                   help=f"share of conversations mentioning a phone number or e-mail (default {show('pii_ratio')})")
+    p.add_argument("--think-time", type=_nonneg_float, nargs=2, default=d["think_time"], metavar=("MIN", "MAX"),
+                   help=f"seconds between a reply and the next message (default {show('think_time')})")
+    p.add_argument("--max-tokens", type=_pos_int, nargs=2, default=d["max_tokens"], metavar=("MIN", "MAX"),
+                   help=f"max_tokens per request, uniform between MIN and MAX (default {show('max_tokens')})")
     p.add_argument("--api-key", metavar="KEY", help="bearer key, when the node has keys configured")
     p.add_argument("--model", default="deepseek-chat", help="model name to ask for (default deepseek-chat)")
     p.add_argument("--lang", choices=["zh", "en", "both"], default="both", help="conversation language (default both)")
     p.add_argument("--seed", type=int, help="random seed, for a repeatable mix of conversations")
-    p.add_argument("--max-concurrency", type=_pos_int, default=64, metavar="N",
-                   help="conversations open at once; arrivals wait beyond (default 64)")
+    p.add_argument("--max-concurrency", type=_pos_int, default=d["max_concurrency"], metavar="N",
+                   help=f"conversations open at once; arrivals wait beyond (default {show('max_concurrency')})")
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -654,7 +664,7 @@ def run(args: argparse.Namespace) -> int:
     if printer:
         printer.end()
     print(json.dumps(summary, ensure_ascii=False, indent=2) if args.json else format_summary(summary), flush=True)
-    return 0 if summary["turns_answered"] > 0 else 1
+    return 0 if summary["turns_answered"] + summary["aborted_by_user"] > 0 else 1  # the node answered
 
 
 __all__ = ["LoadConfig", "LoadGenerator", "Stats", "add_parser", "add_arguments", "config_from_args",

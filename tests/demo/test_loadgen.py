@@ -162,3 +162,19 @@ def test_runs_until_sigint_then_prints_a_summary(node_factory):
     assert p.returncode == 0, out + err
     s = json.loads(out)
     assert s["turns_sent"] >= 1 and s["sessions_started"] == s["sessions_finished"]
+
+
+def test_api_key(node_factory):
+    """Against a node with keys: --api-key gets answers; without it every turn is a 401 and
+    the exit status says nothing worked."""
+    node = node_factory(env={"SEEKWATCH_API_KEYS": "sk-loadgen-test-key-123456"})
+    common = ["--url", node.base_url, "--sessions", "2", "--turns", "1", "2", "--think-time", "0", "0",
+              "--max-tokens", "4", "8", "--feedback-ratio", "1", "--json", "--quiet", "--seed", "1"]
+    ok = seekwatch("loadgen", *common, "--api-key", "sk-loadgen-test-key-123456", timeout=120)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    s = json.loads(ok.stdout)
+    assert s["turns_answered"] + s["aborted_by_user"] >= 2 and not s["http_errors"] and s["feedback_errors"] == 0
+    denied = seekwatch("loadgen", *common, timeout=120)
+    assert denied.returncode == 1, denied.stdout + denied.stderr
+    s = json.loads(denied.stdout)
+    assert s["http_errors"] == {"401": 2} and "HTTP 401" in s["last_error"]
