@@ -127,7 +127,7 @@ def test_node_deployment_is_the_seed_template_done_properly():
 def _parse(args: list[str]):
     from seekwatch.cli import build_parser
 
-    return build_parser().parse_args(args)
+    return build_parser(args).parse_args(args)  # the parser of the chosen subcommand, as `seekwatch` builds it
 
 
 def test_container_arguments_parse_with_the_real_cli(tmp_path):
