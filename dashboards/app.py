@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboards import ui
+from dashboards import auth, ui
 
 
 st.set_page_config(page_title="seekwatch · DeepSeek 运维看板", page_icon=":material/monitoring:", layout="wide")
+if not auth.gate():  # login (dashboards/auth.py): nothing below renders without it
+    st.stop()
 PAGES = [
     st.Page("views/overview.py", title="概览 Overview", icon=":material/dashboard:", default=True, url_path="overview"),
     st.Page("views/latency.py", title="延迟 Latency", icon=":material/timer:", url_path="latency"),

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dashboards import auth
+
 APP = Path(__file__).with_name("app.py")
 
 
@@ -49,6 +51,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                         "(default ~/.cache/seekwatch/dashboard; 'off' disables)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8501, help="port to listen on (default: 8501)")
+    auth.add_arguments(p)  # --auth-config / --insecure-no-auth (dashboards/auth.py)
     p.add_argument("--now", metavar="ISO_TIME", help=argparse.SUPPRESS)  # pin "now" (screenshots, tests)
     p.add_argument("streamlit_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(run=run)
@@ -65,6 +68,7 @@ def build_env(args: argparse.Namespace, base: dict[str, str] | None = None) -> d
              "HOST_NAME": args.host_name,
              "CACHE": (args.cache_dir if args.cache_dir == "off" else os.path.abspath(args.cache_dir)) if args.cache_dir else None}
     env.update({f"SEEKWATCH_DASHBOARD_{k}": v for k, v in pairs.items() if v})
+    env.update(auth.env_for(args))
     if args.cost_config:
         env["SEEKWATCH_COST_CONFIG"] = os.path.abspath(args.cost_config)
     root = str(Path(__file__).resolve().parent.parent)
@@ -82,6 +86,8 @@ def command(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from contracts.config import ConfigError
 
+    if auth.wants_hash_password(args):  # `seekwatch dashboard hash-password`
+        return auth.hash_password_cli()
     if args.cost_config:  # a bad cost file: one line, exit 2, before starting anything
         from monitor.cost import CostModel
 
@@ -97,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             dt.datetime.fromisoformat(args.now.replace("Z", "+00:00"))
         except ValueError:
             raise ConfigError(f"--now {args.now!r}: not an ISO time") from None
+    auth.check_args(args)  # a login is configured, or waived out loud
     print(f"seekwatch dashboard: http://{args.host}:{args.port}/", file=sys.stderr, flush=True)
     cmd, env = command(args), build_env(args)
     if os.name == "posix":

@@ -106,4 +106,6 @@ def dash_env(monkeypatch, fixture_logs, tmp_path):
     monkeypatch.setenv("SEEKWATCH_DASHBOARD_LOGS", str(fixture_logs))
     monkeypatch.setenv("SEEKWATCH_DASHBOARD_NOW", END.isoformat())
     monkeypatch.setenv("SEEKWATCH_DASHBOARD_CACHE", str(tmp_path / "parse-cache"))
+    monkeypatch.delenv("SEEKWATCH_DASHBOARD_AUTH_CONFIG", raising=False)
+    monkeypatch.setenv("SEEKWATCH_DASHBOARD_INSECURE_NO_AUTH", "1")  # login: tests/reliability/test_dashboard_login.py
     return monkeypatch

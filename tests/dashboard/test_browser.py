@@ -28,7 +28,8 @@ def dashboard(fixture_logs, tmp_path):
     log = open(tmp_path / "streamlit.log", "w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEEKWATCH_DASHBOARD_")}
     proc = subprocess.Popen([sys.executable, "-m", "seekwatch", "dashboard", "--logs", str(fixture_logs), "--port", str(port),
-                             "--now", END.isoformat(), "--cache-dir", str(tmp_path / "cache")], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                             "--now", END.isoformat(), "--cache-dir", str(tmp_path / "cache"),
+                             "--insecure-no-auth"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                             start_new_session=True)
     try:
         wait_for_port(port, timeout=60)
