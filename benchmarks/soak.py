@@ -155,7 +155,9 @@ def logged_request_ids(log_dir: Path) -> set[str]:
     for f in sorted(log_dir.rglob("*")):
         if not f.is_file():
             continue
-        for line in f.read_text("utf-8", errors="replace").splitlines():
+        # split on b"\n" only: str.splitlines() would also split at U+2028/U+2029/U+0085, which
+        # json.dumps(ensure_ascii=False) leaves unescaped inside strings (random-weight models emit them)
+        for line in f.read_bytes().split(b"\n"):
             try:
                 rec = json.loads(line)
             except ValueError:
