@@ -155,7 +155,7 @@ def load_config(path: str | os.PathLike[str]) -> AuthConfig:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--auth-config", metavar="FILE",
-                   help="login config (YAML: users with password hashes, or oidc); see docs/dashboard.md. "
+                   help="login config (YAML: users with password hashes, or oidc); see docs/reliability.md (Dashboard login). "
                         "Make a hash with `seekwatch dashboard hash-password`")
     g.add_argument("--insecure-no-auth", action="store_true",
                    help="run WITHOUT a login (local demo only): anyone who reaches the port sees conversations")
