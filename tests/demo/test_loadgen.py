@@ -99,7 +99,7 @@ def test_drives_a_real_node(node_factory):
     r = seekwatch("loadgen", "--url", node.openai_base, "--sessions", "12", "--turns", "2", "4",
                   "--sessions-per-second", "4", "--abort-ratio", "0.5", "--feedback-ratio", "0.6",
                   "--negative-ratio", "0.8", "--pii-ratio", "0.7", "--think-time", "0", "0.2",
-                  "--max-tokens", "8", "48", "--seed", "3", "--json", timeout=180)
+                  "--max-tokens", "48", "128", "--seed", "3", "--json", timeout=180)
     took = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr
     assert "loadgen" in r.stderr  # the progress line
