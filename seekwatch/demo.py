@@ -229,18 +229,6 @@ def _py(*args: str) -> list[str]:
     return [sys.executable, "-m", "seekwatch", *args]
 
 
-def _dashboard_options() -> set[str]:
-    """The flags ``seekwatch dashboard`` accepts (its login flags are newer than the demo)."""
-    try:
-        from dashboards import cli as dashboard_cli
-
-        parser = argparse.ArgumentParser()
-        dp = dashboard_cli.add_parser(parser.add_subparsers(), "dashboard", "")
-        return {o for a in dp._actions for o in a.option_strings}
-    except Exception:  # noqa: BLE001 - the dashboard itself reports its problems when started
-        return set()
-
-
 def has_display() -> bool:
     if sys.platform in ("darwin", "win32"):
         return True
@@ -512,10 +500,9 @@ class Demo:
                      "--cache-dir", str(wd / "dashboard-cache")]
         dash_args += ["--url", es_url] if es_url else ["--logs", str(log_dir)]
         dash_args += ["--prometheus", prom_url] if prom_url else ["--node", node_url]
-        if "--insecure-no-auth" in _dashboard_options():
-            # the demo's conversations are synthetic and it listens on 127.0.0.1 only; a real
-            # dashboard takes --auth-config (docs/dashboard.md)
-            dash_args.append("--insecure-no-auth")
+        # no login: the demo's conversations are synthetic and it listens on 127.0.0.1 only;
+        # a real dashboard takes --auth-config (docs/dashboard.md, docs/security.md)
+        dash_args.append("--insecure-no-auth")
         dashboard = self.start("dashboard", _py(*dash_args), grace=10)
 
         self.wait_http(node, node_url + "/readyz", args.start_timeout, "model loading")
