@@ -100,11 +100,17 @@ async def client_loop(i: int, client: httpx.AsyncClient, stats: Stats, stop_at: 
                                          headers={"X-Session-Id": session}) as r:
                     code, rid = r.status_code, r.headers.get("x-request-id")
                     if code == 200:
-                        async for line in r.aiter_lines():
-                            if line.startswith("data: {"):
-                                ch = json.loads(line[6:])
-                                if ch.get("choices"):
-                                    text.append(ch["choices"][0]["delta"].get("content") or "")
+                        # SSE lines end at CR/LF only; httpx's aiter_lines() also splits at
+                        # U+2028/U+2029/U+0085, which the node leaves raw inside JSON strings
+                        buf = b""
+                        async for chunk in r.aiter_bytes():
+                            buf += chunk
+                            *lines, buf = buf.split(b"\n")
+                            for line in lines:
+                                if line.startswith(b"data: {"):
+                                    ch = json.loads(line[6:])
+                                    if ch.get("choices"):
+                                        text.append(ch["choices"][0]["delta"].get("content") or "")
                     else:
                         await r.aread()
                 reply = "".join(text)
