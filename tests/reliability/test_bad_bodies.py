@@ -14,9 +14,10 @@ import httpx
 import pytest
 
 DEPTH = 100_000
-NESTING_BUG = ("node bug, reported: inference/http_errors.py parse_body catches RecursionError around "
-               "model_validate but not around json.loads, so a deeply nested body reaches the generic "
-               "handler and gets 500 server_error (in OpenAI's shape; the node keeps serving)")
+# inference/http_errors.py parse_body catches RecursionError around model_validate, not around
+# json.loads: a body nested past the recursion limit gets 500 server_error (OpenAI-shaped; the
+# node keeps serving). docs/reliability.md, "Known defects".
+NESTING_BUG = "node bug: RecursionError from json.loads answered 500 (docs/reliability.md, Known defects)"
 ENDPOINTS = ["/v1/chat/completions", "/chat/completions", "/chat", "/v1/feedback"]
 BODIES = {
     "open-brackets": b"[" * DEPTH,
