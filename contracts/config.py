@@ -41,6 +41,12 @@ def load_yaml_config(path: str | Path, schema: Mapping[str, Any] | None = None) 
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read: {exc}") from None
     try:
+        # Config files need no anchors or aliases; refusing them up front stops an alias
+        # bomb (a few hundred bytes that expand to gigabytes) before anything is built.
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.AliasEvent):
+                mark = event.start_mark
+                raise ConfigError(f"{p}: line {mark.line + 1}: YAML aliases (*name) are not allowed in config files")
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -15,6 +15,7 @@ from fastapi.exceptions import HTTPException
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from inference import openapi
 from inference.auth import ApiKeys
 from inference.billing_router import router as billing_router
 from inference.feedback_router import RecentIds
@@ -162,6 +163,7 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
                        expose_headers=["X-Request-Id", "X-Session-Id", "Retry-After"], max_age=600)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(StampArrival)
+    openapi.install(app)
     return app
 
 

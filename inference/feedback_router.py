@@ -47,7 +47,7 @@ def feedback_id_for(body: FeedbackRequest) -> str:
 
 
 @router.post("/v1/feedback", openapi_extra={"requestBody": {"required": True, "content": {
-    "application/json": {"schema": FeedbackRequest.model_json_schema()}}}})
+    "application/json": {"schema": FeedbackRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
 async def feedback(request: Request):
     """Record a rating; it counts in the dialogue completion rate (a turn with negative
     feedback is not completed)."""

@@ -54,6 +54,8 @@ async def parse_body(request: Request, model: type[BaseModel]):
         raise InvalidRequest("The request body is not valid UTF-8.") from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise InvalidRequest("The request body is nested too deeply.") from None
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).") from None
     if not isinstance(data, dict):

@@ -16,6 +16,7 @@ router = APIRouter()
 
 _CHAT_SCHEMA = {"requestBody": {"required": True, "content": {"application/json": {
     "schema": ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+# (the nested models' ``$defs`` are moved to components.schemas by inference.openapi)
 
 
 def _service(request: Request) -> ChatService:
@@ -73,7 +74,7 @@ async def chat_completions_no_v1(request: Request):
 
 
 @router.post("/chat", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-    "schema": PromptRequest.model_json_schema()}}}})
+    "schema": PromptRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
 async def seed_chat(request: Request):
     """The seed's endpoint (section 2.1): ``{"prompt": "..."}`` in, the reply out."""
     service = _service(request)

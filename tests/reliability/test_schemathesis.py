@@ -77,7 +77,6 @@ def lift_defs(doc: dict) -> dict:
     return doc
 
 
-@pytest.mark.xfail(strict=True, reason="node bug: unresolvable $refs in /openapi.json (docs/reliability.md, Known defects)")
 def test_served_schema_refs_resolve(fuzz_node):
     doc = httpx.get(fuzz_node.base_url + "/openapi.json", timeout=10).json()
     assert unresolved_refs(doc) == set()
