@@ -116,6 +116,8 @@ def seed_baseline(model_dir: Path, device: str, prompts: list[str], max_tokens: 
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device))
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if dev.type == "cpu":
+        torch.set_num_threads(1)  # as the node runs (OMP_NUM_THREADS=1): same cores, no oversubscription
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(dev).eval()
     tokens, t0 = 0, time.perf_counter()
