@@ -245,8 +245,24 @@ class TurnResult:
     aborted: bool = False
 
 
+async def sse_lines(response) -> Any:
+    """The lines of an SSE body, split on ``\n`` only. (httpx's ``aiter_lines`` also splits at
+    U+2028/U+2029 and other Unicode line breaks, which a model may well emit inside a JSON
+    string: the event would arrive in pieces.)"""
+    buf = b""
+    async for chunk in response.aiter_bytes():
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
+    if buf:
+        yield buf.rstrip(b"\r").decode("utf-8", errors="replace")
+
+
 class LoadGenerator:
-    def __init__(self, cfg: LoadConfig, on_progress: Callable[[Stats], None] | None = None):
+    def __init__(self, cfg: LoadConfig, on_progress: Callable[[Stats], None] | None = None,
+                 transport: Any = None):
+        self.transport = transport  # an httpx transport (tests); None: the network
         self.cfg = cfg
         self.data = load_scenarios(cfg.scenarios_file, cfg.lang)
         self.rng = random.Random(cfg.seed)
@@ -271,7 +287,8 @@ class LoadGenerator:
         limits = httpx.Limits(max_connections=cfg.max_concurrency + 8, max_keepalive_connections=cfg.max_concurrency)
         timeout = httpx.Timeout(cfg.timeout, connect=10.0)
         self.stats = Stats()
-        async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout, trust_env=False) as client:
+        async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout, trust_env=False,
+                                     transport=self.transport) as client:
             self.client = client
             tasks: set[asyncio.Task] = set()
             sem = asyncio.Semaphore(cfg.max_concurrency)
@@ -417,7 +434,7 @@ class LoadGenerator:
                     self._http_error(r.status_code, (await r.aread()).decode(errors="replace"))
                     return res
                 res.request_id = r.headers.get("x-request-id")
-                async for line in r.aiter_lines():
+                async for line in sse_lines(r):
                     if not line.startswith("data:"):
                         continue
                     payload = line[5:].strip()

@@ -178,3 +178,31 @@ def test_api_key(node_factory):
     assert denied.returncode == 1, denied.stdout + denied.stderr
     s = json.loads(denied.stdout)
     assert s["http_errors"] == {"401": 2} and "HTTP 401" in s["last_error"]
+
+
+def test_sse_split_on_newline_only():
+    """A model may emit U+2028 / U+2029 inside an answer; JSON keeps them raw in the event, and
+    the event must still arrive whole (httpx's aiter_lines would cut it there)."""
+    import asyncio
+
+    from seekwatch.loadgen import LoadConfig, LoadGenerator
+
+    text = "退货\u2028请访问\u2029订单页\x85 done"
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/feedback"):
+            return httpx.Response(200, json={"ok": True})
+        cid = "chatcmpl-" + "a" * 32
+        chunks = [{"id": cid, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]},
+                  {"id": cid, "choices": [{"index": 0, "delta": {"content": text}}]},
+                  {"id": cid, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                  {"id": cid, "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5}}]
+        body = "".join(f"data: {json.dumps(c, ensure_ascii=False)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+        return httpx.Response(200, content=body.encode(), headers={"content-type": "text/event-stream",
+                                                                   "x-request-id": cid})
+
+    cfg = LoadConfig(url="http://node.test", sessions=3, turns=(2, 2), stream_ratio=1.0, abort_ratio=0.0,
+                     think_time=(0.0, 0.0), feedback_ratio=0.0, seed=5)
+    s = asyncio.run(LoadGenerator(cfg, transport=httpx.MockTransport(handler)).run())
+    assert s["transport_errors"] == 0, s["last_error"]
+    assert s["finish_reasons"] == {"stop": 6} and s["completion_tokens"] == 30
