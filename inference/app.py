@@ -38,9 +38,14 @@ def build_engine(config: NodeConfig) -> Engine:
 
         from inference.engine.upstream import UpstreamEngine
 
+        verify: bool | object = True  # certificates are always verified; a CA bundle narrows whom to trust
+        if config.upstream_ca_bundle:
+            import ssl
+
+            verify = ssl.create_default_context(cafile=config.upstream_ca_bundle)
         return UpstreamEngine(config.upstream_url, api_key=os.environ.get(config.upstream_api_key_env),
                               model=config.upstream_model, max_batch=config.max_batch,
-                              max_queue=config.max_queue, model_version=config.model_version)
+                              max_queue=config.max_queue, model_version=config.model_version, verify=verify)
     from inference.engine.transformers_cb import TransformersEngine
 
     return TransformersEngine(config.model, device=config.device, dtype=config.dtype,

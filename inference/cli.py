@@ -19,6 +19,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--engine", choices=["transformers", "upstream"], default="transformers")
     p.add_argument("--upstream-url", metavar="URL", help="OpenAI-compatible base URL for --engine upstream, e.g. http://vllm:8000/v1")
     p.add_argument("--upstream-model", help="model name to ask the upstream for (default: the client's)")
+    p.add_argument("--upstream-ca-bundle", metavar="PEM", help="CA certificates to verify an https upstream against (default: the system's)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
     p.add_argument("--max-batch", type=int, default=32, help="requests decoded together")
@@ -54,6 +55,8 @@ def config_from_args(args: argparse.Namespace):
             raise ConfigError(f"--model {args.model}: no config.json in the folder; is it a transformers model?")
     elif not args.upstream_url:
         raise ConfigError("--upstream-url URL is required with --engine upstream")
+    if args.upstream_ca_bundle and not os.path.isfile(args.upstream_ca_bundle):
+        raise ConfigError(f"--upstream-ca-bundle {args.upstream_ca_bundle}: no such file")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
     for path in (args.tls_cert, args.tls_key):
@@ -67,7 +70,7 @@ def config_from_args(args: argparse.Namespace):
     return NodeConfig(
         model=args.model, served_model_names=args.served_model_name, model_version=args.model_version,
         host=args.host, port=args.port, engine=args.engine, upstream_url=args.upstream_url,
-        upstream_model=args.upstream_model, device=args.device, dtype=args.dtype,
+        upstream_model=args.upstream_model, upstream_ca_bundle=args.upstream_ca_bundle, device=args.device, dtype=args.dtype,
         max_batch=args.max_batch, max_queue=args.max_queue, max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
         max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file, auth_probes=args.auth_probes,
         tls_cert=args.tls_cert, tls_key=args.tls_key,

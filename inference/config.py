@@ -15,6 +15,7 @@ class NodeConfig:
     upstream_url: str | None = None
     upstream_model: str | None = None
     upstream_api_key_env: str = "SEEKWATCH_UPSTREAM_API_KEY"
+    upstream_ca_bundle: str | None = None    # verify the upstream's certificate against this CA file
     device: str = "auto"
     dtype: str = "auto"
     max_batch: int = 32

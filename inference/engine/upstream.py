@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import httpx
 
@@ -30,7 +30,7 @@ def estimate_tokens(text: str) -> int:
 class UpstreamEngine(Engine):
     def __init__(self, base_url: str, *, api_key: str | None = None, model: str | None = None,
                  max_batch: int = 256, max_queue: int = 1024, timeout_s: float = 600.0,
-                 model_version: str | None = None, verify: bool | str = True):
+                 model_version: str | None = None, verify: bool | Any = True):
         base = base_url.rstrip("/")
         self.url = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
         self.api_key = api_key

@@ -74,3 +74,18 @@ def test_probes_need_a_key_only_when_asked(node_factory, tmp_path):
     n = node_factory("--api-key-file", str(keys), "--auth-probes", ready_headers={"Authorization": "Bearer sk-k"})
     assert httpx.get(n.base_url + "/metrics", timeout=10).status_code == 401
     assert httpx.get(n.base_url + "/metrics", headers={"Authorization": "Bearer sk-k"}, timeout=10).status_code == 200
+
+
+def test_upstream_over_tls_verifies_the_certificate(node_factory, cert):
+    """A node in front of an https upstream trusts it only through --upstream-ca-bundle;
+    with the system's CAs the self-signed upstream is refused (502), never accepted."""
+    upstream = node_factory("--tls-cert", str(cert[0]), "--tls-key", str(cert[1]),
+                            ready_scheme="https", ready_verify=str(cert[0]))
+    url = f"https://127.0.0.1:{upstream.port}/v1"
+    trusting = node_factory("--engine", "upstream", "--upstream-url", url, "--upstream-ca-bundle", str(cert[0]),
+                            "--served-model-name", "deepseek-chat", with_model=False)
+    default = node_factory("--engine", "upstream", "--upstream-url", url,
+                           "--served-model-name", "deepseek-chat", with_model=False)
+    assert httpx.post(trusting.base_url + "/v1/chat/completions", json=OK_BODY, timeout=60).status_code == 200
+    r = httpx.post(default.base_url + "/v1/chat/completions", json=OK_BODY, timeout=60)
+    assert r.status_code == 502 and "unreachable" in r.json()["error"]["message"]
