@@ -40,8 +40,13 @@ class TurnContext:
     endpoint: str
 
 
+#: Characters that JSON leaves raw but that str.splitlines() (and so some SSE clients, httpx's
+#: aiter_lines among them) treats as line breaks: escaped, so an event is never cut in two.
+_LINE_BREAKERS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def _sse(obj: dict) -> str:
-    return "data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n\n"
+    return "data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).translate(_LINE_BREAKERS) + "\n\n"
 
 
 class ChatService:

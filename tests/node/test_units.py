@@ -119,3 +119,15 @@ def test_api_keys_accept_only_bearer_of_a_known_key():
     for bad in (None, "", "Bearer", "Bearer ", "sk-a", "Basic sk-a", "Bearer sk-c"):
         assert not keys.check(bad)
     assert ApiKeys([]).check(None) and ApiKeys([]).check("")
+
+
+def test_sse_events_survive_clients_that_split_on_unicode_line_breaks():
+    """U+2028/U+2029/NEL are legal raw in JSON, but str.splitlines() (httpx's aiter_lines)
+    breaks lines there; the node escapes them so every event stays one line."""
+    import json
+
+    from inference.chat.serving import _sse
+
+    event = _sse({"delta": {"content": "第一行\u2028第二行\u0085x\u2029y"}})
+    assert len(event.rstrip("\n").splitlines()) == 1
+    assert json.loads(event[len("data: "):])["delta"]["content"] == "第一行\u2028第二行\u0085x\u2029y"
