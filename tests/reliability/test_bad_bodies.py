@@ -1,8 +1,7 @@
 """Bad input: deeply nested JSON bodies on every JSON endpoint of the node. Each must get a clear
 400 (or 413 when over the size limit) in OpenAI's error shape, never a 5xx or a crash, and the
-node keeps serving. Today the node answers 500 (shaped) to a body nested deeper than Python's
-recursion limit: those cases xfail with the reason (see ``NESTING_BUG``) and pass by themselves
-once the node catches ``RecursionError`` from ``json.loads``.
+node keeps serving. (This suite found the node answering 500 to bodies nested past Python's
+recursion limit — ``RecursionError`` from ``json.loads`` — fixed in 42519d4.)
 
 (Oversized bodies with and without Content-Length, and invalid UTF-8, are in
 tests/node/test_errors.py: ``test_body_over_limit_is_413_with_and_without_content_length``,
@@ -14,10 +13,6 @@ import httpx
 import pytest
 
 DEPTH = 100_000
-# inference/http_errors.py parse_body catches RecursionError around model_validate, not around
-# json.loads: a body nested past the recursion limit gets 500 server_error (OpenAI-shaped; the
-# node keeps serving). docs/reliability.md, "Known defects".
-NESTING_BUG = "node bug: RecursionError from json.loads answered 500 (docs/reliability.md, Known defects)"
 ENDPOINTS = ["/v1/chat/completions", "/chat/completions", "/chat", "/v1/feedback"]
 BODIES = {
     "open-brackets": b"[" * DEPTH,
@@ -52,9 +47,6 @@ def test_deeply_nested_body_is_a_clear_400(node, endpoint, kind):
     r = httpx.post(node.base_url + endpoint, content=BODIES[kind],
                    headers={"content-type": "application/json"}, timeout=60)
     assert node.proc.poll() is None                   # never a crash
-    if r.status_code == 500:                          # the node's answer today: shaped, but a 5xx
-        assert_clear_error(r, statuses=(500,))
-        pytest.xfail(NESTING_BUG)
     assert_clear_error(r)
 
 
