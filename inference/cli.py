@@ -36,6 +36,8 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
                    help="allowed browser origin (repeatable; default: any)")
     p.add_argument("--log-dir", default="./var/log", help="session log folder (JSON lines)")
+    p.add_argument("--log-retention-days", type=int, default=180, metavar="N",
+                   help="delete local session-log files older than N days (checked at start and daily)")
     p.add_argument("--cost-config", metavar="FILE", help="cost model YAML (default: the seed's table 5.2)")
     p.add_argument("--no-instrumentation", dest="instrumentation", action="store_false",
                    help="no metrics, no session log (for the overhead benchmark)")
@@ -62,6 +64,8 @@ def config_from_args(args: argparse.Namespace):
     for path in (args.tls_cert, args.tls_key):
         if path and not os.path.isfile(path):
             raise ConfigError(f"{path}: no such file")
+    if args.log_retention_days < 1:
+        raise ConfigError("--log-retention-days must be at least 1")
     if args.kv_cache_tokens is not None and args.kv_cache_tokens < 1:
         raise ConfigError("--kv-cache-tokens must be at least 1")
     for flag in ("max_batch", "max_queue", "max_body_bytes"):
@@ -74,7 +78,7 @@ def config_from_args(args: argparse.Namespace):
         max_batch=args.max_batch, max_queue=args.max_queue, max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
         max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file, auth_probes=args.auth_probes,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
-        cors_origins=args.cors_origins or ["*"], log_dir=args.log_dir,
+        cors_origins=args.cors_origins or ["*"], log_dir=args.log_dir, log_retention_days=args.log_retention_days,
         instrumentation=args.instrumentation, cost_config=args.cost_config,
     )
 

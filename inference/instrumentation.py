@@ -35,7 +35,7 @@ class NodeInstrumentation:
         metrics = NodeMetrics(registry)
         metrics.requests_running.set_function(lambda: engine.state().running)
         metrics.requests_waiting.set_function(lambda: engine.state().waiting)
-        writer = SessionLogWriter(config.log_dir, metrics=metrics)
+        writer = SessionLogWriter(config.log_dir, metrics=metrics, retention_days=config.log_retention_days)
         gpu = GpuCollector().start()
         registry.register(gpu)
         return cls(metrics, writer, cost, default_detector(), gpu)

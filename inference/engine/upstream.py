@@ -27,6 +27,21 @@ def estimate_tokens(text: str) -> int:
     return cjk + (len(text) - cjk + 3) // 4
 
 
+async def sse_lines(resp: httpx.Response) -> AsyncIterator[str]:
+    """Lines of an SSE stream, split at CR/LF only as the SSE spec says. httpx's
+    ``aiter_lines`` uses ``str.splitlines``, which also breaks at U+2028, U+2029 and NEL:
+    legal raw inside JSON strings, so an upstream that does not escape them would have its
+    events cut in two."""
+    buf = b""
+    async for chunk in resp.aiter_bytes():
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode("utf-8", "replace")
+    if buf:
+        yield buf.rstrip(b"\r").decode("utf-8", "replace")
+
+
 class UpstreamEngine(Engine):
     def __init__(self, base_url: str, *, api_key: str | None = None, model: str | None = None,
                  max_batch: int = 256, max_queue: int = 1024, timeout_s: float = 600.0,
@@ -130,7 +145,7 @@ class UpstreamEngine(Engine):
         prompt_est = estimate_tokens("".join(m.get("content") or "" for m in request.messages))
         done = False
         try:
-            async for line in resp.aiter_lines():
+            async for line in sse_lines(resp):
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()

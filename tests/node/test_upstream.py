@@ -41,3 +41,38 @@ def test_unreachable_upstream_is_502(node_factory):
                    json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 502
     assert "unreachable" in r.json()["error"]["message"]
+
+
+def test_upstream_stream_with_raw_unicode_line_separators_stays_whole(node_factory):
+    """An upstream that sends U+2028 raw inside its JSON (legal; vLLM-like servers may) must
+    not have its events cut in two: a real loopback SSE server stands in for that upstream."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Upstream(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+            for piece in ["第一行\u2028", "第二行\u2029", "end"]:
+                chunk = {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                self.wfile.write(("data: " + json.dumps(chunk, ensure_ascii=False) + "\n\n").encode())
+            self.wfile.write(b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+                             b'"usage":{"prompt_tokens":3,"completion_tokens":3}}\n\ndata: [DONE]\n\n')
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        front = node_factory("--engine", "upstream", "--upstream-url", f"http://127.0.0.1:{server.server_port}/v1",
+                             "--served-model-name", "deepseek-chat", with_model=False)
+        r = httpx.post(front.openai_base + "/chat/completions", timeout=30,
+                       json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == "第一行\u2028第二行\u2029end"
+    finally:
+        server.shutdown()

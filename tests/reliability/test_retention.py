@@ -2,9 +2,9 @@
 the default 180 days when it starts, keeps younger ones and never touches files that are not
 its own.
 
-The node has no flag to change the period (``SessionLogWriter(retention_days=…)`` has one,
-unit-tested with shortened periods in tests/instrumentation/test_session_log.py::
-test_retention_at_start_and_daily); the engine side (ILM / ISM policy attached by
+``--log-retention-days`` shortens the period (below); the writer's daily check is
+unit-tested with an injected clock in tests/instrumentation/test_session_log.py::
+test_retention_at_start_and_daily; the engine side (ILM / ISM policy attached by
 ``es-setup``) is tested in tests/logstore/test_setup.py.
 """
 from __future__ import annotations
@@ -34,3 +34,16 @@ def test_node_deletes_logs_older_than_180_days_at_start(node_factory, tmp_path):
     assert r.status_code == 200
     node.stop()
     assert kept.exists() and any(p.name.startswith(f"session-{today}") for p in log_dir.iterdir())
+
+
+def test_shortened_retention_flag_deletes_younger_files(node_factory, tmp_path):
+    log_dir = tmp_path / "short-retention-log"
+    log_dir.mkdir()
+    today = dt.datetime.now(dt.timezone.utc).date()
+    line = json.dumps({"event": {"dataset": "seekwatch.session"}, "request_id": "old"}) + "\n"
+    week_old = log_dir / f"session-{today - dt.timedelta(days=8)}.0001.jsonl"
+    yesterday = log_dir / f"session-{today - dt.timedelta(days=1)}.0001.jsonl"
+    for p in (week_old, yesterday):
+        p.write_text(line)
+    node_factory("--log-dir", str(log_dir), "--log-retention-days", "7")
+    assert not week_old.exists() and yesterday.exists()
