@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 ALERT_MARK = "── seekwatch alert ──"
+#: the folder holding the seekwatch, inference, monitor, dashboards and contracts packages
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
 #: traffic a laptop CPU serves on the tiny model with answers in well under a second
 DEMO_TRAFFIC = {"sessions_per_second": 0.5, "turns": [2, 4], "max_tokens": [16, 128], "think_time": [0.5, 2.0]}
 
@@ -179,10 +181,14 @@ def spawn(name: str, args: list[str], workdir: Path, *, pipe_stdout: bool = Fals
     then stops the parts in order), output to ``workdir/<name>.out``."""
     out_path = workdir / f"{name}.out"
     out = open(out_path, "ab")
+    # The parts run the very code this demo runs: its source root first on the path, and the
+    # work directory as cwd (``python -m`` puts the cwd first; a checkout there would win).
+    path = os.pathsep.join(p for p in (str(SOURCE_ROOT), os.environ.get("PYTHONPATH")) if p)
     try:
         proc = subprocess.Popen(
             args, stdout=subprocess.PIPE if pipe_stdout else out, stderr=out, stdin=subprocess.DEVNULL,
-            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+            start_new_session=True, cwd=workdir,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(env or {})})
     finally:
         out.close()
     return Child(name, proc, out_path, grace=grace)

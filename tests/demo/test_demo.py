@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,6 +22,7 @@ import pytest
 from seekwatch.demo import _alive, descendants
 
 ALERT_TITLE = "Dialogue completion rate low"
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 
 
@@ -49,6 +51,7 @@ class DemoRun:
     def __init__(self, *args: str, cwd=None):
         env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
         env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = str(REPO)  # this checkout, whatever the venv's editable install points at
         self.proc = subprocess.Popen([sys.executable, "-m", "seekwatch", "demo", *args], cwd=cwd, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         self.lines: list[str] = []
@@ -240,7 +243,8 @@ def test_demo_sigterm_while_starting(tmp_path, tiny_model_dir, demo_runs):
     (["--turns", "3", "1"], "MIN is larger than MAX"),
 ])
 def test_demo_bad_flags(args, needle):
-    r = subprocess.run([sys.executable, "-m", "seekwatch", "demo", *args], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-m", "seekwatch", "demo", *args], capture_output=True, text=True, timeout=60,
+                       cwd=REPO)
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 

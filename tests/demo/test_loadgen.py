@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,8 +21,12 @@ PHONE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
 def seekwatch(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seekwatch", *args], capture_output=True, text=True, **kw)
+    """``python -m seekwatch ARGS`` from this checkout (cwd first on the path)."""
+    return subprocess.run([sys.executable, "-m", "seekwatch", *args], capture_output=True, text=True, cwd=REPO, **kw)
 
 
 def test_scenarios_cover_the_seed():
@@ -155,7 +160,7 @@ def test_runs_until_sigint_then_prints_a_summary(node_factory):
     node = node_factory()
     p = subprocess.Popen([sys.executable, "-m", "seekwatch", "loadgen", "--url", node.base_url,
                           "--sessions-per-second", "3", "--think-time", "0", "0.3", "--max-tokens", "8", "32",
-                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                          "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     time.sleep(4)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=40)
