@@ -3,7 +3,7 @@
 Why this shape:
 
 * ``submit()`` is called on the request path, so it only appends to an in-memory queue
-  under a lock (no serialisation, no I/O). A single writer thread does ``json.dumps``,
+  under a lock (no serialisation, no I/O). A single writer thread does serialisation,
   writes, rotates and fsyncs.
 * Each batch of whole lines goes to the file in **one** ``write()`` on an unbuffered file,
   then ``flush``; ``fsync`` runs on a timer (default every 1 s), on rotation and on close.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import atexit
 import errno
-import json
 import logging
 import os
 import re
@@ -41,6 +40,8 @@ from collections import deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable
+
+from inference.jsonline import dumps_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from inference.metrics import NodeMetrics
@@ -68,11 +69,12 @@ def file_name_re(prefix: str) -> re.Pattern[str]:
 def serialise(record: dict[str, Any]) -> bytes:
     """One record → one UTF-8 line ending in ``\\n``.
 
-    ``ensure_ascii=False`` keeps Chinese readable in the file; ``json`` escapes newlines
-    inside strings, so a record is always exactly one line. Lone surrogates (possible in
+    Chinese stays readable in the file; newlines and the other characters that some
+    readers split lines at are escaped (:mod:`inference.jsonline`), so a record is always
+    exactly one line for every reader. Lone surrogates (possible in
     decoded model output) become JSON ``\\udXXX`` escapes rather than an encode error.
     """
-    text = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+    text = dumps_line(record, default=str)
     return text.encode("utf-8", "backslashreplace") + b"\n"
 
 

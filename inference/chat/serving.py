@@ -9,7 +9,6 @@ is set, then ``data: [DONE]``. A delta never carries both ``content`` and
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Mapping, Sequence
@@ -17,6 +16,7 @@ from typing import AsyncIterator, Mapping, Sequence
 from inference.chat.protocol import ChatCompletionRequest, error_body, usage
 from inference.chat.reasoning import ReasoningSplitter
 from inference.engine.base import Engine, EngineError, EngineOutput, GenerationRequest, SamplingParams
+from inference.jsonline import dumps_line
 from inference.session_ids import new_request_id, session_id_for, turn_index
 from inference.turns import TurnObserver, TurnRecord
 
@@ -40,13 +40,8 @@ class TurnContext:
     endpoint: str
 
 
-#: Characters that JSON leaves raw but that str.splitlines() (and so some SSE clients, httpx's
-#: aiter_lines among them) treats as line breaks: escaped, so an event is never cut in two.
-_LINE_BREAKERS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
-
-
 def _sse(obj: dict) -> str:
-    return "data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).translate(_LINE_BREAKERS) + "\n\n"
+    return "data: " + dumps_line(obj) + "\n\n"
 
 
 class ChatService:

@@ -435,3 +435,18 @@ def test_submit_lazy_builds_on_the_writer_thread(tmp_path, reg):
     assert metric(reg, "seekwatch_log_dropped_total") == 1
     assert metric(reg, "seekwatch_log_records_total") == 6
     assert w.pending == 0
+
+
+def test_a_record_is_one_line_for_every_line_splitter():
+    """U+2028/U+2029/NEL in model output: json leaves them raw, str.splitlines() breaks at them.
+
+    The CI once cut a demo record in two this way; the writer escapes them so any reader
+    (Python's splitlines, log tailers, JavaScript) sees exactly one line per record.
+    """
+    record = {"response": "第一行\u2028第二行\u2029三\x85四\n五", "n": 1}
+    line = serialise(record)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    text = line.decode("utf-8")
+    assert len(text.splitlines()) == 1
+    assert json.loads(text) == record
+    assert "第一行" in text  # still readable, not \\u-escaped Chinese
