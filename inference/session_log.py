@@ -41,7 +41,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
-from inference.jsonline import dumps_line
+from contracts.jsonline import dumps_line
 
 if TYPE_CHECKING:  # pragma: no cover
     from inference.metrics import NodeMetrics
@@ -70,7 +70,7 @@ def serialise(record: dict[str, Any]) -> bytes:
     """One record → one UTF-8 line ending in ``\\n``.
 
     Chinese stays readable in the file; newlines and the other characters that some
-    readers split lines at are escaped (:mod:`inference.jsonline`), so a record is always
+    readers split lines at are escaped (:mod:`contracts.jsonline`), so a record is always
     exactly one line for every reader. Lone surrogates (possible in
     decoded model output) become JSON ``\\udXXX`` escapes rather than an encode error.
     """

@@ -16,7 +16,7 @@ from typing import AsyncIterator, Mapping, Sequence
 from inference.chat.protocol import ChatCompletionRequest, error_body, usage
 from inference.chat.reasoning import ReasoningSplitter
 from inference.engine.base import Engine, EngineError, EngineOutput, GenerationRequest, SamplingParams
-from inference.jsonline import dumps_line
+from contracts.jsonline import dumps_line
 from inference.session_ids import new_request_id, session_id_for, turn_index
 from inference.turns import TurnObserver, TurnRecord
 

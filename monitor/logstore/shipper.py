@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from contracts.jsonline import dumps_line
 from monitor.logstore.adapter import (
     FEEDBACK_STREAM,
     INDEX_PATTERN,
@@ -208,7 +209,7 @@ class Shipper:
             return
         with open(self.dead_letter_path, "a", encoding="utf-8") as fh:
             for e in entries:
-                fh.write(json.dumps(e, ensure_ascii=False) + "\n")
+                fh.write(dumps_line(e) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         self.stats.dead_lettered += len(entries)
