@@ -11,11 +11,12 @@ below works with any causal LM that accepts a ``DynamicCache``:
 * between two decode steps, waiting requests are prefilled together in one left-padded
   forward pass (at most ``max_prefill_per_step`` requests and ``max_prefill_tokens`` prompt
   tokens per step, so a burst of arrivals cannot stall running streams) and join the batch;
-* the batch keeps one key/value tensor per layer, left-padded so that every row ends at the
-  same column; a 2-D attention mask hides the padding and explicit ``position_ids`` keep
-  each row's own positions, so a joined row computes exactly what it would alone;
-* rows that finish or whose client went away leave at once, and fully padded leading
-  columns are trimmed.
+* the batch's keys and values live in a preallocated buffer written in place
+  (:mod:`inference.engine.kv_buffer`), left-padded so that every row ends at the same
+  column; a 2-D attention mask hides the padding and explicit ``position_ids`` keep each
+  row's own positions, so a joined row computes exactly what it would alone;
+* rows that finish or whose client went away leave at once (the last row fills the hole),
+  and fully padded leading columns are dropped.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from inference.engine.base import (
     GenerationRequest, QueueFull, SamplingParams,
 )
 from inference.engine.detokenizer import StopMatcher, make_detokenizer
+from inference.engine.kv_buffer import BatchKVBuffer
 from inference.engine.sampling import sample_next_tokens
 
 log = logging.getLogger("seekwatch.engine")
@@ -102,8 +104,7 @@ class TransformersEngine(Engine):
         self._cancelled_total = 0
         self._finished_total = 0
         # Batch state (engine thread only).
-        self._kv: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._mask: torch.Tensor | None = None
+        self._kv: BatchKVBuffer | None = None
         self._positions: torch.Tensor | None = None
         self._last_tokens: torch.Tensor | None = None
 
@@ -144,6 +145,8 @@ class TransformersEngine(Engine):
         self.eos_token_ids = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
         template = getattr(self.tokenizer, "chat_template", None) or ""
         self.reasoning = "<think>" in str(template)
+        cfg = self.model.config
+        self._kv = BatchKVBuffer(cfg.num_hidden_layers, self._kv_heads(), self._head_dim(), dtype, self.device)
         with torch.inference_mode():  # warm-up: first request should not pay for lazy init
             self.model(input_ids=torch.tensor([[self.eos_token_ids[0]]], device=self.device))
         if self.kv_cache_tokens is None and self.device.type == "cuda":
@@ -156,11 +159,18 @@ class TransformersEngine(Engine):
         each join builds the new cache beside the old one (torch.cat), and activations,
         logits and the allocator's fragmentation need the rest."""
         cfg = self.model.config
-        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        per_token = 2 * cfg.num_hidden_layers * heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+        per_token = (2 * cfg.num_hidden_layers * self._kv_heads() * self._head_dim()
+                     * torch.tensor([], dtype=dtype).element_size())
         free, _ = torch.cuda.mem_get_info(self.device)
         return max(int(free * 0.4) // per_token, self._max_model_len)
+
+    def _kv_heads(self) -> int:
+        cfg = self.model.config
+        return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+
+    def _head_dim(self) -> int:
+        cfg = self.model.config
+        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
     async def stop(self) -> None:
         self._stopping = True
@@ -262,13 +272,16 @@ class TransformersEngine(Engine):
                         self._emit(seq, EngineError(f"generation failed: {exc}"))
                     self._reset_batch()
                     if self.device.type == "cuda":
+                        self._kv.release()  # an out-of-memory step: give the next batch all of it
                         torch.cuda.empty_cache()
         for seq in self._running + list(self._waiting) + self._incoming:
             self._emit(seq, _Shutdown("the server is shutting down"))
 
     def _reset_batch(self) -> None:
-        self._running, self._kv = [], []
-        self._mask = self._positions = self._last_tokens = None
+        if self._kv is not None:
+            self._kv.clear()
+        self._running = []
+        self._positions = self._last_tokens = None
 
     def _admit(self) -> None:
         with self._lock:
@@ -297,7 +310,7 @@ class TransformersEngine(Engine):
         widest row grows by a further 256 tokens?"""
         if self.kv_cache_tokens is None:
             return True
-        width = max(new_width, self._mask.shape[1] if self._mask is not None else 0) + 256
+        width = max(new_width, self._kv.width if self._running else 0) + 256
         if not self._running and new_rows == 1:
             return True  # one request alone always runs (the context limit bounds it)
         return (len(self._running) + new_rows) * width <= self.kv_cache_tokens
@@ -319,9 +332,10 @@ class TransformersEngine(Engine):
                          **{self._cache_kw: cache}, **self._keep_kw)
         tokens = sample_next_tokens(out.logits[:, -1, :], [s.sampling for s in group], [[] for _ in group],
                                     self.eos_token_ids)
-        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self._kv.add_rows([(layer.keys, layer.values) for layer in cache.layers], mask)
+        del cache, out
         lengths = torch.tensor([len(s.prompt_ids) for s in group], device=self.device)
-        self._join_batch(group, kv, mask, lengths, tokens.to(self.device))
+        self._join_batch(group, lengths, tokens.to(self.device))
         first_row = len(self._running) - len(group)
         done = []
         for i, (seq, token) in enumerate(zip(group, tokens.tolist())):
@@ -331,22 +345,11 @@ class TransformersEngine(Engine):
         if done:
             self._remove_rows(done)
 
-    def _join_batch(self, group: list[_Sequence], kv, mask: torch.Tensor, lengths: torch.Tensor,
-                    tokens: torch.Tensor) -> None:
-        """Append rows to the batch, left-padding whichever side is narrower so that every
-        row's last column stays aligned."""
+    def _join_batch(self, group: list[_Sequence], lengths: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Append the group's rows (already in the KV buffer) to the batch's per-row state."""
         if not self._running:
-            self._kv, self._mask, self._positions, self._last_tokens = kv, mask, lengths, tokens
+            self._positions, self._last_tokens = lengths, tokens
         else:
-            width, new = self._mask.shape[1], mask.shape[1]
-            if new < width:
-                kv = [(_pad_left(k, width - new), _pad_left(v, width - new)) for k, v in kv]
-                mask = torch.nn.functional.pad(mask, (width - new, 0))
-            elif new > width:
-                self._kv = [(_pad_left(k, new - width), _pad_left(v, new - width)) for k, v in self._kv]
-                self._mask = torch.nn.functional.pad(self._mask, (new - width, 0))
-            self._kv = [(torch.cat([k0, k1]), torch.cat([v0, v1])) for (k0, v0), (k1, v1) in zip(self._kv, kv)]
-            self._mask = torch.cat([self._mask, mask])
             self._positions = torch.cat([self._positions, lengths])
             self._last_tokens = torch.cat([self._last_tokens, tokens])
         self._running.extend(group)
@@ -365,16 +368,12 @@ class TransformersEngine(Engine):
         self._emit(seq, (token, finish, queue_s))
 
     def _decode_step(self) -> None:
-        from transformers import DynamicCache
-
         batch = len(self._running)
-        mask = torch.cat([self._mask, torch.ones((batch, 1), dtype=torch.long, device=self.device)], dim=1)
-        cache = DynamicCache(ddp_cache_data=self._kv)
+        mask = self._kv.begin_decode()
         out = self.model(input_ids=self._last_tokens.view(batch, 1),
                          position_ids=self._positions.view(batch, 1), attention_mask=mask,
-                         use_cache=True, **{self._cache_kw: cache}, **self._keep_kw)
-        self._kv = [(layer.keys, layer.values) for layer in cache.layers]
-        self._mask = mask
+                         use_cache=True, **{self._cache_kw: self._kv.cache()}, **self._keep_kw)
+        self._kv.end_decode()
         self._positions = self._positions + 1
         tokens = sample_next_tokens(out.logits[:, -1, :], [s.sampling for s in self._running],
                                     [s.generated for s in self._running], self.eos_token_ids)
@@ -401,19 +400,8 @@ class TransformersEngine(Engine):
         if not keep:
             self._reset_batch()
             return
-        idx = torch.tensor(keep, device=self.device)
-        self._running = [self._running[i] for i in keep]
-        self._kv = [(k.index_select(0, idx), v.index_select(0, idx)) for k, v in self._kv]
-        self._mask = self._mask.index_select(0, idx)
+        order = self._kv.remove_rows(rows)
+        idx = torch.tensor(order, device=self.device)
+        self._running = [self._running[i] for i in order]
         self._positions = self._positions.index_select(0, idx)
         self._last_tokens = self._last_tokens.index_select(0, idx)
-        # Trim leading columns that are padding in every remaining row.
-        lead = int((self._mask.cumsum(dim=1) == 0).all(dim=0).sum())
-        if lead:
-            self._mask = self._mask[:, lead:]
-            self._kv = [(k[:, :, lead:], v[:, :, lead:]) for k, v in self._kv]
-
-
-def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Pad a [batch, heads, seq, dim] cache tensor with ``n`` zero columns on the left."""
-    return torch.nn.functional.pad(t, (0, 0, n, 0))
