@@ -171,7 +171,10 @@ def main() -> int:
     ap.add_argument("--size", default="tiny", choices=["tiny", "deepseek-7b"], help="shape when making the model")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--requests", type=int, default=0, help="requests per scenario (default: 2 × concurrency, at least 8)")
+    ap.add_argument("--requests", type=int, default=0,
+                    help="requests per scenario (default: --requests-per-stream × concurrency, at least 2)")
+    ap.add_argument("--requests-per-stream", type=float, default=2.0,
+                    help="with --requests 0: requests per concurrent stream (1 = one wave)")
     ap.add_argument("--prompt-tokens", type=int, nargs=2, default=[64, 128], metavar=("MIN", "MAX"))
     ap.add_argument("--max-tokens", type=int, nargs=2, default=[64, 128], metavar=("MIN", "MAX"))
     ap.add_argument("--poisson", type=float, nargs=2, metavar=("USERS", "RATE"), help="extra scenario: USERS concurrent users arriving at RATE/s")
@@ -203,7 +206,7 @@ def main() -> int:
         prompts, maxes = workload(4)
         asyncio.run(run_scenario(node.base_url, prompts, maxes, 4))  # warm-up
         for c in args.concurrency:
-            prompts, maxes = workload(args.requests or max(8, 2 * c))
+            prompts, maxes = workload(args.requests or max(2, round(args.requests_per_stream * c)))
             s = asyncio.run(run_scenario(node.base_url, prompts, maxes, c))
             print(json.dumps(s), flush=True)
             scenarios.append(s)
@@ -215,6 +218,10 @@ def main() -> int:
             scenarios.append(s)
     finally:
         node.stop()
+    # the engine's own account of each interval (forward host time, sampling, prefills)
+    engine_log = [ln.split("engine: ", 1)[1] for ln in node.output.read_text("utf-8", "replace").splitlines()
+                  if "seekwatch.engine: engine: " in ln]
+    print("\n".join(engine_log), flush=True)
     prompts, maxes = workload(args.baseline_requests)
     baseline = seed_baseline(model_dir, args.device, prompts, maxes)
     print(json.dumps({"baseline": baseline}), flush=True)
@@ -227,7 +234,7 @@ def main() -> int:
         "model": f"{args.size} ({model_dir.name})", "prompt_tokens": f"{args.prompt_tokens[0]}–{args.prompt_tokens[1]}",
         "max_tokens_range": f"{args.max_tokens[0]}–{args.max_tokens[1]}",
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
-        "torch": torch.__version__, "baseline": baseline, "scenarios": scenarios,
+        "torch": torch.__version__, "baseline": baseline, "scenarios": scenarios, "engine_log": engine_log,
     }
     table = markdown(result)
     print(table)

@@ -58,6 +58,49 @@ class _Sequence:
     done: bool = False
 
 
+@dataclass
+class StepStats:
+    """Where the engine thread's time goes, summed over decode steps and prefills.
+
+    ``forward`` is the host time of the model call: on a GPU, kernels are launched
+    asynchronously, so a forward close to the step time means the step is bound by Python
+    and kernel launches, not by the device. ``sample`` includes waiting for the device
+    (the sampled tokens are copied to the host). Logged every ``LOG_EVERY_S`` while the
+    engine is busy (as vLLM logs its throughput), then reset; the benchmark reads these
+    lines from the node's log to explain its figures.
+    """
+
+    LOG_EVERY_S = 10.0
+
+    steps: int = 0
+    rows: int = 0
+    forward_s: float = 0.0
+    sample_s: float = 0.0
+    emit_s: float = 0.0
+    prefills: int = 0
+    prefill_rows: int = 0
+    prefill_s: float = 0.0
+
+    def add_decode(self, rows: int, forward_s: float, sample_s: float, emit_s: float) -> None:
+        self.steps += 1
+        self.rows += rows
+        self.forward_s += forward_s
+        self.sample_s += sample_s
+        self.emit_s += emit_s
+
+    def add_prefill(self, rows: int, seconds: float) -> None:
+        self.prefills += 1
+        self.prefill_rows += rows
+        self.prefill_s += seconds
+
+    def summary(self) -> str:
+        n = max(self.steps, 1)
+        return (f"{self.steps} decode steps, {self.rows / n:.1f} rows per step; per step: forward "
+                f"{self.forward_s / n * 1e3:.2f} ms (host), sample + device wait {self.sample_s / n * 1e3:.2f} ms, "
+                f"emit {self.emit_s / n * 1e3:.2f} ms; {self.prefills} prefills of {self.prefill_rows} rows, "
+                f"{self.prefill_s / max(self.prefills, 1) * 1e3:.1f} ms each")
+
+
 class _Shutdown(EngineError):
     status_code = 503
     error_type = "service_unavailable"
@@ -103,6 +146,8 @@ class TransformersEngine(Engine):
         self._stopping = False
         self._cancelled_total = 0
         self._finished_total = 0
+        self.step_stats = StepStats()
+        self._stats_since = time.perf_counter()
         # Batch state (engine thread only).
         self._kv: BatchKVBuffer | None = None
         self._positions: torch.Tensor | None = None
@@ -155,14 +200,15 @@ class TransformersEngine(Engine):
                  time.monotonic() - t0, self.kv_cache_tokens or "unbounded")
 
     def _kv_tokens_that_fit(self, dtype: torch.dtype) -> int:
-        """Padded KV tokens that fit in 40 % of the free GPU memory: each decode step and
-        each join builds the new cache beside the old one (torch.cat), and activations,
-        logits and the allocator's fragmentation need the rest."""
+        """Padded KV tokens that fit in 70 % of the free GPU memory. The batch's buffer is
+        written in place, and a reallocation frees each old layer as the new one is filled,
+        so the peak is the buffer plus one layer; prefill activations, logits and the
+        allocator's fragmentation need the rest."""
         cfg = self.model.config
         per_token = (2 * cfg.num_hidden_layers * self._kv_heads() * self._head_dim()
                      * torch.tensor([], dtype=dtype).element_size())
         free, _ = torch.cuda.mem_get_info(self.device)
-        return max(int(free * 0.4) // per_token, self._max_model_len)
+        return max(int(free * 0.7) // per_token, self._max_model_len)
 
     def _kv_heads(self) -> int:
         cfg = self.model.config
@@ -178,6 +224,8 @@ class TransformersEngine(Engine):
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 30)
         self._ready = False
+        if self.step_stats.steps:
+            log.info("engine: last %.0f s: %s", time.perf_counter() - self._stats_since, self.step_stats.summary())
 
     def state(self) -> EngineState:
         with self._lock:
@@ -303,7 +351,9 @@ class TransformersEngine(Engine):
             group.append(self._waiting.popleft())
             tokens += len(seq.prompt_ids)
         if group:
+            t0 = time.perf_counter()
             self._prefill(group)
+            self.step_stats.add_prefill(len(group), time.perf_counter() - t0)
 
     def _fits(self, new_rows: int, new_width: int) -> bool:
         """Would the batch, with ``new_rows`` more rows, stay within the KV budget while the
@@ -368,6 +418,7 @@ class TransformersEngine(Engine):
         self._emit(seq, (token, finish, queue_s))
 
     def _decode_step(self) -> None:
+        t0 = time.perf_counter()
         batch = len(self._running)
         mask = self._kv.begin_decode()
         out = self.model(input_ids=self._last_tokens.view(batch, 1),
@@ -375,9 +426,11 @@ class TransformersEngine(Engine):
                          use_cache=True, **{self._cache_kw: self._kv.cache()}, **self._keep_kw)
         self._kv.end_decode()
         self._positions = self._positions + 1
+        t1 = time.perf_counter()
         tokens = sample_next_tokens(out.logits[:, -1, :], [s.sampling for s in self._running],
                                     [s.generated for s in self._running], self.eos_token_ids)
         self._last_tokens = tokens.to(self.device)
+        t2 = time.perf_counter()
         finished = []
         for i, (seq, token) in enumerate(zip(self._running, tokens.tolist())):
             self._after_token(seq, token)
@@ -385,6 +438,11 @@ class TransformersEngine(Engine):
                 finished.append(i)
         if finished:
             self._remove_rows(finished)
+        now = time.perf_counter()
+        self.step_stats.add_decode(batch, t1 - t0, t2 - t1, now - t2)
+        if now - self._stats_since >= StepStats.LOG_EVERY_S:
+            log.info("engine: last %.0f s: %s", now - self._stats_since, self.step_stats.summary())
+            self.step_stats, self._stats_since = StepStats(), now
 
     def _drop_cancelled(self) -> None:
         gone = [i for i, s in enumerate(self._running) if s.cancelled and not s.done]
