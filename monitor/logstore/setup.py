@@ -142,8 +142,8 @@ def install(
         policy_name = None
         msg = (f"{api.upper()} is not available on this {info.distribution} "
                f"({'ISM plugin not installed' if api == 'ism' else 'no ILM'}): "
-               f"the {retention_days}-day retention is NOT active; install the plugin or delete old "
-               f"backing indices yourself")
+               f"the {retention_days}-day retention is NOT active; install the plugin, or run "
+               f"`seekwatch es-retention --url URL --retention-days {retention_days}` daily")
         if require_retention:
             from contracts.config import ConfigError
 

@@ -99,7 +99,6 @@ def test_connection_refused_is_a_scrape_error():
 
 def test_parser_reads_the_real_node_exposition():
     """The node's own NodeMetrics exposition, parsed by the filtered prometheus_client parse."""
-    pytest.importorskip("inference.metrics")
     from prometheus_client import CollectorRegistry
 
     from inference.metrics import NodeMetrics
@@ -195,12 +194,12 @@ def test_counter_reset_in_the_window_is_counted_like_prometheus(tmp_path):
 
 
 def test_https_node_with_ca_file_and_headers(tmp_path, metrics_node, monkeypatch):
-    import shutil
     import ssl
     import subprocess
 
-    if not shutil.which("openssl"):
-        pytest.skip("openssl not installed")
+    from tests.fixtures.tools import require_tool
+
+    require_tool("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                     "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",

@@ -47,8 +47,10 @@ def dashboard(fixture_logs, tmp_path):
         log.close()
 
 
-@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian chromium not installed (scripts/setup.d/20-debian.sh)")
 def test_screenshot(dashboard, expected, tmp_path):
+    from tests.fixtures.tools import require_tool
+
+    require_tool(CHROMIUM)
     from playwright.sync_api import sync_playwright
 
     shot = tmp_path / "dashboard.png"

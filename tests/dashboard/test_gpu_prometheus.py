@@ -4,14 +4,17 @@ shows "no GPU", never zeros."""
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from .test_pages import VIEWS, metrics
 
-pytestmark = pytest.mark.skipif(not shutil.which("prometheus"), reason="Debian prometheus not installed")
+@pytest.fixture(autouse=True)
+def _prometheus():
+    from tests.fixtures.tools import require_tool
+
+    require_tool("prometheus")
 
 
 def _page(name: str) -> AppTest:

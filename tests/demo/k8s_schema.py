@@ -150,6 +150,15 @@ SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
     ("batch/v1", "Job"): kind("batch/v1", "Job", obj({
         "backoffLimit": INT, "ttlSecondsAfterFinished": INT, "activeDeadlineSeconds": INT, "template": POD_TEMPLATE,
     }, ["template"])),
+    ("batch/v1", "CronJob"): kind("batch/v1", "CronJob", obj({
+        "schedule": {"type": "string", "pattern": r"^(\S+\s+){4}\S+$"},
+        "timeZone": STR, "suspend": BOOL,
+        "concurrencyPolicy": {"enum": ["Allow", "Forbid", "Replace"]},
+        "successfulJobsHistoryLimit": INT, "failedJobsHistoryLimit": INT, "startingDeadlineSeconds": INT,
+        "jobTemplate": obj({"metadata": TEMPLATE_METADATA, "spec": obj({
+            "backoffLimit": INT, "ttlSecondsAfterFinished": INT, "activeDeadlineSeconds": INT,
+            "template": POD_TEMPLATE}, ["template"])}, ["spec"]),
+    }, ["schedule", "jobTemplate"])),
     ("autoscaling/v2", "HorizontalPodAutoscaler"): kind("autoscaling/v2", "HorizontalPodAutoscaler", obj({
         "scaleTargetRef": obj({"apiVersion": STR, "kind": STR, "name": DNS_SUBDOMAIN}, ["kind", "name"]),
         "minReplicas": {"type": "integer", "minimum": 1},

@@ -248,19 +248,12 @@ def test_demo_bad_flags(args, needle):
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def _engine_built() -> bool:
-    try:
-        from monitor.logstore.engine import FLAVORS, default_build_dir
-    except ImportError:
-        return False
-    return all((default_build_dir(f) / jar).exists() and (default_build_dir(f) / "lib").is_dir()
-               for f, (_dir, jar, _cls) in FLAVORS.items())
-
-
-@pytest.mark.skipif(not _engine_built(), reason="search engine not built (scripts/setup.d/30-search-engine.sh)")
 def test_demo_with_search_engine(tmp_path, tiny_model_dir, demo_runs):
     """--with-search-engine: OpenSearch (a JVM in a session of its own), es-setup and the
     shipper join the stack; this run's records reach the engine; the JVM is stopped too."""
+    from tests.fixtures.search_engine import ensure_engine_built
+
+    ensure_engine_built()  # built by scripts/setup.d/30-search-engine.sh; fails loudly if it cannot be
     run = demo_runs("--duration", "12", "--workdir", str(tmp_path / "demo"), "--model-dir", str(tiny_model_dir),
                     "--port", "0", "--dashboard-port", "0", "--with-search-engine", "--search-engine-port", "0",
                     cwd=tmp_path)

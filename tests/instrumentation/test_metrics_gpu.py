@@ -43,8 +43,10 @@ def _busy_registry() -> tuple[CollectorRegistry, NodeMetrics]:
     return reg, nm
 
 
-@pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian package prometheus) not installed")
 def test_exposition_passes_real_promtool():
+    from tests.fixtures.tools import require_tool
+
+    require_tool("promtool", also="/usr/bin/promtool")
     reg, _ = _busy_registry()
     gpu = GpuCollector(nvml=FakeNvml(devices=[FakeDevice(), FakeDevice(util=97)]))
     gpu.start()

@@ -4,8 +4,6 @@ in the same bucket as the P99 computed from the raw observations, the no-GPU pat
 gpu_available 0 with no gpu_* series, and no series carries a session/user label or PII."""
 from __future__ import annotations
 
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -18,9 +16,11 @@ from inference.session_record import build_session_record
 from tests.fixtures.ports import free_port
 from tests.instrumentation.pii_corpus import CASES, RAW_PII
 
-pytestmark = pytest.mark.skipif(
-    not (shutil.which("prometheus") or os.path.exists("/usr/bin/prometheus")),
-    reason="Debian package prometheus not installed")
+@pytest.fixture(autouse=True)
+def _prometheus():
+    from tests.fixtures.tools import require_tool
+
+    require_tool("prometheus", also="/usr/bin/prometheus")
 
 
 def bucket_of(value: float) -> tuple[float, float]:

@@ -450,3 +450,43 @@ def test_a_record_is_one_line_for_every_line_splitter():
     assert len(text.splitlines()) == 1
     assert json.loads(text) == record
     assert "第一行" in text  # still readable, not \\u-escaped Chinese
+
+
+class _CountingFile:
+    """A real file whose write() calls are counted (the writer's batches)."""
+
+    def __init__(self, path: str, writes: list[int]):
+        self._f = open(path, "ab", buffering=0)
+        self._writes = writes
+
+    def write(self, data: bytes) -> int:
+        self._writes.append(bytes(data).count(b"\n"))
+        return self._f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+def test_records_arriving_together_share_one_write():
+    """The writer lingers after the first record so the next ones join its batch: a burst
+    of turns costs one wake-up and one write(), not one each."""
+    import tempfile
+
+    writes: list[int] = []
+    d = tempfile.mkdtemp()
+    w = SessionLogWriter(d, opener=lambda p: _CountingFile(p, writes), linger_s=2.0)
+    for i in range(20):
+        w.submit(rec(i))
+    assert w.flush(10)
+    w.close()
+    assert sum(writes) == 20 and len(writes) <= 2, writes
+
+
+def test_flush_and_close_do_not_wait_for_the_linger(tmp_path):
+    """A 60 s linger would make flush(10) fail if flush did not cut it short."""
+    w = SessionLogWriter(tmp_path, linger_s=60.0)
+    w.submit(rec(1))
+    assert w.flush(10)
+    w.submit(rec(2))
+    assert w.close(10) == 0
+    assert len(log_files(tmp_path)[0].read_text().splitlines()) == 2

@@ -19,11 +19,15 @@ CONF = REPO / "deploy" / "rsyslog" / "seekwatch.conf"
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
 OMES = list(Path("/usr/lib").glob("*/rsyslog/omelasticsearch.so"))
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(RSYSLOGD).exists() or not OMES,
-                       reason="rsyslog + rsyslog-elasticsearch not installed (scripts/setup.d/20-debian.sh)"),
-]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _rsyslog():
+    require_tool("rsyslogd", also=RSYSLOGD)
+    if not OMES:
+        pytest.fail("rsyslog-elasticsearch (omelasticsearch.so) is not installed: scripts/setup.d/20-debian.sh "
+                    "installs it (make test runs it)", pytrace=False)
 
 
 def render(tmp: Path, url: str) -> Path:

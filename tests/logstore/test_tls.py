@@ -4,15 +4,17 @@ Served by the recording fake over HTTPS with a throwaway CA made by openssl."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 
+from tests.fixtures.tools import require_tool
 from tests.logstore.fake_engine import FakeEngine
 
-pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="openssl not installed")
+@pytest.fixture(autouse=True)
+def _openssl():
+    require_tool("openssl")
 
 
 @pytest.fixture(scope="module")
