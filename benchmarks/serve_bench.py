@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,6 +96,10 @@ async def run_scenario(base_url: str, prompts: list[str], max_tokens: list[int],
             tasks.append(asyncio.create_task(guarded(i)))
         results = await asyncio.gather(*tasks)
         wall = time.perf_counter() - t0
+    return summarise(results, wall, concurrency, poisson_rate)
+
+
+def summarise(results: list[dict], wall: float, concurrency: int, poisson_rate: float | None) -> dict:
     ok = [r for r in results if "error" not in r]
     total_tokens = sum(r["tokens"] for r in ok)
     return {
@@ -107,6 +110,54 @@ async def run_scenario(base_url: str, prompts: list[str], max_tokens: list[int],
         "tpot_p50_ms": pct([r["tpot"] for r in ok], .5) * 1e3, "tpot_p99_ms": pct([r["tpot"] for r in ok], .99) * 1e3,
         "e2e_p50_ms": pct([r["e2e"] for r in ok], .5) * 1e3, "e2e_p99_ms": pct([r["e2e"] for r in ok], .99) * 1e3,
     }
+
+
+async def engine_direct(model_dir: Path, device: str, max_batch: int,
+                        workloads: dict[int, tuple[list[str], list[int]]]) -> list[dict]:
+    """The node's scenarios, same prompts, driven straight into the engine in this process:
+    no HTTP, no SSE, no instrumentation. The node's throughput against this is what the
+    server and the instrumentation cost (issue target: at most 5 %)."""
+    import torch
+
+    from inference.engine.base import GenerationRequest, SamplingParams
+    from inference.engine.transformers_cb import TransformersEngine
+
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        torch.set_num_threads(1)  # as the node runs (OMP_NUM_THREADS=1)
+    engine = TransformersEngine(model_dir, device=device, max_batch=max_batch, max_queue=4096)
+    await engine.start()
+
+    async def one(c: int, i: int, prompt: str, max_tokens: int, sem: asyncio.Semaphore) -> dict:
+        async with sem:
+            t0 = time.perf_counter()
+            ttft, tokens = None, 0
+            request = GenerationRequest(request_id=f"direct-{c}-{i}", model="deepseek-chat",
+                                        messages=[{"role": "user", "content": prompt}],
+                                        sampling=SamplingParams(temperature=0.7, max_tokens=max_tokens, ignore_eos=True))
+            async for out in await engine.generate(request):
+                if ttft is None and out.text:
+                    ttft = time.perf_counter() - t0
+                tokens = out.completion_tokens
+            e2e = time.perf_counter() - t0
+            ttft = ttft if ttft is not None else e2e
+            return {"ttft": ttft, "e2e": e2e, "tokens": tokens,
+                    "tpot": (e2e - ttft) / (tokens - 1) if tokens > 1 else 0.0}
+
+    out = []
+    try:
+        first = next(iter(workloads.values()))
+        await asyncio.gather(*(one(0, i, p, n, asyncio.Semaphore(4))  # warm-up, as for the node
+                               for i, (p, n) in enumerate(zip(first[0][:4], first[1][:4]))))
+        for c, (prompts, maxes) in workloads.items():
+            sem = asyncio.Semaphore(c)
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(one(c, i, p, n, sem) for i, (p, n) in enumerate(zip(prompts, maxes))))
+            s = summarise(results, time.perf_counter() - t0, c, None)
+            print(json.dumps({"engine_direct": s}), flush=True)
+            out.append(s)
+    finally:
+        await engine.stop()
+    return out
 
 
 def seed_baseline(model_dir: Path, device: str, prompts: list[str], max_tokens: list[int]) -> dict:
@@ -145,11 +196,22 @@ def markdown(result: dict) -> str:
     base = result["baseline"]["aggregate_tok_s"]
     lines.append(f"| seed baseline: `model.generate` per request, in turn | {result['baseline']['requests']} | "
                  f"{base:.1f} | – | – | – | 1.00 |")
+    for s in result.get("engine_direct", []):
+        lines.append(f"| engine driven directly (no HTTP, no instrumentation), {s['concurrency']} streams | "
+                     f"{s['requests']} | {s['aggregate_tok_s']:.1f} | {s['ttft_p50_ms']:.0f} / {s['ttft_p99_ms']:.0f} | "
+                     f"{s['tpot_p50_ms']:.1f} | {s['e2e_p50_ms']:.0f} / {s['e2e_p99_ms']:.0f} | "
+                     f"{s['aggregate_tok_s'] / base:.2f} |")
     for s in result["scenarios"]:
         name = f"{s['concurrency']} concurrent streams" + (f", Poisson {s['poisson_rate']}/s" if s["poisson_rate"] else "")
         lines.append(f"| node, {name} | {s['requests']} | {s['aggregate_tok_s']:.1f} | "
                      f"{s['ttft_p50_ms']:.0f} / {s['ttft_p99_ms']:.0f} | {s['tpot_p50_ms']:.1f} | "
                      f"{s['e2e_p50_ms']:.0f} / {s['e2e_p99_ms']:.0f} | {s['aggregate_tok_s'] / base:.2f} |")
+    direct = {s["concurrency"]: s for s in result.get("engine_direct", [])}
+    ratios = [f"{s['concurrency']} streams {s['aggregate_tok_s'] / direct[s['concurrency']]['aggregate_tok_s']:.3f}"
+              for s in result["scenarios"] if not s["poisson_rate"] and s["concurrency"] in direct]
+    if ratios:
+        lines += ["", "Node (HTTP + SSE + instrumentation) against the engine driven directly, same prompts, "
+                      "aggregate tok/s ratio: " + ", ".join(ratios) + " (target ≥ 0.95)."]
     return "\n".join(lines)
 
 
@@ -179,6 +241,8 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, nargs=2, default=[64, 128], metavar=("MIN", "MAX"))
     ap.add_argument("--poisson", type=float, nargs=2, metavar=("USERS", "RATE"), help="extra scenario: USERS concurrent users arriving at RATE/s")
     ap.add_argument("--baseline-requests", type=int, default=8)
+    ap.add_argument("--no-engine-direct", action="store_true",
+                    help="skip driving the engine directly with the same workloads (the server-overhead reference)")
     ap.add_argument("--max-batch", type=int, default=256)
     ap.add_argument("--node-arg", action="append", default=[], help="extra flag for seekwatch serve (repeatable)")
     ap.add_argument("--write-docs", metavar="SECTION", help="write the table into docs/benchmarks.md under this section (e.g. cpu-tiny)")
@@ -202,11 +266,13 @@ def main() -> int:
     node = start_node(tmp, "--model", str(model_dir), "--device", args.device, "--max-batch", str(args.max_batch),
                       "--max-queue", "4096", *args.node_arg, ready_timeout=900)
     scenarios = []
+    workloads: dict[int, tuple[list[str], list[int]]] = {}
     try:
         prompts, maxes = workload(4)
         asyncio.run(run_scenario(node.base_url, prompts, maxes, 4))  # warm-up
         for c in args.concurrency:
             prompts, maxes = workload(args.requests or max(2, round(args.requests_per_stream * c)))
+            workloads[c] = (prompts, maxes)
             s = asyncio.run(run_scenario(node.base_url, prompts, maxes, c))
             print(json.dumps(s), flush=True)
             scenarios.append(s)
@@ -222,6 +288,8 @@ def main() -> int:
     engine_log = [ln.split("engine: ", 1)[1] for ln in node.output.read_text("utf-8", "replace").splitlines()
                   if "seekwatch.engine: engine: " in ln]
     print("\n".join(engine_log), flush=True)
+    direct = [] if args.no_engine_direct or not workloads else asyncio.run(
+        engine_direct(model_dir, args.device, args.max_batch, workloads))
     prompts, maxes = workload(args.baseline_requests)
     baseline = seed_baseline(model_dir, args.device, prompts, maxes)
     print(json.dumps({"baseline": baseline}), flush=True)
@@ -234,7 +302,7 @@ def main() -> int:
         "model": f"{args.size} ({model_dir.name})", "prompt_tokens": f"{args.prompt_tokens[0]}–{args.prompt_tokens[1]}",
         "max_tokens_range": f"{args.max_tokens[0]}–{args.max_tokens[1]}",
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
-        "torch": torch.__version__, "baseline": baseline, "scenarios": scenarios, "engine_log": engine_log,
+        "torch": torch.__version__, "baseline": baseline, "scenarios": scenarios, "engine_direct": direct, "engine_log": engine_log,
     }
     table = markdown(result)
     print(table)

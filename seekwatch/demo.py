@@ -385,7 +385,6 @@ class Demo:
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> int:
-        args = self.args
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
         started = time.monotonic()

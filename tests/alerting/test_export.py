@@ -4,7 +4,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-import pytest
 import yaml
 
 from .conftest import REPO, seekwatch_cmd

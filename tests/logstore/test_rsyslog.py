@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.tools import require_tool
 from tests.logstore.conftest import count_tag, tag_query, wait_until
 from tests.logstore.gen import append_lines, append_partial, records
 

@@ -10,7 +10,6 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from contracts import metrics as names
 from contracts.log_schema import FEEDBACK_DATASET, SESSION_DATASET, validate_record
