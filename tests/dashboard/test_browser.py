@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.ports import free_port, wait_for_port
+from tests.fixtures.processes import stop_process_group
 
 from .conftest import END
 
@@ -35,15 +35,7 @@ def dashboard(fixture_logs, tmp_path):
         wait_for_port(port, timeout=60)
         yield f"http://127.0.0.1:{port}"
     finally:
-        # the whole process group: nothing of the dashboard may outlive the test
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        except ProcessLookupError:
-            pass
+        stop_process_group(proc)  # nothing of the dashboard may outlive the test
         log.close()
 
 

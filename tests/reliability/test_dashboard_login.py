@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from streamlit.testing.v1 import AppTest
 from dashboards import auth
 from tests.dashboard.gen import generate, write_logs
 from tests.fixtures.ports import free_port, wait_for_port
+from tests.fixtures.processes import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "dashboards" / "app.py"
@@ -181,15 +181,6 @@ def _serve(argv: list[str], tmp_path: Path):
     return proc, port, out
 
 
-def _stop(proc):
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
-    except ProcessLookupError:
-        pass
 
 
 def test_cli_insecure_no_auth_is_logged_loudly_and_auth_config_starts(logs, tmp_path, password_hash):
@@ -199,7 +190,7 @@ def test_cli_insecure_no_auth_is_logged_loudly_and_auth_config_starts(logs, tmp_
         text = out.read_text(errors="replace")
         assert "WARNING" in text and "NO LOGIN" in text and "--insecure-no-auth" in text
     finally:
-        _stop(proc)
+        stop_process_group(proc)
     cfg = write_config(tmp_path / "auth.yaml", {"users": {"ops": password_hash}})
     proc, port, out = _serve(["--logs", str(logs), "--auth-config", str(cfg), "--cache-dir", "off"], tmp_path)
     try:
@@ -207,4 +198,4 @@ def test_cli_insecure_no_auth_is_logged_loudly_and_auth_config_starts(logs, tmp_
         assert "NO LOGIN" not in out.read_text(errors="replace")
         assert proc.poll() is None
     finally:
-        _stop(proc)
+        stop_process_group(proc)
