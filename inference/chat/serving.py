@@ -9,7 +9,6 @@ is set, then ``data: [DONE]``. A delta never carries both ``content`` and
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Mapping, Sequence
@@ -142,7 +141,7 @@ class ChatService:
             raise
         turn.response, turn.reasoning = "".join(content), "".join(reasoning)
         turn.e2e_s = time.monotonic() - ctx.started_mono
-        self._observe_after_response(turn)
+        self.observer.on_turn(turn)
         message = {"role": "assistant", "content": turn.response}
         if turn.reasoning:
             message["reasoning_content"] = turn.reasoning
@@ -208,19 +207,9 @@ class ChatService:
                 self.observer.on_turn(turn)
             await _aclose(outputs)
         turn.e2e_s = time.monotonic() - ctx.started_mono
-        self._observe_after_response(turn)
+        self.observer.on_turn(turn)
 
     # -- shared ------------------------------------------------------------------------
-    def _observe_after_response(self, turn: TurnRecord) -> None:
-        """Hand a completed turn to the observer on the event loop's next turn, so the
-        client's last bytes go out first. The turn's timings are already taken; the
-        observer's work (status, metrics, hand-off to the log writer, ~0.05–0.1 ms) would
-        otherwise sit between the last token and the end of the response."""
-        try:
-            asyncio.get_running_loop().call_soon(self.observer.on_turn, turn)
-        except RuntimeError:  # no running loop (called synchronously): observe now
-            self.observer.on_turn(turn)
-
     @staticmethod
     def _account(turn: TurnRecord, out: EngineOutput, ctx: TurnContext) -> None:
         if out.queue_s is not None:
