@@ -111,12 +111,10 @@ def _records(log_dir) -> list[dict]:
 
 def test_drives_a_real_node(node_factory):
     node = node_factory("--max-batch", "16")
-    t0 = time.monotonic()
     r = seekwatch("loadgen", "--url", node.openai_base, "--sessions", "12", "--turns", "2", "4",
                   "--sessions-per-second", "4", "--abort-ratio", "0.5", "--feedback-ratio", "0.6",
                   "--negative-ratio", "0.8", "--pii-ratio", "0.7", "--think-time", "0", "0.2",
-                  "--max-tokens", "48", "128", "--seed", "3", "--json", timeout=180)
-    took = time.monotonic() - t0
+                  "--max-tokens", "48", "128", "--seed", "3", "--json", timeout=180)  # a hang fails here
     assert r.returncode == 0, r.stdout + r.stderr
     assert "loadgen" in r.stderr  # the progress line
     s = json.loads(r.stdout)
@@ -124,7 +122,6 @@ def test_drives_a_real_node(node_factory):
     assert s["turns_sent"] >= 20 and not s["http_errors"] and s["transport_errors"] == 0
     assert s["aborted_by_user"] >= 1 and s["feedback"]["down"] >= 1 and s["pii_messages"] >= 1
     assert 0 < s["turns_streamed"] < s["turns_sent"] or s["turns_streamed"] == s["turns_sent"]
-    assert took < 150
 
     # the node counted every turn, the users' aborts and their thumbs-down
     deadline = time.monotonic() + 15
