@@ -7,7 +7,7 @@ into docs/benchmarks.md with ``--write-docs``.
 
 Wall-clock throughput on a shared machine drifts by several per cent between rounds, more
 than the effect being measured. So each round also reads the node process's own CPU time
-(``/proc/<pid>/stat``, user + system) before and after: on a CPU-bound node, CPU seconds per
+(all its threads, ``/proc/<pid>/task/*/schedstat``) before and after: on a CPU-bound node, CPU seconds per
 request is what throughput is the inverse of, and it does not move when a neighbour steals
 the core. Rounds are short and many, paired (on/off back to back, order alternating), so a
 slow minute hits both sides of the same pair.
@@ -99,6 +99,11 @@ def bootstrap_median_ci(xs: list[float], n: int = 5000, seed: int = 7) -> tuple[
     return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
 
 
+def median_ci(xs: list[float]) -> tuple[float, float, float]:
+    """(median, low, high): the median of ``xs`` with its bootstrap 95 % interval."""
+    return (statistics.median(xs), *bootstrap_median_ci(xs))
+
+
 def _run_pair(tmp: Path, model: Path, args, prompts: list[str], maxes: list[int], rounds: int,
               results: dict[str, list[dict]], first_on: bool) -> None:
     """Start one fresh pair of nodes (instrumentation on / off), warm both, and run
@@ -160,14 +165,11 @@ def main() -> int:
     per_turn, per_turn_cpu = per_turn_cost_us()
 
     pairs = list(zip(results["on"], results["off"]))
-    per_round = [a["aggregate_tok_s"] / b["aggregate_tok_s"] for a, b in pairs]
-    ratio, (ratio_lo, ratio_hi) = statistics.median(per_round), bootstrap_median_ci(per_round)
-    added_each = [a["e2e_p50_ms"] - b["e2e_p50_ms"] for a, b in pairs]
-    added, (added_lo, added_hi) = statistics.median(added_each), bootstrap_median_ci(added_each)
-    cpu_ratio_each = [a["cpu_ms_per_request"] / b["cpu_ms_per_request"] for a, b in pairs]
-    cpu_ratio, (cpu_lo, cpu_hi) = statistics.median(cpu_ratio_each), bootstrap_median_ci(cpu_ratio_each)
-    cpu_added_each = [a["cpu_ms_per_request"] - b["cpu_ms_per_request"] for a, b in pairs]
-    cpu_added, (cpu_added_lo, cpu_added_hi) = statistics.median(cpu_added_each), bootstrap_median_ci(cpu_added_each)
+    ratio, ratio_lo, ratio_hi = median_ci([a["aggregate_tok_s"] / b["aggregate_tok_s"] for a, b in pairs])
+    added, added_lo, added_hi = median_ci([a["e2e_p50_ms"] - b["e2e_p50_ms"] for a, b in pairs])
+    cpu_ratio, cpu_lo, cpu_hi = median_ci([a["cpu_ms_per_request"] / b["cpu_ms_per_request"] for a, b in pairs])
+    cpu_added, cpu_added_lo, cpu_added_hi = median_ci([a["cpu_ms_per_request"] - b["cpu_ms_per_request"]
+                                                       for a, b in pairs])
     table = "\n".join([
         f"Measured {dt.date.today()} on CPU ({os.cpu_count()} cores), tiny model, {args.requests} requests × "
         f"{args.rounds} rounds per side on {pairs_n} fresh node pairs, {args.concurrency} concurrent streams, {args.max_tokens} new tokens, prompts "

@@ -13,10 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Mapping, Sequence
 
+from contracts.jsonline import dumps_line
 from inference.chat.protocol import ChatCompletionRequest, error_body, usage
 from inference.chat.reasoning import ReasoningSplitter
 from inference.engine.base import Engine, EngineError, EngineOutput, GenerationRequest, SamplingParams
-from contracts.jsonline import dumps_line
 from inference.session_ids import new_request_id, session_id_for, turn_index
 from inference.turns import TurnObserver, TurnRecord
 

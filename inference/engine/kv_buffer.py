@@ -53,14 +53,23 @@ class BatchKVBuffer:
         self.values: list[torch.Tensor] = []
         self.mask = torch.zeros((0, 0), dtype=torch.long, device=device)
 
+    @classmethod
+    def for_model(cls, config, dtype: torch.dtype, device: torch.device) -> "BatchKVBuffer":
+        """A buffer shaped for a transformers model config (grouped-query heads respected)."""
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(config.num_hidden_layers, kv_heads, head_dim, dtype, device)
+
     # -- shape --------------------------------------------------------------------------
     @property
     def width(self) -> int:
         """Columns the attention covers now (the widest row, padding included)."""
         return self.end - self.start
 
-    def allocated_tokens(self) -> int:
-        return self.row_cap * self.col_cap
+    def bytes_per_token(self) -> int:
+        """Key and value bytes one token takes across all layers."""
+        element = torch.tensor([], dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.kv_heads * self.head_dim * element
 
     def _realloc(self, row_cap: int, col_cap: int, shift: int) -> None:
         """New buffers of the given capacity; the used window ``[start, end)`` of the live
@@ -197,9 +206,8 @@ class _BufferLayer(DynamicLayer):
         self.index = index
         self.device = buf.device
         self.is_initialized = True
-        b = buf
-        self.keys = b.keys[index][:b.rows, :, b.start:b.end]
-        self.values = b.values[index][:b.rows, :, b.start:b.end]
+        self.keys = buf.keys[index][:buf.rows, :, buf.start:buf.end]
+        self.values = buf.values[index][:buf.rows, :, buf.start:buf.end]
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         pass

@@ -190,33 +190,21 @@ class TransformersEngine(Engine):
         self.eos_token_ids = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
         template = getattr(self.tokenizer, "chat_template", None) or ""
         self.reasoning = "<think>" in str(template)
-        cfg = self.model.config
-        self._kv = BatchKVBuffer(cfg.num_hidden_layers, self._kv_heads(), self._head_dim(), dtype, self.device)
+        self._kv = BatchKVBuffer.for_model(self.model.config, dtype, self.device)
         with torch.inference_mode():  # warm-up: first request should not pay for lazy init
             self.model(input_ids=torch.tensor([[self.eos_token_ids[0]]], device=self.device))
         if self.kv_cache_tokens is None and self.device.type == "cuda":
-            self.kv_cache_tokens = self._kv_tokens_that_fit(dtype)
+            self.kv_cache_tokens = self._kv_tokens_that_fit()
         log.info("loaded %s on %s (%s) in %.1fs; KV budget %s tokens", self.model_dir, self.device, dtype,
                  time.monotonic() - t0, self.kv_cache_tokens or "unbounded")
 
-    def _kv_tokens_that_fit(self, dtype: torch.dtype) -> int:
+    def _kv_tokens_that_fit(self) -> int:
         """Padded KV tokens that fit in 70 % of the free GPU memory. The batch's buffer is
         written in place, and a reallocation frees each old layer as the new one is filled,
         so the peak is the buffer plus one layer; prefill activations, logits and the
         allocator's fragmentation need the rest."""
-        cfg = self.model.config
-        per_token = (2 * cfg.num_hidden_layers * self._kv_heads() * self._head_dim()
-                     * torch.tensor([], dtype=dtype).element_size())
         free, _ = torch.cuda.mem_get_info(self.device)
-        return max(int(free * 0.7) // per_token, self._max_model_len)
-
-    def _kv_heads(self) -> int:
-        cfg = self.model.config
-        return getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-
-    def _head_dim(self) -> int:
-        cfg = self.model.config
-        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return max(int(free * 0.7) // self._kv.bytes_per_token(), self._max_model_len)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -225,7 +213,7 @@ class TransformersEngine(Engine):
             await asyncio.to_thread(self._thread.join, 30)
         self._ready = False
         if self.step_stats.steps:
-            log.info("engine: last %.0f s: %s", time.perf_counter() - self._stats_since, self.step_stats.summary())
+            self._log_step_stats(time.perf_counter())
 
     def state(self) -> EngineState:
         with self._lock:
@@ -441,8 +429,12 @@ class TransformersEngine(Engine):
         now = time.perf_counter()
         self.step_stats.add_decode(batch, t1 - t0, t2 - t1, now - t2)
         if now - self._stats_since >= StepStats.LOG_EVERY_S:
-            log.info("engine: last %.0f s: %s", now - self._stats_since, self.step_stats.summary())
-            self.step_stats, self._stats_since = StepStats(), now
+            self._log_step_stats(now)
+
+    def _log_step_stats(self, now: float) -> None:
+        """Log the interval's account (``serve_bench`` reads these lines) and start a new one."""
+        log.info("engine: last %.0f s: %s", now - self._stats_since, self.step_stats.summary())
+        self.step_stats, self._stats_since = StepStats(), now
 
     def _drop_cancelled(self) -> None:
         gone = [i for i, s in enumerate(self._running) if s.cancelled and not s.done]
@@ -453,12 +445,10 @@ class TransformersEngine(Engine):
             self._remove_rows(gone)
 
     def _remove_rows(self, rows: list[int]) -> None:
-        drop = set(rows)
-        keep = [i for i in range(len(self._running)) if i not in drop]
-        if not keep:
+        order = self._kv.remove_rows(rows)  # new row j was row order[j]
+        if not order:
             self._reset_batch()
             return
-        order = self._kv.remove_rows(rows)
         idx = torch.tensor(order, device=self.device)
         self._running = [self._running[i] for i in order]
         self._positions = self._positions.index_select(0, idx)

@@ -7,14 +7,13 @@ import argparse
 import sys
 
 from contracts.config import ConfigError
-from monitor.logstore.setup_cli import add_connection_args, client_from_args
+from monitor.logstore.setup_cli import add_connection_args, add_retention_days_arg, client_from_args
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
     parser = subparsers.add_parser(name, help=help_text, description=__doc__.splitlines()[0].strip("`"))
     add_connection_args(parser)
-    parser.add_argument("--retention-days", type=int, default=180,
-                        help="delete backing indices whose newest record is this many days old (default 180)")
+    add_retention_days_arg(parser, "delete backing indices whose newest record is this many days old (default 180)")
     parser.add_argument("--rollover-hours", type=float, default=24.0,
                         help="roll a data stream over once its write index is this old (default 24)")
     parser.add_argument("--dry-run", action="store_true", help="say what would be rolled over and deleted; change nothing")
@@ -27,8 +26,6 @@ def run(args: argparse.Namespace) -> int:
     from monitor.logstore.adapter import StoreError, StoreUnavailable
     from monitor.logstore.retention import enforce_retention
 
-    if args.retention_days < 1:
-        raise ConfigError(f"--retention-days: {args.retention_days} must be at least 1")
     if args.rollover_hours <= 0:
         raise ConfigError(f"--rollover-hours: {args.rollover_hours} must be positive")
     try:

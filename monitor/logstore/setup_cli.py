@@ -19,6 +19,21 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="Elasticsearch API key, base64 id:key (or $SEEKWATCH_ES_API_KEY)")
 
 
+def _retention_days(value: str) -> int:
+    try:
+        days = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of days") from None
+    if days < 1:
+        raise argparse.ArgumentTypeError(f"{days} must be at least 1")
+    return days
+
+
+def add_retention_days_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--retention-days`` (default 180, at least 1), shared by ``es-setup`` and ``es-retention``."""
+    parser.add_argument("--retention-days", type=_retention_days, default=180, help=help_text)
+
+
 def client_from_args(args: argparse.Namespace):
     from monitor.logstore.adapter import StoreClient
 
@@ -37,7 +52,7 @@ def client_from_args(args: argparse.Namespace):
 def add_parser(subparsers, name: str, help_text: str) -> None:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     add_connection_args(parser)
-    parser.add_argument("--retention-days", type=int, default=180, help="delete logs this many days old (default 180)")
+    add_retention_days_arg(parser, "delete logs this many days old (default 180)")
     parser.add_argument("--require-retention", action="store_true",
                         help="fail (exit 2) when the engine has no ILM/ISM instead of warning")
     parser.set_defaults(run=run)
@@ -47,8 +62,6 @@ def run(args: argparse.Namespace) -> int:
     from monitor.logstore.adapter import StoreError, StoreUnavailable
     from monitor.logstore.setup import install
 
-    if args.retention_days < 1:
-        raise ConfigError(f"--retention-days: {args.retention_days} must be at least 1")
     try:
         with client_from_args(args) as client:
             report = install(client, retention_days=args.retention_days,

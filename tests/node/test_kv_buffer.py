@@ -70,7 +70,7 @@ def test_random_joins_steps_and_departures_match_the_reference(seed):
             got = _visible(buf, layer)
             for r in range(len(ref)):
                 assert torch.equal(got[r], ref[r][layer]), (step, r)
-        assert buf.allocated_tokens() <= buf.row_cap * buf.col_cap
+        assert 0 <= buf.start <= buf.end <= buf.col_cap and buf.rows <= buf.row_cap
 
 
 def test_the_buffer_grows_in_steps_not_every_token():
@@ -94,3 +94,8 @@ def test_masked_slots_are_finite():
     buf.add_rows(_kv(1, 3, 1), torch.ones(1, 3, dtype=torch.long))
     buf.add_rows(_kv(1, 40, 2), torch.ones(1, 40, dtype=torch.long))
     assert all(bool(torch.isfinite(t).all()) for t in buf.keys + buf.values)
+
+
+def test_bytes_per_token_counts_keys_and_values_of_every_layer():
+    buf = BatchKVBuffer(30, 32, 128, torch.bfloat16, torch.device("cpu"))
+    assert buf.bytes_per_token() == 2 * 30 * 32 * 128 * 2  # DeepSeek-7B: 480 KiB a token
