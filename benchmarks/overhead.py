@@ -35,14 +35,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serve_bench import make_prompt, run_scenario  # noqa: E402
+import httpx  # noqa: E402
+
+from benchmarks.serve_bench import make_prompt, one_stream, run_scenario  # noqa: E402
 from seekwatch.node_process import start_node  # noqa: E402
 
 
 def per_turn_cost_us(n: int = 5000) -> tuple[float, float]:
-    """In-process microseconds per turn: (wall time on the request path — classify, metrics,
-    hand-off — and CPU time of all instrumentation threads, the writer's masking, record
-    building, serialising and writing included)."""
+    """In-process microseconds of CPU per turn: (the request path's own — classify, metrics,
+    hand-off — read from the calling thread's clock, so the writer thread's work and any
+    wait for the GIL are not in it; and all instrumentation threads together, the writer's
+    masking, record building, serialising and writing included)."""
     import time
 
     from prometheus_client import CollectorRegistry
@@ -67,10 +70,10 @@ def per_turn_cost_us(n: int = 5000) -> tuple[float, float]:
     for _ in range(200):
         inst.on_turn(turn)
     inst.writer.flush(60)
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0 = time.thread_time(), time.process_time()
     for _ in range(n):
         inst.on_turn(turn)
-    request_path = time.perf_counter() - t0
+    request_path = time.thread_time() - t0
     inst.writer.flush(60)  # the writer thread's masking, building, serialising and writing
     total_cpu = time.process_time() - c0
     inst.close()
@@ -104,28 +107,66 @@ def median_ci(xs: list[float]) -> tuple[float, float, float]:
     return (statistics.median(xs), *bootstrap_median_ci(xs))
 
 
-def _run_pair(tmp: Path, model: Path, args, prompts: list[str], maxes: list[int], rounds: int,
-              results: dict[str, list[dict]], first_on: bool) -> None:
-    """Start one fresh pair of nodes (instrumentation on / off), warm both, and run
-    ``rounds`` paired rounds on them, alternating which goes first."""
-    on = start_node(tmp, "--model", str(model), "--max-batch", str(args.concurrency))
-    off = start_node(tmp, "--model", str(model), "--max-batch", str(args.concurrency), "--no-instrumentation")
-    try:
-        for node in (on, off):  # warm-up
-            asyncio.run(run_scenario(node.base_url, prompts[:8], maxes[:8], args.concurrency))
+async def _pair_rounds(nodes: dict, args, prompts: list[str], maxes: list[int], rounds: int,
+                       results: dict[str, list], first_on: bool) -> None:
+    """Paired rounds on one node pair. Each round is a throughput round per node (the load
+    ``--concurrency`` streams), then ``--latency-requests`` isolated requests per node,
+    one at a time and alternating per request, whose end-to-end times are paired."""
+    async with httpx.AsyncClient(base_url=nodes["on"].base_url, timeout=600) as c_on, \
+            httpx.AsyncClient(base_url=nodes["off"].base_url, timeout=600) as c_off:
+        clients = {"on": c_on, "off": c_off}
+        for name, node in nodes.items():  # warm-up
+            await run_scenario(node.base_url, prompts[:8], maxes[:8], args.concurrency)
+            for p in prompts[:4]:
+                await one_stream(clients[name], p, args.latency_tokens)
         for r in range(rounds):
-            order = [("on", on), ("off", off)] if (r % 2 == 0) == first_on else [("off", off), ("on", on)]
-            for name, node in order:
-                c0 = process_cpu_s(node.proc.pid)
-                s = asyncio.run(run_scenario(node.base_url, prompts, maxes, args.concurrency))
-                s["cpu_ms_per_request"] = (process_cpu_s(node.proc.pid) - c0) / len(prompts) * 1e3
+            order = ("on", "off") if (r % 2 == 0) == first_on else ("off", "on")
+            for name in order:
+                pid = nodes[name].proc.pid
+                c0 = process_cpu_s(pid)
+                s = await run_scenario(nodes[name].base_url, prompts, maxes, args.concurrency)
+                s["cpu_ms_per_request"] = (process_cpu_s(pid) - c0) / len(prompts) * 1e3
                 assert s["errors"] == 0
                 results[name].append(s)
-                print(name, f"{s['aggregate_tok_s']:.1f} tok/s", f"e2e p50 {s['e2e_p50_ms']:.2f} ms",
-                      f"cpu {s['cpu_ms_per_request']:.2f} ms/request", flush=True)
+            lat = []
+            for i in range(args.latency_requests):
+                prompt = prompts[(r * args.latency_requests + i) % len(prompts)]
+                pair = {}
+                for name in (order if i % 2 == 0 else order[::-1]):
+                    res = await one_stream(clients[name], prompt, args.latency_tokens)
+                    assert "error" not in res, res
+                    pair[name] = res["e2e"] * 1e3
+                lat.append((pair["on"], pair["off"]))
+            results["isolated"].extend(lat)
+            on_s, off_s = results["on"][-1], results["off"][-1]
+            print(f"round {r + 1}/{rounds}: tok/s on {on_s['aggregate_tok_s']:.1f} off {off_s['aggregate_tok_s']:.1f}; "
+                  f"cpu ms/request on {on_s['cpu_ms_per_request']:.2f} off {off_s['cpu_ms_per_request']:.2f}; "
+                  f"isolated e2e median on {statistics.median(a for a, _ in lat):.2f} "
+                  f"off {statistics.median(b for _, b in lat):.2f} ms", flush=True)
+
+
+def _run_pair(tmp: Path, model: Path, args, prompts: list[str], maxes: list[int], rounds: int,
+              results: dict[str, list], first_on: bool, node_cpus: set[int] | None) -> None:
+    """Start one fresh pair of nodes (instrumentation on / off) with the same hash seed and
+    the same CPU, and run ``rounds`` paired rounds on them."""
+    env = {"PYTHONHASHSEED": "0"}
+    common = ("--model", str(model), "--max-batch", str(args.concurrency))
+    on = start_node(tmp, *common, env=env, cpus=node_cpus)
+    off = start_node(tmp, *common, "--no-instrumentation", env=env, cpus=node_cpus)
+    try:
+        asyncio.run(_pair_rounds({"on": on, "off": off}, args, prompts, maxes, rounds, results, first_on))
     finally:
         on.stop()
         off.stop()
+
+
+def _cpu_split(no_pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """(client CPUs, node CPUs): the load generator and the nodes on separate cores, when
+    there are two. The nodes of a pair share one core; only one of them runs at a time."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if no_pin or len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, {cpus[1]}
 
 
 def main() -> int:
@@ -133,9 +174,14 @@ def main() -> int:
     ap.add_argument("--model")
     ap.add_argument("--rounds", type=int, default=120, help="paired rounds in all")
     ap.add_argument("--node-pairs", type=int, default=6, help="fresh on/off node pairs the rounds are spread over")
-    ap.add_argument("--requests", type=int, default=48)
-    ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--requests", type=int, default=48, help="requests per throughput round")
+    ap.add_argument("--concurrency", type=int, default=8, help="streams of the throughput rounds")
+    ap.add_argument("--max-tokens", type=int, default=32, help="new tokens per request of the throughput rounds")
+    ap.add_argument("--latency-requests", type=int, default=16,
+                    help="isolated requests per node per round (one at a time), for the added latency")
+    ap.add_argument("--latency-tokens", type=int, default=8,
+                    help="new tokens per isolated request: short, so the per-turn cost is a visible share")
+    ap.add_argument("--no-pin", action="store_true", help="do not put the nodes and the load generator on separate cores")
     ap.add_argument("--write-docs", action="store_true")
     args = ap.parse_args()
 
@@ -152,12 +198,22 @@ def main() -> int:
     rng = random.Random(1)
     prompts = [make_prompt(rng, tok, rng.randint(32, 96)) + " 电话13812345678" for _ in range(args.requests)]
     maxes = [args.max_tokens] * args.requests
-    results: dict[str, list[dict]] = {"on": [], "off": []}
+    client_cpus, node_cpus = _cpu_split(args.no_pin)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)
+    results: dict[str, list] = {"on": [], "off": [], "isolated": []}
     pairs_n = max(1, min(args.node_pairs, args.rounds))
+    per_pair: list[tuple[float, float]] = []
     for pair in range(pairs_n):
         rounds = args.rounds // pairs_n + (1 if pair < args.rounds % pairs_n else 0)
-        _run_pair(tmp, model, args, prompts, maxes, rounds, results, first_on=pair % 2 == 0)
-        print(f"node pair {pair + 1}/{pairs_n} done", flush=True)
+        n_on, n_iso = len(results["on"]), len(results["isolated"])
+        _run_pair(tmp, model, args, prompts, maxes, rounds, results, pair % 2 == 0, node_cpus)
+        per_pair.append((
+            statistics.median(a["aggregate_tok_s"] / b["aggregate_tok_s"]
+                              for a, b in zip(results["on"][n_on:], results["off"][n_on:])),
+            statistics.median(a - b for a, b in results["isolated"][n_iso:])))
+        print(f"node pair {pair + 1}/{pairs_n} done: throughput ratio {per_pair[-1][0]:.3f}, "
+              f"isolated added {per_pair[-1][1]:+.3f} ms", flush=True)
 
     def med(name, key):
         return statistics.median(s[key] for s in results[name])
@@ -165,29 +221,47 @@ def main() -> int:
     per_turn, per_turn_cpu = per_turn_cost_us()
 
     pairs = list(zip(results["on"], results["off"]))
+    iso = results["isolated"]
     ratio, ratio_lo, ratio_hi = median_ci([a["aggregate_tok_s"] / b["aggregate_tok_s"] for a, b in pairs])
     added, added_lo, added_hi = median_ci([a["e2e_p50_ms"] - b["e2e_p50_ms"] for a, b in pairs])
+    iso_added, iso_lo, iso_hi = median_ci([a - b for a, b in iso])
     cpu_ratio, cpu_lo, cpu_hi = median_ci([a["cpu_ms_per_request"] / b["cpu_ms_per_request"] for a, b in pairs])
     cpu_added, cpu_added_lo, cpu_added_hi = median_ci([a["cpu_ms_per_request"] - b["cpu_ms_per_request"]
                                                        for a, b in pairs])
+    placement = (f"the nodes on CPU {sorted(node_cpus)[0]}, the load generator on CPU {sorted(client_cpus)[0]}"
+                 if node_cpus else "nodes and load generator unpinned")
     table = "\n".join([
-        f"Measured {dt.date.today()} on CPU ({os.cpu_count()} cores), tiny model, {args.requests} requests × "
-        f"{args.rounds} rounds per side on {pairs_n} fresh node pairs, {args.concurrency} concurrent streams, {args.max_tokens} new tokens, prompts "
-        "with a phone number to mask. Command: `python benchmarks/overhead.py "
-        + " ".join(sys.argv[1:]) + "`", "",
+        f"Measured {dt.date.today()} on CPU ({os.cpu_count()} cores; {placement}), tiny model, "
+        f"{args.rounds} paired rounds on {pairs_n} fresh node pairs. A round is, per node, a throughput round "
+        f"({args.requests} requests, {args.concurrency} concurrent streams, {args.max_tokens} new tokens) and "
+        f"{args.latency_requests} isolated requests (one at a time, alternating between the nodes, "
+        f"{args.latency_tokens} new tokens). Prompts carry a phone number to mask. "
+        "Command: `python benchmarks/overhead.py " + " ".join(sys.argv[1:]) + "`", "",
         "| | instrumentation on | off |", "|---|---|---|",
-        f"| aggregate tok/s (median) | {med('on', 'aggregate_tok_s'):.1f} | {med('off', 'aggregate_tok_s'):.1f} |",
-        f"| e2e p50 ms (median) | {med('on', 'e2e_p50_ms'):.2f} | {med('off', 'e2e_p50_ms'):.2f} |",
+        f"| aggregate tok/s at {args.concurrency} streams (median) | {med('on', 'aggregate_tok_s'):.1f} | "
+        f"{med('off', 'aggregate_tok_s'):.1f} |",
         f"| node CPU ms per request (median) | {med('on', 'cpu_ms_per_request'):.2f} | "
         f"{med('off', 'cpu_ms_per_request'):.2f} |",
+        f"| e2e p50 ms at {args.concurrency} streams (median) | {med('on', 'e2e_p50_ms'):.2f} | "
+        f"{med('off', 'e2e_p50_ms'):.2f} |",
+        f"| e2e p50 ms of an isolated request | {statistics.median(a for a, _ in iso):.2f} | "
+        f"{statistics.median(b for _, b in iso):.2f} |",
         "",
-        "| paired per round, on vs off | median | bootstrap 95 % interval | target |",
+        "| paired, on vs off | median | bootstrap 95 % interval | target |",
         "|---|---|---|---|",
-        f"| throughput ratio (wall clock) | **{ratio:.3f}** | {ratio_lo:.3f} – {ratio_hi:.3f} | ≥ 0.99 |",
-        f"| node CPU per request, ratio off/on (throughput a CPU-bound node can reach) | **{1 / cpu_ratio:.3f}** | "
+        f"| throughput ratio (wall clock, per round) | **{ratio:.3f}** | {ratio_lo:.3f} – {ratio_hi:.3f} | ≥ 0.99 |",
+        f"| node CPU per request, ratio off/on (per round) | **{1 / cpu_ratio:.3f}** | "
         f"{1 / cpu_hi:.3f} – {1 / cpu_lo:.3f} | ≥ 0.99 |",
-        f"| added e2e p50 per request | **{added:+.2f} ms** | {added_lo:+.2f} – {added_hi:+.2f} ms | ≤ 0.2 ms |",
-        f"| added node CPU per request | **{cpu_added:+.3f} ms** | {cpu_added_lo:+.3f} – {cpu_added_hi:+.3f} ms | ≤ 0.2 ms |",
+        f"| added latency per request: isolated request's e2e (per request, {len(iso)} pairs) | "
+        f"**{iso_added:+.3f} ms** | {iso_lo:+.3f} – {iso_hi:+.3f} ms | ≤ 0.2 ms |",
+        f"| added node CPU per request (per round) | **{cpu_added:+.3f} ms** | {cpu_added_lo:+.3f} – "
+        f"{cpu_added_hi:+.3f} ms | ≤ 0.2 ms |",
+        f"| added e2e p50 at {args.concurrency} streams (per round; a saturated node: throughput loss × e2e) | "
+        f"{added:+.2f} ms | {added_lo:+.2f} – {added_hi:+.2f} ms | — |",
+        "",
+        "| node pair | throughput ratio (median) | isolated added latency (median) |",
+        "|---|---|---|",
+        *(f"| {i + 1} | {r:.3f} | {d:+.3f} ms |" for i, (r, d) in enumerate(per_pair)),
         "",
         "| counted in-process, 5,000 turns (no scheduling noise) | per turn | share of the node's CPU per request "
         "(instrumentation off) | target |",
@@ -196,15 +270,6 @@ def main() -> int:
         f"{per_turn / 1e3 / med('off', 'cpu_ms_per_request') * 100:.2f} % | ≤ 0.2 ms added |",
         f"| all instrumentation CPU, writer thread's masking and writing included | **{per_turn_cpu / 1e3:.3f} ms** | "
         f"{per_turn_cpu / 1e3 / med('off', 'cpu_ms_per_request') * 100:.2f} % | ≤ 1 % throughput |",
-        "",
-        f"In-process, the instrumentation's request-path work per turn (status with the refusal "
-        f"check, metrics, hand-off to the writer thread, which masks and builds the record on its own "
-        f"thread while competing for the same cores; 5,000 turns of ~300 characters): "
-        f"**{per_turn:.0f} µs**; CPU of all instrumentation work per turn, the writer thread's included: "
-        f"**{per_turn_cpu:.0f} µs**. At this load ({args.requests} turns per "
-        f"{med('on', 'wall_s'):.2f} s round) that is {per_turn_cpu * args.requests / 1e6 / med('on', 'wall_s') * 100:.1f} % "
-        f"of one core. The HTTP A/B figures above are medians of whole-run measurements on a shared "
-        f"2-core machine; their per-round spread shows how much of the difference is noise.",
     ])
     print(table)
     if args.write_docs:

@@ -173,6 +173,10 @@ _KV_TRIGGERS = ("key", "token", "secret", "密钥", "令牌", "秘钥")
 _PW_TRIGGERS = ("pass", "pwd", "密码", "口令")
 _AUTH_TRIGGERS = ("bearer", "authorization")
 _TOK_TRIGGERS = ("sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "akia", "xox", "aiza", "eyj")
+#: One pass for "is there any trigger at all": most text has none, and one regex scan is
+#: half the cost of testing the four trigger lists one substring at a time.
+_ANY_SECRET_TRIGGER = re.compile("|".join(
+    re.escape(t) for t in _KV_TRIGGERS + _PW_TRIGGERS + _AUTH_TRIGGERS + _TOK_TRIGGERS)).search
 
 
 _EMAIL_RE = re.compile(
@@ -291,6 +295,8 @@ class PiiMasker:
         low = text.lower()
         if len(low) != len(text):  # lower() changed the length: spans would not line up
             return self._sub("secret", _SECRET_RE, self._secret, text, counts)
+        if _ANY_SECRET_TRIGGER(low) is None:
+            return text
         tag = PLACEHOLDERS["secret"]
         n = 0
         for regex, triggers in ((_KV_LOW, _KV_TRIGGERS), (_PW_LOW, _PW_TRIGGERS),

@@ -50,6 +50,11 @@ REFUSALS_SCHEMA: dict[str, Any] = {
     },
 }
 
+#: What a ``lang: en`` rule needs in the text (a Latin letter) and a ``lang: zh`` rule (a
+#: CJK ideograph); a rule whose language is absent from the text is not tried.
+_HAS_LATIN = re.compile(r"[a-z]").search
+_HAS_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]").search
+
 _QUOTES = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201b": "'", "\u2032": "'",
                          "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": '"'})
 _SPACES = re.compile(r"[ \t\u3000\u00a0]+")
@@ -153,6 +158,16 @@ class RefusalDetector:
         return cls(data, str(p))
 
     @staticmethod
+    def _applicable(rules: list[Rule], text: str) -> list[Rule]:
+        """The rules whose language occurs in ``text``: most answers are in one language,
+        and skipping the other language's rules halves the detector's cost (it runs on
+        every turn)."""
+        latin, cjk = _HAS_LATIN(text) is not None, _HAS_CJK(text) is not None
+        if latin and cjk:
+            return rules
+        return [r for r in rules if not ((r.lang == "en" and not latin) or (r.lang == "zh" and not cjk))]
+
+    @staticmethod
     def _first_unquoted(rule: Rule, text: str) -> re.Match[str] | None:
         for m in rule.regex.finditer(text):
             # A quoted message ("抱歉，我无法连接" in an error string) is not the model refusing.
@@ -171,14 +186,14 @@ class RefusalDetector:
             m = rule.regex.match(window)
             if m:
                 return None
-        for rule in self.start:
+        for rule in self._applicable(self.start, window):
             m = self._first_unquoted(rule, window)
             if m:
                 return RefusalMatch(rule.name, m.group(0))
         if not self.anywhere:
             return None
         text = _light_normalise(response)
-        for rule in self.anywhere:
+        for rule in self._applicable(self.anywhere, text):
             m = self._first_unquoted(rule, text)
             if m:
                 return RefusalMatch(rule.name, m.group(0))

@@ -63,16 +63,20 @@ class NodeProcess:
 
 def start_node(tmp: Path, *args: str, ready_timeout: float = 120, env: dict | None = None,
                ready_scheme: str = "http", ready_verify: "bool | str | ssl.SSLContext" = True,
-               ready_headers: dict | None = None) -> NodeProcess:
+               ready_headers: dict | None = None, cpus: "set[int] | None" = None) -> NodeProcess:
     """Start a node with ``args`` and wait until /readyz says ready (over ``ready_scheme``,
-    checking the certificate against ``ready_verify``, sending ``ready_headers``)."""
+    checking the certificate against ``ready_verify``, sending ``ready_headers``).
+
+    ``cpus`` pins the node, all its threads included, to those CPUs (benchmarks: a node
+    and its load generator on separate cores measure the node, not their contention)."""
     port = free_port()
     log_dir = tmp / f"node-{port}-log"
     output = tmp / f"node-{port}.out"
     cmd = [sys.executable, "-m", "seekwatch", "serve", "--port", str(port), "--log-dir", str(log_dir), *args]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     with open(output, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, preexec_fn=pin)
     node = NodeProcess(proc, port, log_dir, output, list(args))
     if isinstance(ready_verify, str):
         import ssl

@@ -100,15 +100,19 @@ def test_classify_status_with_disabled_detector():
     assert classify_status("stop", None, False, "I can't help with that.", _Never()) == "completed"
 
 
-def test_detector_is_fast():
-    import time
-    d = default_detector()
-    text = "好的，以下是您要的销售报告摘要。" * 200
-    d.is_refusal(text)
-    t0 = time.perf_counter()
-    for _ in range(200):
-        d.is_refusal(text)
-    assert (time.perf_counter() - t0) / 200 < 0.005
+def test_a_rule_runs_only_on_text_in_its_language():
+    """lang: en rules are not tried on text without Latin letters, zh rules not on text
+    without Chinese characters; any rules run on everything; mixed text runs all."""
+    d = RefusalDetector({"version": 1, "start": [
+        {"phrase": "!!", "lang": "en"}, {"phrase": "??", "lang": "zh"}, {"phrase": "##", "lang": "any"}]})
+    assert not d.is_refusal("!! 好的")              # an en rule on Chinese-only text
+    assert d.is_refusal("!! ok")
+    assert not d.is_refusal("?? ok")               # a zh rule on Latin-only text
+    assert d.is_refusal("?? 好的")
+    assert d.is_refusal("## 123") and d.is_refusal("## ok") and d.is_refusal("## 好")
+    assert d.is_refusal("!! 好的 ok") and d.is_refusal("?? 好的 ok")
+    shipped = default_detector()
+    assert shipped.is_refusal("抱歉，我无法帮助您。") and shipped.is_refusal("I'm sorry, but I can't help with that.")
 
 
 def _reference_normalise(t: str) -> str:
