@@ -3,8 +3,8 @@
 Why this shape:
 
 * ``submit()`` is called on the request path, so it only appends to an in-memory queue
-  under a lock (no serialisation, no I/O). A single writer thread does serialisation,
-  writes, rotates and fsyncs.
+  under a lock (no serialisation, no I/O). A single writer thread does the writes,
+  rotation and fsyncs, and serialises records that were not submitted as lines already.
 * Each batch of whole lines goes to the file in **one** ``write()`` on an unbuffered file,
   then ``flush``; ``fsync`` runs on a timer (default every 1 s), on rotation and on close.
   A crash (SIGKILL) can therefore leave at most a partial *last* line, which
@@ -84,15 +84,6 @@ def serialise(record: dict[str, Any]) -> bytes:
     """
     text = dumps_line(record, default=str)
     return text.encode("utf-8", "backslashreplace") + b"\n"
-
-
-class _Lazy:
-    """A queued record builder (see :meth:`SessionLogWriter.submit_lazy`)."""
-
-    __slots__ = ("build",)
-
-    def __init__(self, build: Callable[[], "dict[str, Any] | None"]) -> None:
-        self.build = build
 
 
 class SessionLogWriter:
@@ -175,9 +166,13 @@ class SessionLogWriter:
 
     # ------------------------------------------------------------------ request path
 
-    def submit(self, record: dict[str, Any]) -> bool:
+    def submit(self, record: "dict[str, Any] | bytes") -> bool:
         """Queue ``record`` for writing; never blocks on I/O.
 
+        ``record`` is a record dict, serialised on the writer thread, or one line already
+        serialised by :func:`serialise` (bytes), which the writer only writes: the node
+        serialises on the event loop right after the response, where the record is still
+        in cache, and leaves the writer thread nothing but the I/O.
         The writer takes ownership: do not mutate ``record`` afterwards. Returns False
         (and counts the record in ``log_dropped_total``) only when it cannot be kept: the
         spill is full or the writer is closed.
@@ -195,21 +190,11 @@ class SessionLogWriter:
                 return True
             first = not self._overflowing
             self._overflowing = True
-        self._count_dropped(1)
+        self.count_dropped(1)
         if first:
             log.error("session log: dropping records (%s; %d unwritten, limit %d); "
                       "see seekwatch_log_dropped_total", reason, self._unwritten, self.spill_max)
         return False
-
-    def submit_lazy(self, build: Callable[[], "dict[str, Any] | None"]) -> bool:
-        """Queue a *builder*; the writer thread calls it and writes what it returns.
-
-        Moves record building (PII masking, ~50–150 µs for a 2 KB answer) off the request
-        path: ``writer.submit_lazy(lambda: build_session_record(...))``. Masking still
-        happens before anything is serialised. ``None`` from the builder writes nothing;
-        an exception is logged and counted as dropped.
-        """
-        return self.submit(_Lazy(build))  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ control
 
@@ -260,7 +245,7 @@ class SessionLogWriter:
                 self._unwritten = 0
             self._closed = True
         if lost:
-            self._count_dropped(lost)
+            self.count_dropped(lost)
             log.error("session log: %d record(s) could not be written before shutdown", lost)
         return lost + self._lost_at_close
 
@@ -275,7 +260,9 @@ class SessionLogWriter:
     def _today(self) -> str:
         return self._clock().astimezone(timezone.utc).strftime("%Y-%m-%d")
 
-    def _count_dropped(self, n: int) -> None:
+    def count_dropped(self, n: int) -> None:
+        """Count ``n`` lost records in ``log_dropped_total``: the writer's own losses, and
+        records the node could not build (never submitted)."""
         self.dropped += n
         if self.metrics is not None:
             self.metrics.observe_log_dropped(n)
@@ -313,22 +300,17 @@ class SessionLogWriter:
                 self._queue.clear()
                 closing = self._closing
             # Serialise outside the lock: the request path only ever waits for an append.
-            bad = skipped = 0
+            bad = 0
             for rec in batch:
                 try:
-                    if type(rec) is _Lazy:
-                        rec = rec.build()
-                        if rec is None:
-                            skipped += 1
-                            continue
-                    self._lines.append(serialise(rec))
-                except Exception as exc:  # builder bug, circular reference, ...
+                    self._lines.append(rec if type(rec) is bytes else serialise(rec))
+                except Exception as exc:  # circular reference, ...
                     bad += 1
-                    log.error("session log: record could not be built/serialised (%r); dropped", exc)
-            if bad or skipped:
+                    log.error("session log: record could not be serialised (%r); dropped", exc)
+            if bad:
                 with self._cv:
-                    self._unwritten -= bad + skipped
-                self._count_dropped(bad)
+                    self._unwritten -= bad
+                self.count_dropped(bad)
 
             ok = self._write_pending()
             self._timers(force_fsync=self._fsync_requested and ok)
@@ -347,7 +329,7 @@ class SessionLogWriter:
                     self._unwritten = 0
                     if lost:
                         self._lost_at_close = lost
-                        self._count_dropped(lost)
+                        self.count_dropped(lost)
                         log.error("session log: %d record(s) could not be written before shutdown "
                                   "(last error persists)", lost)
                     return

@@ -410,28 +410,22 @@ def test_disk_full_mock_retries_on_a_timer_not_per_record(tmp_path):
     assert len(read_records(tmp_path)[0]) == i
 
 
-def test_submit_lazy_builds_on_the_writer_thread(tmp_path, reg):
-    """Builders run on the writer thread; None writes nothing; a failing builder is
-    counted as dropped and does not stop the writer."""
-    import threading
+def test_lines_serialised_by_the_caller_and_records_are_written_in_order(tmp_path, reg):
+    """submit() takes a record dict (serialised on the writer thread) or a line already
+    serialised by the caller (written as is); both count, in submission order, and an
+    unserialisable record is counted as dropped without stopping the writer."""
     nm = NodeMetrics(reg)
     w = SessionLogWriter(tmp_path, metrics=nm)
-    threads = []
-
-    def build(i):
-        threads.append(threading.current_thread().name)
-        return rec(i, text=f"手机13812345678 第{i}轮")
-
+    circular: dict = {"turn_index": -1}
+    circular["self"] = circular
     for i in range(5):
-        assert w.submit_lazy(lambda i=i: build(i))
-    w.submit_lazy(lambda: None)
-    w.submit_lazy(lambda: 1 / 0)
-    w.submit(rec(99))
+        assert w.submit(serialise(rec(i)) if i % 2 else rec(i))
+    w.submit(circular)
+    w.submit(serialise(rec(99)))
     assert w.close() == 0
     records, bad = read_records(tmp_path)
+    assert not bad
     assert [r["turn_index"] for r in records] == [0, 1, 2, 3, 4, 99]
-    assert all("13812345678" not in r["prompt"] for r in records)
-    assert set(threads) == {"seekwatch-session-log"}
     assert metric(reg, "seekwatch_log_dropped_total") == 1
     assert metric(reg, "seekwatch_log_records_total") == 6
     assert w.pending == 0
