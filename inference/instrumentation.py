@@ -6,13 +6,15 @@ One place decides a turn's status, so the metric ``requests_total{status}``, the
 
 Where the work runs, and why (measured in docs/benchmarks.md, instrumentation overhead):
 
-* On the request path: the status (refusal check) and the metrics, ~20 µs.
-* Right after the response, on the event loop's next iteration: masking, building and
-  serialising the record, ~35 µs. Here the turn's strings are still in the CPU's cache and
-  no thread has to wake. Done on the writer thread instead, the same work landed as a
-  cold wake-up inside whichever request ran next and cost it ~0.15 ms on average, five
-  times its CPU.
-* On the session log's writer thread: only the file I/O, batched.
+* On the request path: nothing but scheduling the rest.
+* Right after the response, on the event loop's next iteration (before the loop reads any
+  new request, so a scrape that follows a response always sees its turn): the status with
+  the refusal check, the metrics, and masking, building and serialising the record,
+  ~60 µs. Here the turn's strings are still in the CPU's cache and no thread has to wake.
+  Done on the writer thread instead, the record work landed as a cold wake-up inside
+  whichever request ran next, and cost it several times its CPU.
+* On the session log's writer thread: only the file I/O, batched while the node is busy,
+  at once when it is idle.
 """
 from __future__ import annotations
 
@@ -34,12 +36,16 @@ log = logging.getLogger("seekwatch.instrumentation")
 
 class NodeInstrumentation:
     def __init__(self, metrics: NodeMetrics, writer: SessionLogWriter, cost: CostModel,
-                 detector: RefusalDetector, gpu: GpuCollector | None = None):
+                 detector: RefusalDetector, gpu: GpuCollector | None = None,
+                 engine_busy: Callable[[], bool] = lambda: True):
         self.metrics = metrics
         self.writer = writer
         self.cost = cost
         self.detector = detector
         self.gpu = gpu
+        #: True while requests run or wait: the writer then batches records (a linger) rather
+        #: than wake for each; when the node is idle there is nothing a wake-up could delay.
+        self.engine_busy = engine_busy
 
     @classmethod
     def from_config(cls, config: Any, registry, engine: Engine, cost: CostModel) -> "NodeInstrumentation":
@@ -49,7 +55,11 @@ class NodeInstrumentation:
         writer = SessionLogWriter(config.log_dir, metrics=metrics, retention_days=config.log_retention_days)
         gpu = GpuCollector().start()
         registry.register(gpu)
-        return cls(metrics, writer, cost, default_detector(), gpu)
+        def busy() -> bool:
+            state = engine.state()
+            return bool(state.running or state.waiting)
+
+        return cls(metrics, writer, cost, default_detector(), gpu, busy)
 
     def status_of(self, turn: TurnRecord) -> str:
         error = None
@@ -60,13 +70,16 @@ class NodeInstrumentation:
                                generation_started=not turn.rejected)
 
     def on_turn(self, turn: TurnRecord) -> None:
+        _after_response(self._observe_turn, turn)
+
+    def _observe_turn(self, turn: TurnRecord) -> None:
         status = self.status_of(turn)
         tpot = None
         if turn.ttft_s is not None and turn.completion_tokens > 1:
             tpot = (turn.e2e_s - turn.ttft_s) / (turn.completion_tokens - 1)
         self.metrics.observe_turn(status, turn.e2e_s, turn.ttft_s, tpot, turn.queue_s,
                                   turn.prompt_tokens, turn.completion_tokens)
-        _after_response(self._log, lambda: self._session_record(turn, status))
+        self._log(lambda: self._session_record(turn, status))
 
     def _log(self, build: Callable[[], dict]) -> None:
         """Build, mask and serialise one record and queue the line for the writer thread.
@@ -78,7 +91,7 @@ class NodeInstrumentation:
             log.exception("session log: record could not be built; dropped")
             self.writer.count_dropped(1)
             return
-        self.writer.submit(line)
+        self.writer.submit(line, linger=self.engine_busy())
 
     def _session_record(self, turn: TurnRecord, status: str) -> dict:
         """Runs after the response (see the module docstring): the record is masked before
@@ -102,6 +115,9 @@ class NodeInstrumentation:
         return record
 
     def on_feedback(self, feedback: FeedbackEvent) -> None:
+        _after_response(self._observe_feedback, feedback)
+
+    def _observe_feedback(self, feedback: FeedbackEvent) -> None:
         self.metrics.observe_feedback(feedback.rating)
 
         def build() -> dict:
@@ -111,7 +127,7 @@ class NodeInstrumentation:
             self.metrics.observe_redactions(record.get("pii", {}).get("redactions", {}))
             return record
 
-        _after_response(self._log, build)
+        self._log(build)
 
     def on_invalid_request(self, http_status: int) -> None:
         self.metrics.observe_turn("rejected", None, None, None, None, 0, 0)

@@ -1,6 +1,7 @@
-"""Where the node's instrumentation does its work: status and metrics on the request path,
-the record (masking, building, serialising) on the event loop's next iteration, after the
-response, and only the I/O on the writer thread (inference/instrumentation.py)."""
+"""Where the node's instrumentation does its work: nothing on the request path; status,
+metrics and the record (masking, building, serialising) on the event loop's next
+iteration, after the response; only the I/O on the writer thread, at once when the node is
+idle (inference/instrumentation.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -39,22 +40,22 @@ def _instrumentation(tmp_path) -> tuple[NodeInstrumentation, CollectorRegistry]:
     return inst, reg
 
 
-def test_in_the_event_loop_the_record_is_built_after_the_response(tmp_path):
-    """Inside a running loop, on_turn counts the turn at once but builds no record: that
-    happens on the loop's next iteration, after the response has been handed on."""
+def test_in_the_event_loop_the_turn_is_observed_after_the_response(tmp_path):
+    """Inside a running loop, on_turn does nothing on the spot: the metrics and the record
+    follow on the loop's next iteration, after the response has been handed on, and before
+    the loop reads anything new (so a scrape after a response sees its turn)."""
     inst, reg = _instrumentation(tmp_path)
+    completed = ("seekwatch_requests_total", {"status": "completed"})
 
-    async def turn_then_next_iteration() -> tuple[float, int, float]:
+    async def turn_then_next_iteration() -> tuple[float, int, float, int]:
         inst.on_turn(_turn(1))
-        counted, queued = _sample(reg, "seekwatch_requests_total", {"status": "completed"}), inst.writer.pending
-        redactions_before = _sample(reg, "seekwatch_pii_redactions_total", {"kind": "phone"})
+        before = _sample(reg, *completed), inst.writer.pending + inst.writer.written
         await asyncio.sleep(0)
-        return counted, queued, redactions_before
+        return (*before, _sample(reg, *completed), inst.writer.pending + inst.writer.written)
 
-    counted, queued, redactions_before = asyncio.run(turn_then_next_iteration())
-    assert counted == 1          # metrics: on the request path
-    assert queued == 0           # no record yet when on_turn returns
-    assert redactions_before == 0
+    counted_before, logged_before, counted_after, logged_after = asyncio.run(turn_then_next_iteration())
+    assert (counted_before, logged_before) == (0, 0)   # on_turn returned with nothing done
+    assert (counted_after, logged_after) == (1, 1)     # one iteration later: counted and queued
     assert inst.writer.flush(10)
     inst.close()
     records, bad = read_records(tmp_path)

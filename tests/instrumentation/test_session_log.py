@@ -431,6 +431,24 @@ def test_lines_serialised_by_the_caller_and_records_are_written_in_order(tmp_pat
     assert w.pending == 0
 
 
+def test_a_record_submitted_without_linger_is_written_at_once(tmp_path):
+    """linger=False (the node is idle) ends the linger: with a 60 s linger the first record
+    waits, the second, submitted without linger, takes both to disk now."""
+    w = SessionLogWriter(tmp_path, linger_s=60)
+    try:
+        w.submit(serialise(rec(0)))
+        time.sleep(0.3)
+        assert w.written == 0  # lingering for company
+        w.submit(serialise(rec(1)), linger=False)
+        deadline = time.monotonic() + 10
+        while w.written < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert w.written == 2
+    finally:
+        w.close()
+    assert [r["turn_index"] for r in read_records(tmp_path)[0]] == [0, 1]
+
+
 def test_a_record_is_one_line_for_every_line_splitter():
     """U+2028/U+2029/NEL in model output: json leaves them raw, str.splitlines() breaks at them.
 
