@@ -13,8 +13,8 @@ Where the work runs, and why (measured in docs/benchmarks.md, instrumentation ov
   ~60 µs. Here the turn's strings are still in the CPU's cache and no thread has to wake.
   Done on the writer thread instead, the record work landed as a cold wake-up inside
   whichever request ran next, and cost it several times its CPU.
-* On the session log's writer thread: only the file I/O, batched while the node is busy,
-  at once when it is idle.
+* On the session log's writer thread: only the file I/O, batched while the node is busy
+  (a 50 ms linger), and written at once when the node has been idle for 2 ms.
 """
 from __future__ import annotations
 
@@ -33,6 +33,14 @@ from monitor.cost import CostModel
 
 log = logging.getLogger("seekwatch.instrumentation")
 
+#: How long the node must stay idle after logging a turn before the session log is
+#: written at once rather than at the end of the writer's linger. Long enough that a busy
+#: node's next requests arrive first (a client whose stream ended sends its next request
+#: within a millisecond, and a wave of turns ending together must not wake the writer once
+#: per turn); short enough that the write lands in a quiet node's idle gap, not inside its
+#: next request.
+IDLE_WRITE_DELAY_S = 0.002
+
 
 class NodeInstrumentation:
     def __init__(self, metrics: NodeMetrics, writer: SessionLogWriter, cost: CostModel,
@@ -46,6 +54,7 @@ class NodeInstrumentation:
         #: True while requests run or wait: the writer then batches records (a linger) rather
         #: than wake for each; when the node is idle there is nothing a wake-up could delay.
         self.engine_busy = engine_busy
+        self._idle_check_pending = False
 
     @classmethod
     def from_config(cls, config: Any, registry, engine: Engine, cost: CostModel) -> "NodeInstrumentation":
@@ -91,7 +100,20 @@ class NodeInstrumentation:
             log.exception("session log: record could not be built; dropped")
             self.writer.count_dropped(1)
             return
-        self.writer.submit(line, linger=self.engine_busy())
+        self.writer.submit(line)
+        if not self._idle_check_pending and not self.engine_busy():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._idle_check_pending = True
+            loop.call_later(IDLE_WRITE_DELAY_S, self._write_if_idle)
+
+    def _write_if_idle(self) -> None:
+        """(Event loop timer.) Still idle: have the writer write now, in the idle gap."""
+        self._idle_check_pending = False
+        if not self.engine_busy():
+            self.writer.write_now()
 
     def _session_record(self, turn: TurnRecord, status: str) -> dict:
         """Runs after the response (see the module docstring): the record is masked before

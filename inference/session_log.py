@@ -57,8 +57,8 @@ MAX_BATCH_BYTES = 4 * MiB
 #: keeps the log's cost near the ~0.1 ms of work per turn. The price: a SIGKILL can lose up
 #: to this much more of the most recent records (a graceful stop drains everything).
 LINGER_S = 0.05
-#: The node asks for no linger when it is idle (``submit(..., linger=False)``): then nothing
-#: runs that a wake-up could delay, and the record is on disk sooner.
+#: The node ends the linger early when it is idle (:meth:`SessionLogWriter.write_now`): then
+#: nothing runs that a wake-up could delay, and the record is on disk sooner.
 #: A batch this large is written at once, linger or not.
 LINGER_MAX_RECORDS = 256
 
@@ -169,15 +169,13 @@ class SessionLogWriter:
 
     # ------------------------------------------------------------------ request path
 
-    def submit(self, record: "dict[str, Any] | bytes", *, linger: bool = True) -> bool:
+    def submit(self, record: "dict[str, Any] | bytes") -> bool:
         """Queue ``record`` for writing; never blocks on I/O.
 
         ``record`` is a record dict, serialised on the writer thread, or one line already
         serialised by :func:`serialise` (bytes), which the writer only writes: the node
         serialises on the event loop right after the response, where the record is still
         in cache, and leaves the writer thread nothing but the I/O.
-        ``linger=False`` writes the batch now instead of waiting ``linger_s`` for more records
-        to join it: for a caller that knows no other work is running.
         The writer takes ownership: do not mutate ``record`` afterwards. Returns False
         (and counts the record in ``log_dropped_total``) only when it cannot be kept: the
         spill is full or the writer is closed.
@@ -190,10 +188,7 @@ class SessionLogWriter:
             else:
                 self._queue.append(record)
                 self._unwritten += 1
-                if not linger:
-                    self._write_now = True
-                    self._cv.notify()
-                elif len(self._queue) == 1 or len(self._queue) >= LINGER_MAX_RECORDS:
+                if len(self._queue) == 1 or len(self._queue) >= LINGER_MAX_RECORDS:
                     self._cv.notify()  # the writer checks the queue before it waits: no wake-up is lost
                 return True
             first = not self._overflowing
@@ -203,6 +198,14 @@ class SessionLogWriter:
             log.error("session log: dropping records (%s; %d unwritten, limit %d); "
                       "see seekwatch_log_dropped_total", reason, self._unwritten, self.spill_max)
         return False
+
+    def write_now(self) -> None:
+        """End the current linger: write what is queued without waiting for more records.
+        For a caller that knows nothing else is running, so the wake-up delays nobody."""
+        with self._cv:
+            if self._queue:
+                self._write_now = True
+                self._cv.notify()
 
     # ------------------------------------------------------------------ control
 
@@ -357,8 +360,7 @@ class SessionLogWriter:
 
     def _linger(self) -> None:
         """(Under ``_cv``.) Let more records join this batch, for at most ``linger_s``;
-        a flush, a close, a full batch or a record submitted with ``linger=False`` ends the
-        wait at once."""
+        a flush, a close, a full batch or :meth:`write_now` ends the wait at once."""
         until = time.monotonic() + self.linger_s
         while (not self._closing and not self._fsync_requested and not self._write_now
                and len(self._queue) < LINGER_MAX_RECORDS):

@@ -138,6 +138,7 @@ class TransformersEngine(Engine):
         self.tokenizer = None
         self._ready = False
         self._lock = threading.Lock()
+        self._prefilling = 0
         self._wake = threading.Event()
         self._incoming: list[_Sequence] = []
         self._waiting: deque[_Sequence] = deque()
@@ -218,7 +219,7 @@ class TransformersEngine(Engine):
     def state(self) -> EngineState:
         with self._lock:
             waiting = len(self._incoming) + len(self._waiting)
-        return EngineState(ready=self._ready, running=len(self._running), waiting=waiting,
+        return EngineState(ready=self._ready, running=len(self._running) + self._prefilling, waiting=waiting,
                            max_batch=self.max_batch, max_queue=self.max_queue,
                            cancelled_total=self._cancelled_total, finished_total=self._finished_total)
 
@@ -340,7 +341,11 @@ class TransformersEngine(Engine):
             tokens += len(seq.prompt_ids)
         if group:
             t0 = time.perf_counter()
-            self._prefill(group)
+            self._prefilling = len(group)  # neither waiting nor in the batch yet, but running
+            try:
+                self._prefill(group)
+            finally:
+                self._prefilling = 0
             self.step_stats.add_prefill(len(group), time.perf_counter() - t0)
 
     def _fits(self, new_rows: int, new_width: int) -> bool:

@@ -99,3 +99,31 @@ def test_without_an_event_loop_the_record_is_built_at_once(tmp_path):
     inst.close()
     records, _ = read_records(tmp_path)
     assert [r["turn_index"] for r in records] == [7]
+
+
+def test_an_idle_node_writes_its_log_at_once_and_a_busy_one_batches(tmp_path):
+    """After a turn, a node that stays idle for IDLE_WRITE_DELAY_S has the writer write at
+    once (the wake-up delays nobody); a busy node leaves the record to the writer's linger
+    (60 s here, so 'written' and 'lingering' cannot be confused)."""
+    from inference import instrumentation
+
+    def written_after(busy: bool, wait_s: float) -> int:
+        inst, _ = _instrumentation(tmp_path / str(busy))
+        inst.writer.linger_s = 60
+        inst.engine_busy = lambda: busy
+
+        async def turn_then_wait() -> None:
+            inst.on_turn(_turn(1))
+            await asyncio.sleep(instrumentation.IDLE_WRITE_DELAY_S * 5)
+            deadline = time.monotonic() + wait_s
+            while inst.writer.written == 0 and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+
+        asyncio.run(turn_then_wait())
+        written = inst.writer.written
+        inst.close()  # drains: nothing is lost either way
+        assert len(read_records(tmp_path / str(busy))[0]) == 1
+        return written
+
+    assert written_after(busy=False, wait_s=10) == 1
+    assert written_after(busy=True, wait_s=0.5) == 0

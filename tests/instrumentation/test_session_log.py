@@ -431,15 +431,17 @@ def test_lines_serialised_by_the_caller_and_records_are_written_in_order(tmp_pat
     assert w.pending == 0
 
 
-def test_a_record_submitted_without_linger_is_written_at_once(tmp_path):
-    """linger=False (the node is idle) ends the linger: with a 60 s linger the first record
-    waits, the second, submitted without linger, takes both to disk now."""
+def test_write_now_ends_the_linger(tmp_path):
+    """write_now() (the node is idle) ends the linger: with a 60 s linger the queued
+    records wait, and write_now takes them to disk now."""
     w = SessionLogWriter(tmp_path, linger_s=60)
     try:
+        w.write_now()  # nothing queued: nothing to do, and no later record skips its linger
         w.submit(serialise(rec(0)))
+        w.submit(serialise(rec(1)))
         time.sleep(0.3)
         assert w.written == 0  # lingering for company
-        w.submit(serialise(rec(1)), linger=False)
+        w.write_now()
         deadline = time.monotonic() + 10
         while w.written < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
