@@ -54,12 +54,14 @@ def build_engine(config: NodeConfig) -> Engine:
                               model_version=config.model_version)
 
 
-def build_observer(config: NodeConfig, registry, engine: Engine, cost) -> TurnObserver:
+def build_observer(config: NodeConfig, registry, engine: Engine, cost,
+                   in_flight: "RequestsInFlight | None" = None) -> TurnObserver:
     if not config.instrumentation:
         return NullObserver()
     from inference.instrumentation import NodeInstrumentation
 
-    return NodeInstrumentation.from_config(config, registry, engine, cost)
+    return NodeInstrumentation.from_config(config, registry, engine, cost,
+                                           requests_in_flight=(lambda: in_flight.n) if in_flight else None)
 
 
 def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
@@ -70,7 +72,8 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     engine = engine or build_engine(config)
     registry = CollectorRegistry()
     cost = CostModel.load(config.cost_config)
-    observer = build_observer(config, registry, engine, cost)
+    in_flight = RequestsInFlight()
+    observer = build_observer(config, registry, engine, cost, in_flight)
     keys = ApiKeys.load(config.api_key_file, config.api_keys_env)
 
     @asynccontextmanager
@@ -167,20 +170,39 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
                        allow_headers=["*"],
                        expose_headers=["X-Request-Id", "X-Session-Id", "Retry-After"], max_age=600)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(StampArrival)
+    app.add_middleware(StampArrival, in_flight=in_flight)
     openapi.install(app)
     return app
 
 
+class RequestsInFlight:
+    """HTTP requests the node is serving right now, on any endpoint, from arrival to the last
+    byte sent (event loop only, so no lock). The instrumentation writes its log at once only
+    when this is zero: a request still being read or tokenised has not reached the engine's
+    queue yet, but a wake-up would delay it all the same."""
+
+    __slots__ = ("n",)
+
+    def __init__(self) -> None:
+        self.n = 0
+
+
 class StampArrival:
     """Outermost middleware: notes when a request arrived, so latency and TTFT count the
-    time spent reading and parsing the body too, as the client sees it."""
+    time spent reading and parsing the body too, as the client sees it; and counts the
+    requests in flight."""
 
-    def __init__(self, app):
+    def __init__(self, app, in_flight: RequestsInFlight | None = None):
         self.app = app
+        self.in_flight = in_flight or RequestsInFlight()
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http":
-            scope.setdefault("state", {})["arrival"] = (time.monotonic(), time.time())
-        await self.app(scope, receive, send)
-
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["arrival"] = (time.monotonic(), time.time())
+        self.in_flight.n += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight.n -= 1

@@ -14,7 +14,7 @@ Where the work runs, and why (measured in docs/benchmarks.md, instrumentation ov
   Done on the writer thread instead, the record work landed as a cold wake-up inside
   whichever request ran next, and cost it several times its CPU.
 * On the session log's writer thread: only the file I/O, batched while the node is busy
-  (a 50 ms linger), and written at once when the node has been idle for 2 ms.
+  (a 50 ms linger), and written at once when the node has been idle for 5 ms.
 """
 from __future__ import annotations
 
@@ -39,25 +39,30 @@ log = logging.getLogger("seekwatch.instrumentation")
 #: within a millisecond, and a wave of turns ending together must not wake the writer once
 #: per turn); short enough that the write lands in a quiet node's idle gap, not inside its
 #: next request.
-IDLE_WRITE_DELAY_S = 0.002
+IDLE_WRITE_DELAY_S = 0.005
 
 
 class NodeInstrumentation:
     def __init__(self, metrics: NodeMetrics, writer: SessionLogWriter, cost: CostModel,
                  detector: RefusalDetector, gpu: GpuCollector | None = None,
-                 engine_busy: Callable[[], bool] = lambda: True):
+                 node_busy: Callable[[], bool] = lambda: True):
         self.metrics = metrics
         self.writer = writer
         self.cost = cost
         self.detector = detector
         self.gpu = gpu
-        #: True while requests run or wait: the writer then batches records (a linger) rather
-        #: than wake for each; when the node is idle there is nothing a wake-up could delay.
-        self.engine_busy = engine_busy
+        #: True while requests are in flight, run or wait: the writer then batches records (a
+        #: linger) rather than wake for each; when the node is idle there is nothing a wake-up
+        #: could delay.
+        self.node_busy = node_busy
         self._idle_check_pending = False
 
     @classmethod
-    def from_config(cls, config: Any, registry, engine: Engine, cost: CostModel) -> "NodeInstrumentation":
+    def from_config(cls, config: Any, registry, engine: Engine, cost: CostModel, *,
+                    requests_in_flight: Callable[[], int] | None = None) -> "NodeInstrumentation":
+        """The node's instrumentation. ``requests_in_flight`` counts the HTTP requests being
+        served (``inference.app.RequestsInFlight``); with the engine's queue it tells when
+        the node is idle."""
         metrics = NodeMetrics(registry)
         metrics.requests_running.set_function(lambda: engine.state().running)
         metrics.requests_waiting.set_function(lambda: engine.state().waiting)
@@ -65,6 +70,8 @@ class NodeInstrumentation:
         gpu = GpuCollector().start()
         registry.register(gpu)
         def busy() -> bool:
+            if requests_in_flight is not None and requests_in_flight():
+                return True
             state = engine.state()
             return bool(state.running or state.waiting)
 
@@ -101,7 +108,9 @@ class NodeInstrumentation:
             self.writer.count_dropped(1)
             return
         self.writer.submit(line)
-        if not self._idle_check_pending and not self.engine_busy():
+        if not self._idle_check_pending:
+            # Checked only when the timer fires: now, the response this record describes
+            # may still count as in flight.
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
@@ -112,7 +121,7 @@ class NodeInstrumentation:
     def _write_if_idle(self) -> None:
         """(Event loop timer.) Still idle: have the writer write now, in the idle gap."""
         self._idle_check_pending = False
-        if not self.engine_busy():
+        if not self.node_busy():
             self.writer.write_now()
 
     def _session_record(self, turn: TurnRecord, status: str) -> dict:

@@ -110,7 +110,7 @@ def test_an_idle_node_writes_its_log_at_once_and_a_busy_one_batches(tmp_path):
     def written_after(busy: bool, wait_s: float) -> int:
         inst, _ = _instrumentation(tmp_path / str(busy))
         inst.writer.linger_s = 60
-        inst.engine_busy = lambda: busy
+        inst.node_busy = lambda: busy
 
         async def turn_then_wait() -> None:
             inst.on_turn(_turn(1))

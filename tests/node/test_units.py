@@ -131,3 +131,34 @@ def test_sse_events_survive_clients_that_split_on_unicode_line_breaks():
     event = _sse({"delta": {"content": "第一行\u2028第二行\u0085x\u2029y"}})
     assert len(event.rstrip("\n").splitlines()) == 1
     assert json.loads(event[len("data: "):])["delta"]["content"] == "第一行\u2028第二行\u0085x\u2029y"
+
+
+def test_requests_in_flight_count_from_arrival_to_the_last_byte():
+    """StampArrival counts each HTTP request while the app serves it, and un-counts it when
+    the app returns or raises; the instrumentation reads the count as 'node busy'."""
+    import asyncio
+
+    from inference.app import RequestsInFlight, StampArrival
+
+    seen = []
+
+    async def app(scope, receive, send):
+        seen.append((in_flight.n, "arrival" in scope.get("state", {})))
+        if scope.get("path") == "/boom":
+            raise RuntimeError("boom")
+
+    in_flight = RequestsInFlight()
+    mw = StampArrival(app, in_flight=in_flight)
+
+    async def run():
+        await mw({"type": "http", "path": "/ok"}, None, None)
+        try:
+            await mw({"type": "http", "path": "/boom"}, None, None)
+        except RuntimeError:
+            pass
+        await mw({"type": "lifespan"}, None, None)
+
+    asyncio.run(run())
+    assert seen[:2] == [(1, True), (1, True)]
+    assert seen[2][0] == 0  # lifespan is not a request
+    assert in_flight.n == 0
