@@ -1,24 +1,30 @@
 """Instrumentation overhead: the same load against a node with instrumentation on and one
 with it off (``--no-instrumentation``), alternating in one run, so both see the same machine.
 
-Reports the throughput ratio (on / off: the median of the per-round paired ratios, with a
-bootstrap 95 % interval) and the added p50 end-to-end latency per request, and writes them
-into docs/benchmarks.md with ``--write-docs``.
+Reports the throughput ratio (on / off, per paired round) and the added p50 latency per
+request, each with a bootstrap 95 % interval, and writes them into docs/benchmarks.md with
+``--write-docs`` (``--out`` keeps every round's figures as JSON).
 
-Wall-clock throughput on a shared machine drifts by several per cent between rounds, more
-than the effect being measured. So each round also reads the node process's own CPU time
-(all its threads, ``/proc/<pid>/task/*/schedstat``) before and after: on a CPU-bound node, CPU seconds per
-request is what throughput is the inverse of, and it does not move when a neighbour steals
-the core. Rounds are short and many, paired (on/off back to back, order alternating), so a
-slow minute hits both sides of the same pair.
+A round is, per node, a **throughput round** (``--requests`` requests over ``--concurrency``
+closed-loop streams, which saturate the node) and ``--latency-requests`` **isolated
+requests**, one at a time and alternating between the nodes request by request. The
+throughput ratio comes from the former; the added latency per request from the latter: on a
+saturated node every request's latency stretches by the throughput lost times its own
+duration, which is the throughput target's business, not the per-request one's.
 
-Two processes running identical code still differ by a few per cent (memory layout, which
-core the scheduler favours): one 120-round run on this machine measured the instrumented
-node 2.4 % *faster*, an earlier one 3 % slower. So the rounds are spread over several fresh
-pairs of nodes (``--node-pairs``), which averages that out, and the in-process count of the
-instrumentation's own CPU per turn, which has no such noise, is reported beside it.
+Noise, and what is done about it:
 
-    python benchmarks/overhead.py --rounds 120 --node-pairs 6 --requests 48 --concurrency 8
+* The nodes of a pair share one core and the load generator has the other (``--no-pin``
+  turns this off); only one node runs at a time. Both nodes get the same hash seed.
+* Wall-clock throughput drifts by several per cent between rounds, so each round also reads
+  the node process's own CPU time (all its threads, ``/proc/<pid>/task/*/schedstat``, ns).
+* Two processes running identical code still differ by a few per cent (memory layout), so
+  the rounds are spread over several fresh pairs of nodes (``--node-pairs``) and the
+  per-pair medians are printed beside the pooled ones.
+* The in-process count of the instrumentation's own CPU per turn, which has no such noise,
+  is reported beside it.
+
+    python benchmarks/overhead.py --rounds 180 --node-pairs 6 --write-docs
 """
 from __future__ import annotations
 
@@ -45,10 +51,11 @@ def per_turn_cost_us(n: int = 5000) -> dict[str, float]:
     """In-process microseconds of CPU per turn, counted without scheduling noise, in the
     node's own arrangement (an event loop, the session log's writer thread):
 
-    * ``request_path``: ``on_turn`` itself (status with the refusal check, metrics), from
-      the loop thread's clock;
-    * ``after_response``: the loop's work on the next iteration (masking, building and
-      serialising the record), the same clock, an empty loop iteration subtracted;
+    * ``request_path``: ``on_turn`` itself (it only schedules the rest), from the loop
+      thread's clock;
+    * ``after_response``: the loop's work on the next iteration (status with the refusal
+      check, metrics, masking, building and serialising the record), the same clock, an
+      empty loop iteration subtracted;
     * ``total``: all threads (the writer's I/O included), process clock, the same
       subtraction."""
     import time
@@ -304,9 +311,10 @@ def main() -> int:
         "| counted in-process, 5,000 turns (no scheduling noise) | CPU per turn | share of the node's CPU per "
         "request (instrumentation off) |",
         "|---|---|---|",
-        f"| on the request path (status with the refusal check, metrics) | **{cost['request_path']:.0f} µs** | "
+        f"| on the request path (scheduling the rest) | **{cost['request_path']:.0f} µs** | "
         f"{cost['request_path'] / 1e3 / off_cpu_ms * 100:.2f} % |",
-        f"| right after the response (masking, record building, serialising) | **{cost['after_response']:.0f} µs** | "
+        f"| right after the response (status with the refusal check, metrics, masking, record building, "
+        f"serialising) | **{cost['after_response']:.0f} µs** | "
         f"{cost['after_response'] / 1e3 / off_cpu_ms * 100:.2f} % |",
         f"| all of it, the writer thread's I/O included | **{cost['total']:.0f} µs** | "
         f"{cost['total'] / 1e3 / off_cpu_ms * 100:.2f} % |",
@@ -315,10 +323,20 @@ def main() -> int:
     if args.out:
         import json
 
-        Path(args.out).write_text(json.dumps({"argv": sys.argv[1:], "date": str(dt.date.today()),
-                                              "rounds": {k: results[k] for k in ("on", "off")},
-                                              "isolated": [dict(zip(("on_ms", "off_ms", "index", "first"), x))
-                                                           for x in iso]}, indent=1))
+        def rounded(x):
+            if isinstance(x, float):
+                return round(x, 4)
+            if isinstance(x, (list, tuple)):
+                return [rounded(v) for v in x]
+            if isinstance(x, dict):
+                return {k: rounded(v) for k, v in x.items()}
+            return x
+
+        Path(args.out).write_text(json.dumps(rounded({
+            "argv": sys.argv[1:], "date": str(dt.date.today()),
+            "rounds": {k: results[k] for k in ("on", "off")},
+            "isolated": [dict(zip(("on_ms", "off_ms", "index", "first"), x)) for x in iso]}),
+            separators=(",", ":")))
     if args.write_docs:
         path = ROOT / "docs" / "benchmarks.md"
         begin, end = "<!-- overhead -->", "<!-- /overhead -->"
