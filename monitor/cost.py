@@ -92,7 +92,6 @@ class CostModel:
         Raises :class:`contracts.config.ConfigError` with a one-line message when the file is
         missing, not YAML, breaks the schema or names a deployment mode it does not define.
         """
-        from contracts.config import ConfigError  # noqa: F401  (documented error type)
         from contracts.defaults import default_config_path
 
         p = Path(path) if path else default_config_path("cost")

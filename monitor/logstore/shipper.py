@@ -480,7 +480,7 @@ class Shipper:
         last_offset = f.offset
 
         def flush() -> bool:
-            nonlocal batch, batch_size, pending_dead, last_offset
+            nonlocal batch, batch_size, pending_dead
             self._refused = []
             if batch and not self._send(batch, self.files, ambiguous=not f.verified):
                 return False

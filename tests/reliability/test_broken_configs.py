@@ -107,7 +107,7 @@ def test_refusal_rules_loader_one_clear_error(broken, tmp_path):
 # A YAML alias bomb (9 levels of 9 aliases: 387M references) under a key the schema accepts.
 def _bomb(key: str) -> bytes:
     names = "abcdefghi"
-    lines = [f'  - &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines = ['  - &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for prev, name in zip(names, names[1:]):
         lines.append(f"  - &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
     return (f"{key}:\n" + "\n".join(lines) + "\n").encode()
