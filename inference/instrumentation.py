@@ -45,15 +45,15 @@ IDLE_WRITE_DELAY_S = 0.005
 class NodeInstrumentation:
     def __init__(self, metrics: NodeMetrics, writer: SessionLogWriter, cost: CostModel,
                  detector: RefusalDetector, gpu: GpuCollector | None = None,
-                 node_busy: Callable[[], bool] = lambda: True):
+                 node_busy: Callable[..., bool] = lambda slack=0: True):
         self.metrics = metrics
         self.writer = writer
         self.cost = cost
         self.detector = detector
         self.gpu = gpu
-        #: True while requests are in flight, run or wait: the writer then batches records (a
-        #: linger) rather than wake for each; when the node is idle there is nothing a wake-up
-        #: could delay.
+        #: ``node_busy(slack=0)``: True while more than ``slack`` requests are in flight, or any
+        #: run or wait in the engine. A busy node's writer batches records (a linger) rather
+        #: than wake for each; when the node is idle there is nothing a wake-up could delay.
         self.node_busy = node_busy
         self._idle_check_pending = False
 
@@ -69,8 +69,9 @@ class NodeInstrumentation:
         writer = SessionLogWriter(config.log_dir, metrics=metrics, retention_days=config.log_retention_days)
         gpu = GpuCollector().start()
         registry.register(gpu)
-        def busy() -> bool:
-            if requests_in_flight is not None and requests_in_flight():
+        def busy(slack: int = 0) -> bool:
+            """Requests in flight beyond ``slack``, or anything running or waiting in the engine."""
+            if requests_in_flight is not None and requests_in_flight() > slack:
                 return True
             state = engine.state()
             return bool(state.running or state.waiting)
@@ -108,9 +109,9 @@ class NodeInstrumentation:
             self.writer.count_dropped(1)
             return
         self.writer.submit(line)
-        if not self._idle_check_pending:
-            # Checked only when the timer fires: now, the response this record describes
-            # may still count as in flight.
+        # Only when this turn may have been the last one: the response it describes may
+        # still count as in flight (slack 1). A busy node sets no timer at all.
+        if not self._idle_check_pending and not self.node_busy(slack=1):
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:

@@ -107,13 +107,17 @@ def test_an_idle_node_writes_its_log_at_once_and_a_busy_one_batches(tmp_path):
     (60 s here, so 'written' and 'lingering' cannot be confused)."""
     from inference import instrumentation
 
+    timer_set = {}
+
     def written_after(busy: bool, wait_s: float) -> int:
         inst, _ = _instrumentation(tmp_path / str(busy))
         inst.writer.linger_s = 60
-        inst.node_busy = lambda: busy
+        inst.node_busy = lambda slack=0: busy
 
         async def turn_then_wait() -> None:
             inst.on_turn(_turn(1))
+            await asyncio.sleep(0)
+            timer_set[busy] = inst._idle_check_pending  # a busy node sets no idle timer at all
             await asyncio.sleep(instrumentation.IDLE_WRITE_DELAY_S * 5)
             deadline = time.monotonic() + wait_s
             while inst.writer.written == 0 and time.monotonic() < deadline:
@@ -127,3 +131,4 @@ def test_an_idle_node_writes_its_log_at_once_and_a_busy_one_batches(tmp_path):
 
     assert written_after(busy=False, wait_s=10) == 1
     assert written_after(busy=True, wait_s=0.5) == 0
+    assert timer_set == {False: True, True: False}
