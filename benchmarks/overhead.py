@@ -115,18 +115,19 @@ def process_cpu_s(pid: int) -> float:
     return total / 1e9
 
 
-def bootstrap_median_ci(xs: list[float], n: int = 5000, seed: int = 7) -> tuple[float, float]:
-    """95 % percentile-bootstrap interval of the median of ``xs``."""
+def bootstrap_ci(samples: list, stat, n: int = 2000, seed: int = 7) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of ``stat(samples)``, resampling whole samples
+    (a round's figure, or an isolated (on, off) pair)."""
     import random
 
     rng = random.Random(seed)
-    meds = sorted(statistics.median(rng.choices(xs, k=len(xs))) for _ in range(n))
-    return meds[int(0.025 * n)], meds[int(0.975 * n) - 1]
+    vals = sorted(stat(rng.choices(samples, k=len(samples))) for _ in range(n))
+    return vals[int(0.025 * n)], vals[int(0.975 * n) - 1]
 
 
 def median_ci(xs: list[float]) -> tuple[float, float, float]:
     """(median, low, high): the median of ``xs`` with its bootstrap 95 % interval."""
-    return (statistics.median(xs), *bootstrap_median_ci(xs))
+    return (statistics.median(xs), *bootstrap_ci(xs, statistics.median, n=5000))
 
 
 async def _pair_rounds(nodes: dict, args, prompts: list[str], maxes: list[int], rounds: int,
@@ -174,15 +175,6 @@ def p50_shift(pairs: list) -> float:
 
 def mean_diff(pairs: list) -> float:
     return statistics.fmean(x[0] - x[1] for x in pairs)
-
-
-def bootstrap_ci(pairs: list, stat, n: int = 2000, seed: int = 7) -> tuple[float, float]:
-    """95 % percentile-bootstrap interval of ``stat(pairs)``, resampling whole pairs."""
-    import random
-
-    rng = random.Random(seed)
-    vals = sorted(stat(rng.choices(pairs, k=len(pairs))) for _ in range(n))
-    return vals[int(0.025 * n)], vals[int(0.975 * n) - 1]
 
 
 def _run_pair(tmp: Path, model: Path, args, prompts: list[str], maxes: list[int], rounds: int,
