@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from contracts.cli_types import positive_int
+
 DATA_FILE = Path(__file__).with_name("data") / "scenarios.yaml"
 USER_AGENT = "seekwatch-loadgen/0.1 (NextChat-like)"
 
@@ -509,6 +511,9 @@ class LoadGenerator:
 # --------------------------------------------------------------------------------------------
 # command line
 # --------------------------------------------------------------------------------------------
+_pos_int = positive_int("an integer")
+
+
 def _positive_float(v: str) -> float:
     try:
         f = float(v)
@@ -527,16 +532,6 @@ def _ratio(v: str) -> float:
     if not 0.0 <= f <= 1.0:
         raise argparse.ArgumentTypeError(f"{v} is not a ratio between 0 and 1")
     return f
-
-
-def _pos_int(v: str) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{v!r} is not an integer") from None
-    if i < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
-    return i
 
 
 def _nonneg_float(v: str) -> float:

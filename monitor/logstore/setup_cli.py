@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from contracts.cli_types import positive_int
 from contracts.config import ConfigError
 
 
@@ -19,19 +20,10 @@ def add_connection_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="Elasticsearch API key, base64 id:key (or $SEEKWATCH_ES_API_KEY)")
 
 
-def _retention_days(value: str) -> int:
-    try:
-        days = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of days") from None
-    if days < 1:
-        raise argparse.ArgumentTypeError(f"{days} must be at least 1")
-    return days
-
-
 def add_retention_days_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
     """``--retention-days`` (default 180, at least 1), shared by ``es-setup`` and ``es-retention``."""
-    parser.add_argument("--retention-days", type=_retention_days, default=180, help=help_text)
+    parser.add_argument("--retention-days", type=positive_int("a whole number of days"), default=180,
+                        help=help_text)
 
 
 def client_from_args(args: argparse.Namespace):
