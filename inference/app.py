@@ -192,9 +192,9 @@ class StampArrival:
     time spent reading and parsing the body too, as the client sees it; and counts the
     requests in flight."""
 
-    def __init__(self, app, in_flight: RequestsInFlight | None = None):
+    def __init__(self, app, in_flight: RequestsInFlight):
         self.app = app
-        self.in_flight = in_flight or RequestsInFlight()
+        self.in_flight = in_flight
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":

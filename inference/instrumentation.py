@@ -69,6 +69,7 @@ class NodeInstrumentation:
         writer = SessionLogWriter(config.log_dir, metrics=metrics, retention_days=config.log_retention_days)
         gpu = GpuCollector().start()
         registry.register(gpu)
+
         def busy(slack: int = 0) -> bool:
             """Requests in flight beyond ``slack``, or anything running or waiting in the engine."""
             if requests_in_flight is not None and requests_in_flight() > slack:

@@ -56,9 +56,9 @@ MAX_BATCH_BYTES = 4 * MiB
 #: (measured: docs/benchmarks.md, instrumentation overhead); batching a few turns per wake
 #: keeps the log's cost near the ~0.1 ms of work per turn. The price: a SIGKILL can lose up
 #: to this much more of the most recent records (a graceful stop drains everything).
-LINGER_S = 0.05
 #: The node ends the linger early when it is idle (:meth:`SessionLogWriter.write_now`): then
 #: nothing runs that a wake-up could delay, and the record is on disk sooner.
+LINGER_S = 0.05
 #: A batch this large is written at once, linger or not.
 LINGER_MAX_RECORDS = 256
 
