@@ -139,6 +139,17 @@ class _Shutdown(EngineError):
     code = "shutting_down"
 
 
+def sliding_window(config) -> int | None:
+    """The attention window of a config whose layers (some or all) slide, else None."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return window if any("sliding" in t for t in types) else None
+    return window if getattr(config, "use_sliding_window", True) else None
+
+
 def _pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -195,6 +206,9 @@ class TransformersEngine(Engine):
         self._stats_since = time.perf_counter()
         self._kv: SlotKVCache | None = None
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        #: For checks and tests: keep each finished request's token ids in ``last_tokens``.
+        self.record_tokens = False
+        self.last_tokens: dict[str, list[int]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -228,6 +242,13 @@ class TransformersEngine(Engine):
         self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         cfg_len = getattr(self.model.config, "max_position_embeddings", None) or 4096
         self._max_model_len = min(self._max_model_len or cfg_len, cfg_len)
+        window = sliding_window(self.model.config)
+        if window is not None and window < self._max_model_len:
+            # The step's 4-D mask is full causal; within the window that is what a sliding
+            # layer computes, so the context is capped there rather than computed wrongly.
+            log.warning("%s uses sliding-window attention (%d tokens): context capped at %d tokens",
+                        self.model_dir.name, window, window)
+            self._max_model_len = window
         eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -573,6 +594,8 @@ class TransformersEngine(Engine):
         if finish is not None:
             seq.done = True
             self._finished_total += 1
+            if self.record_tokens:
+                self.last_tokens[seq.request_id] = list(seq.generated)
         self._emit(seq, (token, finish, queue_s))
 
     def _decode_step(self) -> None:
