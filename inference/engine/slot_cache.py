@@ -147,8 +147,8 @@ class SlotCache(_CacheBase):
         if self.slots is None:
             keys, values = k[:self.rows, :self.width], v[:self.rows, :self.width]
         else:
-            keys = k.index_select(0, self.slots)[:, :self.width]
-            values = v.index_select(0, self.slots)[:, :self.width]
+            keys = k[:, :self.width].index_select(0, self.slots)
+            values = v[:, :self.width].index_select(0, self.slots)
         return keys.transpose(1, 2), values.transpose(1, 2)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
