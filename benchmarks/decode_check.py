@@ -193,13 +193,22 @@ def main() -> int:
         else:
             path = Path(name)
         t0 = time.monotonic()
-        r = asyncio.run(check_model(path, args.device, args.max_tokens, args.max_batch, args.max_model_len))
+        try:
+            r = asyncio.run(check_model(path, args.device, args.max_tokens, args.max_batch, args.max_model_len))
+        except Exception as exc:  # one model failing must not hide the others' results
+            import traceback
+
+            traceback.print_exc()
+            r = {"model": name, "error": f"{exc.__class__.__name__}: {exc}"}
         r["seconds"] = round(time.monotonic() - t0, 1)
         print(json.dumps(r), flush=True)
         results.append(r)
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=2), "utf-8")
     for r in results:
+        if "error" in r:
+            print(f"{r['model']}: FAILED {r['error']}")
+            continue
         worst = max((b["rel_max_logit_diff"] for b in r["buckets"]), default=float("nan"))
         print(f"{r['model']}: {r['decode_path'][:40]}; greedy tokens equal alone {r['alone']['fraction']:.3f}, "
               f"in a batch {r['in_a_batch']['fraction']:.3f}; worst bucket logit diff {worst:.3g}")
@@ -207,7 +216,7 @@ def main() -> int:
             print(f"  batch {b['rows']:>3} width {b['width']:>5}: replay {b['replay_ms']:.2f} ms "
                   f"(host {b['replay_host_ms']:.2f}), eager {b['eager_ms']:.2f} ms (host {b['eager_host_ms']:.2f}), "
                   f"diff {b['rel_max_logit_diff']:.2g}, argmax equal {b['argmax_equal']:.2f}")
-    return 0
+    return 1 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":

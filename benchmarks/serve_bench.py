@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import random
@@ -131,6 +132,15 @@ async def engine_direct(model_dir: Path, device: str, max_batch: int, max_model_
 
     if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
         torch.set_num_threads(1)  # as the node runs (OMP_NUM_THREADS=1)
+    class Keep(logging.Handler):  # the engine's own account (step times), as the node logs it
+        def emit(self, record):
+            account.append(record.getMessage())
+
+    account: list[str] = []
+    engine_log = logging.getLogger("seekwatch.engine")
+    keep = Keep()
+    engine_log.addHandler(keep)
+    engine_log.setLevel(logging.INFO)
     engine = TransformersEngine(model_dir, device=device, max_batch=max_batch, max_queue=4096,
                                 max_model_len=max_model_len)
     await engine.start()
@@ -166,6 +176,8 @@ async def engine_direct(model_dir: Path, device: str, max_batch: int, max_model_
             out.append(s)
     finally:
         await engine.stop()
+        engine_log.removeHandler(keep)
+        out.append({"engine_log": account})
         engine.model = engine._kv = None
         engine._graphs.clear()
         del engine
@@ -316,7 +328,7 @@ def markdown(result: dict) -> str:
             calls = f", {a['rounds']} calls" if a.get("rounds", 1) > 1 else ""
             lines.append(f"| anchor: `generate`, static cache (compiled), batch {a['batch']}, {a['new_tokens']} new"
                          f"{calls} | {a['batch'] * a.get('rounds', 1)} | {a['aggregate_tok_s']:.1f} | – | – | – |")
-    for s in result.get("engine_direct", []):
+    for s in [s for s in result.get("engine_direct", []) if "concurrency" in s]:
         lines.append(f"| engine driven directly (no HTTP, no instrumentation), {s['concurrency']} streams | "
                      f"{s['requests']} | {s['aggregate_tok_s']:.1f} | {s['ttft_p50_ms']:.0f} / {s['ttft_p99_ms']:.0f} | "
                      f"{s['tpot_p50_ms']:.1f} | {s['e2e_p50_ms']:.0f} / {s['e2e_p99_ms']:.0f} |")
@@ -326,7 +338,7 @@ def markdown(result: dict) -> str:
                      f"{s['ttft_p50_ms']:.0f} / {s['ttft_p99_ms']:.0f} | {s['tpot_p50_ms']:.1f} | "
                      f"{s['e2e_p50_ms']:.0f} / {s['e2e_p99_ms']:.0f} |")
     ratios = []
-    direct = {s["concurrency"]: s for s in result.get("engine_direct", [])}
+    direct = {s["concurrency"]: s for s in result.get("engine_direct", []) if "concurrency" in s}
     batched = {a["concurrency"]: a for a in anchors if a["anchor"] == "generate_batch" and "aggregate_tok_s" in a}
     static = {a["batch"]: a for a in anchors if a["anchor"] == "static-cache generate" and "aggregate_tok_s" in a}
     for s in result.get("scenarios", []):
@@ -433,7 +445,7 @@ def main() -> int:
 
     len_args = ["--max-model-len", str(args.max_model_len)] if args.max_model_len else []
     node = start_node(tmp, "--model", str(model_dir), "--device", args.device, "--max-batch", str(args.max_batch),
-                      "--max-queue", "4096", *len_args, *args.node_arg, ready_timeout=600)
+                      "--max-queue", "4096", *len_args, *args.node_arg, ready_timeout=240)
     workloads: dict[int, tuple[list[str], list[int]]] = {}
     try:
         result["decode_path"] = node.readyz().get("decode_path")

@@ -147,11 +147,11 @@ def test_a_burst_beyond_the_store_queues_and_completes(tiny_model_dir):
 
 def test_a_long_prompt_is_prefilled_in_chunks_while_a_stream_keeps_decoding(tiny_model_dir):
     """Chunked prefill: while a long prompt is prefilled 16 tokens per step, the running
-    stream gets a token in every one of those steps (counted in the engine's emit order)."""
+    stream gets a token in every one of those steps (counted in the engine thread's order)."""
     engine = _engine(tiny_model_dir, max_batch=4, max_prefill_tokens=16)
     order: list[tuple[str, int]] = []
-    emit = engine._emit
-    engine._emit = lambda seq, item: (order.append((seq.request_id, len(seq.generated))), emit(seq, item))
+    after_token = engine._after_token
+    engine._after_token = lambda seq, *a: (order.append((seq.request_id, len(seq.generated))), after_token(seq, *a))
     long_prompt = "退货 订单 " * 60
 
     async def main():
