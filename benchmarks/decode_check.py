@@ -95,7 +95,7 @@ def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
     return {"tokens": total, "equal": same, "fraction": same / max(total, 1), "first_difference": prefix}
 
 
-def bucket_logits_and_times(engine, reps: int = 20) -> list[dict]:
+def bucket_logits_and_times(engine, reps: int = 10) -> list[dict]:
     """Per captured bucket: the replay against the eager step on rows that hold real
     prompts (relative max logit difference, argmax agreement), and the median time of one
     replay and one eager step (device events)."""
