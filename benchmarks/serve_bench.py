@@ -450,8 +450,8 @@ def main() -> int:
     try:
         result["decode_path"] = node.readyz().get("decode_path")
         print(f"node decode path: {result['decode_path']}", flush=True)
-        prompts, maxes = workload(4)
-        asyncio.run(run_scenario(node.base_url, prompts, maxes, 4))  # warm-up
+        prompts, maxes = workload(8)
+        asyncio.run(run_scenario(node.base_url, prompts, maxes, 8))  # warm-up
         for c in args.concurrency:
             prompts, maxes = workload(args.requests or max(4, round(args.requests_per_stream * c)))
             workloads[c] = (prompts, maxes)

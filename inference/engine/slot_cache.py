@@ -116,26 +116,65 @@ class SlotKVCache:
         """The cache for a step over slots ``0 … rows-1`` (one query token each)."""
         return SlotCache(self, write_index, width, rows=rows)
 
-    def prefill_cache(self, slots: torch.Tensor, write_index: torch.Tensor, width: int) -> "SlotCache":
-        """The cache for a step over arbitrary slots (chunks of prompts): reads are gathered."""
-        return SlotCache(self, write_index, width, slots=slots)
+    #: Packed prefill rows are padded to a multiple of this many tokens, so the matrix
+    #: shapes repeat from step to step (each new shape costs the GEMM libraries a lookup,
+    #: and start-up warms every one of them).
+    TOKEN_STEP = 64
+
+    def packed(self, chunks: list[tuple[int, int, int]]) -> tuple["SlotCache", torch.Tensor, torch.Tensor]:
+        """Cache, attention mask and positions for prompt chunks packed into one row.
+
+        ``chunks`` are ``(slot, first position, tokens)``. Their tokens are concatenated
+        (no padding: a step costs the tokens it prefills); each token's key/value goes to
+        its own slot, and the keys read are, per chunk, columns ``0 … end`` of its slot,
+        concatenated too. The mask ``[1, 1, tokens, keys]`` lets a token see only its own
+        sequence's keys up to its own position. The row is padded to a multiple of
+        ``TOKEN_STEP`` tokens that see nothing. Returns ``(cache, mask, positions [1, T])``.
+        """
+        q_seq, q_pos, k_seq, k_col, write, read = [], [], [], [], [], []
+        for i, (slot, start, n) in enumerate(chunks):
+            end = start + n
+            base = slot * self.stride
+            q_seq += [i] * n
+            q_pos += range(start, end)
+            write += range(base + start, base + end)
+            k_seq += [i] * end
+            k_col += range(end)
+            read += range(base, base + end)
+        pad = -len(q_seq) % self.TOKEN_STEP  # padding tokens: see nothing, write to slot 0's trash column
+        q_seq += [-2] * pad
+        q_pos += [0] * pad
+        write += [self.trash] * pad
+        pad = -len(read) % 16  # keys padded to a multiple of 16: the aligned attention kernels
+        k_seq += [-1] * pad
+        k_col += [0] * pad
+        read += [self.trash] * pad  # slot 0's trash column, never visible
+        host = torch.tensor([q_seq, q_pos, write], dtype=torch.long)
+        keys = torch.tensor([k_seq, k_col, read], dtype=torch.long)
+        host, keys = host.to(self.device, non_blocking=True), keys.to(self.device, non_blocking=True)
+        visible = (host[0].unsqueeze(1) == keys[0].unsqueeze(0)) & (keys[1].unsqueeze(0) <= host[1].unsqueeze(1))
+        zero = torch.zeros((), dtype=self.dtype, device=self.device)
+        low = torch.full((), self.mask_min, dtype=self.dtype, device=self.device)
+        mask = torch.where(visible, zero, low)[None, None]
+        return SlotCache(self, host[2], keys.shape[1], read_index=keys[2]), mask, host[1].unsqueeze(0)
 
 
 class SlotCache(_CacheBase):
     """What the model sees for one forward pass: ``update`` writes the new keys/values into
-    the store at the precomputed flat indices and returns the first ``width`` columns of the
-    pass's slots as ``[batch, heads, width, dim]``."""
+    the store at the precomputed flat indices and returns, for a decode step, the first
+    ``width`` columns of the first ``rows`` slots as ``[rows, heads, width, dim]`` (a view);
+    for a packed prefill, the listed tokens as ``[1, heads, keys, dim]`` (a gather)."""
 
     is_compileable = False
 
     def __init__(self, store: SlotKVCache, write_index: torch.Tensor, width: int, *,
-                 rows: int | None = None, slots: torch.Tensor | None = None):
+                 rows: int | None = None, read_index: torch.Tensor | None = None):
         # Cache.__init__ differs between transformers releases and allocates layers we do not use.
         self.store = store
         self.write_index = write_index.reshape(-1)
         self.width = width
         self.rows = rows
-        self.slots = slots
+        self.read_index = read_index
         self.layers = []
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -144,11 +183,11 @@ class SlotCache(_CacheBase):
         flat = (-1, s.kv_heads, s.head_dim)
         k.view(flat).index_copy_(0, self.write_index, key_states.transpose(1, 2).reshape(flat).to(s.dtype))
         v.view(flat).index_copy_(0, self.write_index, value_states.transpose(1, 2).reshape(flat).to(s.dtype))
-        if self.slots is None:
+        if self.read_index is None:  # decode: the first `rows` slots, as a view
             keys, values = k[:self.rows, :self.width], v[:self.rows, :self.width]
-        else:
-            keys = k[:, :self.width].index_select(0, self.slots)
-            values = v[:, :self.width].index_select(0, self.slots)
+        else:  # packed prefill: the listed tokens, gathered into one row
+            keys = k.view(flat).index_select(0, self.read_index).unsqueeze(0)
+            values = v.view(flat).index_select(0, self.read_index).unsqueeze(0)
         return keys.transpose(1, 2), values.transpose(1, 2)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:

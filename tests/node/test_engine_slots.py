@@ -191,3 +191,26 @@ def test_sliding_window_models_are_capped_at_their_window():
     assert sliding_window(Cfg(sliding_window=4096, layer_types=["full_attention"] * 4)) is None
     assert sliding_window(Cfg(sliding_window=512, layer_types=["sliding_attention", "full_attention"])) == 512
     assert sliding_window(Cfg(sliding_window=None)) is None
+
+
+def test_packed_prefill_sees_only_its_own_sequence_up_to_its_position():
+    store = SlotKVCache(1, 1, 2, torch.float32, torch.device("cpu"), slots=4, max_len=8)
+    # slot 2: tokens at positions 3, 4 (0-2 prefilled earlier); slot 0: positions 0, 1, 2
+    cache, mask, positions = store.packed([(2, 3, 2), (0, 0, 3)])
+    assert positions[0, :5].tolist() == [3, 4, 0, 1, 2]
+    assert cache.write_index[:5].tolist() == [2 * 9 + 3, 2 * 9 + 4, 0, 1, 2]
+    assert set(cache.write_index[5:].tolist()) == {8}  # padding tokens write to slot 0's trash column
+    keys = cache.read_index.tolist()
+    assert len(keys) % 16 == 0 and keys[:8] == [18, 19, 20, 21, 22, 0, 1, 2]
+    assert positions.shape[1] == 64 and cache.write_index.shape[0] == 64  # padded to TOKEN_STEP
+    assert set(keys[8:]) == {8}  # padding keys: slot 0's trash column
+    visible = (mask[0, 0] == 0).int().tolist()
+    assert [row[:8] for row in visible[:5]] == [
+        [1, 1, 1, 1, 0, 0, 0, 0],  # slot 2, position 3: its columns 0-3
+        [1, 1, 1, 1, 1, 0, 0, 0],  # position 4
+        [0, 0, 0, 0, 0, 1, 0, 0],  # slot 0, position 0
+        [0, 0, 0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 1, 1, 1],
+    ]
+    assert not any(any(row[8:]) for row in visible)
+    assert not any(any(row) for row in visible[5:])  # padding tokens see nothing
