@@ -26,7 +26,8 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--max-queue", type=int, default=128, help="requests allowed to wait; more get 429")
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
     p.add_argument("--kv-cache-tokens", type=int, metavar="N",
-                   help="cap on the batch's padded key/value slots (rows x width); default: 70%% of free GPU memory, unbounded on CPU")
+                   help="tokens the KV store holds (one slot of --max-model-len tokens per running sequence); "
+                        "default: 90%% of the GPU memory free after loading, --max-batch slots on CPU")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request bodies over this get 413")
     p.add_argument("--api-key-file", metavar="F", help="file with one API key per line; also $SEEKWATCH_API_KEYS (comma-separated)")
     p.add_argument("--auth-probes", action="store_true",

@@ -21,7 +21,7 @@ class NodeConfig:
     max_batch: int = 32
     max_queue: int = 128
     max_model_len: int | None = None
-    kv_cache_tokens: int | None = None       # padded KV slots; default: from free GPU memory
+    kv_cache_tokens: int | None = None       # KV store size in tokens; default: from free GPU memory
     max_body_bytes: int = 4 * 1024 * 1024
     api_key_file: str | None = None
     api_keys_env: str = "SEEKWATCH_API_KEYS"
