@@ -33,8 +33,14 @@ def recording_names(cfg: AlertdConfig) -> dict[str, str]:
     c = cfg.rule("completion_rate")
     if c:
         w = fd(c["window"])
-        n.update(requests=f"seekwatch:requests:increase{w}", completed=f"seekwatch:requests_completed:increase{w}",
-                 down=f"seekwatch:feedback_down:increase{w}", completion=f"seekwatch:completion_rate:{w}")
+        n.update(conv_ended=f"seekwatch:conversations_ended:increase{w}",
+                 conv_completed=f"seekwatch:conversations_completed:increase{w}",
+                 dialogue=f"seekwatch:dialogue_completion_rate:{w}")
+    t = cfg.rule("turn_completion")
+    if t:
+        w = fd(t["window"])
+        n.update(turns=f"seekwatch:chat_turns:increase{w}", turns_completed=f"seekwatch:chat_turns_completed:increase{w}",
+                 down=f"seekwatch:completed_turns_rated_down:increase{w}", turn=f"seekwatch:turn_completion_rate:{w}")
     g = cfg.rule("gpu_utilization")
     if g:
         n["gpu"] = f"seekwatch:gpu_utilization:avg{fd(max(g['for'], cfg.evaluation_interval))}"
@@ -86,22 +92,46 @@ def prometheus_rules(cfg: AlertdConfig) -> dict[str, Any]:
 
     c = cfg.rule("completion_rate")
     if c:
+        # 对话完成率: conversations the nodes closed (idle for --conversation-idle) in the window
         w = fd(c["window"])
         rec += [
-            {"record": n["requests"], "expr": f"sum by ({by}) (increase({M.REQUESTS_TOTAL}{{{sel}}}[{w}]))"},
-            {"record": n["completed"], "expr": f'sum by ({by}) (increase({M.REQUESTS_TOTAL}{{{sel}, status="completed"}}[{w}]))'},
-            {"record": n["down"], "expr": f'sum by ({by}) (increase({M.FEEDBACK_TOTAL}{{{sel}, rating="down"}}[{w}]))'},
-            {"record": n["completion"],
-             "expr": f"clamp_min({n['completed']} - ({n['down']} or {n['completed']} * 0), 0) / {n['requests']}"},
+            {"record": n["conv_ended"], "expr": f"sum by ({by}) (increase({M.CONVERSATIONS_ENDED_TOTAL}{{{sel}}}[{w}]))"},
+            {"record": n["conv_completed"],
+             "expr": f'sum by ({by}) (increase({M.CONVERSATIONS_ENDED_TOTAL}{{{sel}, outcome="completed"}}[{w}]))'},
+            {"record": n["dialogue"], "expr": f"{n['conv_completed']} / {n['conv_ended']}"},
         ]
         alerts.append(_alert(
             ALERTNAMES["completion_rate"],
-            f"{n['completion']} < {c['threshold']:g} and {n['requests']} >= {c['min_samples']}", c["for"],
+            f"{n['dialogue']} < {c['threshold']:g} and {n['conv_ended']} >= {c['min_samples']}", c["for"],
             {"severity": c.get("severity", "critical"), "rule": "completion_rate"},
             "对话完成率过低 / Dialogue completion rate low: {{ $labels.instance }}",
-            f"{w} 完成率 {{{{ $value | humanizePercentage }}}}，阈值 < {c['threshold'] * 100:g}%\n"
-            f"completion rate over {w} = {{{{ $value | humanizePercentage }}}}, threshold < {c['threshold'] * 100:g}%{dash}",
+            f"{w} 内结束的对话中对话完成率 {{{{ $value | humanizePercentage }}}}，阈值 < {c['threshold'] * 100:g}%\n"
+            f"dialogue completion (per conversation) over {w} = {{{{ $value | humanizePercentage }}}}, "
+            f"threshold < {c['threshold'] * 100:g}%{dash}",
             {"value": "{{ $value }}", "threshold": f"{c['threshold']:g}", "window_seconds": f"{c['window']:g}"}))
+
+    t = cfg.rule("turn_completion")
+    if t:
+        # 轮次完成率: a thumbs-down subtracts only a turn that had completed, once
+        w = fd(t["window"])
+        chat = f'{sel}, request_kind=~"chat|"'
+        rec += [
+            {"record": n["turns"], "expr": f"sum by ({by}) (increase({M.REQUESTS_TOTAL}{{{chat}}}[{w}]))"},
+            {"record": n["turns_completed"],
+             "expr": f'sum by ({by}) (increase({M.REQUESTS_TOTAL}{{{chat}, status="completed"}}[{w}]))'},
+            {"record": n["down"], "expr": f"sum by ({by}) (increase({M.COMPLETED_TURNS_RATED_DOWN_TOTAL}{{{sel}}}[{w}]))"},
+            {"record": n["turn"],
+             "expr": f"clamp_min({n['turns_completed']} - ({n['down']} or {n['turns_completed']} * 0), 0) / {n['turns']}"},
+        ]
+        alerts.append(_alert(
+            ALERTNAMES["turn_completion"],
+            f"{n['turn']} < {t['threshold']:g} and {n['turns']} >= {t['min_samples']}", t["for"],
+            {"severity": t.get("severity", "warning"), "rule": "turn_completion"},
+            "轮次完成率过低 / Turn completion rate low: {{ $labels.instance }}",
+            f"{w} 轮次完成率 {{{{ $value | humanizePercentage }}}}，阈值 < {t['threshold'] * 100:g}%\n"
+            f"turn completion (per chat turn) over {w} = {{{{ $value | humanizePercentage }}}}, "
+            f"threshold < {t['threshold'] * 100:g}%{dash}",
+            {"value": "{{ $value }}", "threshold": f"{t['threshold']:g}", "window_seconds": f"{t['window']:g}"}))
 
     g = cfg.rule("gpu_utilization")
     if g:
@@ -199,7 +229,7 @@ def alertmanager_config(cfg: AlertdConfig) -> tuple[dict[str, Any], list[str]]:
         "inhibit_rules": [{
             "source_matchers": [f'alertname="{ALERTNAMES["no_data"]}"'],
             "target_matchers": [f'alertname=~"{ALERTNAMES["p99_latency"]}|{ALERTNAMES["completion_rate"]}|'
-                                f'{ALERTNAMES["gpu_utilization"]}"'],
+                                f'{ALERTNAMES["turn_completion"]}|{ALERTNAMES["gpu_utilization"]}"'],
             "equal": ["instance"],
         }],
         "receivers": receivers,

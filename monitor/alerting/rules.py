@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import AlertdConfig
-from .model import UNKNOWN, Completion, NodeObservation
+from .model import UNKNOWN, Completion, Dialogues, NodeObservation
 
 FLEET = "fleet"
 
@@ -90,7 +90,23 @@ def evaluate(cfg: AlertdConfig, observations: list[NodeObservation],
                                     value=None if lat is UNKNOWN else lat, threshold=thr, for_s=r["for"],
                                     detail={"metric": r.get("metric", "ttft"), "quantile": r.get("quantile", 0.99),
                                             "window": r["window"]}))
-        r = cfg.rule("completion_rate")
+        r = cfg.rule("completion_rate")      # 对话完成率: per conversation
+        if r:
+            d = o.dialogues
+            if d is UNKNOWN:
+                active, value, detail = None, None, {}
+            else:
+                assert isinstance(d, Dialogues)
+                enough = d.ended >= r["min_samples"]
+                active = bool(enough and d.rate is not None and d.rate < r["threshold"])
+                if not active and "dialogues" in o.partial:
+                    active = None
+                value = d.rate
+                detail = {"ended": d.ended, "completed": d.completed}
+            detail.update(window=r["window"], min_samples=r["min_samples"])
+            evals.append(Evaluation(_labels("completion_rate", o.node, r), active, value=value,
+                                    threshold=r["threshold"], for_s=r["for"], detail=detail))
+        r = cfg.rule("turn_completion")      # 轮次完成率: per chat turn
         if r:
             c = o.completion
             if c is UNKNOWN:
@@ -105,7 +121,7 @@ def evaluate(cfg: AlertdConfig, observations: list[NodeObservation],
                 value = rate
                 detail = {"total": c.total, "completed": c.completed, "down": c.down}
             detail.update(window=r["window"], min_samples=r["min_samples"])
-            evals.append(Evaluation(_labels("completion_rate", o.node, r), active, value=value,
+            evals.append(Evaluation(_labels("turn_completion", o.node, r), active, value=value,
                                     threshold=r["threshold"], for_s=r["for"], detail=detail))
         r = cfg.rule("gpu_utilization")
         if r:

@@ -5,8 +5,10 @@ history in memory and turn it into :class:`~monitor.alerting.model.NodeObservati
   Prometheus' ``histogram_quantile`` — the same arithmetic as
   ``histogram_quantile(0.99, sum by (le) (rate(..._bucket[window])))``.
 * GPU utilization: the average of the samples over the rule's ``for`` (``avg_over_time``).
-* Completion: increases of ``seekwatch_requests_total{status}`` and
-  ``seekwatch_feedback_total{rating="down"}`` over ``window``.
+* Turn completion: increases of ``seekwatch_requests_total{status}`` (chat turns: the
+  ``request_kind="chat"`` series, or series without the label) and
+  ``seekwatch_completed_turns_rated_down_total`` over ``window``.
+* Dialogue completion: increases of ``seekwatch_conversations_ended_total{outcome}``.
 * Load: the average of ``seekwatch_requests_running`` over the scaling window.
 
 A node that cannot be fetched or parsed, or exposes no ``seekwatch_`` sample, is reported as
@@ -19,14 +21,15 @@ import collections
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from contracts import metrics as M
+from contracts.signals import CHAT
 from prometheus_client.parser import text_string_to_metric_families
 
 from .config import AlertdConfig, node_id
-from .model import UNKNOWN, Completion, NodeObservation, histogram_quantile
+from .model import UNKNOWN, Completion, Dialogues, NodeObservation, histogram_quantile
 
 log = logging.getLogger("seekwatch.alertd.scrape")
 
@@ -39,16 +42,18 @@ class Sample:
 
     t: float
     buckets: dict[float, float]     # le -> cumulative count, summed over other labels
-    requests: dict[str, float]      # status -> counter value
-    down: float                     # feedback_total{rating="down"}
+    requests: dict[str, float]      # status -> counter value (chat turns)
+    down: float                     # completed_turns_rated_down_total
     gpu: dict[str, float]           # gpu -> utilization ratio
     running: float | None
+    conversations: dict[str, float] = field(default_factory=dict)  # outcome -> conversations_ended_total
     # Reset-adjusted running totals since the history began (set by NodeHistory.add): the
     # counter increase between two samples is then one subtraction per series, not a pass
     # over every sample in the window.
     cb: dict[float, float] | None = None
     cr: dict[str, float] | None = None
     cd: float = 0.0
+    cc: dict[str, float] | None = None
 
 
 def _accumulate(prev_raw: dict, prev_cum: dict, raw: dict) -> dict:
@@ -110,7 +115,8 @@ def parse_exposition(text: str, latency_metric: str, t: float, reference: bool =
     Returns None when the text holds no ``seekwatch_`` sample at all.
     """
     bucket_name = latency_metric + "_bucket"
-    wanted = (bucket_name, M.REQUESTS_TOTAL, M.FEEDBACK_TOTAL, M.GPU_UTILIZATION, M.REQUESTS_RUNNING)
+    wanted = (bucket_name, M.REQUESTS_TOTAL, M.COMPLETED_TURNS_RATED_DOWN_TOTAL, M.CONVERSATIONS_ENDED_TOTAL,
+              M.GPU_UTILIZATION, M.REQUESTS_RUNNING)
     lines = []
     seen_any = False
     for line in text.splitlines():
@@ -128,6 +134,7 @@ def parse_exposition(text: str, latency_metric: str, t: float, reference: bool =
     buckets: dict[float, float] = {}
     requests: dict[str, float] = {}
     down = 0.0
+    conversations: dict[str, float] = {}
     gpu: dict[str, float] = {}
     running: float | None = None
     for name, labels, value in samples:
@@ -135,16 +142,19 @@ def parse_exposition(text: str, latency_metric: str, t: float, reference: bool =
             le = float(labels["le"])
             buckets[le] = buckets.get(le, 0.0) + value
         elif name == M.REQUESTS_TOTAL:
-            st = labels.get("status", "")
-            requests[st] = requests.get(st, 0.0) + value
-        elif name == M.FEEDBACK_TOTAL:
-            if labels.get("rating") == "down":
-                down += value
+            if labels.get("request_kind", CHAT) in ("", CHAT):
+                st = labels.get("status", "")
+                requests[st] = requests.get(st, 0.0) + value
+        elif name == M.COMPLETED_TURNS_RATED_DOWN_TOTAL:
+            down += value
+        elif name == M.CONVERSATIONS_ENDED_TOTAL:
+            o = labels.get("outcome", "")
+            conversations[o] = conversations.get(o, 0.0) + value
         elif name == M.GPU_UTILIZATION:
             gpu[labels.get("gpu", "")] = value
         elif name == M.REQUESTS_RUNNING:
             running = (running or 0.0) + value
-    return Sample(t, buckets, requests, down, gpu, running)
+    return Sample(t, buckets, requests, down, gpu, running, conversations)
 
 
 class NodeHistory:
@@ -161,8 +171,9 @@ class NodeHistory:
             s.cb = _accumulate(p.buckets, p.cb, s.buckets)
             s.cr = _accumulate(p.requests, p.cr, s.requests)
             s.cd = p.cd + (s.down - p.down if s.down >= p.down else s.down)
+            s.cc = _accumulate(p.conversations, p.cc, s.conversations)
         else:
-            s.cb, s.cr, s.cd = dict(s.buckets), dict(s.requests), s.down
+            s.cb, s.cr, s.cd, s.cc = dict(s.buckets), dict(s.requests), s.down, dict(s.conversations)
         self.samples.append(s)
         while self.samples and self.samples[0].t < s.t - self.keep:
             self.samples.popleft()
@@ -191,7 +202,7 @@ def observe(h: NodeHistory, cfg: AlertdConfig, now: float) -> NodeObservation:
             obs.latency = None if math.isnan(q) else q
             if not h.covers(now, p99["window"], ev):
                 obs.partial.add("latency")
-    comp = cfg.rule("completion_rate")
+    comp = cfg.rule("turn_completion")
     if comp:
         win = h.window(now, comp["window"])
         if len(win) >= 2:
@@ -201,6 +212,15 @@ def observe(h: NodeHistory, cfg: AlertdConfig, now: float) -> NodeObservation:
                                         down=win[-1].cd - win[0].cd)
             if not h.covers(now, comp["window"], ev):
                 obs.partial.add("completion")
+    dial = cfg.rule("completion_rate")
+    if dial:
+        win = h.window(now, dial["window"])
+        if len(win) >= 2:
+            first, last = win[0].cc, win[-1].cc
+            per = {o: c - first.get(o, 0.0) for o, c in last.items()}
+            obs.dialogues = Dialogues(ended=sum(per.values()), completed=per.get("completed", 0.0))
+            if not h.covers(now, dial["window"], ev):
+                obs.partial.add("dialogues")
     gpu = cfg.rule("gpu_utilization")
     if gpu and h.samples:
         span = max(gpu["for"], ev)

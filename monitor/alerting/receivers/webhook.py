@@ -15,6 +15,7 @@ ALERTNAMES = {
     "p99_latency": "SeekwatchP99LatencyHigh",
     "gpu_utilization": "SeekwatchGpuUtilizationHigh",
     "completion_rate": "SeekwatchCompletionRateLow",
+    "turn_completion": "SeekwatchTurnCompletionLow",
     "no_data": "SeekwatchNoData",
     "scaling": "SeekwatchScalingRecommended",
 }
