@@ -52,7 +52,7 @@ def render(ctx: ui.Ctx, w: Window) -> None:
                 chart_data=spark("requests"), border=True)
     c[1].metric("完成率 Completion rate", ui.fmt_pct(k.completion_rate),
                 ui.delta(k.completion_rate, p.completion_rate, ui.fmt_pp),
-                chart_data=[a / b if b else 0 for a, b in zip(s["completed"], s["requests"])] if not s.empty else None,
+                chart_data=[a / b if b else 0 for a, b in zip(s["completed"], s["chat_turns"])] if not s.empty else None,
                 border=True, help="status completed and no thumbs-down feedback, over all turns")
     c[2].metric("输出速率 Output tokens/s", ui.fmt_rate(k.tokens_per_s),
                 ui.delta(k.tokens_per_s, p.tokens_per_s, ui.fmt_rate),
@@ -77,7 +77,7 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     c[1].metric("会话数 Sessions", ui.fmt_int(k.sessions), ui.delta(k.sessions, p.sessions, ui.fmt_int), border=True)
     c[2].metric("对话完成率 Dialogue completion", ui.fmt_pct(k.dialogue_completion_rate),
                 ui.delta(k.dialogue_completion_rate, p.dialogue_completion_rate, ui.fmt_pp), border=True,
-                help="dialogues whose every turn completed")
+                help="conversations that ended in the range on a completed turn / all that ended (docs/quality.md)")
     if why:
         st.caption(f"GPU: {why}")
     h = src.health() if hasattr(src, "health") else {}

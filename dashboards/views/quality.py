@@ -12,9 +12,10 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     k = src.kpis(w)
     c = st.columns(4)
     c[0].metric("轮次完成率 Turn completion", ui.fmt_pct(k.completion_rate), border=True,
-                help="completed turns / all turns; completed = status completed and no thumbs-down")
+                help="completed chat turns / chat turns; completed = status completed and no thumbs-down on that turn")
     c[1].metric("对话完成率 Dialogue completion", ui.fmt_pct(k.dialogue_completion_rate), border=True,
-                help="dialogues whose every turn in the range completed / all dialogues")
+                help="conversations that ended in the range (5 min without a chat turn) on a completed turn / "
+                     "all that ended; docs/quality.md")
     c[2].metric("差评 Rated down", ui.fmt_int(k.rated_down), border=True)
     c[3].metric("拒答 Refused", ui.fmt_int(k.statuses.get("refused", 0)), border=True)
     st.caption("threshold: completion rate < 90 % over 15 min (seed table 4.1)")
@@ -25,7 +26,7 @@ def render(ctx: ui.Ctx, w: Window) -> None:
         st.info("没有数据 · no data")
         return
     q = q.assign(turn_completion=q["completed"] / q["turns"],
-                 dialogue_completion=q["completed_dialogues"] / q["sessions"].where(q["sessions"] > 0))
+                 dialogue_completion=q["completed_dialogues"] / q["dialogues"].where(q["dialogues"] > 0))
     st.dataframe(q, hide_index=True, width="stretch", column_config={
         "turn_completion": st.column_config.NumberColumn("turn completion", format="percent"),
         "dialogue_completion": st.column_config.NumberColumn("dialogue completion", format="percent")})

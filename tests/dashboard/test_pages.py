@@ -54,7 +54,7 @@ def test_overview(dash_env, expected, fixture_records):
         assert m[f"首字延迟 TTFT {q.upper()}"][0] == ms(getattr(expected, f"ttft_{q}"))
         assert m[f"端到端延迟 E2E {q.upper()}"][0] == ms(getattr(expected, f"e2e_{q}"))
     assert m["会话数 Sessions"][0] == f"{expected.sessions:,}"
-    assert m["对话完成率 Dialogue completion"][0] == pct(expected.completed_dialogues / expected.sessions)
+    assert m["对话完成率 Dialogue completion"][0] == pct(expected.dialogue_completion_rate)
     assert m["GPU 利用率 GPU utilization"][0] == "—"  # no GPU source configured: no number invented
 
 
@@ -76,7 +76,7 @@ def test_quality(dash_env, expected):
     at = run("quality")
     m = metrics(at)
     assert m["轮次完成率 Turn completion"][0] == pct(expected.completion_rate)
-    assert m["对话完成率 Dialogue completion"][0] == pct(expected.completed_dialogues / expected.sessions)
+    assert m["对话完成率 Dialogue completion"][0] == pct(expected.dialogue_completion_rate)
     assert m["差评 Rated down"][0] == f"{expected.rated_down:,}"
     assert m["拒答 Refused"][0] == f"{expected.refused:,}"
     table = at.dataframe[0].value.set_index("model_version")
