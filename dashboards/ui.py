@@ -48,15 +48,22 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
+def conversation_idle_s() -> float:
+    from contracts.signals import DEFAULT_CONVERSATION_IDLE_S
+
+    return float(env("CONVERSATION_IDLE") or DEFAULT_CONVERSATION_IDLE_S)
+
+
 @st.cache_resource(show_spinner=False)
-def _log_source(kind: str, target: str, index: str, host_name: str = ""):
+def _log_source(kind: str, target: str, index: str, host_name: str = "", idle_s: float = 300.0):
     if kind == "engine":
         from dashboards.data.engine import EngineSource
 
-        return EngineSource(target, index=index, where={"host.name": host_name} if host_name else None)
+        return EngineSource(target, index=index, where={"host.name": host_name} if host_name else None,
+                            conversation_idle_s=idle_s)
     from dashboards.data.jsonl import JsonlSource
 
-    return JsonlSource(target, cache_dir=parse_cache_dir(target))
+    return JsonlSource(target, cache_dir=parse_cache_dir(target), conversation_idle_s=idle_s)
 
 
 def parse_cache_dir(log_dir: str) -> str | None:
@@ -88,8 +95,8 @@ def _cost_model(path: str | None):
 def log_source():
     url = env("URL")
     if url:
-        return _log_source("engine", url, env("INDEX", "seekwatch-*"), env("HOST_NAME", ""))
-    return _log_source("jsonl", os.path.abspath(env("LOGS", DEFAULT_LOG_DIR)), "")
+        return _log_source("engine", url, env("INDEX", "seekwatch-*"), env("HOST_NAME", ""), conversation_idle_s())
+    return _log_source("jsonl", os.path.abspath(env("LOGS", DEFAULT_LOG_DIR)), "", "", conversation_idle_s())
 
 
 def gpu_source():
