@@ -12,6 +12,7 @@ import yaml
 
 from contracts import metrics as M
 
+from . import messages
 from .config import AlertdConfig
 from .durations import format_duration as fd
 from .receivers.webhook import ALERTNAMES
@@ -24,12 +25,17 @@ def _dump(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
 
 
+def _metric(rule: str, r: dict[str, Any]) -> str:
+    return "e2e" if rule == "p99_e2e_latency" else r.get("metric", "ttft")
+
+
 def recording_names(cfg: AlertdConfig) -> dict[str, str]:
     n: dict[str, str] = {}
-    p = cfg.rule("p99_latency")
-    if p:
-        base = LATENCY_METRICS[p.get("metric", "ttft")][len(M.PREFIX):]
-        n["latency"] = f"seekwatch:{base}:p{float(p.get('quantile', 0.99)) * 100:g}_{fd(p['window'])}".replace(".", "_")
+    for name, key in (("p99_latency", "latency"), ("p99_e2e_latency", "latency_e2e")):
+        p = cfg.rule(name)
+        if p:
+            base = LATENCY_METRICS[_metric(name, p)][len(M.PREFIX):]
+            n[key] = f"seekwatch:{base}:p{float(p.get('quantile', 0.99)) * 100:g}_{fd(p['window'])}".replace(".", "_")
     c = cfg.rule("completion_rate")
     if c:
         w = fd(c["window"])
@@ -72,23 +78,27 @@ def prometheus_rules(cfg: AlertdConfig) -> dict[str, Any]:
     alerts: list[dict[str, Any]] = []
     dash = f"\n仪表盘 Dashboard: {cfg.dashboard_url}" if cfg.dashboard_url else ""
 
-    p = cfg.rule("p99_latency")
-    if p:
-        metric = LATENCY_METRICS[p.get("metric", "ttft")]
+    for name, key in (("p99_latency", "latency"), ("p99_e2e_latency", "latency_e2e")):
+        p = cfg.rule(name)
+        if not p:
+            continue
+        m = _metric(name, p)
         q = p.get("quantile", 0.99)
-        rec.append({"record": n["latency"], "expr": f"histogram_quantile({q}, sum by ({by}, le) "
-                                                     f"(rate({metric}_bucket{{{sel}}}[{fd(p['window'])}])))"})
+        if not any(r["record"] == n[key] for r in rec):   # both rules on e2e with one window: one record
+            rec.append({"record": n[key], "expr": f"histogram_quantile({q}, sum by ({by}, le) "
+                                                  f"(rate({LATENCY_METRICS[m]}_bucket{{{sel}}}[{fd(p['window'])}])))"})
         thr = p["threshold_ms"] / 1000.0
-        what = "首字延迟 TTFT" if p.get("metric", "ttft") == "ttft" else "端到端延迟"
+        what = "首字延迟 TTFT" if m == "ttft" else "端到端延迟"
+        zh, en = messages.RULE_TITLES[name]
         alerts.append(_alert(
-            ALERTNAMES["p99_latency"], f"{n['latency']} > {thr:g}", p["for"],
-            {"severity": p.get("severity", "critical"), "rule": "p99_latency"},
-            "P99 延迟过高 / P99 latency high: {{ $labels.instance }}",
+            ALERTNAMES[name], f"{n[key]} > {thr:g}", p["for"],
+            {"severity": p.get("severity", "critical"), "rule": name},
+            f"{zh} / {en}: {{{{ $labels.instance }}}}",
             f"{fd(p['window'])} 内{what} P{q * 100:g} = {{{{ $value | humanizeDuration }}}}，阈值 > {p['threshold_ms']:g} ms\n"
-            f"P{q * 100:g} {'time to first token' if p.get('metric', 'ttft') == 'ttft' else 'end-to-end latency'} "
+            f"P{q * 100:g} {'time to first token' if m == 'ttft' else 'end-to-end latency'} "
             f"over {fd(p['window'])} = {{{{ $value | humanizeDuration }}}}, threshold > {p['threshold_ms']:g} ms{dash}",
             {"value": "{{ $value }}", "threshold": f"{thr:g}", "window_seconds": f"{p['window']:g}",
-             "metric": p.get("metric", "ttft"), "quantile": f"{q:g}"}))
+             "metric": m, "quantile": f"{q:g}"}))
 
     c = cfg.rule("completion_rate")
     if c:
@@ -228,8 +238,9 @@ def alertmanager_config(cfg: AlertdConfig) -> tuple[dict[str, Any], list[str]]:
         },
         "inhibit_rules": [{
             "source_matchers": [f'alertname="{ALERTNAMES["no_data"]}"'],
-            "target_matchers": [f'alertname=~"{ALERTNAMES["p99_latency"]}|{ALERTNAMES["completion_rate"]}|'
-                                f'{ALERTNAMES["turn_completion"]}|{ALERTNAMES["gpu_utilization"]}"'],
+            "target_matchers": [f'alertname=~"{ALERTNAMES["p99_latency"]}|{ALERTNAMES["p99_e2e_latency"]}|'
+                                f'{ALERTNAMES["completion_rate"]}|{ALERTNAMES["turn_completion"]}|'
+                                f'{ALERTNAMES["gpu_utilization"]}"'],
             "equal": ["instance"],
         }],
         "receivers": receivers,

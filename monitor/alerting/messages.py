@@ -13,6 +13,7 @@ from .durations import format_duration, human
 
 RULE_TITLES = {
     "p99_latency": ("P99 延迟过高", "P99 latency high"),
+    "p99_e2e_latency": ("端到端 P99 延迟过高", "End-to-end P99 latency high"),
     "gpu_utilization": ("GPU 利用率过高", "GPU utilization high"),
     "completion_rate": ("对话完成率过低", "Dialogue completion rate low"),
     "turn_completion": ("轮次完成率过低", "Turn completion rate low"),
@@ -37,7 +38,7 @@ def iso(t: float | None) -> str:
 def _fmt_value(rule: str, v: Any) -> str:
     if v is None:
         return "n/a"
-    if rule == "p99_latency":
+    if rule in ("p99_latency", "p99_e2e_latency"):
         return f"{v * 1000:.0f} ms"
     if rule in ("gpu_utilization", "completion_rate", "turn_completion"):
         return f"{v * 100:.1f}%"
@@ -52,7 +53,7 @@ def comparison(a: dict[str, Any]) -> tuple[str, str]:
     d = a.get("detail") or {}
     v, thr = a.get("value"), a.get("threshold")
     fv, ft = _fmt_value(rule, v), _fmt_value(rule, thr)
-    if rule == "p99_latency":
+    if rule in ("p99_latency", "p99_e2e_latency"):
         name = "首字延迟 TTFT" if d.get("metric", "ttft") == "ttft" else "端到端延迟"
         en = "time to first token" if d.get("metric", "ttft") == "ttft" else "end-to-end latency"
         q = f"P{float(d.get('quantile', 0.99)) * 100:g}"

@@ -65,6 +65,7 @@ class NodeObservation:
     up: bool = True
     error: str | None = None                    # why there is no data, for the no-data alert
     latency: object = UNKNOWN                   # seconds (quantile over the window) | None | UNKNOWN
+    latency_e2e: object = UNKNOWN               # the same for p99_e2e_latency (end-to-end duration)
     completion: object = UNKNOWN                # Completion | UNKNOWN (turn completion)
     dialogues: object = UNKNOWN                 # Dialogues | UNKNOWN (dialogue completion)
     gpu: dict[str, object] = field(default_factory=dict)   # gpu index -> average ratio | UNKNOWN

@@ -51,6 +51,12 @@ def queries(cfg: AlertdConfig) -> dict[str, str]:
                         f"(rate({metric}_bucket{{{sel}}}[{format_duration(p99['window'])}])))")
         # scrapes inside the window: fewer than two means "not enough data yet", as with direct scrape
         q["latency_n"] = f"count_over_time(up{{{sel}}}[{format_duration(p99['window'])}])"
+    p99e = cfg.rule("p99_e2e_latency")
+    if p99e:
+        w = format_duration(p99e["window"])
+        q["latency_e2e"] = (f"histogram_quantile({p99e.get('quantile', 0.99)}, sum by (instance, le) "
+                            f"(rate({M.REQUEST_DURATION}_bucket{{{sel}}}[{w}])))")
+        q["latency_e2e_n"] = f"count_over_time(up{{{sel}}}[{w}])"
     comp = cfg.rule("turn_completion")
     if comp:
         w = format_duration(comp["window"])
@@ -131,6 +137,15 @@ class PromQLSource:
                 if o is not None and o.latency is not UNKNOWN:
                     v = self._val(item)
                     o.latency = None if math.isnan(v) else v
+        if "latency_e2e" in res:
+            ok = enough("latency_e2e_n")
+            for inst, o in live.items():
+                o.latency_e2e = None if inst in ok else UNKNOWN
+            for item in res["latency_e2e"]:
+                o = live.get(item["metric"].get("instance"))
+                if o is not None and o.latency_e2e is not UNKNOWN:
+                    v = self._val(item)
+                    o.latency_e2e = None if math.isnan(v) else v
         if "requests" in res:
             per: dict[str, dict[str, float]] = {}
             for item in res["requests"]:

@@ -79,16 +79,18 @@ def evaluate(cfg: AlertdConfig, observations: list[NodeObservation],
         if not o.up:
             frozen.add(o.node)
             continue
-        r = cfg.rule("p99_latency")
-        if r:
+        for name, lat, part in (("p99_latency", o.latency, "latency"), ("p99_e2e_latency", o.latency_e2e, "latency_e2e")):
+            r = cfg.rule(name)
+            if not r:
+                continue
             thr = r["threshold_ms"] / 1000.0
-            lat = o.latency
             active = None if lat is UNKNOWN else (lat is not None and lat > thr)
-            if active is False and "latency" in o.partial:
+            if active is False and part in o.partial:
                 active = None
-            evals.append(Evaluation(_labels("p99_latency", o.node, r), active,
+            metric = "e2e" if name == "p99_e2e_latency" else r.get("metric", "ttft")
+            evals.append(Evaluation(_labels(name, o.node, r), active,
                                     value=None if lat is UNKNOWN else lat, threshold=thr, for_s=r["for"],
-                                    detail={"metric": r.get("metric", "ttft"), "quantile": r.get("quantile", 0.99),
+                                    detail={"metric": metric, "quantile": r.get("quantile", 0.99),
                                             "window": r["window"]}))
         r = cfg.rule("completion_rate")      # 对话完成率: per conversation
         if r:

@@ -277,3 +277,36 @@ def test_scrape_marks_short_history_partial(tmp_path):
     assert o.partial == {"latency", "completion", "dialogues"}
     (o,) = observe_static(cfg, [mk(t, t) for t in range(0, 12)], now=11)
     assert o.partial == set()
+
+
+def test_end_to_end_p99_rule_beside_the_ttft_one(harness):
+    """The matrix's P99 is TTFT by default; the config can enable the end-to-end P99 rule too."""
+    h = harness(rules={"p99_latency": {"for": "0s"}, "p99_e2e_latency": {"enabled": True, "threshold_ms": 3000, "for": "0s"}})
+    o = obs(latency=0.2)
+    o.latency_e2e = 4.2
+    h.step(0, o)
+    assert h.states() == {"p99_e2e_latency|n:1": "firing"}      # TTFT 200 ms is fine, e2e 4.2 s is not
+    (b,) = h.hook.bodies("firing")
+    a = b["alerts"][0]
+    assert a["labels"]["alertname"] == "SeekwatchE2eP99LatencyHigh"
+    assert "端到端延迟 P99 = 4200 ms" in a["annotations"]["description"] and a["annotations"]["metric"] == "e2e"
+
+
+def test_scrape_reads_e2e_buckets_only_when_the_rule_is_on(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from inference.metrics import NodeMetrics
+    from monitor.alerting.scrape import observe_static, parse_exposition
+
+    reg = CollectorRegistry()
+    nm = NodeMetrics(reg)
+    text0 = generate_latest(reg).decode()
+    for _ in range(10):
+        nm.observe_turn("completed", 4.0, 0.1, 0.01, 0.0, 10, 10)
+    text1 = generate_latest(reg).decode()
+    cfg = load_config(fast_config(tmp_path, nodes=["http://n:1/metrics"],
+                                  rules={"p99_e2e_latency": {"enabled": True, "window": "8s"}}))
+    s0, s1 = (parse_exposition(t, "seekwatch_time_to_first_token_seconds", at, e2e=True) for t, at in ((text0, 0), (text1, 1)))
+    (o,) = observe_static(cfg, [("http://n:1/metrics", s0), ("http://n:1/metrics", s1)], now=1)
+    assert 3.0 < o.latency_e2e <= 5.0 and 0.075 < o.latency <= 0.1
+    assert parse_exposition(text1, "seekwatch_time_to_first_token_seconds", 1).e2e_buckets == {}

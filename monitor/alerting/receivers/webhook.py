@@ -13,6 +13,7 @@ from .base import Receiver, Request
 
 ALERTNAMES = {
     "p99_latency": "SeekwatchP99LatencyHigh",
+    "p99_e2e_latency": "SeekwatchE2eP99LatencyHigh",
     "gpu_utilization": "SeekwatchGpuUtilizationHigh",
     "completion_rate": "SeekwatchCompletionRateLow",
     "turn_completion": "SeekwatchTurnCompletionLow",
