@@ -1,7 +1,7 @@
 """``seekwatch loadgen``: drive a node with realistic multi-turn customer-service chats.
 
 Sessions arrive as a Poisson process (``--sessions-per-second``). Each one picks a scenario
-from ``seekwatch/data/scenarios.yaml`` (the seed's 如何退货, order tracking, fault reports
+from ``seekwatch/data/scenarios.yaml`` (如何退货 returns, order tracking, fault reports
 and sales-report summaries, in Chinese and English) and a client profile (NextChat web or
 desktop, an API integration), then talks for ``--turns MIN MAX`` turns the way NextChat does:
 every request resends the whole history, the user reads the reply and thinks before the next
@@ -587,7 +587,7 @@ def add_arguments(p: argparse.ArgumentParser, *, url_required: bool = True,
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=help_text, description=(
-        help_text + ". Conversations follow the seed's scenarios (returns 如何退货, order tracking, fault "
+        help_text + ". Conversations are customer-service scenarios (returns 如何退货, order tracking, fault "
         "reports, sales-report summaries) in Chinese and English, resend the whole history like NextChat, "
         "sometimes stop a stream, rate answers and mention personal data. Runs until --duration, "
         "--sessions or Ctrl-C."))

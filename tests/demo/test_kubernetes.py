@@ -157,9 +157,9 @@ def test_workload_consistency(dep):
             assert m["name"] in volumes, f"{c['name']}: mount of undeclared volume {m['name']}"
 
 
-def test_node_deployment_is_the_seed_template_done_properly():
-    dep = one("Deployment", "deepseek-service")          # the seed's name
-    assert dep["spec"]["replicas"] == 3                    # the seed's replicas
+def test_node_deployment_serves_the_model_from_a_volume_on_a_gpu():
+    dep = one("Deployment", "deepseek-service")
+    assert dep["spec"]["replicas"] == 3
     pod = dep["spec"]["template"]
     node = _containers(dep)["node"]
     assert int(node["resources"]["limits"]["nvidia.com/gpu"]) == 1
@@ -245,7 +245,7 @@ def test_hpa_scales_on_queue_depth_through_the_adapter():
     names = [m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
     assert names == [M.REQUESTS_WAITING]
     assert hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    # the seed's rule: +2 up, -1 down
+    # the scaling rule: +2 up, -1 down
     assert hpa["spec"]["behavior"]["scaleUp"]["policies"][0]["value"] == 2
     assert hpa["spec"]["behavior"]["scaleDown"]["policies"][0]["value"] == 1
     adapter = yaml.safe_load(one("ConfigMap", "prometheus-adapter")["data"]["config.yaml"])
