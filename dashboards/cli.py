@@ -46,7 +46,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     gpu.add_argument("--prometheus", metavar="URL", type=_url, help="Prometheus server for GPU series (query_range)")
     gpu.add_argument("--node", metavar="URL", type=_url, help="a node whose /metrics to scrape for GPU series")
     p.add_argument("--alerts-db", metavar="PATH", help="alertd's SQLite state file (firing alerts and history)")
-    p.add_argument("--cost-config", metavar="PATH", help="cost model YAML (default: the seed's table 5.2)")
+    p.add_argument("--cost-config", metavar="PATH", help="cost model YAML (default: contracts/defaults/cost.yaml, DeepSeek-7B on 2x T4, on-premises $1,200/month)")
     p.add_argument("--alerts-config", metavar="PATH",
                    help="alertd config whose thresholds mark the cards and charts (default: the built-in matrix)")
     p.add_argument("--conversation-idle", type=positive_duration, metavar="DURATION",

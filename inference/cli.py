@@ -42,7 +42,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--conversation-idle", type=positive_duration, default=300.0, metavar="DURATION",
                    help="a conversation has ended after this long without a chat turn (dialogue completion; "
                         "default 5m, e.g. 90s, 10m)")
-    p.add_argument("--cost-config", metavar="FILE", help="cost model YAML (default: the seed's table 5.2)")
+    p.add_argument("--cost-config", metavar="FILE", help="cost model YAML (default: contracts/defaults/cost.yaml, DeepSeek-7B on 2x T4, on-premises $1,200/month)")
     p.add_argument("--no-instrumentation", dest="instrumentation", action="store_false",
                    help="no metrics, no session log (for the overhead benchmark)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -38,7 +38,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from contracts.jsonline import dumps_line
+from contracts.retry import Backoff
 from monitor.logstore.adapter import (
     FEEDBACK_STREAM,
     INDEX_PATTERN,
@@ -155,6 +155,7 @@ class Shipper:
         self.batch_bytes = max(1024, int(batch_bytes))
         self.poll_interval = poll_interval
         self.max_backoff = max_backoff
+        self.backoff = Backoff(base=0.25, cap=max_backoff, jitter=0.5)  # the one retry policy (contracts.retry)
         self.stop_event = stop_event or threading.Event()
         self.on_batch = on_batch
         self.torn_after = torn_after
@@ -342,8 +343,7 @@ class Shipper:
 
     # -- sending --------------------------------------------------------------------------
     def _backoff(self, attempt: int) -> float:
-        delay = min(self.max_backoff, 0.25 * (2 ** min(attempt, 16)))
-        return delay * (0.75 + random.random() * 0.5)
+        return self.backoff.delay(attempt + 1)
 
     def _note_down(self, exc: Exception) -> None:
         if self._engine_down_since is None:
