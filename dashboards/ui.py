@@ -8,7 +8,9 @@ the search engine's records of one ``host.name``),
 ``SEEKWATCH_DASHBOARD_PROMETHEUS`` / ``SEEKWATCH_DASHBOARD_NODE`` (GPU series),
 ``SEEKWATCH_DASHBOARD_ALERTS_DB`` (alertd's SQLite state), ``SEEKWATCH_COST_CONFIG`` (cost
 YAML), ``SEEKWATCH_DASHBOARD_NOW`` (pin "now" to an ISO time: reproducible views and tests),
-``SEEKWATCH_DASHBOARD_CACHE`` (parse cache root, or ``off``).
+``SEEKWATCH_DASHBOARD_CACHE`` (parse cache root, or ``off``), ``SEEKWATCH_DASHBOARD_ALERTS_CONFIG``
+(alertd config whose thresholds mark cards and charts), ``SEEKWATCH_DASHBOARD_CONVERSATION_IDLE``
+(seconds; when a conversation has ended).
 """
 from __future__ import annotations
 
@@ -90,6 +92,18 @@ def _cost_model(path: str | None):
     from monitor.cost import CostModel
 
     return CostModel.load(path)
+
+
+@st.cache_resource(show_spinner=False)
+def _thresholds(path: str | None):
+    from dashboards.data.thresholds import Thresholds
+
+    return Thresholds.load(path)
+
+
+def thresholds():
+    """The alert rules' thresholds (the given alert config over the built-in matrix)."""
+    return _thresholds(env("ALERTS_CONFIG"))
 
 
 def log_source():
@@ -229,24 +243,53 @@ def delta(cur: Any, prev: Any, fmt: Callable[[Any], str]) -> str | None:
     return ("+" if d >= 0 else "-") + s
 
 
+def judged(value: Any, rule, period_delta: str | None) -> dict[str, Any]:
+    """``delta`` / ``delta_color`` / ``help`` for a card an alert rule watches.
+
+    Colour says whether the alert's condition holds, never which way the number moved: over
+    (or under) the rule's threshold the delta names the rule, in red; otherwise it is the
+    change against the previous period, in grey. ``value`` is in the rule's unit (ms for a
+    latency, a ratio for a completion rate).
+    """
+    if rule is None:
+        return {"delta": period_delta, "delta_color": "off"}
+    note = f"alert {rule.name}: {rule.title}, {rule.condition}"
+    if rule.breached(None if _bad(value) else float(value)):
+        # st.metric colours by the delta's sign: "-" + normal and "+" + inverse are both red
+        text = f"{'-' if rule.below else '+'} 超过告警阈值 breaches {rule.condition} · {rule.title}"
+        return {"delta": text, "delta_color": "normal" if rule.below else "inverse", "help": note}
+    return {"delta": period_delta, "delta_color": "off", "help": f"within the alert threshold ({note})"}
+
+
 # ---------------------------------------------------------------------------- charts (Altair)
 def _finish(chart: alt.Chart) -> alt.Chart:
     return chart.configure(font=FONT).configure_axis(labelFont=FONT, titleFont=FONT).configure_legend(
         labelFont=FONT, titleFont=FONT)
 
 
-def line_chart(df: pd.DataFrame, columns: dict[str, str], y_title: str, height: int = 260) -> None:
-    """Lines of ``columns`` (column -> legend name) over ``time``; units go in ``y_title``."""
+def line_chart(df: pd.DataFrame, columns: dict[str, str], y_title: str, height: int = 260,
+               rules: list[tuple[float, str]] | None = None, y_format: str = ",.2f") -> None:
+    """Lines of ``columns`` (column -> legend name) over ``time``; units go in ``y_title``.
+    ``rules``: (y, label) of alert thresholds, drawn as dashed red lines with their label."""
     if df.empty:
         st.info("该时间范围内没有数据 · no data in this time range")
         return
     long = df[["time", *columns]].rename(columns=columns).melt("time", var_name="series", value_name="value")
     ch = alt.Chart(long).mark_line(point=len(df) < 40).encode(
         x=alt.X("time:T", title=TIME_TITLE),
-        y=alt.Y("value:Q", title=y_title),
+        y=alt.Y("value:Q", title=y_title, axis=alt.Axis(format=y_format)),
         color=alt.Color("series:N", title=None),
-        tooltip=[alt.Tooltip("time:T", format="%Y-%m-%d %H:%M"), "series:N", alt.Tooltip("value:Q", format=",.2f")],
+        tooltip=[alt.Tooltip("time:T", format="%Y-%m-%d %H:%M"), "series:N", alt.Tooltip("value:Q", format=y_format)],
     ).properties(height=height)
+    layers = [ch]
+    for y, label in rules or []:
+        # value and label as constants in the spec, so they are part of what the chart says
+        one = alt.Chart(pd.DataFrame({"_": [0]}))
+        layers.append(one.mark_rule(color="#d62728", strokeDash=[6, 4], size=1.5).encode(y=alt.datum(float(y))))
+        layers.append(one.mark_text(color="#d62728", align="left", baseline="bottom", dx=4, dy=-2).encode(
+            y=alt.datum(float(y)), x=alt.value(0), text=alt.value(label)))
+    if len(layers) > 1:
+        ch = alt.layer(*layers)
     st.altair_chart(_finish(ch), width="stretch")
 
 

@@ -112,7 +112,7 @@ class Kpis:
         return d
 
 
-SERIES_COLUMNS = ["time", "requests", "chat_turns", "completed", "input_tokens", "output_tokens", "cost_usd", "busy_s",
+SERIES_COLUMNS = ["time", "requests", "chat_turns", "completed", "dialogues", "completed_dialogues", "input_tokens", "output_tokens", "cost_usd", "busy_s",
                   "ttft_p50", "ttft_p95", "ttft_p99", "e2e_p50", "e2e_p95", "e2e_p99"]
 QUALITY_COLUMNS = ["model_version", "turns", "completed", "refused", "failed", "rated_up", "rated_down",
                    "dialogues", "completed_dialogues"]
@@ -136,3 +136,24 @@ class LogSource(Protocol):
     def conversation(self, session_id: str) -> pd.DataFrame: ...
     def models(self, w: Window) -> list[str]: ...
     def health(self) -> dict[str, Any]: ...
+
+
+def with_dialogues(series: pd.DataFrame, ends_ms, ok, interval_s: int) -> pd.DataFrame:
+    """Add the conversations that ended in each bucket (``ends_ms``: their end times, ``ok``:
+    completed?) to a series; a bucket with conversation ends but no turn gets a row of zeros."""
+    import numpy as np
+
+    step = int(interval_s) * 1000
+    b = (np.asarray(ends_ms, dtype=np.int64) // step) * step
+    conv = pd.DataFrame({"_b": b, "ok": np.asarray(ok, dtype=bool)}).groupby("_b")["ok"].agg(["size", "sum"])
+    out = series.copy()
+    out["_b"] = [int(t.timestamp() * 1000) for t in out["time"]]
+    out = out.drop(columns=["dialogues", "completed_dialogues"], errors="ignore").set_index("_b")
+    out = out.join(conv.rename(columns={"size": "dialogues", "sum": "completed_dialogues"}), how="outer")
+    out["time"] = pd.to_datetime(out.index, unit="ms", utc=True)
+    counts = ["requests", "chat_turns", "completed", "dialogues", "completed_dialogues", "input_tokens",
+              "output_tokens", "cost_usd", "busy_s"]
+    out[counts] = out[counts].fillna(0)
+    for c in ("requests", "chat_turns", "completed", "dialogues", "completed_dialogues", "input_tokens", "output_tokens"):
+        out[c] = out[c].astype("int64")
+    return out.sort_index().reset_index(drop=True)[SERIES_COLUMNS]

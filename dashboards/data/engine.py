@@ -45,7 +45,7 @@ import numpy as np
 from contracts.log_schema import FEEDBACK_DATASET, SESSION_DATASET
 from contracts.signals import CHAT, DEFAULT_CONVERSATION_IDLE_S
 
-from .base import QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms
+from .base import QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms, with_dialogues
 
 FAILED = ["error", "aborted", "truncated", "rejected"]
 PCTS = [50.0, 95.0, 99.0]
@@ -202,9 +202,10 @@ class EngineSource:
         self._finish(k, w)
         return k
 
-    def _finish(self, k: Kpis, w: Window, series: pd.DataFrame | None = None, interval_s: int = 0) -> None:
-        """The numbers one aggregation cannot give: ended conversations, exact percentiles."""
-        _, ok = self._ended_conversations(w)
+    def _finish(self, k: Kpis, w: Window, series: pd.DataFrame | None = None, interval_s: int = 0):
+        """The numbers one aggregation cannot give: ended conversations, exact percentiles.
+        Returns the ended conversations' (completed?, end ms) for a series."""
+        _, ok, ends = self._ended_conversations(w, with_ends=True)
         k.dialogues, k.completed_dialogues = int(len(ok)), int(ok.sum())
         if 0 < k.requests <= EXACT_MAX:
             vals = self._latencies(w)
@@ -215,6 +216,7 @@ class EngineSource:
                         setattr(k, f"{name}_{q}", float(x))
             if series is not None and not series.empty:
                 _exact_series(series, vals, interval_s)
+        return ok, ends
 
     def _latencies(self, w: Window) -> pd.DataFrame:
         """(time ms, ttft_ms, latency_ms) of every turn in ``w`` (at most EXACT_MAX)."""
@@ -247,7 +249,7 @@ class EngineSource:
             if len(agg["buckets"]) < comp["size"] or not after:
                 return out
 
-    def _ended_conversations(self, w: Window) -> tuple[np.ndarray, np.ndarray]:
+    def _ended_conversations(self, w: Window, with_ends: bool = False):
         """(model_version of the last turn, completed?) per conversation that ended in ``w``
         (contracts.signals; the same cut as the JSON-lines source)."""
         idle = int(round(self.conversation_idle_s * 1000))
@@ -269,10 +271,11 @@ class EngineSource:
             if len(agg["buckets"]) < comp["size"] or not after:
                 break
         if not rows:
-            return np.array([], dtype=object), np.array([], dtype=bool)
+            empty = (np.array([], dtype=object), np.array([], dtype=bool))
+            return (*empty, np.array([], dtype=np.int64)) if with_ends else empty
         rows.sort(key=lambda x: (x[0], x[1]))
         down_at = self._down_at(start - idle)
-        models, ok = [], []
+        models, ok, end_ms = [], [], []
         for i, (sid, t, rid, status, model) in enumerate(rows):
             nxt = rows[i + 1] if i + 1 < len(rows) else None
             if nxt is not None and nxt[0] == sid and nxt[1] - t < idle:
@@ -280,8 +283,10 @@ class EngineSource:
             ends = t + idle
             if start <= ends < end:
                 models.append(model)
+                end_ms.append(ends)
                 ok.append(status == "completed" and not down_at.get(rid, ends) < ends)
-        return np.array(models, dtype=object), np.array(ok, dtype=bool)
+        out = (np.array(models, dtype=object), np.array(ok, dtype=bool))
+        return (*out, np.array(end_ms, dtype=np.int64)) if with_ends else out
 
     def _kpis_from(self, a: Mapping, count: int, w: Window, up, down, detail: bool) -> Kpis:
         k = Kpis(seconds=w.seconds)
@@ -316,6 +321,7 @@ class EngineSource:
             for name in ("ttft", "e2e"):
                 for p, q in zip(PCTS, ("p50", "p95", "p99")):
                     row[f"{name}_{q}"] = self._pct(b[name], p)
+            row.update(dialogues=0, completed_dialogues=0)
             rows.append(row)
         return pd.DataFrame(rows, columns=SERIES_COLUMNS)
 
@@ -326,7 +332,8 @@ class EngineSource:
         out = self._series_from(r["aggregations"]["t"]["buckets"])
         if 0 < int(r["hits"]["total"]["value"]) <= EXACT_MAX:
             _exact_series(out, self._latencies(w), interval_s)
-        return out
+        _, ok, ends = self._ended_conversations(w, with_ends=True)
+        return with_dialogues(out, ends, ok, interval_s)
 
     def overview(self, w: Window, interval_s: int) -> tuple[Kpis, Kpis, Kpis, Kpis, pd.DataFrame]:
         """The Overview's numbers in ONE request: a ``filters`` aggregation with a bucket per
@@ -352,7 +359,8 @@ class EngineSource:
         cur, before = (self._kpis_from(b[key], int(b[key]["doc_count"]), x, None, down, False)
                        for key, x in (("cur", w), ("prev", prev)))
         series = self._series_from(r["aggregations"]["t"]["h"]["buckets"])
-        self._finish(cur, w, series, interval_s)
+        ok, ends = self._finish(cur, w, series, interval_s)
+        series = with_dialogues(series, ends, ok, interval_s)
         self._finish(before, prev)
         days = r["aggregations"]["day"]["buckets"]
         day, before_day = (Kpis(seconds=x.seconds, requests=int(days[key]["doc_count"]),

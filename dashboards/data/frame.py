@@ -17,7 +17,8 @@ import pandas as pd
 
 from contracts.signals import DEFAULT_CONVERSATION_IDLE_S
 
-from .base import (QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms)
+from .base import (QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms,
+                   with_dialogues)
 
 FAILED = ("error", "aborted", "truncated", "rejected")
 
@@ -65,15 +66,16 @@ class FrameAnalytics:
         ids = fb.loc[fb["rating"] == rating, "request_id"].dropna()
         return pd.Index(ids.unique())
 
-    def _ended_conversations(self, w: Window) -> tuple[np.ndarray, np.ndarray]:
-        """(model_version of the last turn, completed?) per conversation that ended in ``w``.
+    def _ended_conversations(self, w: Window, with_ends: bool = False):
+        """(model_version of the last turn, completed?[, end ms]) per conversation that ended in ``w``.
 
         A conversation's end depends only on its last chat turn (``idle_s`` later, with no chat
         turn of its session in between), so the chat turns of ``[start - idle, end)`` decide it.
         """
         turns, _ = self.frames()
         if turns.empty:
-            return np.array([], dtype=object), np.array([], dtype=bool)
+            empty = (np.array([], dtype=object), np.array([], dtype=bool))
+            return (*empty, np.array([], dtype=np.int64)) if with_ends else empty
         idle = int(round(self.conversation_idle_s * 1000))
         start, end = _ts(w.start).value // 1_000_000, _ts(w.end).value // 1_000_000
         t = _ms(turns["time"])
@@ -87,7 +89,8 @@ class FrameAnalytics:
         ends = ms + idle
         ended = (~same_next | (gap >= idle)) & (ends >= start) & (ends < end)
         ok = (part["status"].to_numpy()[order] == "completed") & ~(part["_down_at"].to_numpy()[order] < ends)
-        return part["model_version"].astype(str).to_numpy()[order][ended], ok[ended]
+        out = (part["model_version"].astype(str).to_numpy()[order][ended], ok[ended])
+        return (*out, ends[ended]) if with_ends else out
 
     # ------------------------------------------------------------------ KPIs
     def kpis(self, w: Window, detail: bool = True) -> Kpis:
@@ -148,7 +151,10 @@ class FrameAnalytics:
                 out[f"{name}_{suffix}"] = q[qq] if qq in q else np.nan
         out = out.reset_index(names="_b")
         out.insert(0, "time", pd.to_datetime(out.pop("_b"), unit="ms", utc=True))
-        return out[SERIES_COLUMNS]
+        out["dialogues"] = 0
+        out["completed_dialogues"] = 0
+        _, ok, ends = self._ended_conversations(w, with_ends=True)
+        return with_dialogues(out[SERIES_COLUMNS], ends, ok, interval_s)
 
     def histogram(self, w: Window, field: str) -> pd.DataFrame:
         edges = histogram_edges_ms()
