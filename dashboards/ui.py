@@ -301,6 +301,12 @@ def bar_chart(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, colo
         st.info("没有数据 · no data")
         return
     axis = alt.Axis(labelAngle=0, labelLimit=260) if horizontal else alt.Axis(labelAngle=-30, labelLimit=200)
+    if horizontal:
+        # every band gets room for its label and a visible bar, whatever ``height`` says: a
+        # fixed height smaller than the bands (or than the axis title) squeezes bars into lines
+        # and prints neighbouring labels on top of each other
+        bands = df[x.split(":")[0]].nunique() * (df[color].nunique() if color and grouped else 1)
+        height = max(height, 28 * bands + 60, 9 * len(x_title) + 20)
     xe = alt.X(f"{x}", title=x_title, sort=sort, axis=axis)
     ye = alt.Y(f"{y}:Q", title=y_title)
     if horizontal:

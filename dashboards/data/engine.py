@@ -45,7 +45,7 @@ import numpy as np
 from contracts.log_schema import FEEDBACK_DATASET, SESSION_DATASET
 from contracts.signals import CHAT, DEFAULT_CONVERSATION_IDLE_S
 
-from .base import QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms, with_dialogues
+from .base import KIND_COLUMNS, QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms, with_dialogues
 
 FAILED = ["error", "aborted", "truncated", "rejected"]
 PCTS = [50.0, 95.0, 99.0]
@@ -424,6 +424,18 @@ class EngineSource:
         rows = [{"turn_index": int(b["key"]), "turns": b["doc_count"], "completed": b["done"]["doc_count"]}
                 for b in r["aggregations"]["t"]["buckets"] if b["doc_count"]]
         return pd.DataFrame(rows, columns=["turn_index", "turns", "completed"]).astype(int)
+
+    def cost_by_kind(self, w: Window) -> pd.DataFrame:
+        """Requests, tokens and Σ cost_usd per ``request_kind`` (missing = chat), costliest first."""
+        r = self._search({"size": 0, "query": self._turns_query(w), "aggs": {"k": {
+            "terms": {"field": "request_kind", "missing": CHAT, "size": 20},
+            "aggs": {"in": {"sum": {"field": _FIELD["input_tokens"]}}, "out": {"sum": {"field": _FIELD["output_tokens"]}},
+                     "cost": {"sum": {"field": "cost_usd"}}}}}})
+        rows = [{"request_kind": b["key"], "requests": b["doc_count"], "input_tokens": int(b["in"]["value"]),
+                 "output_tokens": int(b["out"]["value"]), "cost_usd": float(b["cost"]["value"])}
+                for b in r["aggregations"]["k"]["buckets"]]
+        out = pd.DataFrame(rows, columns=KIND_COLUMNS)
+        return out.sort_values(["cost_usd", "request_kind"], ascending=[False, True], ignore_index=True) if rows else out
 
     def models(self, w: Window) -> list[str]:
         r = self._search({"size": 0, "query": self._turns_query(w),

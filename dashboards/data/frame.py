@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from contracts.signals import DEFAULT_CONVERSATION_IDLE_S
+from contracts.signals import CHAT, DEFAULT_CONVERSATION_IDLE_S
 
-from .base import (QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms,
+from .base import (KIND_COLUMNS, QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms,
                    with_dialogues)
 
 FAILED = ("error", "aborted", "truncated", "rejected")
@@ -201,6 +201,18 @@ class FrameAnalytics:
         g = d.groupby("_ti", sort=True)
         out = pd.DataFrame({"turns": g.size(), "completed": g["_done"].sum()}).reset_index(names="turn_index")
         return out.astype(int)
+
+    def cost_by_kind(self, w: Window) -> pd.DataFrame:
+        """Requests, tokens and Σ cost_usd per ``request_kind`` (none = chat), costliest first."""
+        df = self._window(w)
+        if df.empty:
+            return pd.DataFrame(columns=KIND_COLUMNS)
+        kind = df["request_kind"].fillna(CHAT).astype(str)
+        g = df[["input_tokens", "output_tokens", "cost_usd"]].assign(request_kind=kind.to_numpy()).groupby("request_kind")
+        out = pd.DataFrame({"requests": g.size(), "input_tokens": g["input_tokens"].sum(),
+                            "output_tokens": g["output_tokens"].sum(), "cost_usd": g["cost_usd"].sum()}).reset_index()
+        out = out.astype({"requests": int, "input_tokens": int, "output_tokens": int})
+        return out.sort_values(["cost_usd", "request_kind"], ascending=[False, True], ignore_index=True)[KIND_COLUMNS]
 
     def models(self, w: Window) -> list[str]:
         df = self._window(w)

@@ -123,6 +123,11 @@ def test_same_breakdowns(sources):
     qj, qe = j.quality_by_model(W24), e.quality_by_model(W24)
     assert qj.to_dict("records") == qe.to_dict("records")
     assert j.completion_by_turn(W24).to_dict("records") == e.completion_by_turn(W24).to_dict("records")
+    kj, ke = j.cost_by_kind(W24), e.cost_by_kind(W24)
+    assert list(kj["request_kind"]) == list(ke["request_kind"]) == ["chat", "title"]
+    for c in ("requests", "input_tokens", "output_tokens"):
+        assert list(kj[c]) == list(ke[c]), c
+    assert list(kj["cost_usd"]) == pytest.approx(list(ke["cost_usd"]), rel=1e-9)
     for f in ("ttft_ms", "latency_ms"):
         assert list(j.histogram(W24, f)["count"]) == list(e.histogram(W24, f)["count"]), f
         assert list(j.slowest(W24, f, 5)["request_id"]) == list(e.slowest(W24, f, 5)["request_id"])
