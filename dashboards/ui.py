@@ -255,9 +255,14 @@ def judged(value: Any, rule, period_delta: str | None) -> dict[str, Any]:
         return {"delta": period_delta, "delta_color": "off"}
     note = f"alert {rule.name}: {rule.title}, {rule.condition}"
     if rule.breached(None if _bad(value) else float(value)):
-        # st.metric colours by the delta's sign: "-" + normal and "+" + inverse are both red
-        text = f"{'-' if rule.below else '+'} 超过告警阈值 breaches {rule.condition} · {rule.title}"
-        return {"delta": text, "delta_color": "normal" if rule.below else "inverse", "help": note}
+        # st.metric colours by the delta's sign: "-" + normal and "+" + inverse are both red.
+        # Short enough for a quarter-width card: the rule's Chinese title and its condition;
+        # the bilingual title is in the card's help.
+        zh = rule.title.split(" / ")[0]
+        cond = rule.condition.split(" ", 1)[1] if rule.condition.startswith("P") else rule.condition
+        text = f"{'-' if rule.below else '+'} {zh} {cond}"
+        return {"delta": text, "delta_color": "normal" if rule.below else "inverse",
+                "help": f"breaches the alert threshold: {note}"}
     return {"delta": period_delta, "delta_color": "off", "help": f"within the alert threshold ({note})"}
 
 

@@ -43,12 +43,11 @@ def _has_rule(spec, label_part):
 def test_overview_cards_marked_by_the_default_rules(dash_env, expected):
     m = metrics(run("overview"))
     value, d = m["首字延迟 TTFT P99"]
-    assert expected.ttft_p99 > 500 and "breaches P99 > 500 ms" in d and "P99 latency high" in d
-    assert "breaches" not in (m["首字延迟 TTFT P50"][1] or "")                  # no rule on P50
-    assert "breaches" not in (m["端到端延迟 E2E P99"][1] or "")                 # e2e rule off by default
+    assert expected.ttft_p99 > 500 and d == "+ P99 延迟过高 > 500 ms"
+    assert "延迟过高" not in (m["首字延迟 TTFT P50"][1] or "")                  # no rule on P50
+    assert "延迟过高" not in (m["端到端延迟 E2E P99"][1] or "")                 # e2e rule off by default
     dial = m["对话完成率 Dialogue completion"][1]
-    assert (expected.dialogue_completion_rate < 0.9) == ("breaches < 90 %" in (dial or ""))
-    assert "Dialogue completion rate low" in dial if expected.dialogue_completion_rate < 0.9 else True
+    assert (expected.dialogue_completion_rate < 0.9) == (dial == "- 对话完成率过低 < 90 %")
 
 
 def test_cards_and_rule_lines_follow_the_given_config(dash_env, expected, tmp_path):
@@ -61,18 +60,18 @@ def test_cards_and_rule_lines_follow_the_given_config(dash_env, expected, tmp_pa
                  f"  turn_completion: {{enabled: true, threshold: 0.99}}\n  completion_rate: {{threshold: 0.01}}\n")
     dash_env.setenv("SEEKWATCH_DASHBOARD_ALERTS_CONFIG", str(p))
     m = metrics(run("overview"))
-    assert "breaches" not in (m["首字延迟 TTFT P99"][1] or "")
-    assert f"breaches P99 > {e2e_thr} ms" in m["端到端延迟 E2E P99"][1] and "End-to-end P99 latency high" in m["端到端延迟 E2E P99"][1]
-    assert "breaches < 99 %" in m["完成率 Completion rate"][1] and "Turn completion rate low" in m["完成率 Completion rate"][1]
-    assert "breaches" not in (m["对话完成率 Dialogue completion"][1] or "")
+    assert "过高" not in (m["首字延迟 TTFT P99"][1] or "")
+    assert m["端到端延迟 E2E P99"][1] == f"+ 端到端 P99 延迟过高 > {e2e_thr} ms"
+    assert m["完成率 Completion rate"][1] == "- 轮次完成率过低 < 99 %"
+    assert "过低" not in (m["对话完成率 Dialogue completion"][1] or "")
 
     at = run("latency")
     assert any(_has_rule(s, f"P99 > {ttft_thr} ms") for s in _charts(at))
     at.radio(key="lat_metric").set_value("端到端延迟 End-to-end").run()
-    assert "breaches" in metrics(at)["端到端延迟 End-to-end P99"][1]
+    assert "端到端 P99 延迟过高" in metrics(at)["端到端延迟 End-to-end P99"][1]
     assert any(_has_rule(s, f"P99 > {e2e_thr} ms") for s in _charts(at))
 
     at = run("quality")
     q = metrics(at)
-    assert "breaches < 99 %" in q["轮次完成率 Turn completion"][1]
+    assert q["轮次完成率 Turn completion"][1] == "- 轮次完成率过低 < 99 %"
     assert any(_has_rule(s, "< 99 %") and _has_rule(s, "< 1 %") for s in _charts(at))
