@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if auth.wants_hash_password(args):  # `seekwatch dashboard hash-password`
         return auth.hash_password_cli()
     if args.cost_config:  # a bad cost file: one line, exit 2, before starting anything
-        from monitor.cost import CostModel
+        from contracts.cost import CostModel
 
         CostModel.load(args.cost_config)
     if args.logs and not Path(args.logs).is_dir():

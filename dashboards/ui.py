@@ -13,6 +13,7 @@ YAML), ``SEEKWATCH_DASHBOARD_NOW`` (pin "now" to an ISO time: reproducible views
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import os
 import threading
@@ -23,6 +24,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from contracts.pii import mask
 from dashboards.data.base import Window, pick_interval
 
 DEFAULT_LOG_DIR = "var/log"  # the node's default --log-dir
@@ -32,6 +34,7 @@ CUSTOM = "自定义 custom days"
 REFRESH: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 30, "1 min": 60, "5 min": 300}
 FONT = "Noto Sans CJK SC, Noto Sans SC, PingFang SC, Microsoft YaHei, sans-serif"
 TIME_TITLE = "时间 time (UTC)"
+_log = logging.getLogger("seekwatch.dashboard")
 
 
 # ---------------------------------------------------------------------------- config & sources
@@ -80,7 +83,7 @@ def _gpu_source(kind: str, target: str):
 
 @st.cache_resource(show_spinner=False)
 def _cost_model(path: str | None):
-    from monitor.cost import CostModel
+    from contracts.cost import CostModel
 
     return CostModel.load(path)
 
@@ -265,13 +268,19 @@ def bar_chart(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, colo
     st.altair_chart(_finish(ch), width="stretch")
 
 
+#: Shown in place of a text the masker failed on: the dashboard fails closed.
+MASK_FAILED = "[hidden: the PII masker failed on this text]"
+
+
 def masked(text: Any) -> str:
     """Defence in depth: logs are masked by the node, and the dashboard masks again before
-    showing any text (idempotent), so text from another writer cannot leak personal data."""
+    showing any text (idempotent), so text from another writer cannot leak personal data.
+    The masker is a hard dependency (an import error stops the page); if a rule fails on one
+    text, that text is hidden, never shown unmasked."""
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return ""
     try:
-        from inference.pii import mask
-    except ImportError:  # masker not installed: the node's masking is all there is
-        return str(text)
-    return mask(str(text)).text
+        return mask(str(text)).text
+    except Exception:  # noqa: BLE001 - any failure of a rule hides the text
+        _log.exception("PII masker failed; text hidden")
+        return MASK_FAILED

@@ -67,7 +67,7 @@ def build_observer(config: NodeConfig, registry, engine: Engine, cost,
 def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     from prometheus_client import CollectorRegistry
 
-    from monitor.cost import CostModel
+    from contracts.cost import CostModel
 
     engine = engine or build_engine(config)
     registry = CollectorRegistry()

@@ -8,7 +8,7 @@ Why this shape:
 * Each batch of whole lines goes to the file in **one** ``write()`` on an unbuffered file,
   then ``flush``; ``fsync`` runs on a timer (default every 1 s), on rotation and on close.
   A crash (SIGKILL) can therefore leave at most a partial *last* line, which
-  ``monitor.logstore.jsonl`` detects and sets aside. A write that fails half way is
+  ``contracts.logfiles`` detects and sets aside. A write that fails half way is
   truncated back to the last whole line before it is retried.
 * Files are ``{prefix}-YYYY-MM-DD.NNNN.jsonl`` (UTC day, 4-digit sequence). A new file is
   started when the day changes, when the current file would exceed ``max_bytes``, after a
