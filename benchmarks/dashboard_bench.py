@@ -79,7 +79,7 @@ def generate(d: Path, n: int) -> tuple[float, int]:
 
 
 def index_into_engine(url: str, d: Path, tag: str) -> float:
-    from monitor.logstore.adapter import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
+    from contracts.logstore import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
 
     t = time.perf_counter()
     with StoreClient(url, timeout=600) as c:
@@ -115,7 +115,7 @@ def main() -> int:
     args = ap.parse_args()
     engine = None
     if args.start_engine:
-        from monitor.logstore.adapter import StoreClient
+        from contracts.logstore import StoreClient
         from monitor.logstore.engine import SearchEngine
         from monitor.logstore.setup import install
 

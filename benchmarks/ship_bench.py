@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from monitor.logstore.adapter import SESSION_STREAM, StoreClient  # noqa: E402
+from contracts.logstore import SESSION_STREAM, StoreClient  # noqa: E402
 from monitor.logstore.shipper import Shipper  # noqa: E402
 from tests.logstore.gen import append_lines, records  # noqa: E402
 

@@ -13,9 +13,15 @@ nothing but is a second client for the same handful of calls; plain REST serves 
 TLS: certificates are verified by default; ``ca_certs`` points at a CA bundle for a
 self-signed cluster; ``verify=False`` exists for throwaway test clusters only.
 Auth: basic (``username``/``password``) or an Elasticsearch API key (``api_key``).
+
+It lives in the bottom layer because two parts talk to the store: the monitor (``es-setup``,
+``es-retention``, ``ship``) and the dashboard (``--url``). Both take the same connection
+flags (:func:`add_tls_auth_args`) and build the client the same way
+(:func:`client_from_args`).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -66,6 +72,39 @@ class EngineInfo:
         return "ism" if self.distribution == "opensearch" else "ilm"
 
 
+def add_tls_auth_args(parser: argparse.ArgumentParser) -> None:
+    """TLS and auth flags for a store connection (``es-setup``, ``es-retention``, ``ship``,
+    ``dashboard --url``)."""
+    parser.add_argument("--ca-certs", metavar="FILE", help="CA bundle (PEM) to verify the log store's TLS certificate")
+    parser.add_argument("--insecure", action="store_true",
+                        help="do not verify TLS certificates (throwaway test clusters only)")
+    parser.add_argument("--username", help="basic-auth user (or $SEEKWATCH_ES_USERNAME; password in $SEEKWATCH_ES_PASSWORD)")
+    parser.add_argument("--api-key", help="Elasticsearch API key, base64 id:key (or $SEEKWATCH_ES_API_KEY)")
+
+
+def add_connection_args(parser: argparse.ArgumentParser) -> None:
+    """``--url`` (required) and the TLS and auth flags: ``es-setup``, ``es-retention``, ``ship``."""
+    parser.add_argument("--url", required=True, help="log store base URL, e.g. https://es.example:9200")
+    add_tls_auth_args(parser)
+
+
+def check_connection_args(url: str, ca_certs: str | None) -> None:
+    """One-line :class:`~contracts.config.ConfigError` for a URL without a scheme or a
+    missing CA file, before anything connects."""
+    from contracts.config import ConfigError
+
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--url: {url!r} must start with http:// or https://")
+    if ca_certs and not os.path.isfile(ca_certs):
+        raise ConfigError(f"--ca-certs: {ca_certs}: no such file")
+
+
+def client_from_args(args: argparse.Namespace) -> "StoreClient":
+    check_connection_args(args.url, args.ca_certs)
+    return StoreClient(args.url, ca_certs=args.ca_certs, verify=not args.insecure,
+                       username=args.username, api_key=args.api_key)
+
+
 def _auth_from_env(username, password, api_key):
     username = username or os.environ.get("SEEKWATCH_ES_USERNAME")
     password = password or os.environ.get("SEEKWATCH_ES_PASSWORD")
@@ -94,7 +133,11 @@ class StoreClient:
         if api_key:
             headers["Authorization"] = f"ApiKey {api_key}"
         auth = httpx.BasicAuth(username, password or "") if username else None
-        verify_arg: Any = ca_certs if (verify and ca_certs) else verify
+        verify_arg: Any = verify
+        if verify and ca_certs:
+            import ssl
+
+            verify_arg = ssl.create_default_context(cafile=ca_certs)
         self._http = httpx.Client(
             base_url=self.url, headers=headers, auth=auth, verify=verify_arg,
             timeout=httpx.Timeout(timeout, connect=5.0),

@@ -2,9 +2,10 @@
 cached data sources, the sidebar (time range, auto-refresh), number formats and charts.
 
 Configuration (environment variables; ``seekwatch dashboard`` sets them from its flags):
-``SEEKWATCH_DASHBOARD_LOGS`` (JSON-lines log dir), ``SEEKWATCH_DASHBOARD_URL`` (search engine,
+``SEEKWATCH_DASHBOARD_LOGS`` (JSON-lines log dir), ``SEEKWATCH_DASHBOARD_URL`` (log store,
 wins over LOGS), ``SEEKWATCH_DASHBOARD_INDEX`` (default ``seekwatch-*``), ``SEEKWATCH_DASHBOARD_HOST_NAME`` (only
-the search engine's records of one ``host.name``),
+the log store's records of one ``host.name``), ``SEEKWATCH_DASHBOARD_CA_CERTS`` /
+``SEEKWATCH_DASHBOARD_INSECURE`` (the store's TLS; its auth comes from ``$SEEKWATCH_ES_*``),
 ``SEEKWATCH_DASHBOARD_PROMETHEUS`` / ``SEEKWATCH_DASHBOARD_NODE`` (GPU series),
 ``SEEKWATCH_DASHBOARD_ALERTS_DB`` (alertd's SQLite state), ``SEEKWATCH_COST_CONFIG`` (cost
 YAML), ``SEEKWATCH_DASHBOARD_NOW`` (pin "now" to an ISO time: reproducible views and tests),
@@ -52,11 +53,13 @@ def now() -> dt.datetime:
 
 
 @st.cache_resource(show_spinner=False)
-def _log_source(kind: str, target: str, index: str, host_name: str = ""):
-    if kind == "engine":
-        from dashboards.data.engine import EngineSource
+def _log_source(kind: str, target: str, index: str, host_name: str = "", ca_certs: str = "", insecure: bool = False):
+    if kind == "logstore":
+        from contracts.logstore import StoreClient
+        from dashboards.data.logstore import LogStoreSource
 
-        return EngineSource(target, index=index, where={"host.name": host_name} if host_name else None)
+        client = StoreClient(target, ca_certs=ca_certs or None, verify=not insecure)
+        return LogStoreSource(client, index=index, where={"host.name": host_name} if host_name else None)
     from dashboards.data.jsonl import JsonlSource
 
     return JsonlSource(target, cache_dir=parse_cache_dir(target))
@@ -91,7 +94,8 @@ def _cost_model(path: str | None):
 def log_source():
     url = env("URL")
     if url:
-        return _log_source("engine", url, env("INDEX", "seekwatch-*"), env("HOST_NAME", ""))
+        return _log_source("logstore", url, env("INDEX", "seekwatch-*"), env("HOST_NAME", ""), env("CA_CERTS", ""),
+                           env("INSECURE") == "1")
     return _log_source("jsonl", os.path.abspath(env("LOGS", DEFAULT_LOG_DIR)), "")
 
 

@@ -38,7 +38,7 @@ def run_start(args: argparse.Namespace) -> int:
         return 1
     print(f"search engine listening on {url} (data in {engine.data_dir}; Ctrl-C to stop)", flush=True)
     if args.setup:
-        from monitor.logstore.adapter import StoreClient
+        from contracts.logstore import StoreClient
         from monitor.logstore.setup import install
 
         with StoreClient(url) as client:

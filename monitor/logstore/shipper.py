@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from contracts.jsonline import dumps_line
-from monitor.logstore.adapter import (
+from contracts.logstore import (
     FEEDBACK_STREAM,
     INDEX_PATTERN,
     SESSION_STREAM,

@@ -42,9 +42,9 @@ def tagged(fixture_records, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sources(search_engine_url, tagged):
-    from monitor.logstore.adapter import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
+    from contracts.logstore import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
 
-    from dashboards.data.engine import EngineSource
+    from dashboards.data.logstore import LogStoreSource
 
     tag, recs, d = tagged
     lines = []
@@ -58,7 +58,7 @@ def sources(search_engine_url, tagged):
         assert not resp.get("errors"), [i for i in resp["items"] if "error" in next(iter(i.values()))][:3]
     j = JsonlSource(d)
     j.refresh()
-    return j, EngineSource(search_engine_url, where={"host.name": f"dash-{tag}"})
+    return j, LogStoreSource(search_engine_url, where={"host.name": f"dash-{tag}"})
 
 
 def test_same_kpis(sources):

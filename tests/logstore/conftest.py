@@ -15,7 +15,7 @@ PY = sys.executable
 
 @pytest.fixture(scope="session")
 def store(search_engine_url):
-    from monitor.logstore.adapter import StoreClient
+    from contracts.logstore import StoreClient
 
     with StoreClient(search_engine_url) as client:
         yield client

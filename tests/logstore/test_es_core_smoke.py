@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.logstore.adapter import StoreClient
+from contracts.logstore import StoreClient
 from monitor.logstore.engine import SearchEngine
 from tests.fixtures.search_engine import ensure_engine_built
 from tests.logstore.conftest import checkpoint_offsets, count_tag, run_ship, seekwatch_env, ship_cmd, tag_query, wait_until

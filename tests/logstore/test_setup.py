@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from contracts.log_schema import load_schema
-from monitor.logstore.adapter import RETENTION_POLICY, StoreClient
+from contracts.logstore import RETENTION_POLICY, StoreClient
 from monitor.logstore.setup import install, retention_policy, template_field_paths
 from tests.logstore.fake_engine import FakeEngine
 

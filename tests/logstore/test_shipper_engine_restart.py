@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from monitor.logstore.adapter import StoreClient
+from contracts.logstore import StoreClient
 from monitor.logstore.engine import SearchEngine
 from monitor.logstore.setup import install
 from tests.fixtures.search_engine import ensure_engine_built
