@@ -33,25 +33,10 @@ log = logging.getLogger("seekwatch.node")
 
 
 def build_engine(config: NodeConfig) -> Engine:
-    if config.engine == "upstream":
-        import os
+    """The engine the config names, built by its plug-in (``inference/engine/registry.py``)."""
+    from inference.engine import registry
 
-        from inference.engine.upstream import UpstreamEngine
-
-        verify: bool | object = True  # certificates are always verified; a CA bundle narrows whom to trust
-        if config.upstream_ca_bundle:
-            import ssl
-
-            verify = ssl.create_default_context(cafile=config.upstream_ca_bundle)
-        return UpstreamEngine(config.upstream_url, api_key=os.environ.get(config.upstream_api_key_env),
-                              model=config.upstream_model, max_batch=config.max_batch,
-                              max_queue=config.max_queue, model_version=config.model_version, verify=verify)
-    from inference.engine.transformers_cb import TransformersEngine
-
-    return TransformersEngine(config.model, device=config.device, dtype=config.dtype,
-                              max_batch=config.max_batch, max_queue=config.max_queue,
-                              max_model_len=config.max_model_len, kv_cache_tokens=config.kv_cache_tokens,
-                              model_version=config.model_version)
+    return registry.get(config.engine).build(config.engine_options, config)
 
 
 def build_observer(config: NodeConfig, registry, engine: Engine, cost,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 from typing import Callable, NoReturn, Sequence
 
@@ -51,7 +52,11 @@ def build_parser(argv: Sequence[str] = ()) -> OneLineParser:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         if name == chosen:
-            importlib.import_module(module_name).add_parser(sub, name, help_text)
+            add_parser = importlib.import_module(module_name).add_parser
+            if "argv" in inspect.signature(add_parser).parameters:  # flags that depend on other flags (serve --engine)
+                add_parser(sub, name, help_text, argv=argv)
+            else:
+                add_parser(sub, name, help_text)
         else:
             sub.add_parser(name, help=help_text)  # listed in --help; parsed only when chosen
     return parser
