@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference import openapi
 from inference.auth import ApiKeys
+from inference.billing_router import SpendLedger
 from inference.billing_router import router as billing_router
 from inference.feedback_router import RecentIds
 from inference.feedback_router import router as feedback_router
@@ -107,6 +108,7 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     app.state.cost = cost
     app.state.feedback_seen = RecentIds(100_000)
     app.state.config = config
+    app.state.spend_ledger = SpendLedger(config.log_dir)
     app.state.load_error = None
     app.state.started_at = int(time.time())
     app.state.chat = ChatService(engine, config.model_names(), observer,
