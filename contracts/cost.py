@@ -1,6 +1,6 @@
 """The cost model: what the self-hosted DeepSeek service costs, per turn, per 1k tokens, per
 session, per completed dialogue, per day and per month, and how that compares with the other
-deployment modes of the seed's table 5.2 and with hosted API prices.
+deployment modes (on-premises, cloud on-demand, reserved) and with hosted API prices.
 
 It lives in the bottom layer because two parts compute with it: the node (``cost_usd`` of
 every log record, the budget of NextChat's balance query) and the dashboard's Cost page.
@@ -269,9 +269,9 @@ class CostModel:
         per_token = (input_share * p.input_per_mtok + (1 - input_share) * p.output_per_mtok) / 1e6
         return _div(self.monthly_fixed_usd(), per_token)
 
-    # ------------------------------------------------------------------ scaling (seed 5.2)
+    # ------------------------------------------------------------------ scaling
     def scaling_delta(self, load: float | None) -> int:
-        """The seed's rule: load > high -> +scale_up instances, load < low -> -scale_down."""
+        """The rule: load > high -> +scale_up instances, load < low -> -scale_down."""
         if load is None or not math.isfinite(load):
             return 0
         if load > self.scale_high:

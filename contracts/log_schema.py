@@ -16,8 +16,9 @@ SESSION_DATASET = "seekwatch.session"
 FEEDBACK_DATASET = "seekwatch.feedback"
 ECS_VERSION = "8.11.0"
 
-#: The seed's five fields (section 4.2), kept at the top level under their own names.
-SEED_FIELDS = ("session_id", "prompt", "response", "latency_ms", "model_version")
+#: The five fields of the original session-log format, kept at the top level under their own
+#: names so queries written for that format keep working.
+CORE_FIELDS = ("session_id", "prompt", "response", "latency_ms", "model_version")
 
 
 @lru_cache(maxsize=None)

@@ -47,7 +47,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     gpu.add_argument("--prometheus", metavar="URL", type=_url, help="Prometheus server for GPU series (query_range)")
     gpu.add_argument("--node", metavar="URL", type=_url, help="a node whose /metrics to scrape for GPU series")
     p.add_argument("--alerts-db", metavar="PATH", help="alertd's SQLite state file (firing alerts and history)")
-    p.add_argument("--cost-config", metavar="PATH", help="cost model YAML (default: the seed's table 5.2)")
+    p.add_argument("--cost-config", metavar="PATH", help="cost model YAML (default: contracts/defaults/cost.yaml, DeepSeek-7B on 2x T4, on-premises $1,200/month)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="with --logs: where parsed rows of settled log files are kept for fast restarts "
                         "(default ~/.cache/seekwatch/dashboard; 'off' disables)")

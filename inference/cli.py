@@ -44,7 +44,7 @@ def add_parser(subparsers, name: str, help_text: str, argv=()) -> None:
     p.add_argument("--log-dir", default="./var/log", help="session log folder (JSON lines)")
     p.add_argument("--log-retention-days", type=int, default=180, metavar="N",
                    help="delete local session-log files older than N days (checked at start and daily)")
-    p.add_argument("--cost-config", metavar="FILE", help="cost model YAML (default: the seed's table 5.2)")
+    p.add_argument("--cost-config", metavar="FILE", help="cost model YAML (default: contracts/defaults/cost.yaml, DeepSeek-7B on 2x T4, on-premises $1,200/month)")
     p.add_argument("--no-instrumentation", dest="instrumentation", action="store_false",
                    help="no metrics, no session log (for the overhead benchmark)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

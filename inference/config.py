@@ -27,7 +27,7 @@ class NodeConfig:
     tls_key: str | None = None
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     log_dir: str = "./var/log"
-    log_retention_days: int = 180            # the seed's GDPR-style retention (section 5.1)
+    log_retention_days: int = 180            # GDPR-style retention of local session logs
     instrumentation: bool = True
     cost_config: str | None = None
     default_temperature: float = 0.7

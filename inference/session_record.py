@@ -118,7 +118,7 @@ def build_session_record(
         },
         "service": {"name": service_name},
         "host": {"name": host_name or _HOST},
-        # the seed's five fields, under their own names
+        # the five fields of the original log format, under their own names
         "session_id": pseudonymise_id(session_id, masker),
         "prompt": p.text,
         "response": r.text,

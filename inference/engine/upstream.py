@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import re
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import httpx
 
+from contracts.sse import aiter_data
 from inference.engine.base import (
     Engine, EngineOutput, EngineState, GenerationRequest, QueueFull, UpstreamError,
 )
@@ -27,21 +29,6 @@ def estimate_tokens(text: str) -> int:
     four other characters. Only used as a fallback, and documented as such."""
     cjk = len(_CJK.findall(text))
     return cjk + (len(text) - cjk + 3) // 4
-
-
-async def sse_lines(resp: httpx.Response) -> AsyncIterator[str]:
-    """Lines of an SSE stream, split at CR/LF only as the SSE spec says. httpx's
-    ``aiter_lines`` uses ``str.splitlines``, which also breaks at U+2028, U+2029 and NEL:
-    legal raw inside JSON strings, so an upstream that does not escape them would have its
-    events cut in two."""
-    buf = b""
-    async for chunk in resp.aiter_bytes():
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            yield line.rstrip(b"\r").decode("utf-8", "replace")
-    if buf:
-        yield buf.rstrip(b"\r").decode("utf-8", "replace")
 
 
 class UpstreamEngine(Engine):
@@ -147,28 +134,24 @@ class UpstreamEngine(Engine):
         prompt_est = estimate_tokens("".join(m.get("content") or "" for m in request.messages))
         done = False
         try:
-            async for line in sse_lines(resp):
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    raise UpstreamError(f"upstream error mid-stream: {chunk['error'].get('message')}", 502)
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    text = delta.get("content") or ""
-                    reasoning = delta.get("reasoning_content") or ""
-                    text_all += text + reasoning
-                    finish = choice.get("finish_reason") or finish
-                    if text or reasoning or first:
-                        yield EngineOutput(text=text, reasoning=reasoning, prompt_tokens=prompt_est,
-                                           completion_tokens=estimate_tokens(text_all),
-                                           queue_s=0.0 if first else None)
-                        first = False
+            async with aclosing(aiter_data(resp)) as events:
+                async for data in events:
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise UpstreamError(f"upstream error mid-stream: {chunk['error'].get('message')}", 502)
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content") or ""
+                        reasoning = delta.get("reasoning_content") or ""
+                        text_all += text + reasoning
+                        finish = choice.get("finish_reason") or finish
+                        if text or reasoning or first:
+                            yield EngineOutput(text=text, reasoning=reasoning, prompt_tokens=prompt_est,
+                                               completion_tokens=estimate_tokens(text_all),
+                                               queue_s=0.0 if first else None)
+                            first = False
             prompt = usage.get("prompt_tokens", prompt_est) if usage else prompt_est
             completion = usage.get("completion_tokens") if usage else None
             done = True

@@ -7,8 +7,9 @@ request a single document makes the store refuse): refused documents come back a
 dead-letter entries in ``SendResult.refused``; the caller writes them with the batch's
 other dead letters, in file order.
 
-Retries: a connection error, 429 and 5xx wait with capped exponential backoff and try
-again; per-item 429/5xx are retried alone. A batch that may have reached the store before
+Retries: a connection error, 429 and 5xx wait with the one retry policy
+(:class:`contracts.retry.Backoff`: capped exponential, jittered) and try again; per-item
+429/5xx are retried alone. A batch that may have reached the store before
 (``ambiguous``: the first batch of a file after a start, a resend after a broken
 connection) is first checked with an ``ids`` query over ``seekwatch-*``, so a rollover in
 between cannot turn the re-send into a second copy. 413 and a whole-request 4xx split the
@@ -18,13 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
 import time
 from dataclasses import dataclass, field
 
 from contracts.logstore import INDEX_PATTERN, StoreClient, StoreError, StoreUnavailable, iter_bulk_items
 from contracts.logtail import RawLine
+from contracts.retry import Backoff
 from monitor.logstore.dead_letters import dead_letter
 from monitor.logstore.ship_errors import ShipperError
 
@@ -70,14 +71,10 @@ class BulkSender:
     def __init__(self, client: StoreClient, *, stop_event: threading.Event, max_backoff: float = 30.0) -> None:
         self.client = client
         self.stop_event = stop_event
-        self.max_backoff = max_backoff
+        self.backoff = Backoff(base=0.25, cap=max_backoff, jitter=0.5)  # the one retry policy (contracts.retry)
         self._down_since: float | None = None
 
     # -- the store's availability -----------------------------------------------------------
-    def _backoff(self, attempt: int) -> float:
-        delay = min(self.max_backoff, 0.25 * (2 ** min(attempt, 16)))
-        return delay * (0.75 + random.random() * 0.5)
-
     def _note_down(self, exc: Exception, result: SendResult) -> None:
         if self._down_since is None:
             self._down_since = time.monotonic()
@@ -123,7 +120,7 @@ class BulkSender:
         return [d for d in pending if d.doc_id not in present]
 
     def _wait(self, attempt: int) -> None:
-        self.stop_event.wait(self._backoff(attempt))
+        self.stop_event.wait(self.backoff.delay(attempt + 1))
 
     def send(self, docs: list[Doc], *, ambiguous: bool = False) -> SendResult:
         """Send until every document is acknowledged (or refused), or the stop event is set."""

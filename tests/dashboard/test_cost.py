@@ -1,4 +1,4 @@
-"""The cost model against examples worked out by hand from the seed's table 5.2.
+"""The cost model against examples worked out by hand from the default cost table (contracts/defaults/cost.yaml).
 
 Hand arithmetic (defaults: local $1,200 / month, 730 h / month, 1 instance, 50 slots):
   month = 730 h x 3600 = 2,628,000 s

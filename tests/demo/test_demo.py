@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from seekwatch.demo import _alive, descendants
+from contracts.supervisor import alive as _alive, descendants
 
 ALERT_TITLE = "Dialogue completion rate low"
 REPO = Path(__file__).resolve().parents[2]
