@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         url = args.url
     else:
-        from monitor.logstore.engine import SearchEngine
+        from monitor.logstore.launcher import LogStoreServer
 
-        engine = SearchEngine(work / "engine", port=0, heap="512m", max_heap="1g")
+        engine = LogStoreServer(work / "engine", port=0, heap="512m", max_heap="1g")
         url = engine.start()
     try:
         with StoreClient(url, timeout=120) as client:

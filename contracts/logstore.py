@@ -1,7 +1,7 @@
 """One small storage adapter for Elasticsearch 8/9 and OpenSearch 2: plain JSON over REST.
 
-It asks the engine who it is once (``GET /`` → ``version.distribution``) and differs only
-where the engines differ: retention is ILM (``_ilm/policy``, attached through the index
+It asks the store who it is once (``GET /`` → ``version.distribution``) and differs only
+where the two products differ: retention is ILM (``_ilm/policy``, attached through the index
 setting ``index.lifecycle.name``) on Elasticsearch and ISM (``_plugins/_ism/policies``,
 attached through the policy's ``ism_template``) on OpenSearch. Everything else — bulk,
 composable index templates, ingest pipelines, data streams, search, aggregations — is the
@@ -16,12 +16,10 @@ Auth: basic (``username``/``password``) or an Elasticsearch API key (``api_key``
 
 It lives in the bottom layer because two parts talk to the store: the monitor (``es-setup``,
 ``es-retention``, ``ship``) and the dashboard (``--url``). Both take the same connection
-flags (:func:`add_tls_auth_args`) and build the client the same way
-(:func:`client_from_args`).
+flags and build the client the same way (:mod:`contracts.logstore_args`).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ RETENTION_POLICY = "seekwatch-retention"
 
 
 class StoreError(RuntimeError):
-    """The engine answered with an error status."""
+    """The log store answered with an error status."""
 
     def __init__(self, method: str, path: str, status: int, body: Any) -> None:
         self.status = status
@@ -51,11 +49,11 @@ class StoreError(RuntimeError):
 
 
 class StoreUnavailable(RuntimeError):
-    """The engine could not be reached (connection refused, timeout, 502/503/504)."""
+    """The log store could not be reached (connection refused, timeout, 502/503/504)."""
 
 
 @dataclass(frozen=True)
-class EngineInfo:
+class StoreInfo:
     distribution: str  # "elasticsearch" | "opensearch"
     version: str
     core_only: bool = False  # an Elasticsearch without x-pack (no ILM, no ingest): smoke tests only
@@ -70,39 +68,6 @@ class EngineInfo:
     @property
     def retention_api(self) -> str:
         return "ism" if self.distribution == "opensearch" else "ilm"
-
-
-def add_tls_auth_args(parser: argparse.ArgumentParser) -> None:
-    """TLS and auth flags for a store connection (``es-setup``, ``es-retention``, ``ship``,
-    ``dashboard --url``)."""
-    parser.add_argument("--ca-certs", metavar="FILE", help="CA bundle (PEM) to verify the log store's TLS certificate")
-    parser.add_argument("--insecure", action="store_true",
-                        help="do not verify TLS certificates (throwaway test clusters only)")
-    parser.add_argument("--username", help="basic-auth user (or $SEEKWATCH_ES_USERNAME; password in $SEEKWATCH_ES_PASSWORD)")
-    parser.add_argument("--api-key", help="Elasticsearch API key, base64 id:key (or $SEEKWATCH_ES_API_KEY)")
-
-
-def add_connection_args(parser: argparse.ArgumentParser) -> None:
-    """``--url`` (required) and the TLS and auth flags: ``es-setup``, ``es-retention``, ``ship``."""
-    parser.add_argument("--url", required=True, help="log store base URL, e.g. https://es.example:9200")
-    add_tls_auth_args(parser)
-
-
-def check_connection_args(url: str, ca_certs: str | None) -> None:
-    """One-line :class:`~contracts.config.ConfigError` for a URL without a scheme or a
-    missing CA file, before anything connects."""
-    from contracts.config import ConfigError
-
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"--url: {url!r} must start with http:// or https://")
-    if ca_certs and not os.path.isfile(ca_certs):
-        raise ConfigError(f"--ca-certs: {ca_certs}: no such file")
-
-
-def client_from_args(args: argparse.Namespace) -> "StoreClient":
-    check_connection_args(args.url, args.ca_certs)
-    return StoreClient(args.url, ca_certs=args.ca_certs, verify=not args.insecure,
-                       username=args.username, api_key=args.api_key)
 
 
 def _auth_from_env(username, password, api_key):
@@ -142,7 +107,7 @@ class StoreClient:
             base_url=self.url, headers=headers, auth=auth, verify=verify_arg,
             timeout=httpx.Timeout(timeout, connect=5.0),
         )
-        self._info: EngineInfo | None = None
+        self._info: StoreInfo | None = None
 
     # -- plumbing -----------------------------------------------------------------------
     def close(self) -> None:
@@ -189,20 +154,20 @@ class StoreClient:
         return data
 
     # -- who is there -------------------------------------------------------------------
-    def info(self) -> EngineInfo:
-        """Detect the engine once: ``GET /`` → version.distribution (absent on
+    def info(self) -> StoreInfo:
+        """Detect the store once: ``GET /`` → version.distribution (absent on
         Elasticsearch). A 400/404 on ``GET /`` is the core-only Elasticsearch build."""
         if self._info is None:
             try:
                 root = self.request("GET", "/")
             except StoreError as exc:
                 if exc.status in (400, 404, 405):
-                    self._info = EngineInfo("elasticsearch", "unknown", core_only=True)
+                    self._info = StoreInfo("elasticsearch", "unknown", core_only=True)
                     return self._info
                 raise
             version = (root or {}).get("version", {})
             dist = version.get("distribution") or "elasticsearch"
-            self._info = EngineInfo(dist, str(version.get("number", "unknown")))
+            self._info = StoreInfo(dist, str(version.get("number", "unknown")))
         return self._info
 
     def health(self) -> dict:
@@ -261,9 +226,9 @@ class StoreClient:
             out.extend(i["index_name"] for i in ds.get("indices", []))
         return out
 
-    # -- retention: the one place the engines differ ------------------------------------
+    # -- retention: the one place the products differ ------------------------------------
     def retention_paths(self, policy: str) -> tuple[str, str]:
-        """(policy path, explain path prefix) for this engine."""
+        """(policy path, explain path prefix) for this store."""
         if self.info().retention_api == "ism":
             return f"/_plugins/_ism/policies/{policy}", "/_plugins/_ism/explain"
         return f"/_ilm/policy/{policy}", "/{index}/_ilm/explain"
@@ -298,7 +263,7 @@ class StoreClient:
 
     def retention_supported(self) -> bool:
         """Is the retention API there? (ISM is a plugin: an OpenSearch without it, such as
-        the embedded test engine, answers 'no handler found'; ILM is absent on core-only
+        the embedded test store, answers 'no handler found'; ILM is absent on core-only
         Elasticsearch builds.)"""
         info = self.info()
         if info.core_only:

@@ -33,7 +33,7 @@ READ_CHUNK = 1 << 20
 FINGERPRINT_BYTES = 4096
 
 
-def fingerprint(first_line: bytes) -> str:
+def first_line_fingerprint(first_line: bytes) -> str:
     """The identity of a file's content: a hash of (the start of) its first line."""
     return hashlib.sha1(first_line[:FINGERPRINT_BYTES]).hexdigest()
 
@@ -106,7 +106,7 @@ class LogTailer:
             return
         if f.fingerprint is not None:
             first = self._first_line(f.path)
-            if first is not None and fingerprint(first) != f.fingerprint:
+            if first is not None and first_line_fingerprint(first) != f.fingerprint:
                 log.warning("%s is a new file on a reused inode: reading from 0", f.path)
                 self.reset(f)
 
@@ -165,7 +165,7 @@ class LogTailer:
 
     def _note_first_line(self, f: TailedFile, start: int, first: bytes) -> None:
         if start == 0 and f.fingerprint is None:
-            f.fingerprint = fingerprint(first)
+            f.fingerprint = first_line_fingerprint(first)
 
     def lines(self, f: TailedFile) -> Iterator[RawLine]:
         """The complete lines after ``f.offset``, in order (blank ones included)."""

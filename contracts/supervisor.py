@@ -1,6 +1,6 @@
 """One process supervisor for every child seekwatch starts: the demo's parts, the node the
 tests and benchmarks start (:mod:`seekwatch.node_process`), the bundled search engine
-(:mod:`monitor.logstore.engine`) and the servers the tests start (``tests/fixtures``).
+(:mod:`monitor.logstore.launcher`) and the servers the tests start (``tests/fixtures``).
 
 Why one: stopping a process tree correctly is easy to get almost right. A part may spawn
 children, some of which leave its process group (the search engine's JVM, a browser), and a

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from contracts.logstore import add_tls_auth_args, check_connection_args
+from contracts.logstore_args import add_tls_auth_args, check_connection_args
 from dashboards import auth
 
 APP = Path(__file__).with_name("app.py")

@@ -128,12 +128,12 @@ class SpendLedger:
 
 
 @router.get("/dashboard/billing/subscription")
-async def subscription(request: Request):
+async def billing_subscription(request: Request):
     return subscription_body(request.app.state.cost)
 
 
 @router.get("/dashboard/billing/usage")
-async def usage(request: Request, start_date: str | None = None, end_date: str | None = None):
+async def billing_usage(request: Request, start_date: str | None = None, end_date: str | None = None):
     today = dt.datetime.now(dt.timezone.utc).date()
     start = _parse_date(start_date, today.replace(day=1), "start_date")
     end = _parse_date(end_date, today + dt.timedelta(days=1), "end_date")

@@ -28,7 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ship": ("monitor.logstore.ship_cli", "ship session logs to Elasticsearch/OpenSearch, losslessly"),
     "es-setup": ("monitor.logstore.setup_cli", "install index template, ingest pipeline and retention"),
     "es-retention": ("monitor.logstore.retention_cli", "enforce log retention where the engine has no ILM/ISM"),
-    "search-engine": ("monitor.logstore.engine_cli", "run a local single-node OpenSearch for the local stack"),
+    "search-engine": ("monitor.logstore.launcher_cli", "run a local single-node OpenSearch for the local stack"),
 }
 
 

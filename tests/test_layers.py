@@ -51,3 +51,19 @@ def test_the_rule_catches_a_sideways_import(tmp_path):
                          env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode != 0
     assert "dashboards is not allowed to import monitor" in res.stdout
+
+
+def test_one_name_for_one_thing():
+    """No two classes of the product share a name: the inference engine's ``EngineError``, the
+    log store's ``StoreError``/``LaunchError`` and the dashboard's ``DashboardSourceError``
+    are different things, and so are ``ShipStats``, ``LoadStats`` and ``ParseStats``."""
+    import ast
+    from collections import defaultdict
+
+    where = defaultdict(list)
+    for pkg in ("contracts", "inference", "monitor", "dashboards", "seekwatch"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+                if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                    where[node.name].append(str(path.relative_to(ROOT)))
+    assert {n: p for n, p in where.items() if len(p) > 1} == {}

@@ -35,7 +35,7 @@ TERMS_CHUNK = 60000  # below the engines' default index.max_terms_count (65536)
 _FIELD = {"input_tokens": "gen_ai.usage.input_tokens", "output_tokens": "gen_ai.usage.output_tokens"}
 
 
-class SourceError(RuntimeError):
+class DashboardSourceError(RuntimeError):
     """The dashboard's log-store source could not answer (the store is unreachable or refused
     the query); the message names the store's URL and, for an HTTP error, its status."""
 
@@ -71,9 +71,9 @@ class LogStoreSource:
         try:
             return self.client.search(index or self.index, body, ignore_unavailable="true", allow_no_indices="true")
         except StoreError as exc:
-            raise SourceError(f"{self.url}: HTTP {exc.status}: {str(exc)[:300]}") from None
+            raise DashboardSourceError(f"{self.url}: HTTP {exc.status}: {str(exc)[:300]}") from None
         except StoreUnavailable as exc:
-            raise SourceError(f"{self.url}: {exc}") from None
+            raise DashboardSourceError(f"{self.url}: {exc}") from None
 
     # ------------------------------------------------------------------ queries
     def _tags(self) -> list[dict]:

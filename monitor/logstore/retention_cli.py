@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from contracts.config import ConfigError
-from contracts.logstore import add_connection_args, client_from_args
+from contracts.logstore_args import add_connection_args, client_from_args
 from monitor.logstore.setup_cli import add_retention_days_arg
 
 

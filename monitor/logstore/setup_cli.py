@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from contracts.cli_types import positive_int
-from contracts.logstore import add_connection_args, client_from_args
+from contracts.logstore_args import add_connection_args, client_from_args
 
 
 def add_retention_days_arg(parser: argparse.ArgumentParser, help_text: str) -> None:

@@ -82,16 +82,16 @@ def test_dashboard_source_takes_the_same_tls_and_auth(pki):
     """The dashboard's log-store source goes through the same store client as es-setup: a
     private CA is trusted only with the CA bundle, and basic auth is sent."""
     from contracts.logstore import StoreClient
-    from dashboards.data.logstore import LogStoreSource, SourceError
+    from dashboards.data.logstore import LogStoreSource, DashboardSourceError
 
     tls = (str(pki / "server.pem"), str(pki / "server.key"))
     with FakeEngine(tls=tls, basic_auth=("ops", "s3cret")) as fake:
         untrusted = LogStoreSource(fake.url)
-        with pytest.raises(SourceError, match="CERTIFICATE_VERIFY_FAILED"):
+        with pytest.raises(DashboardSourceError, match="CERTIFICATE_VERIFY_FAILED"):
             untrusted.kpis(_last_hour())
         assert fake.requests == []
         client = StoreClient(fake.url, ca_certs=str(pki / "ca.pem"), username="ops", password="s3cret")
-        with pytest.raises(SourceError, match="HTTP 400"):  # the fake has no _search: it got there
+        with pytest.raises(DashboardSourceError, match="HTTP 400"):  # the fake has no _search: it got there
             LogStoreSource(client).kpis(_last_hour())
         assert [(m, p) for m, p, _q, _b in fake.requests] == [("POST", "/seekwatch-*/_search")]
 
