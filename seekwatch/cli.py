@@ -1,8 +1,10 @@
 """The ``seekwatch`` command line: parses arguments, then calls each part's own entry point.
 
 Every part registers its subcommand through a ``add_parser(subparsers)`` function in its own
-package, and runs through the ``run(args)`` function it sets as the parser's default. The
-imports are lazy so that ``seekwatch alertd --help`` never imports torch.
+package (``add_parser(subparsers, name, help, argv=...)`` when its flags depend on other flags,
+as ``serve``'s depend on ``--engine``), and runs through the ``run(args)`` function it sets as
+the parser's default. The imports are lazy so that ``seekwatch alertd --help`` never imports
+torch.
 
 Bad flags and bad config files give one clear line on stderr and exit status 2.
 """
