@@ -1,6 +1,6 @@
 """One process supervisor for every child seekwatch starts: the demo's parts, the node the
 tests and benchmarks start (:mod:`seekwatch.node_process`), the bundled search engine
-(:mod:`monitor.logstore.engine`) and the servers the tests start (``tests/fixtures``).
+(:mod:`monitor.logstore.launcher`) and the servers the tests start (``tests/fixtures``).
 
 Why one: stopping a process tree correctly is easy to get almost right. A part may spawn
 children, some of which leave its process group (the search engine's JVM, a browser), and a
@@ -179,6 +179,18 @@ class Supervised:
                 raise NotReady(f"{self.name} not {what} within {timeout:.0f} s; its output"
                                f"{f' ({self.spec.output})' if self.spec.output else ''}:\n{self.tail()}")
             sleep(interval)
+
+    # -- Popen's own calls, so a Supervised stands in for one ------------------------------
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout)
+
+    def send_signal(self, sig: int) -> None:
+        """``sig`` to the leader only (SIGHUP to reload, a SIGKILL to test crash recovery)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
 
     # -- stopping ----------------------------------------------------------------------------
     def remember_descendants(self) -> None:

@@ -30,7 +30,7 @@ from inference.quality import RefusalDetector, classify_status, default_detector
 from inference.session_log import SessionLogWriter, serialise
 from inference.session_record import build_feedback_record, build_session_record
 from inference.turns import FeedbackEvent, TurnRecord
-from monitor.cost import CostModel
+from contracts.cost import CostModel
 from contracts.signals import DEFAULT_CONVERSATION_IDLE_S
 
 log = logging.getLogger("seekwatch.instrumentation")

@@ -95,7 +95,7 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 @dataclass
-class Stats:
+class LoadStats:
     started_at: float = field(default_factory=time.monotonic)
     sessions_started: int = 0
     sessions_finished: int = 0
@@ -249,13 +249,13 @@ class TurnResult:
 
 
 class LoadGenerator:
-    def __init__(self, cfg: LoadConfig, on_progress: Callable[[Stats], None] | None = None,
+    def __init__(self, cfg: LoadConfig, on_progress: Callable[[LoadStats], None] | None = None,
                  transport: Any = None):
         self.transport = transport  # an httpx transport (tests); None: the network
         self.cfg = cfg
         self.data = load_scenarios(cfg.scenarios_file, cfg.lang)
         self.rng = random.Random(cfg.seed)
-        self.stats = Stats()
+        self.stats = LoadStats()
         self.on_progress = on_progress
         self._no_new_turns = asyncio.Event()
         self._stop = asyncio.Event()
@@ -275,7 +275,7 @@ class LoadGenerator:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
         limits = httpx.Limits(max_connections=cfg.max_concurrency + 8, max_keepalive_connections=cfg.max_concurrency)
         timeout = httpx.Timeout(cfg.timeout, connect=10.0)
-        self.stats = Stats()
+        self.stats = LoadStats()
         async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout, trust_env=False,
                                      transport=self.transport) as client:
             self.client = client
@@ -621,7 +621,7 @@ class ProgressPrinter:
         self._last = 0.0
         self._drawn = False
 
-    def __call__(self, stats: Stats, force: bool = False, line: str | None = None) -> None:
+    def __call__(self, stats: LoadStats, force: bool = False, line: str | None = None) -> None:
         now = time.monotonic()
         text = self.prefix + (line if line is not None else stats.progress_line())
         if self.tty:
@@ -664,5 +664,5 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary["turns_answered"] + summary["aborted_by_user"] > 0 else 1  # the node answered
 
 
-__all__ = ["LoadConfig", "LoadGenerator", "Stats", "add_parser", "add_arguments", "config_from_args",
+__all__ = ["LoadConfig", "LoadGenerator", "LoadStats", "add_parser", "add_arguments", "config_from_args",
            "format_summary", "load_scenarios", "plan_conversation", "run"]

@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboards import ui
 from dashboards.data.base import Window
-from monitor.cost import Volume
+from contracts.cost import Volume
 
 
 def render(ctx: ui.Ctx, w: Window) -> None:

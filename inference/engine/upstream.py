@@ -10,6 +10,7 @@ import json
 import re
 import time
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import httpx
@@ -18,6 +19,7 @@ from contracts.sse import aiter_data
 from inference.engine.base import (
     Engine, EngineOutput, EngineState, GenerationRequest, QueueFull, UpstreamError,
 )
+from inference.engine.registry import EnginePlugin, register
 
 _CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")
 
@@ -155,6 +157,8 @@ class UpstreamEngine(Engine):
             done = True
             yield EngineOutput(finish_reason=finish or "stop", prompt_tokens=prompt,
                                completion_tokens=completion if completion is not None else estimate_tokens(text_all))
+        except httpx.HTTPError as exc:  # the stream broke, or the 200 was no event stream (contracts.sse)
+            raise UpstreamError(f"upstream stream failed: {exc.__class__.__name__}: {exc}", 502) from None
         finally:
             self._in_flight -= 1
             if done:
@@ -162,3 +166,51 @@ class UpstreamEngine(Engine):
             else:
                 self._cancelled += 1
             await resp.aclose()
+
+
+# --------------------------------------------------------------------------- plug-in
+@dataclass(frozen=True)
+class UpstreamOptions:
+    """``serve --engine upstream`` options."""
+
+    url: str
+    model: str | None = None          # the model name to ask the upstream for (default: the client's)
+    ca_bundle: str | None = None      # verify the upstream's certificate against this CA file
+    api_key_env: str = "SEEKWATCH_UPSTREAM_API_KEY"
+
+
+def _add_arguments(g) -> None:
+    g.add_argument("--upstream-url", metavar="URL", help="OpenAI-compatible base URL, e.g. http://vllm:8000/v1 (required)")
+    g.add_argument("--upstream-model", help="model name to ask the upstream for (default: the client's)")
+    g.add_argument("--upstream-ca-bundle", metavar="PEM", help="CA certificates to verify an https upstream against (default: the system's)")
+
+
+def _options_from_args(args) -> UpstreamOptions:
+    import os
+
+    from contracts.config import ConfigError
+
+    if not args.upstream_url:
+        raise ConfigError("--upstream-url URL is required with --engine upstream")
+    if args.upstream_ca_bundle and not os.path.isfile(args.upstream_ca_bundle):
+        raise ConfigError(f"--upstream-ca-bundle {args.upstream_ca_bundle}: no such file")
+    return UpstreamOptions(url=args.upstream_url, model=args.upstream_model, ca_bundle=args.upstream_ca_bundle)
+
+
+def _build(options: UpstreamOptions, config) -> UpstreamEngine:
+    import os
+
+    verify: bool | Any = True  # certificates are always verified; a CA bundle narrows whom to trust
+    if options.ca_bundle:
+        import ssl
+
+        verify = ssl.create_default_context(cafile=options.ca_bundle)
+    return UpstreamEngine(options.url, api_key=os.environ.get(options.api_key_env), model=options.model,
+                          max_batch=config.max_batch, max_queue=config.max_queue,
+                          model_version=config.model_version, verify=verify)
+
+
+register(EnginePlugin(
+    name="upstream", help="stream through to an OpenAI-compatible server (vLLM, SGLang, the DeepSeek API)",
+    add_arguments=_add_arguments, options_from_args=_options_from_args, build=_build,
+    model_names=lambda o: [o.model] if o.model else []))

@@ -9,7 +9,7 @@ with ``contracts.signals`` and compared with:
 
 * alertd (direct scrape: the exposition text -> history -> observation -> rules);
 * the exported Prometheus rules, under ``promtool test rules`` with the scrapes as input series;
-* the dashboard's JSON-lines source and search-engine source (the real OpenSearch).
+* the dashboard's JSON-lines source and log-store source (the real OpenSearch).
 """
 from __future__ import annotations
 
@@ -236,10 +236,10 @@ def test_dashboard_jsonl_source(run, truth, tmp_path):
     _check_kpis(src.kpis(_window()), truth)
 
 
-def test_dashboard_search_engine_source(run, truth, search_engine_url):
-    from monitor.logstore.adapter import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
+def test_dashboard_log_store_source(run, truth, log_store_url):
+    from contracts.logstore import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
 
-    from dashboards.data.engine import EngineSource
+    from dashboards.data.logstore import LogStoreSource
 
     tag = uuid.uuid4().hex[:10]
     lines = []
@@ -254,8 +254,8 @@ def test_dashboard_search_engine_source(run, truth, search_engine_url):
         lines += [json.dumps({"create": {"_index": FEEDBACK_STREAM if fb else SESSION_STREAM,
                                          "_id": r["feedback_id"] if fb else r["request_id"]}}),
                   json.dumps(r, ensure_ascii=False)]
-    with StoreClient(search_engine_url) as c:
+    with StoreClient(log_store_url) as c:
         resp = c.bulk(("\n".join(lines) + "\n").encode(), refresh="true")
         assert not resp.get("errors"), [i for i in resp["items"] if "error" in next(iter(i.values()))][:3]
-    src = EngineSource(search_engine_url, where={"host.name": f"sig-{tag}"}, conversation_idle_s=IDLE_S)
+    src = LogStoreSource(log_store_url, where={"host.name": f"sig-{tag}"}, conversation_idle_s=IDLE_S)
     _check_kpis(src.kpis(_window()), truth)

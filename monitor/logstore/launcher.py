@@ -34,8 +34,8 @@ FLAVORS = {
 }
 
 
-class EngineError(RuntimeError):
-    """The engine could not be found, started or stopped."""
+class LaunchError(RuntimeError):
+    """The log store could not be found, started or stopped."""
 
 
 def default_build_dir(flavor: str = "opensearch") -> Path:
@@ -53,7 +53,7 @@ def find_java() -> str:
         return str(Path(home) / "bin" / "java")
     java = shutil.which("java")
     if not java:
-        raise EngineError("java not found: install a JDK 17 (Debian: openjdk-17-jre-headless)")
+        raise LaunchError("java not found: install a JDK 17 (Debian: openjdk-17-jre-headless)")
     return java
 
 
@@ -62,7 +62,7 @@ def classpath(build_dir: Path | None = None, flavor: str = "opensearch") -> str:
     jar = build / FLAVORS[flavor][1]
     lib = build / "lib"
     if not jar.exists() or not lib.is_dir():
-        raise EngineError(
+        raise LaunchError(
             f"search engine not built ({jar} missing): run scripts/setup.d/30-search-engine.sh"
         )
     return f"{jar}{os.pathsep}{lib}/*"
@@ -73,7 +73,7 @@ def http_get_json(url: str, timeout: float = 2.0) -> dict:
         return json.loads(resp.read().decode("utf-8"))
 
 
-class SearchEngine:
+class LogStoreServer:
     """One single-node OpenSearch child process.
 
     ``data_dir`` holds everything the node writes (``home/`` with config/logs and ``data/``
@@ -92,7 +92,7 @@ class SearchEngine:
         flavor: str = "opensearch",
     ) -> None:
         if flavor not in FLAVORS:
-            raise EngineError(f"unknown engine flavor {flavor!r}")
+            raise LaunchError(f"unknown engine flavor {flavor!r}")
         self.flavor = flavor
         self.data_dir = Path(data_dir).resolve()
         self.port = int(port)
@@ -137,7 +137,7 @@ class SearchEngine:
         """Start the node and block until it answers ``GET /`` and the cluster is at least
         yellow. Returns the base URL."""
         if self.process is not None and self.process.running:
-            raise EngineError("engine already running")
+            raise LaunchError("engine already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         # its own session (the supervisor's rule): a Ctrl-C in the terminal reaches us, and we stop it cleanly
@@ -156,11 +156,11 @@ class SearchEngine:
         try:
             self.process.wait_ready(ready, timeout, what="healthy")
         except ProcessExited:
-            raise EngineError(f"search engine exited with status {self.process.returncode} during start; "
+            raise LaunchError(f"search engine exited with status {self.process.returncode} during start; "
                               f"last log lines:\n{self.tail_log()}") from None
         except NotReady:
             self.stop()
-            raise EngineError(f"search engine not healthy within {timeout:.0f}s; log:\n{self.tail_log()}") from None
+            raise LaunchError(f"search engine not healthy within {timeout:.0f}s; log:\n{self.tail_log()}") from None
         return self.url
 
     def _healthy(self, url: str) -> bool:
@@ -198,7 +198,7 @@ class SearchEngine:
             self.process.kill()
         self.stop()
 
-    def __enter__(self) -> "SearchEngine":
+    def __enter__(self) -> "LogStoreServer":
         self.start()
         return self
 

@@ -1,6 +1,6 @@
 """The search-engine source and the JSON-lines source give the same KPIs on the same data.
 
-The fixture records are indexed into the suite's real OpenSearch (``search_engine_url``), tagged
+The fixture records are indexed into the suite's real OpenSearch (``log_store_url``), tagged
 with a unique ``host.name`` and request-id prefix (other tests share the engine); the engine
 source filters on the tag. Counts, sums and dialogue counts must be equal, and equal to the
 recount from the raw records (``expected``, by contracts.signals); percentiles within 5 % of
@@ -42,10 +42,10 @@ def tagged(fixture_records, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sources(search_engine_url, tagged):
-    from monitor.logstore.adapter import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
+def sources(log_store_url, tagged):
+    from contracts.logstore import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
 
-    from dashboards.data.engine import EngineSource
+    from dashboards.data.logstore import LogStoreSource
 
     tag, recs, d = tagged
     lines = []
@@ -54,12 +54,12 @@ def sources(search_engine_url, tagged):
         lines.append(json.dumps({"create": {"_index": FEEDBACK_STREAM if fb else SESSION_STREAM,
                                             "_id": r["feedback_id"] if fb else r["request_id"]}}))
         lines.append(json.dumps(r, ensure_ascii=False))
-    with StoreClient(search_engine_url) as c:
+    with StoreClient(log_store_url) as c:
         resp = c.bulk(("\n".join(lines) + "\n").encode(), refresh="true")
         assert not resp.get("errors"), [i for i in resp["items"] if "error" in next(iter(i.values()))][:3]
     j = JsonlSource(d)
     j.refresh()
-    return j, EngineSource(search_engine_url, where={"host.name": f"dash-{tag}"})
+    return j, LogStoreSource(log_store_url, where={"host.name": f"dash-{tag}"})
 
 
 def test_same_kpis(sources, expected):
@@ -83,11 +83,11 @@ def test_same_kpis(sources, expected):
            (expected.chat_turns, expected.completed, expected.dialogues, expected.completed_dialogues)
 
 
-def test_percentiles_of_a_large_window_within_5_percent(search_engine_url):
+def test_percentiles_of_a_large_window_within_5_percent(log_store_url):
     """Above EXACT_MAX samples the engine's HDR histogram answers: still within 5 % of numpy."""
-    from monitor.logstore.adapter import SESSION_STREAM, StoreClient
+    from contracts.logstore import SESSION_STREAM, StoreClient
 
-    from dashboards.data.engine import EXACT_MAX, EngineSource
+    from dashboards.data.logstore import EXACT_MAX, LogStoreSource
 
     from .gen import generate
 
@@ -98,13 +98,13 @@ def test_percentiles_of_a_large_window_within_5_percent(search_engine_url):
         r["host"]["name"] = f"big-{tag}"
         r["request_id"] = r["request_id"].replace("chatcmpl-", f"chatcmpl-b{tag}")
         lines += [json.dumps({"create": {"_index": SESSION_STREAM, "_id": r["request_id"]}}), json.dumps(r, ensure_ascii=False)]
-    with StoreClient(search_engine_url) as c:
+    with StoreClient(log_store_url) as c:
         step = 4000   # lines: 2,000 records a request, so a busy machine stays within the client's timeout
         for i in range(0, len(lines), step):
             last = i + step >= len(lines)
             assert not c.bulk(("\n".join(lines[i:i + step]) + "\n").encode(),
                               refresh="true" if last else "false").get("errors")
-    e = EngineSource(search_engine_url, where={"host.name": f"big-{tag}"})
+    e = LogStoreSource(log_store_url, where={"host.name": f"big-{tag}"})
     w = Window(END - dt.timedelta(hours=7), END + dt.timedelta(hours=7))   # every record
     k = e.kpis(w)
     assert k.requests == len(recs) > EXACT_MAX
@@ -166,12 +166,12 @@ def test_engine_uses_aggregations_only(sources):
         assert np.allclose(js[c].to_numpy(dtype=float), es[c].to_numpy(dtype=float), equal_nan=True), c
 
 
-def test_overview_page_from_engine(sources, tagged, search_engine_url, dash_env, expected):
+def test_overview_page_from_engine(sources, tagged, log_store_url, dash_env, expected):
     from streamlit.testing.v1 import AppTest
 
     from .test_pages import VIEWS, metrics
 
-    dash_env.setenv("SEEKWATCH_DASHBOARD_URL", search_engine_url)
+    dash_env.setenv("SEEKWATCH_DASHBOARD_URL", log_store_url)
     dash_env.setenv("SEEKWATCH_DASHBOARD_HOST_NAME", f"dash-{tagged[0]}")
     at = AppTest.from_file(str(VIEWS / "overview.py"), default_timeout=60)
     at.run()
@@ -183,12 +183,12 @@ def test_overview_page_from_engine(sources, tagged, search_engine_url, dash_env,
 
 
 @pytest.mark.parametrize("page", ["latency", "quality", "cost", "alerts", "sessions"])
-def test_every_page_renders_from_engine(page, sources, tagged, search_engine_url, dash_env, expected):
+def test_every_page_renders_from_engine(page, sources, tagged, log_store_url, dash_env, expected):
     from streamlit.testing.v1 import AppTest
 
     from .test_pages import VIEWS
 
-    dash_env.setenv("SEEKWATCH_DASHBOARD_URL", search_engine_url)
+    dash_env.setenv("SEEKWATCH_DASHBOARD_URL", log_store_url)
     dash_env.setenv("SEEKWATCH_DASHBOARD_HOST_NAME", f"dash-{tagged[0]}")
     at = AppTest.from_file(str(VIEWS / f"{page}.py"), default_timeout=60)
     at.run()
