@@ -2,8 +2,9 @@
 a user could run instead on the same machine, in one run.
 
 In one run, on the same prompts: the node over HTTP; the node's engine driven directly in
-this process (no HTTP, no instrumentation: what the server costs); the seed's baseline (one
-``model.generate`` per request, in turn, warmed up, at least 4 requests); and transformers'
+this process (no HTTP, no instrumentation: what the server costs); the sequential baseline
+(one ``model.generate`` per request, in turn: the plain transformers loop, warmed up, at
+least 4 requests); and transformers'
 own fast paths as anchors: ``generate_batch`` (its continuous batching with a paged cache)
 at each scenario's concurrency, and ``generate`` with ``cache_implementation="static"`` (its
 automatic ``torch.compile`` with CUDA graphs) at batch 1 and at each scenario's batch size.
@@ -208,7 +209,7 @@ def chat_ids(tok, prompt: str) -> list[int]:
     return tok.encode(text, add_special_tokens=False)
 
 
-def generate_baseline(model, tok, dev, prompts: list[str], max_tokens: list[int]) -> dict:
+def sequential_baseline(model, tok, dev, prompts: list[str], max_tokens: list[int]) -> dict:
     """tokenizer(prompt) → ``model.generate`` → decode, one request at a time, after one
     warm-up request (the first call pays for CUDA/cuBLAS initialisation)."""
     import torch
@@ -315,7 +316,7 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     if base:
-        lines.append(f"| baseline: `model.generate` per request, in turn (warmed up) | {result['baseline']['requests']} | "
+        lines.append(f"| sequential baseline: `model.generate` per request, in turn (warmed up) | {result['baseline']['requests']} | "
                      f"{base:.1f} | – | – | – |")
     for a in anchors:
         if "error" in a or "skipped" in a:
@@ -352,7 +353,7 @@ def markdown(result: dict) -> str:
         if c in static:
             parts.append(f"÷ static-cache `generate` (batch {c}) {tps / static[c]['aggregate_tok_s']:.2f}")
         if base:
-            parts.append(f"÷ baseline {tps / base:.2f}")
+            parts.append(f"÷ sequential baseline {tps / base:.2f}")
         if parts:
             ratios.append(f"| node, {c} streams | " + "; ".join(parts) + " |")
     if ratios:
@@ -480,7 +481,7 @@ def main() -> int:
     if not late("baseline"):
         model, tok_ref, dev = load_reference_model(model_dir, args.device)
         prompts, maxes = workload(args.baseline_requests)
-        result["baseline"] = generate_baseline(model, tok_ref, dev, prompts, maxes)
+        result["baseline"] = sequential_baseline(model, tok_ref, dev, prompts, maxes)
         print(json.dumps({"baseline": result["baseline"]}), flush=True)
         save()
         if args.anchors:
