@@ -179,9 +179,8 @@ async def engine_direct(model_dir: Path, device: str, max_batch: int, max_model_
         await engine.stop()
         engine_log.removeHandler(keep)
         out.append({"engine_log": account})
-        engine.model = engine._kv = None
+        engine.model = engine._kv = None  # the memory goes back before the next stage loads a model
         engine._graphs.clear()
-        del engine
         import gc
 
         gc.collect()

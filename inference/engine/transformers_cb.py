@@ -312,6 +312,7 @@ class TransformersEngine(Engine):
                         "a lower --max-model-len gives more", slots, self._max_model_len, self.max_batch)
         self._kv = SlotKVCache.for_model(self.model.config, self.dtype, self.device, slots, self._max_model_len)
         self.kv_cache_tokens = self._kv.tokens
+        self.max_batch = slots  # what /readyz and the metrics report: the batch that can run
 
     def _check_slot_path(self) -> None:
         """The slot store must compute what the model computes without it: a short random
@@ -573,7 +574,7 @@ class TransformersEngine(Engine):
         with self._lock:
             self._waiting.extend(self._incoming)
             self._incoming.clear()
-        while self._waiting and len(self._running) + len(self._prefilling) < min(self.max_batch, self._kv.slots):
+        while self._waiting and len(self._running) + len(self._prefilling) < self._kv.slots:
             seq = self._waiting.popleft()
             if seq.cancelled:
                 self._cancelled_total += 1
