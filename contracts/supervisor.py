@@ -180,6 +180,18 @@ class Supervised:
                                f"{f' ({self.spec.output})' if self.spec.output else ''}:\n{self.tail()}")
             sleep(interval)
 
+    # -- Popen's own calls, so a Supervised stands in for one ------------------------------
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.proc.wait(timeout)
+
+    def send_signal(self, sig: int) -> None:
+        """``sig`` to the leader only (SIGHUP to reload, a SIGKILL to test crash recovery)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
     # -- stopping ----------------------------------------------------------------------------
     def remember_descendants(self) -> None:
         """Note its current descendants, so a stop also reaches those that leave it later."""

@@ -157,6 +157,8 @@ class UpstreamEngine(Engine):
             done = True
             yield EngineOutput(finish_reason=finish or "stop", prompt_tokens=prompt,
                                completion_tokens=completion if completion is not None else estimate_tokens(text_all))
+        except httpx.HTTPError as exc:  # the stream broke, or the 200 was no event stream (contracts.sse)
+            raise UpstreamError(f"upstream stream failed: {exc.__class__.__name__}: {exc}", 502) from None
         finally:
             self._in_flight -= 1
             if done:
