@@ -33,6 +33,11 @@ from typing import Any, Callable
 from contracts.supervisor import NotReady, ProcessExited, ProcessSpec, Supervised, free_port, port_free, stop_all
 from contracts.supervisor import start as start_process
 
+#: The demo's conversations pause seconds between turns, not minutes: one idle this long has
+#: ended (node and dashboard alike), so dialogue completion has ended conversations to count
+#: within the demo's first minutes (the default, 5 min, suits real users).
+DEMO_CONVERSATION_IDLE = "10s"
+
 ALERT_MARK = "── seekwatch alert ──"
 #: the folder holding the seekwatch, inference, monitor, dashboards and contracts packages
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
@@ -148,7 +153,8 @@ def demo_alert_config(node_url: str, state_path: Path, dashboard_url: str, *, we
         "rules": {
             "p99_latency": {"window": "30s", "for": "10s"},
             "gpu_utilization": {"for": "30s"},
-            "completion_rate": {"window": "30s", "min_samples": 10, "for": "0s"},
+            # 对话完成率 counts conversations the node closed after DEMO_CONVERSATION_IDLE
+            "completion_rate": {"window": "60s", "min_samples": 5, "for": "0s"},
             "no_data": {"for": "20s"},
             "scaling": {"capacity": capacity, "window": "30s", "for": "30s"},
         },
@@ -366,7 +372,8 @@ class Demo:
         self.node_target = f"127.0.0.1:{node_port}"
         node = self.start("node", _py("serve", "--model", str(model), "--port", str(node_port),
                                       "--log-dir", str(log_dir), "--max-batch", str(args.max_batch),
-                                      "--model-version", "deepseek-tiny-demo"))
+                                      "--model-version", "deepseek-tiny-demo",
+                                      "--conversation-idle", DEMO_CONVERSATION_IDLE))
         engine = None
         es_url = None
         if args.with_search_engine:
@@ -396,7 +403,7 @@ class Demo:
                                              f"--storage.tsdb.path={wd / 'prometheus'}",
                                              f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"])
         dash_args = ["dashboard", "--port", str(dash_port), "--alerts-db", str(wd / "alertd.sqlite"),
-                     "--cache-dir", str(wd / "dashboard-cache")]
+                     "--cache-dir", str(wd / "dashboard-cache"), "--conversation-idle", DEMO_CONVERSATION_IDLE]
         dash_args += ["--url", es_url] if es_url else ["--logs", str(log_dir)]
         dash_args += ["--prometheus", prom_url] if prom_url else ["--node", node_url]
         # no login: the demo's conversations are synthetic and it listens on 127.0.0.1 only;
