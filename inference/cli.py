@@ -39,8 +39,11 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--log-retention-days", type=int, default=180, metavar="N",
                    help="delete local session-log files older than N days (checked at start and daily)")
     p.add_argument("--cost-config", metavar="FILE", help="cost model YAML (default: the seed's table 5.2)")
-    p.add_argument("--no-instrumentation", dest="instrumentation", action="store_false",
-                   help="no metrics, no session log (for the overhead benchmark)")
+    # default=SUPPRESS keeps ArgumentDefaultsHelpFormatter from printing "(default: True)",
+    # which reads as "off by default"; config_from_args reads a missing value as on.
+    p.add_argument("--no-instrumentation", dest="instrumentation", action="store_false", default=argparse.SUPPRESS,
+                   help="turn off metrics and the session log (instrumentation is on by default; "
+                        "used by the overhead benchmark)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(run=run)
 
@@ -79,7 +82,7 @@ def config_from_args(args: argparse.Namespace):
         max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file, auth_probes=args.auth_probes,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         cors_origins=args.cors_origins or ["*"], log_dir=args.log_dir, log_retention_days=args.log_retention_days,
-        instrumentation=args.instrumentation, cost_config=args.cost_config,
+        instrumentation=getattr(args, "instrumentation", True), cost_config=args.cost_config,
     )
 
 
