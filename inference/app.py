@@ -142,7 +142,8 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     app.state.load_error = None
     app.state.started_at = int(time.time())
     app.state.chat = ChatService(engine, config.model_names(), observer,
-                                 default_temperature=config.default_temperature)
+                                 default_temperature=config.default_temperature,
+                                 default_max_tokens=config.default_max_tokens)
 
     protected = [Depends(require_key)]
     app.include_router(chat_router, dependencies=protected)

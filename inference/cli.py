@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from contracts.cli_types import positive_int
 from contracts.config import ConfigError
 
 
@@ -25,6 +26,9 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--max-batch", type=int, default=32, help="requests decoded together")
     p.add_argument("--max-queue", type=int, default=128, help="requests allowed to wait; more get 429")
     p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    p.add_argument("--default-max-tokens", type=positive_int("a whole number of tokens"), metavar="N",
+                   help="reply length limit for requests that send no max_tokens (NextChat sends none); "
+                        "default: the room left in the context")
     p.add_argument("--kv-cache-tokens", type=int, metavar="N",
                    help="cap on the batch's padded key/value slots (rows x width); default: 70%% of free GPU memory, unbounded on CPU")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request bodies over this get 413")
@@ -78,7 +82,8 @@ def config_from_args(args: argparse.Namespace):
         model=args.model, served_model_names=args.served_model_name, model_version=args.model_version,
         host=args.host, port=args.port, engine=args.engine, upstream_url=args.upstream_url,
         upstream_model=args.upstream_model, upstream_ca_bundle=args.upstream_ca_bundle, device=args.device, dtype=args.dtype,
-        max_batch=args.max_batch, max_queue=args.max_queue, max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
+        max_batch=args.max_batch, max_queue=args.max_queue, max_model_len=args.max_model_len,
+        default_max_tokens=args.default_max_tokens, kv_cache_tokens=args.kv_cache_tokens,
         max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file, auth_probes=args.auth_probes,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         cors_origins=args.cors_origins or ["*"], log_dir=args.log_dir, log_retention_days=args.log_retention_days,

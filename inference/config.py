@@ -21,6 +21,8 @@ class NodeConfig:
     max_batch: int = 32
     max_queue: int = 128
     max_model_len: int | None = None
+    #: max_tokens for requests that send none (NextChat sends none); None: the room left in the context
+    default_max_tokens: int | None = None
     kv_cache_tokens: int | None = None       # padded KV slots; default: from free GPU memory
     max_body_bytes: int = 4 * 1024 * 1024
     api_key_file: str | None = None

@@ -51,8 +51,11 @@ def _sse(obj: dict) -> str:
 class ChatService:
     def __init__(self, engine: Engine, served_model_names: Sequence[str], observer: TurnObserver,
                  default_temperature: float = 0.7, default_top_p: float = 1.0,
-                 request_kinds: RequestKinds | None = None, links: ConversationLinks | None = None):
+                 request_kinds: RequestKinds | None = None, links: ConversationLinks | None = None,
+                 default_max_tokens: int | None = None):
         self.engine = engine
+        #: for requests that send no max_tokens (NextChat sends none); None: the context's room
+        self.default_max_tokens = default_max_tokens
         self.request_kinds = request_kinds or default_request_kinds()
         self.links = links if links is not None else ConversationLinks()
         self.served_model_names = list(served_model_names)
@@ -87,11 +90,14 @@ class ChatService:
             answered=pairs[-1][1] if pairs else "",
         )
 
+    def max_tokens(self, req: ChatCompletionRequest) -> int | None:
+        return req.effective_max_tokens() or self.default_max_tokens
+
     def _generation_request(self, req: ChatCompletionRequest, ctx: TurnContext) -> GenerationRequest:
         sp = SamplingParams(
             temperature=self.default_temperature if req.temperature is None else req.temperature,
             top_p=self.default_top_p if req.top_p is None else req.top_p,
-            max_tokens=req.effective_max_tokens(),
+            max_tokens=self.max_tokens(req),
             stop=tuple(req.stop or ()),
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0,
@@ -111,7 +117,7 @@ class ChatService:
             endpoint=ctx.endpoint, stream=req.stream, model=req.model,
             model_version=self.engine.model_version, prompt=last_user, started_at=ctx.started_wall,
             user=req.user, temperature=req.temperature, top_p=req.top_p,
-            max_tokens=req.effective_max_tokens(), request_kind=ctx.request_kind,
+            max_tokens=self.max_tokens(req), request_kind=ctx.request_kind,
         )
 
     def reject(self, req: ChatCompletionRequest, ctx: TurnContext, exc: EngineError) -> None:
