@@ -1,6 +1,6 @@
 """Prometheus metric names and histogram buckets shared by the node, alertd and the dashboard.
 
-Names are the contract in DESIGN.md; every part refers to these constants instead of
+Names are the contract between the parts (docs/metrics.md lists them); every part refers to these constants instead of
 spelling the strings again, so alert rules and dashboards cannot drift from the exposition.
 """
 from __future__ import annotations

@@ -2,9 +2,10 @@
 cached data sources, the sidebar (time range, auto-refresh), number formats and charts.
 
 Configuration (environment variables; ``seekwatch dashboard`` sets them from its flags):
-``SEEKWATCH_DASHBOARD_LOGS`` (JSON-lines log dir), ``SEEKWATCH_DASHBOARD_URL`` (search engine,
+``SEEKWATCH_DASHBOARD_LOGS`` (JSON-lines log dir), ``SEEKWATCH_DASHBOARD_URL`` (log store,
 wins over LOGS), ``SEEKWATCH_DASHBOARD_INDEX`` (default ``seekwatch-*``), ``SEEKWATCH_DASHBOARD_HOST_NAME`` (only
-the search engine's records of one ``host.name``),
+the log store's records of one ``host.name``), ``SEEKWATCH_DASHBOARD_CA_CERTS`` /
+``SEEKWATCH_DASHBOARD_INSECURE`` (the store's TLS; its auth comes from ``$SEEKWATCH_ES_*``),
 ``SEEKWATCH_DASHBOARD_PROMETHEUS`` / ``SEEKWATCH_DASHBOARD_NODE`` (GPU series),
 ``SEEKWATCH_DASHBOARD_ALERTS_DB`` (alertd's SQLite state), ``SEEKWATCH_COST_CONFIG`` (cost
 YAML), ``SEEKWATCH_DASHBOARD_NOW`` (pin "now" to an ISO time: reproducible views and tests),
@@ -13,6 +14,7 @@ YAML), ``SEEKWATCH_DASHBOARD_NOW`` (pin "now" to an ISO time: reproducible views
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import os
 import threading
@@ -23,6 +25,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from contracts.pii import mask
 from dashboards.data.base import Window, pick_interval
 
 DEFAULT_LOG_DIR = "var/log"  # the node's default --log-dir
@@ -32,6 +35,7 @@ CUSTOM = "自定义 custom days"
 REFRESH: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 30, "1 min": 60, "5 min": 300}
 FONT = "Noto Sans CJK SC, Noto Sans SC, PingFang SC, Microsoft YaHei, sans-serif"
 TIME_TITLE = "时间 time (UTC)"
+_log = logging.getLogger("seekwatch.dashboard")
 
 
 # ---------------------------------------------------------------------------- config & sources
@@ -49,11 +53,13 @@ def now() -> dt.datetime:
 
 
 @st.cache_resource(show_spinner=False)
-def _log_source(kind: str, target: str, index: str, host_name: str = ""):
-    if kind == "engine":
-        from dashboards.data.engine import EngineSource
+def _log_source(kind: str, target: str, index: str, host_name: str = "", ca_certs: str = "", insecure: bool = False):
+    if kind == "logstore":
+        from contracts.logstore import StoreClient
+        from dashboards.data.logstore import LogStoreSource
 
-        return EngineSource(target, index=index, where={"host.name": host_name} if host_name else None)
+        client = StoreClient(target, ca_certs=ca_certs or None, verify=not insecure)
+        return LogStoreSource(client, index=index, where={"host.name": host_name} if host_name else None)
     from dashboards.data.jsonl import JsonlSource
 
     return JsonlSource(target, cache_dir=parse_cache_dir(target))
@@ -80,7 +86,7 @@ def _gpu_source(kind: str, target: str):
 
 @st.cache_resource(show_spinner=False)
 def _cost_model(path: str | None):
-    from monitor.cost import CostModel
+    from contracts.cost import CostModel
 
     return CostModel.load(path)
 
@@ -88,7 +94,8 @@ def _cost_model(path: str | None):
 def log_source():
     url = env("URL")
     if url:
-        return _log_source("engine", url, env("INDEX", "seekwatch-*"), env("HOST_NAME", ""))
+        return _log_source("logstore", url, env("INDEX", "seekwatch-*"), env("HOST_NAME", ""), env("CA_CERTS", ""),
+                           env("INSECURE") == "1")
     return _log_source("jsonl", os.path.abspath(env("LOGS", DEFAULT_LOG_DIR)), "")
 
 
@@ -265,13 +272,19 @@ def bar_chart(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, colo
     st.altair_chart(_finish(ch), width="stretch")
 
 
+#: Shown in place of a text the masker failed on: the dashboard fails closed.
+MASK_FAILED = "[hidden: the PII masker failed on this text]"
+
+
 def masked(text: Any) -> str:
     """Defence in depth: logs are masked by the node, and the dashboard masks again before
-    showing any text (idempotent), so text from another writer cannot leak personal data."""
+    showing any text (idempotent), so text from another writer cannot leak personal data.
+    The masker is a hard dependency (an import error stops the page); if a rule fails on one
+    text, that text is hidden, never shown unmasked."""
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return ""
     try:
-        from inference.pii import mask
-    except ImportError:  # masker not installed: the node's masking is all there is
-        return str(text)
-    return mask(str(text)).text
+        return mask(str(text)).text
+    except Exception:  # noqa: BLE001 - any failure of a rule hides the text
+        _log.exception("PII masker failed; text hidden")
+        return MASK_FAILED

@@ -29,7 +29,7 @@ from inference.quality import RefusalDetector, classify_status, default_detector
 from inference.session_log import SessionLogWriter, serialise
 from inference.session_record import build_feedback_record, build_session_record
 from inference.turns import FeedbackEvent, TurnRecord
-from monitor.cost import CostModel
+from contracts.cost import CostModel
 
 log = logging.getLogger("seekwatch.instrumentation")
 

@@ -30,7 +30,7 @@ def _base(name: str, suffix: str) -> str:
 
 
 class NodeMetrics:
-    """Creates every node metric of DESIGN.md on ``registry`` and offers typed helpers.
+    """Creates every node metric (names in contracts.metrics) on ``registry`` and offers typed helpers.
 
     The helpers are what the request path calls; each does a handful of lock-protected
     float additions (no I/O, no allocation beyond label lookup of pre-bound children).

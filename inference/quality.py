@@ -1,8 +1,8 @@
 """Quality signals of a turn: the refusal / negative-answer detector and the turn status.
 
-Why: the dialogue completion rate (DESIGN.md threshold matrix, < 90 % alerts) needs to know
+Why: the dialogue completion rate (alerts below 90 %) needs to know
 whether a turn *helped*. A 200 OK that says "抱歉，我无法帮助您" is not a completed dialogue;
-the seed (6.2) asks for 否定回答检测. The detector is phrase/regex based on purpose: it
+that is what 否定回答检测 (negative-answer detection) is for. The detector is phrase/regex based on purpose: it
 runs on every turn in the node, must be cheap (microseconds), explainable (which rule
 fired) and tunable by ops without a model — the phrase lists live in YAML
 (``contracts/defaults/refusals.yaml``, or ``--refusals FILE``), checked against a JSON

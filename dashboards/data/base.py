@@ -1,7 +1,7 @@
 """What every log source gives the pages: KPIs, time series, breakdowns, turn search.
 
 Two implementations: :class:`dashboards.data.jsonl.JsonlSource` (local JSON-lines logs, the
-embedded default; pandas over a pyarrow parse) and :class:`dashboards.data.engine.EngineSource`
+embedded default; pandas over a pyarrow parse) and :class:`dashboards.data.logstore.LogStoreSource`
 (Elasticsearch/OpenSearch, server-side aggregations only). Both return the same shapes, so the
 pages never know which one they read, and the tests compare the two on the same data.
 

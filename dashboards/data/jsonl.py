@@ -1,9 +1,11 @@
 """Local JSON-lines session logs (the embedded default source): parsed with pyarrow, kept in
 pandas, read incrementally.
 
-- Every ``*.jsonl`` file (and rotated ``*.jsonl.N``) under the log directory is tracked by
-  inode, with the byte offset read so far: a refresh parses only the bytes appended since,
-  and a file renamed by rotation is not read twice.
+- The files are found and followed by the one session-log tailer (:mod:`contracts.logtail`),
+  as the shipper and the node's billing find them: every ``*.jsonl`` and rotated
+  ``*.jsonl.N`` under the log directory, tracked by inode and first-line fingerprint, with
+  the byte offset read so far: a refresh parses only the bytes appended since, a file renamed
+  by rotation is not read twice, and a truncated or replaced file is read again from 0.
 - Only whole lines are parsed. A last line without its newline is left for the next refresh
   (the writer may be mid-line); a line that does not parse — a crash's partial line followed
   by later writes, garbage — is set aside and counted (:meth:`JsonlSource.health`).
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from contracts.log_schema import FEEDBACK_DATASET, SESSION_DATASET
+from contracts.logtail import LogTailer, TailedFile
 
 from .base import TURN_COLUMNS, Window
 from .frame import FrameAnalytics
@@ -101,9 +104,20 @@ def _flatten_record(rec: dict) -> dict | None:
 @dataclass
 class _File:
     fid: int
-    path: Path
-    offset: int = 0  # bytes consumed (always at a line boundary)
+    tailed: TailedFile  # path and offset (bytes consumed, always at a line boundary)
     pending: int = 0  # bytes after the last newline, not yet parsed
+
+    @property
+    def path(self) -> Path:
+        return Path(self.tailed.path)
+
+    @property
+    def offset(self) -> int:
+        return self.tailed.offset
+
+    @offset.setter
+    def offset(self, value: int) -> None:
+        self.tailed.offset = value
 
 
 @dataclass
@@ -130,7 +144,8 @@ class JsonlSource(FrameAnalytics):
         self._cached: set[int] = set()
         self._cache_thread: threading.Thread | None = None
         self._lock = threading.RLock()
-        self._files: dict[tuple[int, int], _File] = {}
+        self._tailer = LogTailer(self.log_dir)
+        self._files: dict[str, _File] = {}  # by the tailer's key ("dev:inode")
         self._paths: dict[int, Path] = {}
         self._turns = self._empty_turns()
         self._feedback = pd.DataFrame({"time": pd.Series([], dtype="datetime64[ms, UTC]"),
@@ -160,44 +175,40 @@ class JsonlSource(FrameAnalytics):
         return self._turns, self._feedback
 
     # ------------------------------------------------------------------ reading
-    def _log_files(self) -> list[Path]:
-        if not self.log_dir.is_dir():
-            return []
-        out = [p for p in self.log_dir.rglob("*") if p.is_file() and (p.name.endswith(".jsonl") or ".jsonl." in p.name)
-               and not p.name.endswith((".gz", ".zst", ".tmp"))]
-        return sorted(out, key=lambda p: (p.stat().st_mtime, p.name))
-
     def refresh(self) -> bool:
         """Parse whatever was appended since the last call. Returns True when data changed."""
         with self._lock:
             self.refreshes += 1
             new_turns: list[pd.DataFrame] = []
             new_fb: list[pd.DataFrame] = []
-            for p in self._log_files():
+            self._tailer.scan()
+            for tf in self._tailer.live():
                 try:
-                    st = p.stat()
+                    st = os.stat(tf.path)
                 except OSError:
                     continue
-                key = (st.st_dev, st.st_ino)
-                f = self._files.get(key)
+                f = self._files.get(tf.key)
                 if f is None:
-                    f = self._files[key] = _File(len(self._paths), p)
-                    self._paths[f.fid] = p
+                    f = self._files[tf.key] = _File(len(self._paths), tf)
+                    self._paths[f.fid] = f.path
                     hit = self._cache_load(f, st)
                     if hit is not None:
                         new_turns += hit[0]
                         new_fb += hit[1]
                         continue
-                f.path = self._paths[f.fid] = p
-                if st.st_size < f.offset:  # truncated in place (copytruncate): start again
-                    f.offset = 0
+                self._paths[f.fid] = f.path
                 if st.st_size - f.offset <= f.pending and f.pending:
                     continue
                 if st.st_size == f.offset:
                     continue
-                t, fb = self._read_file(f, st.st_size)
+                try:
+                    t, fb = self._read_file(f, st.st_size)
+                finally:
+                    self._tailer.close_file(tf)  # a handle per file only while reading it
                 new_turns += t
                 new_fb += fb
+            for tf in self._tailer.vanished():  # deleted or rotated away: its rows stay, its handle goes
+                self._tailer.forget(tf)
             if not new_turns and not new_fb:
                 return False
             if new_turns:
@@ -271,7 +282,7 @@ class JsonlSource(FrameAnalytics):
                     st = f.path.stat()
                 except OSError:
                     continue
-                if (st.st_dev, st.st_ino) != key or st.st_size != f.offset or now - st.st_mtime < self.settle_s:
+                if f"{st.st_dev}:{st.st_ino}" != key or st.st_size != f.offset or now - st.st_mtime < self.settle_s:
                     continue
                 base = self.cache_dir / self._cache_name(st)
                 for stale in self.cache_dir.glob(f"{st.st_dev}-{st.st_ino}-*"):
@@ -321,35 +332,20 @@ class JsonlSource(FrameAnalytics):
     def _read_file(self, f: _File, size: int) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
         turns: list[pd.DataFrame] = []
         fbs: list[pd.DataFrame] = []
-        with open(f.path, "rb") as fh:
-            fh.seek(f.offset)
-            pos = f.offset
-            while pos < size:
-                buf = fh.read(min(CHUNK_BYTES, size - pos))
-                if not buf:
-                    break
-                cut = buf.rfind(b"\n")
-                if cut < 0:
-                    if pos + len(buf) >= size:  # no newline till EOF: a line still being written
-                        f.pending = len(buf)
-                        break
-                    # a single line longer than a chunk: read on to its end
-                    more = fh.readline()
-                    buf += more
-                    cut = buf.rfind(b"\n")
-                    if cut < 0:
-                        f.pending = len(buf)
-                        break
-                block = buf[: cut + 1]
-                fh.seek(pos + cut + 1)
-                t, fb = self._parse_block(block, f.fid, pos)
-                if len(t):
-                    turns.append(t)
-                if len(fb):
-                    fbs.append(fb)
-                pos += cut + 1
-                f.offset = pos
-                f.pending = 0
+        pos = f.offset
+        while pos < size:
+            block = self._tailer.read_block(f.tailed, pos, min(CHUNK_BYTES, size - pos))
+            if not block:  # no newline till EOF: a line still being written
+                f.pending = max(0, size - pos)
+                break
+            t, fb = self._parse_block(block, f.fid, pos)
+            if len(t):
+                turns.append(t)
+            if len(fb):
+                fbs.append(fb)
+            pos += len(block)
+            f.offset = pos
+            f.pending = 0
         return turns, fbs
 
     def _parse_block(self, block: bytes, fid: int, base: int):

@@ -1,5 +1,5 @@
 """Cost: per 1k tokens, per session, per completed dialogue, per day; monthly projection; the
-seed's deployment modes at the current volume; hosted API prices; the scaling rule."""
+three deployment modes (on-premises, cloud on-demand, reserved) at the current volume; hosted API prices; the scaling rule."""
 from __future__ import annotations
 
 import pandas as pd
@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboards import ui
 from dashboards.data.base import Window
-from monitor.cost import Volume
+from contracts.cost import Volume
 
 
 def render(ctx: ui.Ctx, w: Window) -> None:
@@ -17,7 +17,7 @@ def render(ctx: ui.Ctx, w: Window) -> None:
                input_tokens=k.input_tokens, output_tokens=k.output_tokens, allocated_usd=k.cost_usd)
     s = model.summarize(v)
     st.caption(f"deployment: **{model.mode.label}** · {model.instances} instance(s) × {model.gpu_count} GPU · "
-               f"${model.mode.monthly_usd:,.0f}/month per instance (seed table 5.2) · config: {model.source}")
+               f"${model.mode.monthly_usd:,.0f}/month per instance · config: {model.source}")
     c = st.columns(4)
     c[0].metric("每千 token 成本 Cost / 1k tokens", ui.fmt_usd(s["cost_per_1k_tokens_usd"]), border=True,
                 help="fixed cost of the range / tokens (input + output) × 1000")
@@ -55,7 +55,7 @@ def render(ctx: ui.Ctx, w: Window) -> None:
         ui.bar_chart(both, "option:N", "monthly_usd", x_title="方案 option", y_title="月成本 monthly cost (USD)", sort="-x",
                      horizontal=True, height=200)
 
-    st.subheader("扩缩容建议 Scaling recommendation (seed 5.2: load > 0.8 → +2, < 0.3 → −1)")
+    st.subheader("扩缩容建议 Scaling recommendation (load > 0.8 → +2, < 0.3 → −1)")
     ser = src.series(w, ctx.interval_s)
     if ser.empty:
         st.info("没有数据 · no data")

@@ -21,7 +21,7 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     s = src.series(w, ctx.interval_s)
     ui.line_chart(s, {f"{prefix}_p50": "P50", f"{prefix}_p95": "P95", f"{prefix}_p99": "P99"},
                   y_title=f"{label} (ms)")
-    st.caption(f"bucket: {ctx.interval_s // 60} min · alert threshold: P99 TTFT > 500 ms (seed table 4.1)")
+    st.caption(f"bucket: {ctx.interval_s // 60} min · alert threshold: P99 TTFT > 500 ms")
     st.subheader("分布 Histogram")
     h = src.histogram(w, field)
     h = h[h["count"] > 0] if (h["count"] > 0).any() else h

@@ -17,7 +17,7 @@ def render(ctx: ui.Ctx, w: Window) -> None:
                 help="dialogues whose every turn in the range completed / all dialogues")
     c[2].metric("差评 Rated down", ui.fmt_int(k.rated_down), border=True)
     c[3].metric("拒答 Refused", ui.fmt_int(k.statuses.get("refused", 0)), border=True)
-    st.caption("threshold: completion rate < 90 % over 15 min (seed table 4.1)")
+    st.caption("threshold: completion rate < 90 % over 15 min")
 
     st.subheader("按模型版本 By model_version")
     q = src.quality_by_model(w)

@@ -14,6 +14,7 @@ from contracts import metrics as M
 
 from .config import AlertdConfig
 from .durations import format_duration as fd
+from .receivers import ExportContext, receiver_class
 from .receivers.webhook import ALERTNAMES
 from .scrape import LATENCY_METRICS
 
@@ -160,26 +161,15 @@ def alertmanager_config(cfg: AlertdConfig) -> tuple[dict[str, Any], list[str]]:
     notes: list[str] = []
     receivers: list[dict[str, Any]] = [{"name": "blackhole"}]
     routes: list[dict[str, Any]] = []
+    ctx = ExportContext(send_resolved=cfg.send_resolved, alertmanager_listen=cfg.alertmanager_listen)
     for rc in cfg.receivers:
-        t, name = rc["type"], rc["name"]
-        entry: dict[str, Any] = {"name": name}
-        if t == "slack":
-            entry["slack_configs"] = [{
-                "api_url": rc["url"], "send_resolved": cfg.send_resolved,
-                "title": '{{ if eq .Status "firing" }}🔴 [告警 FIRING]{{ else }}✅ [已恢复 RESOLVED]{{ end }} '
-                         "{{ .CommonAnnotations.summary }}",
-                "text": "{{ range .Alerts }}{{ .Annotations.description }}\n开始于 Since: {{ .StartsAt }}\n{{ end }}",
-            }]
-        elif t == "webhook":
-            entry["webhook_configs"] = [{"url": rc["url"], "send_resolved": cfg.send_resolved}]
-        elif t in ("dingtalk", "feishu", "wecom") and cfg.alertmanager_listen:
-            # through alertd's bridge, which signs and formats for the chat tool
-            entry["webhook_configs"] = [{"url": f"http://{cfg.alertmanager_listen}/alertmanager/{name}",
-                                         "send_resolved": cfg.send_resolved}]
-        else:
-            notes.append(f"receiver {name!r} ({t}) left out: Alertmanager has no native {t} integration — "
-                         f"set alertmanager_listen so alertd bridges it (see docs/alerts.md), or keep alertd for it")
+        name = rc["name"]
+        cls = receiver_class(rc["type"])
+        mapped = cls.alertmanager(rc, ctx)   # each receiver module owns its Alertmanager mapping
+        if mapped is None:
+            notes.append(cls.alertmanager_note(rc))
             continue
+        entry: dict[str, Any] = {"name": name, **mapped}
         receivers.append(entry)
         route: dict[str, Any] = {"receiver": name, "continue": True}
         if rc.get("severities"):

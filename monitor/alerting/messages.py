@@ -1,13 +1,14 @@
 """Bilingual (Chinese + English) alert text shared by every receiver.
 
 Each alert reads: the rule, the value against its threshold, the node (and GPU), since when,
-and a link to the dashboard. Markdown flavours differ a little per chat tool; the receivers
-pick ``markdown(payload, flavor)`` or ``plain(payload)``.
+and a link to the dashboard. Markdown differs a little per chat tool: each receiver passes
+its own :class:`MarkdownStyle` to ``markdown(payload, style)``, or uses ``plain(payload)``.
 """
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from .durations import format_duration, human
 
@@ -131,10 +132,28 @@ def plain(payload: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def markdown(payload: dict[str, Any], flavor: str = "common") -> str:
-    """Markdown body. ``slack`` uses mrkdwn (*bold*, <url|text>), the others CommonMark-ish."""
-    bold = (lambda s: f"*{s}*") if flavor == "slack" else (lambda s: f"**{s}**")
-    out = [bold(title(payload)) if flavor != "dingtalk" else f"### {title(payload)}"]
+@dataclass(frozen=True)
+class MarkdownStyle:
+    """How one chat tool writes markdown; each receiver module declares its own (Slack's
+    mrkdwn, DingTalk's heading, WeCom's quoted lines), the default is CommonMark."""
+
+    bold: Callable[[str], str] = lambda s: f"**{s}**"
+    #: the title line; None: the title in bold
+    heading: Callable[[str], str] | None = None
+    #: one "key: value" line; None: the key in bold
+    line: Callable[[str, str], str] | None = None
+    link: Callable[[str, str], str] = lambda url, text: f"[{text}]({url})"
+    separator: str = "\n"
+
+
+COMMONMARK = MarkdownStyle()
+
+
+def markdown(payload: dict[str, Any], style: MarkdownStyle = COMMONMARK) -> str:
+    """The markdown body of a notification, in ``style``."""
+    bold = style.bold
+    head = title(payload)
+    out = [style.heading(head) if style.heading else bold(head)]
     mixed = len({x["labels"].get("rule") for x in payload["alerts"]}) > 1
     for a in payload["alerts"]:
         lines = alert_lines(a, payload["status"], with_rule=mixed)
@@ -142,9 +161,8 @@ def markdown(payload: dict[str, Any], flavor: str = "common") -> str:
             out.append("")
         for ln in lines:
             k, _, v = ln.partition(": ")
-            out.append(f"{bold(k)}: {v}" if flavor != "wecom" else f"> {k}: {v}")
+            out.append(style.line(k, v) if style.line else f"{bold(k)}: {v}")
     url = payload.get("dashboard_url")
     if url:
-        out.append(f"<{url}|仪表盘 Dashboard>" if flavor == "slack" else f"[仪表盘 Dashboard]({url})")
-    sep = "\n\n" if flavor == "dingtalk" else "\n"
-    return sep.join(out)
+        out.append(style.link(url, "仪表盘 Dashboard"))
+    return style.separator.join(out)

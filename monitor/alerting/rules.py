@@ -40,7 +40,7 @@ def alert_key(labels: dict[str, str]) -> str:
 
 @dataclass
 class Recommendation:
-    """The seed's scaling rule applied to the fleet's load."""
+    """The scaling rule (load > high: +N, load < low: -N) applied to the fleet's load."""
 
     load: float | None          # fleet load ratio, None when unknown
     delta: int                  # +scale_up, -scale_down or 0

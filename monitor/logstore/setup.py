@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.logstore.adapter import (
+from contracts.logstore import (
     FEEDBACK_STREAM,
     PIPELINE,
     RETENTION_POLICY,

@@ -137,10 +137,12 @@ def test_chat_receivers_sign_and_format(tmp_path, recorder, kind, reply, path):
 
 
 def test_bad_signature_is_a_failed_delivery(tmp_path, recorder):
+    """A bad signature cannot succeed on a retry: failed after one attempt (permanent failures:
+    tests/alerting/test_receiver_plugins.py)."""
     r = recorder(reply=dingtalk_reply)
     outbox = run_cycle(tmp_path, [{"type": "dingtalk", "url": r.url + "/robot/send?access_token=a", "secret": "wrong"}],
                        [[slow_node()]])
-    assert outbox[0]["status"] == "pending" and outbox[0]["attempts"] == 1
+    assert outbox[0]["status"] == "failed" and outbox[0]["attempts"] == 1
     assert "310000" in outbox[0]["last_error"]
     assert r.requests == []
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from contracts.metrics import PII_KINDS
-from inference.pii import (
+from contracts.pii import (
     PLACEHOLDERS, PiiMasker, id_check_char, id_checksum_ok, luhn_check_digit, luhn_ok,
     mask, merge_counts,
 )

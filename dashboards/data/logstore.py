@@ -3,7 +3,7 @@
 all documents: the only documents fetched are the ones a page lists (the N slowest turns, a
 search page of at most ``limit`` turns, one conversation).
 
-Plain JSON over HTTP (urllib), against the index pattern ``seekwatch-*`` (session records in
+Through the one log-store client (``contracts.logstore``), against the index pattern ``seekwatch-*`` (session records in
 ``seekwatch-sessions``, feedback in ``seekwatch-feedback``; fields as in the index template:
 keywords for ids, status and model_version).
 
@@ -15,18 +15,14 @@ sessions per range, within about 1 % above).
 """
 from __future__ import annotations
 
-import base64
-import json
-import os
 import threading
 import time
-import urllib.error
-import urllib.request
 from typing import Any, Mapping
 
 import pandas as pd
 
 from contracts.log_schema import FEEDBACK_DATASET, SESSION_DATASET
+from contracts.logstore import StoreClient, StoreError, StoreUnavailable
 
 from .base import QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms
 
@@ -39,52 +35,45 @@ TERMS_CHUNK = 60000  # below the engines' default index.max_terms_count (65536)
 _FIELD = {"input_tokens": "gen_ai.usage.input_tokens", "output_tokens": "gen_ai.usage.output_tokens"}
 
 
-class EngineError(RuntimeError):
-    pass
+class DashboardSourceError(RuntimeError):
+    """The dashboard's log-store source could not answer (the store is unreachable or refused
+    the query); the message names the store's URL and, for an HTTP error, its status."""
 
 
 def _ms(t) -> int:
     return int(pd.Timestamp(t).timestamp() * 1000)
 
 
-class EngineSource:
-    name = "engine"
+class LogStoreSource:
+    """The dashboard's view of the log store. It talks to the store through the one store
+    client (:class:`contracts.logstore.StoreClient`), so it takes the same TLS (CA bundle,
+    ``verify``) and auth options (basic, API key, ``$SEEKWATCH_ES_*``) as ``es-setup``."""
 
-    def __init__(self, url: str, index: str = "seekwatch-*", where: Mapping[str, str] | None = None,
+    name = "logstore"
+
+    def __init__(self, store: "StoreClient | str", index: str = "seekwatch-*", where: Mapping[str, str] | None = None,
                  timeout: float = 30.0, feedback_ttl_s: float = 5.0):
-        self.url = url.rstrip("/")
+        self.client = store if isinstance(store, StoreClient) else StoreClient(store, timeout=timeout)
+        self.url = self.client.url
         self.index = index
         self.where = dict(where or {})
-        self.timeout = timeout
         self.feedback_ttl_s = feedback_ttl_s
         self._fb_cache: dict[tuple, tuple[float, set[str]]] = {}
         self._lock = threading.Lock()
-        self._headers = {"Content-Type": "application/json"}
-        user, pw, key = (os.environ.get("SEEKWATCH_ES_USERNAME"), os.environ.get("SEEKWATCH_ES_PASSWORD"),
-                         os.environ.get("SEEKWATCH_ES_API_KEY"))
-        if key:
-            self._headers["Authorization"] = f"ApiKey {key}"
-        elif user:
-            self._headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{pw or ''}".encode()).decode()
         self.requests_made = 0
 
     def describe(self) -> str:
-        return f"search engine: {self.url}/{self.index}"
+        return f"log store: {self.url}/{self.index}"
 
     # ------------------------------------------------------------------ HTTP
     def _search(self, body: dict, index: str | None = None) -> dict:
-        data = json.dumps(body).encode()
-        req = urllib.request.Request(f"{self.url}/{index or self.index}/_search?ignore_unavailable=true&allow_no_indices=true",
-                                     data=data, headers=self._headers, method="POST")
         self.requests_made += 1
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:  # noqa: S310 - operator-given URL
-                return json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            detail = exc.read()[:300].decode("utf-8", "replace")
-            raise EngineError(f"{self.url}: HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise EngineError(f"{self.url}: {exc}") from None
+            return self.client.search(index or self.index, body, ignore_unavailable="true", allow_no_indices="true")
+        except StoreError as exc:
+            raise DashboardSourceError(f"{self.url}: HTTP {exc.status}: {str(exc)[:300]}") from None
+        except StoreUnavailable as exc:
+            raise DashboardSourceError(f"{self.url}: {exc}") from None
 
     # ------------------------------------------------------------------ queries
     def _tags(self) -> list[dict]:
@@ -336,4 +325,4 @@ class EngineSource:
         return self._docs(r["hits"]["hits"], text=True)
 
     def health(self) -> dict[str, Any]:
-        return {"engine": self.url, "index": self.index, "requests": self.requests_made}
+        return {"store": self.url, "index": self.index, "requests": self.requests_made}

@@ -1,6 +1,6 @@
 """The search-engine source and the JSON-lines source give the same KPIs on the same data.
 
-The fixture records are indexed into the suite's real OpenSearch (``search_engine_url``), tagged
+The fixture records are indexed into the suite's real OpenSearch (``log_store_url``), tagged
 with a unique ``host.name`` and request-id prefix (other tests share the engine); the engine
 source filters on the tag. Counts, sums and dialogue counts must be equal; percentiles are the
 engine's HDR-histogram values (3 significant digits): within one sample of the exact (linearly
@@ -41,10 +41,10 @@ def tagged(fixture_records, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def sources(search_engine_url, tagged):
-    from monitor.logstore.adapter import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
+def sources(log_store_url, tagged):
+    from contracts.logstore import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
 
-    from dashboards.data.engine import EngineSource
+    from dashboards.data.logstore import LogStoreSource
 
     tag, recs, d = tagged
     lines = []
@@ -53,12 +53,12 @@ def sources(search_engine_url, tagged):
         lines.append(json.dumps({"create": {"_index": FEEDBACK_STREAM if fb else SESSION_STREAM,
                                             "_id": r["feedback_id"] if fb else r["request_id"]}}))
         lines.append(json.dumps(r, ensure_ascii=False))
-    with StoreClient(search_engine_url) as c:
+    with StoreClient(log_store_url) as c:
         resp = c.bulk(("\n".join(lines) + "\n").encode(), refresh="true")
         assert not resp.get("errors"), [i for i in resp["items"] if "error" in next(iter(i.values()))][:3]
     j = JsonlSource(d)
     j.refresh()
-    return j, EngineSource(search_engine_url, where={"host.name": f"dash-{tag}"})
+    return j, LogStoreSource(log_store_url, where={"host.name": f"dash-{tag}"})
 
 
 def test_same_kpis(sources):
@@ -122,12 +122,12 @@ def test_engine_uses_aggregations_only(sources):
     assert list(js["requests"]) == list(es["requests"]) and list(js["completed"]) == list(es["completed"])
 
 
-def test_overview_page_from_engine(sources, tagged, search_engine_url, dash_env, expected):
+def test_overview_page_from_engine(sources, tagged, log_store_url, dash_env, expected):
     from streamlit.testing.v1 import AppTest
 
     from .test_pages import VIEWS, metrics
 
-    dash_env.setenv("SEEKWATCH_DASHBOARD_URL", search_engine_url)
+    dash_env.setenv("SEEKWATCH_DASHBOARD_URL", log_store_url)
     dash_env.setenv("SEEKWATCH_DASHBOARD_HOST_NAME", f"dash-{tagged[0]}")
     at = AppTest.from_file(str(VIEWS / "overview.py"), default_timeout=60)
     at.run()
@@ -139,12 +139,12 @@ def test_overview_page_from_engine(sources, tagged, search_engine_url, dash_env,
 
 
 @pytest.mark.parametrize("page", ["latency", "quality", "cost", "alerts", "sessions"])
-def test_every_page_renders_from_engine(page, sources, tagged, search_engine_url, dash_env, expected):
+def test_every_page_renders_from_engine(page, sources, tagged, log_store_url, dash_env, expected):
     from streamlit.testing.v1 import AppTest
 
     from .test_pages import VIEWS
 
-    dash_env.setenv("SEEKWATCH_DASHBOARD_URL", search_engine_url)
+    dash_env.setenv("SEEKWATCH_DASHBOARD_URL", log_store_url)
     dash_env.setenv("SEEKWATCH_DASHBOARD_HOST_NAME", f"dash-{tagged[0]}")
     at = AppTest.from_file(str(VIEWS / f"{page}.py"), default_timeout=60)
     at.run()

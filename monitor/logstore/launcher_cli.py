@@ -26,19 +26,19 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 
 def run_start(args: argparse.Namespace) -> int:
-    from monitor.logstore.engine import EngineError, SearchEngine
+    from monitor.logstore.launcher import LaunchError, LogStoreServer
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: {args.port} is not a TCP port")
-    engine = SearchEngine(args.data, port=args.port, heap=args.heap)
+    engine = LogStoreServer(args.data, port=args.port, heap=args.heap)
     try:
         url = engine.start()
-    except EngineError as exc:
+    except LaunchError as exc:
         print(f"seekwatch search-engine: error: {exc}", file=sys.stderr)
         return 1
     print(f"search engine listening on {url} (data in {engine.data_dir}; Ctrl-C to stop)", flush=True)
     if args.setup:
-        from monitor.logstore.adapter import StoreClient
+        from contracts.logstore import StoreClient
         from monitor.logstore.setup import install
 
         with StoreClient(url) as client:
