@@ -14,9 +14,9 @@ sends the last 4 messages and, once the conversation is long, a system message c
 summary of what came before. The opening (rule 4) then changes mid-conversation, but the
 window always holds at least one of the node's own earlier replies, and the memory message
 holds a reply of the node too (the summary). So the node remembers, for a bounded time and
-number of entries, a digest of each reply it produced with the message it answered, keyed
-to (session, turn); a request whose history contains such a pair continues that session at
-the next turn. The map lives in the node's memory: a restart, or a turn routed to another
+number of entries, a digest of each reply it produced with the message it answered (and the
+reply before that), keyed to (session, turn); a request whose history contains such an
+exchange continues that session at the next turn. The map lives in the node's memory: a restart, or a turn routed to another
 replica, falls back to rule 4 (docs/node.md, "Identifiers").
 """
 from __future__ import annotations
@@ -33,8 +33,9 @@ from inference.request_kinds import CHAT, RequestKinds, normalise
 
 _SAFE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
-#: Replies remembered for linkage: at most this many (least recently used go first), each for
-#: at most this long. ~200 bytes an entry: 100,000 entries are ~20 MB.
+#: Linkage memory: at most this many entries per table (least recently used go first), each for
+#: at most this long. Two entries a reply (full and short key): the 50,000 latest replies,
+#: ~27 MB measured, plus the last turn of up to 100,000 sessions.
 LINK_MAX_ENTRIES = 100_000
 LINK_TTL_S = 24 * 3600.0
 #: Assistant messages of one request looked up, newest first (a client that resends a long
@@ -126,12 +127,22 @@ class ConversationLinks:
         table.move_to_end(key)
         return hit
 
-    def remember_reply(self, answered: str, reply: str, session_id: str, turn: int) -> None:
-        """A chat turn's reply, keyed with the message it answered (the request's last one)."""
+    def remember_reply(self, answered: str, reply: str, session_id: str, turn: int,
+                       previous_reply: str = "") -> None:
+        """A chat turn's reply, keyed with the message it answered (the request's last one)
+        and with the assistant message just before that (``""`` when there was none).
+
+        Two keys, because the same exchange happens in many conversations (a customer-service
+        bot answers "How do I return an order?" the same way for everyone): the *full* key
+        (previous reply, question, reply) tells those conversations apart; the *short* key
+        (question, reply) is used only for a reply whose predecessor the client did not send
+        (the oldest pair of NextChat's window), so a stopped newest reply does not break the chain."""
         r = reply_text(reply)
         if r:
-            self._put(self._replies, _digest("reply", normalise(answered), r),
-                      (session_id, turn, self.clock() + self.ttl_s))
+            until = self.clock() + self.ttl_s
+            a = normalise(answered)
+            self._put(self._replies, _digest("full", reply_text(previous_reply), a, r), (session_id, turn, until))
+            self._put(self._replies, _digest("short", a, r), (session_id, turn, until))
 
     def remember_summary(self, summary: str, session_id: str, turn: int) -> None:
         """A summary request's reply: the client sends it back inside its memory message."""
@@ -164,7 +175,12 @@ class ConversationLinks:
             scanned += 1
             if scanned > LINK_SCAN_MESSAGES:
                 break
-            hit = self._get(self._replies, _digest("reply", normalise(messages[i - 1][1]), reply_text(text)))
+            answered, reply = normalise(messages[i - 1][1]), reply_text(text)
+            before = messages[i - 2] if i >= 2 else None
+            previous = reply_text(before[1]) if before is not None and before[0] == "assistant" else ""
+            hit = self._get(self._replies, _digest("full", previous, answered, reply))
+            if hit is None and not previous:  # the predecessor is not in this request
+                hit = self._get(self._replies, _digest("short", answered, reply))
             if hit is not None:
                 later_users = sum(1 for r, _ in messages[i + 1:] if r == "user")
                 return hit[0], hit[1] + later_users

@@ -40,8 +40,10 @@ class TurnContext:
     started_wall: float
     endpoint: str
     request_kind: str = CHAT
-    #: the request's last message: the reply is remembered with it (conversation linkage)
+    #: the request's last message, and the assistant message before it: the reply is
+    #: remembered with them (conversation linkage)
     answered: str = ""
+    previous_reply: str = ""
 
 
 def _sse(obj: dict) -> str:
@@ -88,6 +90,7 @@ class ChatService:
             endpoint=endpoint,
             request_kind=ident.request_kind,
             answered=pairs[-1][1] if pairs else "",
+            previous_reply=pairs[-2][1] if len(pairs) >= 2 and pairs[-2][0] == "assistant" else "",
         )
 
     def max_tokens(self, req: ChatCompletionRequest) -> int | None:
@@ -164,7 +167,8 @@ class ChatService:
         (a chat reply comes back in the client's history, a summary inside its memory
         message; a title never comes back), then hand the turn to the observer."""
         if ctx.request_kind == CHAT:
-            self.links.remember_reply(ctx.answered, turn.response, ctx.session_id, ctx.turn_index)
+            self.links.remember_reply(ctx.answered, turn.response, ctx.session_id, ctx.turn_index,
+                                      ctx.previous_reply)
         elif ctx.request_kind == SUMMARY:
             self.links.remember_summary(turn.response, ctx.session_id, ctx.turn_index)
         self.observer.on_turn(turn)

@@ -171,12 +171,25 @@ def test_same_reply_text_in_two_conversations_links_by_the_message_it_answered()
     assert find("question A") == ("s-a", 1) and find("question B") == ("s-b", 4) and find("other") is None
 
 
+def test_a_common_exchange_does_not_merge_conversations_when_the_reply_before_it_is_sent():
+    """Two customers ask the same question and get the same answer: each later turn stays in
+    its own conversation because the reply before the question differs."""
+    links = ConversationLinks()
+    links.remember_reply("How do I return an order?", "Open the order page.", "s-a", 2, previous_reply="About shoes.")
+    links.remember_reply("How do I return an order?", "Open the order page.", "s-b", 5, previous_reply="About a phone.")
+    window = lambda before: [("user", "x"), ("assistant", before), ("user", "How do I return an order?"),
+                             ("assistant", "Open the order page."), ("user", "thanks")]
+    assert links.find(window("About shoes."), KINDS) == ("s-a", 3)
+    assert links.find(window("About a phone."), KINDS) == ("s-b", 6)
+    assert links.find(window("Something else."), KINDS) is None
+
+
 def test_the_reply_memory_is_bounded_in_entries_and_time():
     now = [0.0]
-    links = ConversationLinks(max_entries=3, ttl_s=60, clock=lambda: now[0])
+    links = ConversationLinks(max_entries=6, ttl_s=60, clock=lambda: now[0])
     for i in range(5):
         links.remember_reply(f"q{i}", f"r{i}", f"s{i}", 0)
-    assert len(links) == 3
+    assert len(links) == 6  # two keys a reply: the three newest replies
     hist = lambda i: [("user", f"q{i}"), ("assistant", f"r{i}"), ("user", "x")]
     assert links.find(hist(0), KINDS) is None and links.find(hist(4), KINDS) == ("s4", 1)
     now[0] = 61.0
