@@ -34,7 +34,7 @@ from inference.turns import NullObserver, TurnObserver
 log = logging.getLogger("seekwatch.node")
 
 #: Paths whose body is a chat request (a refused one is recorded with its kind).
-CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions"})
+CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions", "/chat"})
 
 
 def build_engine(config: NodeConfig) -> Engine:

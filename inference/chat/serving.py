@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Mapping, Sequence
 
 from contracts.jsonline import dumps_line
-from inference.chat.protocol import ChatCompletionRequest, error_body, usage
+from inference.chat.protocol import ChatCompletionRequest, ChatMessage, PromptRequest, error_body, usage
 from inference.chat.reasoning import ReasoningSplitter
 from inference.engine.base import Engine, EngineError, EngineOutput, GenerationRequest, SamplingParams
 from inference.request_kinds import CHAT, OTHER, SUMMARY, RequestKinds, default_request_kinds
@@ -147,7 +147,12 @@ class ChatService:
         kind, session, turn_no, model, stream = OTHER, "unauthenticated", 0, "", False
         if body is not None:
             try:
-                req = ChatCompletionRequest.model_validate_json(body)
+                if endpoint == "/chat":  # the minimal endpoint: one prompt, a user turn
+                    prompt = PromptRequest.model_validate_json(body)
+                    req = ChatCompletionRequest(model=self.served_model_names[0],
+                                                messages=[ChatMessage(role="user", content=prompt.prompt)])
+                else:
+                    req = ChatCompletionRequest.model_validate_json(body)
                 pairs = [(m.role, m.text()) for m in req.messages]
                 kind = self.request_kinds.classify(pairs)
                 session, turn_no = session_id_for(headers, req.user, pairs), turn_index(pairs)

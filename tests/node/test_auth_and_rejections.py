@@ -52,28 +52,34 @@ def test_wrong_keys_are_records_and_metrics(keyed_node):
     bad = [("Bearer sk-wrong", {"model": "deepseek-chat", "messages": [{"role": "user", "content": secret}]}),
            ("", {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "stream": True}),
            ("Bearer sk-wrong", b"not json at all")]
-    for auth, body in bad:
+    paths = [CHAT, CHAT, CHAT, "/chat"]
+    bad.append(("Bearer sk-wrong", {"prompt": "a question to the minimal endpoint"}))
+    for path, (auth, body) in zip(paths, bad):
         kw = {"content": body} if isinstance(body, bytes) else {"json": body}
-        r = httpx.post(n.base_url + CHAT, headers={"Authorization": auth}, timeout=30, **kw)
+        r = httpx.post(n.base_url + path, headers={"Authorization": auth}, timeout=30, **kw)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert "X-Session-Id" not in r.headers
-    recs = _records(n, before + 3)[before:]
-    assert len(recs) == 3
+    recs = _records(n, before + 4)[before:]
+    assert len(recs) == 4
     for rec in recs:
         validate_record(rec)
         assert rec["status"] == "rejected" and rec["error"]["code"] == "invalid_api_key"
         assert rec["prompt"] == "" and rec["response"] == ""  # nothing of an unknown caller is kept
         assert rec["gen_ai"]["usage"] == {"input_tokens": 0, "output_tokens": 0} and rec["cost_usd"] == 0
-    assert [r["request_kind"] for r in recs] == ["chat", "chat", "other"]
+    assert [r["request_kind"] for r in recs] == ["chat", "chat", "other", "chat"]
     assert secret not in json.dumps(recs)
-    assert _metric(n, "seekwatch_auth_failures_total", {}) == 3
-    assert _metric(n, "seekwatch_requests_total", {"status": "rejected", "request_kind": "chat"}) == 2
+    assert _metric(n, "seekwatch_auth_failures_total", {}) == 4
+    assert _metric(n, "seekwatch_requests_total", {"status": "rejected", "request_kind": "chat"}) == 3
     assert _metric(n, "seekwatch_requests_total", {"status": "rejected", "request_kind": "other"}) == 1
 
 
 def test_the_model_list_needs_the_key_when_keys_are_configured(keyed_node):
     n = keyed_node
+    before = len(_records(n, 0, 0))
     assert httpx.get(n.base_url + "/v1/models", timeout=10).status_code == 401
+    rec = _records(n, before + 1)[before]  # refused like a chat request, recorded as "other"
+    assert (rec["endpoint"], rec["request_kind"], rec["session_id"], rec["status"]) == (
+        "/v1/models", "other", "unauthenticated", "rejected")
     r = httpx.get(n.base_url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
     assert r.status_code == 200 and "deepseek-chat" in [m["id"] for m in r.json()["data"]]
     # the probes and /metrics stay open (Kubernetes and Prometheus), unless --auth-probes
