@@ -2,7 +2,7 @@
 
 The source is read-only (``$SEEKWATCH_NEXTCHAT_SRC``, else ``../shared/nextchat/src`` next to
 the repository), so it is copied first and built in
-``~/.cache/seekwatch/nextchat/<source-hash>/``; later runs of the suite reuse that build (the
+``~/.cache/seekwatch/nextchat/<source-hash>/`` (``$SEEKWATCH_CACHE`` moves ``~/.cache/seekwatch``); later runs reuse that build (the
 first takes minutes on two cores). Yarn 1 (as upstream uses) is installed with npm into a tools
 folder of the cache, never globally. ``python -m tests.nextchat.build`` builds by hand.
 """
@@ -66,7 +66,10 @@ def require_node() -> tuple[str, str]:
 
 
 def build(src: Path | None = None) -> Path:
-    """The folder of a finished standalone build (``server.js`` in it), building when missing."""
+    """The folder of a finished standalone build (``server.js`` in it), building when missing.
+    Test runs that start together wait for one build (a lock file) instead of clobbering it."""
+    import fcntl
+
     _, npm = require_node()
     src = src or source_dir()
     home = CACHE / source_hash(src)
@@ -74,6 +77,14 @@ def build(src: Path | None = None) -> Path:
     if (home / "DONE").is_file() and (standalone / "server.js").is_file():
         return standalone
     home.mkdir(parents=True, exist_ok=True)
+    with open(home / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (home / "DONE").is_file() and (standalone / "server.js").is_file():
+            return standalone  # another run built it meanwhile
+        return _build(src, home, standalone, npm)
+
+
+def _build(src: Path, home: Path, standalone: Path, npm: str) -> Path:
     log = home / "build.log"
     app, tools = home / "app", CACHE / "tools"
     if app.exists():
