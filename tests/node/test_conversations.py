@@ -219,3 +219,23 @@ def test_a_rejected_turn_carries_the_prompt_tokens_the_node_counted():
 
     asyncio.run(run())
     assert rec.turns[-1].rejected and rec.turns[-1].prompt_tokens == 80
+
+
+def test_a_summary_request_over_the_context_is_a_rejected_summary_not_a_failed_turn():
+    service, rec = _service(ScriptedEngine(max_chars=400))
+    first, _ = _send(service, [{"role": "user", "content": "short question"}])
+    req = ChatCompletionRequest(model="deepseek-chat", stream=True, messages=[
+        {"role": "user", "content": "short question"}, {"role": "assistant", "content": first},
+        {"role": "user", "content": "a long follow-up " * 30}, {"role": "system", "content": EN["summary"]}])
+
+    async def run():
+        ctx = service.context(req, {}, "/chat/completions")
+        try:
+            await service.start(req, ctx)
+        except ContextLengthExceeded:
+            pass
+
+    asyncio.run(run())
+    last = rec.turns[-1]
+    assert (last.request_kind, last.rejected, last.session_id, last.turn_index) == ("summary", True, rec.turns[0].session_id, 1)
+    assert last.prompt_tokens > 400
