@@ -22,6 +22,11 @@ PII_REDACTIONS_TOTAL = PREFIX + "pii_redactions_total"
 LOG_RECORDS_TOTAL = PREFIX + "log_records_total"
 LOG_DROPPED_TOTAL = PREFIX + "log_dropped_total"
 AUTH_FAILURES_TOTAL = PREFIX + "auth_failures_total"
+#: Completed chat turns that drew a thumbs-down (once per turn): turn completion's subtrahend.
+COMPLETED_TURNS_RATED_DOWN_TOTAL = PREFIX + "completed_turns_rated_down_total"
+#: Conversations that ended (idle for the node's --conversation-idle), by ``outcome``:
+#: dialogue completion = outcome="completed" / all (definitions: contracts.signals).
+CONVERSATIONS_ENDED_TOTAL = PREFIX + "conversations_ended_total"
 
 # Gauges.
 REQUESTS_RUNNING = PREFIX + "requests_running"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contracts.cli_types import positive_duration
 from contracts.logstore_args import add_tls_auth_args, check_connection_args
 from dashboards import auth
 
@@ -48,6 +49,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     gpu.add_argument("--node", metavar="URL", type=_url, help="a node whose /metrics to scrape for GPU series")
     p.add_argument("--alerts-db", metavar="PATH", help="alertd's SQLite state file (firing alerts and history)")
     p.add_argument("--cost-config", metavar="PATH", help="cost model YAML (default: contracts/defaults/cost.yaml, DeepSeek-7B on 2x T4, on-premises $1,200/month)")
+    p.add_argument("--alerts-config", metavar="PATH",
+                   help="alertd config whose thresholds mark the cards and charts (default: the built-in matrix)")
+    p.add_argument("--conversation-idle", type=positive_duration, metavar="DURATION",
+                   help="a conversation has ended after this long without a chat turn; the nodes' "
+                        "--conversation-idle (default 5m)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="with --logs: where parsed rows of settled log files are kept for fast restarts "
                         "(default ~/.cache/seekwatch/dashboard; 'off' disables)")
@@ -68,6 +74,8 @@ def build_env(args: argparse.Namespace, base: dict[str, str] | None = None) -> d
              "PROMETHEUS": args.prometheus, "NODE": args.node,
              "ALERTS_DB": os.path.abspath(args.alerts_db) if args.alerts_db else None, "NOW": args.now,
              "HOST_NAME": args.host_name,
+             "ALERTS_CONFIG": os.path.abspath(args.alerts_config) if args.alerts_config else None,
+             "CONVERSATION_IDLE": f"{args.conversation_idle:g}" if args.conversation_idle else None,
              "CA_CERTS": os.path.abspath(args.ca_certs) if args.ca_certs else None,
              "INSECURE": "1" if args.insecure else None,
              "CACHE": (args.cache_dir if args.cache_dir == "off" else os.path.abspath(args.cache_dir)) if args.cache_dir else None}

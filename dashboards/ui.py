@@ -9,7 +9,9 @@ the log store's records of one ``host.name``), ``SEEKWATCH_DASHBOARD_CA_CERTS`` 
 ``SEEKWATCH_DASHBOARD_PROMETHEUS`` / ``SEEKWATCH_DASHBOARD_NODE`` (GPU series),
 ``SEEKWATCH_DASHBOARD_ALERTS_DB`` (alertd's SQLite state), ``SEEKWATCH_COST_CONFIG`` (cost
 YAML), ``SEEKWATCH_DASHBOARD_NOW`` (pin "now" to an ISO time: reproducible views and tests),
-``SEEKWATCH_DASHBOARD_CACHE`` (parse cache root, or ``off``).
+``SEEKWATCH_DASHBOARD_CACHE`` (parse cache root, or ``off``), ``SEEKWATCH_DASHBOARD_ALERTS_CONFIG``
+(alertd config whose thresholds mark cards and charts), ``SEEKWATCH_DASHBOARD_CONVERSATION_IDLE``
+(seconds; when a conversation has ended).
 """
 from __future__ import annotations
 
@@ -52,17 +54,25 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
+def conversation_idle_s() -> float:
+    from contracts.signals import DEFAULT_CONVERSATION_IDLE_S
+
+    return float(env("CONVERSATION_IDLE") or DEFAULT_CONVERSATION_IDLE_S)
+
+
 @st.cache_resource(show_spinner=False)
-def _log_source(kind: str, target: str, index: str, host_name: str = "", ca_certs: str = "", insecure: bool = False):
+def _log_source(kind: str, target: str, index: str, host_name: str = "", ca_certs: str = "", insecure: bool = False,
+                idle_s: float = 300.0):
     if kind == "logstore":
         from contracts.logstore import StoreClient
         from dashboards.data.logstore import LogStoreSource
 
         client = StoreClient(target, ca_certs=ca_certs or None, verify=not insecure)
-        return LogStoreSource(client, index=index, where={"host.name": host_name} if host_name else None)
+        return LogStoreSource(client, index=index, where={"host.name": host_name} if host_name else None,
+                              conversation_idle_s=idle_s)
     from dashboards.data.jsonl import JsonlSource
 
-    return JsonlSource(target, cache_dir=parse_cache_dir(target))
+    return JsonlSource(target, cache_dir=parse_cache_dir(target), conversation_idle_s=idle_s)
 
 
 def parse_cache_dir(log_dir: str) -> str | None:
@@ -91,12 +101,24 @@ def _cost_model(path: str | None):
     return CostModel.load(path)
 
 
+@st.cache_resource(show_spinner=False)
+def _thresholds(path: str | None):
+    from dashboards.data.thresholds import Thresholds
+
+    return Thresholds.load(path)
+
+
+def thresholds():
+    """The alert rules' thresholds (the given alert config over the built-in matrix)."""
+    return _thresholds(env("ALERTS_CONFIG"))
+
+
 def log_source():
     url = env("URL")
     if url:
         return _log_source("logstore", url, env("INDEX", "seekwatch-*"), env("HOST_NAME", ""), env("CA_CERTS", ""),
-                           env("INSECURE") == "1")
-    return _log_source("jsonl", os.path.abspath(env("LOGS", DEFAULT_LOG_DIR)), "")
+                           env("INSECURE") == "1", conversation_idle_s())
+    return _log_source("jsonl", os.path.abspath(env("LOGS", DEFAULT_LOG_DIR)), "", idle_s=conversation_idle_s())
 
 
 def gpu_source():
@@ -229,24 +251,58 @@ def delta(cur: Any, prev: Any, fmt: Callable[[Any], str]) -> str | None:
     return ("+" if d >= 0 else "-") + s
 
 
+def judged(value: Any, rule, period_delta: str | None) -> dict[str, Any]:
+    """``delta`` / ``delta_color`` / ``help`` for a card an alert rule watches.
+
+    Colour says whether the alert's condition holds, never which way the number moved: over
+    (or under) the rule's threshold the delta names the rule, in red; otherwise it is the
+    change against the previous period, in grey. ``value`` is in the rule's unit (ms for a
+    latency, a ratio for a completion rate).
+    """
+    if rule is None:
+        return {"delta": period_delta, "delta_color": "off"}
+    note = f"alert {rule.name}: {rule.title}, {rule.condition}"
+    if rule.breached(None if _bad(value) else float(value)):
+        # st.metric colours by the delta's sign: "-" + normal and "+" + inverse are both red.
+        # Short enough for a quarter-width card: the rule's Chinese title and its condition;
+        # the bilingual title is in the card's help.
+        zh = rule.title.split(" / ")[0]
+        cond = rule.condition.split(" ", 1)[1] if rule.condition.startswith("P") else rule.condition
+        text = f"{'-' if rule.below else '+'} {zh} {cond}"
+        return {"delta": text, "delta_color": "normal" if rule.below else "inverse",
+                "help": f"breaches the alert threshold: {note}"}
+    return {"delta": period_delta, "delta_color": "off", "help": f"within the alert threshold ({note})"}
+
+
 # ---------------------------------------------------------------------------- charts (Altair)
 def _finish(chart: alt.Chart) -> alt.Chart:
     return chart.configure(font=FONT).configure_axis(labelFont=FONT, titleFont=FONT).configure_legend(
         labelFont=FONT, titleFont=FONT)
 
 
-def line_chart(df: pd.DataFrame, columns: dict[str, str], y_title: str, height: int = 260) -> None:
-    """Lines of ``columns`` (column -> legend name) over ``time``; units go in ``y_title``."""
+def line_chart(df: pd.DataFrame, columns: dict[str, str], y_title: str, height: int = 260,
+               rules: list[tuple[float, str]] | None = None, y_format: str = ",.2f") -> None:
+    """Lines of ``columns`` (column -> legend name) over ``time``; units go in ``y_title``.
+    ``rules``: (y, label) of alert thresholds, drawn as dashed red lines with their label."""
     if df.empty:
         st.info("该时间范围内没有数据 · no data in this time range")
         return
     long = df[["time", *columns]].rename(columns=columns).melt("time", var_name="series", value_name="value")
     ch = alt.Chart(long).mark_line(point=len(df) < 40).encode(
         x=alt.X("time:T", title=TIME_TITLE),
-        y=alt.Y("value:Q", title=y_title),
+        y=alt.Y("value:Q", title=y_title, axis=alt.Axis(format=y_format)),
         color=alt.Color("series:N", title=None),
-        tooltip=[alt.Tooltip("time:T", format="%Y-%m-%d %H:%M"), "series:N", alt.Tooltip("value:Q", format=",.2f")],
+        tooltip=[alt.Tooltip("time:T", format="%Y-%m-%d %H:%M"), "series:N", alt.Tooltip("value:Q", format=y_format)],
     ).properties(height=height)
+    layers = [ch]
+    for y, label in rules or []:
+        # value and label as constants in the spec, so they are part of what the chart says
+        one = alt.Chart(pd.DataFrame({"_": [0]}))
+        layers.append(one.mark_rule(color="#d62728", strokeDash=[6, 4], size=1.5).encode(y=alt.datum(float(y))))
+        layers.append(one.mark_text(color="#d62728", align="left", baseline="bottom", dx=4, dy=-2).encode(
+            y=alt.datum(float(y)), x=alt.value(0), text=alt.value(label)))
+    if len(layers) > 1:
+        ch = alt.layer(*layers)
     st.altair_chart(_finish(ch), width="stretch")
 
 
@@ -258,6 +314,12 @@ def bar_chart(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, colo
         st.info("没有数据 · no data")
         return
     axis = alt.Axis(labelAngle=0, labelLimit=260) if horizontal else alt.Axis(labelAngle=-30, labelLimit=200)
+    if horizontal:
+        # every band gets room for its label and a visible bar, whatever ``height`` says: a
+        # fixed height smaller than the bands (or than the axis title) squeezes bars into lines
+        # and prints neighbouring labels on top of each other
+        bands = df[x.split(":")[0]].nunique() * (df[color].nunique() if color and grouped else 1)
+        height = max(height, 28 * bands + 60, 9 * len(x_title) + 20)
     xe = alt.X(f"{x}", title=x_title, sort=sort, axis=axis)
     ye = alt.Y(f"{y}:Q", title=y_title)
     if horizontal:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from contracts.cli_types import positive_int
+from contracts.cli_types import positive_duration, positive_int
 from contracts.config import ConfigError
 
 
@@ -48,6 +48,9 @@ def add_parser(subparsers, name: str, help_text: str, argv=()) -> None:
     p.add_argument("--log-dir", default="./var/log", help="session log folder (JSON lines)")
     p.add_argument("--log-retention-days", type=int, default=180, metavar="N",
                    help="delete local session-log files older than N days (checked at start and daily)")
+    p.add_argument("--conversation-idle", type=positive_duration, default=300.0, metavar="DURATION",
+                   help="a conversation has ended after this long without a chat turn (dialogue completion; "
+                        "default 5m, e.g. 90s, 10m)")
     p.add_argument("--cost-config", metavar="FILE", help="cost model YAML (default: contracts/defaults/cost.yaml, DeepSeek-7B on 2x T4, on-premises $1,200/month)")
     # default=SUPPRESS keeps ArgumentDefaultsHelpFormatter from printing "(default: True)",
     # which reads as "off by default"; config_from_args reads a missing value as on.
@@ -83,6 +86,7 @@ def config_from_args(args: argparse.Namespace):
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         cors_origins=args.cors_origins or ["*"], log_dir=args.log_dir, log_retention_days=args.log_retention_days,
         instrumentation=getattr(args, "instrumentation", True), cost_config=args.cost_config,
+        conversation_idle_s=args.conversation_idle,
     )
 
 

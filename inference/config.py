@@ -33,6 +33,7 @@ class NodeConfig:
     instrumentation: bool = True
     cost_config: str | None = None
     default_temperature: float = 0.7
+    conversation_idle_s: float = 300.0       # a conversation ends after this long without a chat turn
 
     def model_names(self) -> list[str]:
         """Names the node answers to. NextChat asks for titles as ``deepseek-chat`` whatever

@@ -7,7 +7,8 @@ alert rules and dashboards cannot drift from the exposition.
 
 Cardinality rule: the only labels are ``status`` (6 values), ``request_kind`` (4: the user's
 turn or a client's background request, on the turn and token counters), ``rating`` (2),
-``kind`` (6, PII kinds) and, on the GPU collector, ``gpu`` (one per device). A session id, user id or prompt never
+``kind`` (6, PII kinds), ``outcome`` (2) and, on the GPU collector, ``gpu`` (one per device).
+A session id, user id or prompt never
 becomes a label. All label values are pre-initialised so each series exists at 0 from the
 first scrape — ``rate()`` and ``increase()`` then see the first event, and an alert on
 ``log_dropped_total > 0`` has a series to evaluate.
@@ -17,11 +18,13 @@ from __future__ import annotations
 from typing import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 from contracts import metrics as m
+from contracts.signals import CONVERSATION_OUTCOMES
 
 #: Every label name the node's exposition may carry (the test asserts this).
-ALLOWED_LABELS = frozenset({"status", "request_kind", "rating", "kind", "gpu", "le"})
+ALLOWED_LABELS = frozenset({"status", "request_kind", "rating", "kind", "gpu", "le", "outcome"})
 
 
 def _base(name: str, suffix: str) -> str:
@@ -77,6 +80,11 @@ class NodeMetrics:
             _base(m.LOG_DROPPED_TOTAL, "_total"),
             "Log records that could not be kept (spill overflow or unwritten at shutdown); must stay 0.",
             registry=r)
+        self.completed_turns_rated_down = Counter(
+            _base(m.COMPLETED_TURNS_RATED_DOWN_TOTAL, "_total"),
+            "Completed chat turns that drew a thumbs-down, once per turn (turn completion's subtrahend).",
+            registry=r)
+        self.conversations_ended = _ConversationsEnded(registry=r)
         self.requests_running = Gauge(
             m.REQUESTS_RUNNING, "Requests currently generating.", registry=r)
         self.requests_waiting = Gauge(
@@ -150,6 +158,12 @@ class NodeMetrics:
         self.requests_running.set(running)
         self.requests_waiting.set(waiting)
 
+    def observe_completed_turn_rated_down(self) -> None:
+        self.completed_turns_rated_down.inc()
+
+    def observe_conversation_ended(self, outcome: str) -> None:
+        self.conversations_ended.inc(outcome)
+
     # ------------------------------------------------------------------ session log
 
     def observe_log_written(self, n: int = 1) -> None:
@@ -161,3 +175,44 @@ class NodeMetrics:
         """Records that truly could not be kept. Any increase is a bug or a full disk."""
         if n:
             self.log_dropped.inc(n)
+
+
+class _ConversationsEnded:
+    """``seekwatch_conversations_ended_total{outcome}``, with a hook run before each collect.
+
+    Conversations end by *not* getting a turn, so nothing on the request path notices; the
+    hook (the conversation tracker's ``close_idle``) closes the idle ones right before a
+    scrape reads the counter, so a scrape never lags the definition by a sweep interval.
+    """
+
+    def __init__(self, registry: CollectorRegistry):
+        import threading
+
+        self._values = {o: 0.0 for o in CONVERSATION_OUTCOMES}
+        self._lock = threading.Lock()
+        self.before_collect = None
+        registry.register(self)
+
+    def inc(self, outcome: str) -> None:
+        if outcome not in self._values:
+            raise ValueError(f"unknown outcome {outcome!r}; expected one of {CONVERSATION_OUTCOMES}")
+        with self._lock:
+            self._values[outcome] += 1
+
+    def value(self, outcome: str) -> float:
+        return self._values[outcome]
+
+    def describe(self):
+        return [CounterMetricFamily(_base(m.CONVERSATIONS_ENDED_TOTAL, "_total"), "", labels=["outcome"])]
+
+    def collect(self):
+        if self.before_collect is not None:
+            self.before_collect()
+        fam = CounterMetricFamily(
+            _base(m.CONVERSATIONS_ENDED_TOTAL, "_total"),
+            "Conversations that ended (no chat turn for the node's --conversation-idle), by outcome.",
+            labels=["outcome"])
+        with self._lock:
+            for o, v in self._values.items():
+                fam.add_metric([o], v)
+        yield fam

@@ -52,6 +52,21 @@ class Interrupted(Exception):
 # processes: the parts as data, started and stopped by the one supervisor (contracts.supervisor)
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class Ready:
+    """A URL path of a part that answers 200 once it is up."""
+
+    path: str
+    what: str
+    #: wait --start-timeout, or this many seconds when more
+    least: float = 0.0
+    #: or exactly this many seconds
+    fixed: float | None = None
+
+    def timeout(self, start_timeout: float) -> float:
+        return self.fixed if self.fixed is not None else max(start_timeout, self.least)
+
+
+@dataclass(frozen=True)
 class Part:
     """How the demo runs one of its processes."""
 
@@ -63,17 +78,20 @@ class Part:
     grace: float = 15.0
     #: stdout to a pipe the demo reads (alertd's console notifications)
     pipe_stdout: bool = False
+    #: waited for in turn after it starts
+    ready: tuple[Ready, ...] = ()
 
 
 PARTS: dict[str, Part] = {p.name: p for p in (
     Part("make-tiny-model"),
-    Part("node", stop_tier=1, grace=20.0),
-    Part("search-engine", stop_tier=2, grace=40.0),
-    Part("prometheus"),
+    Part("node", stop_tier=1, grace=20.0, ready=(Ready("/readyz", "model loading"),)),
+    Part("search-engine", stop_tier=2, grace=40.0, ready=(Ready("", "search engine", least=180),)),
+    Part("prometheus", ready=(Ready("/-/ready", "Prometheus"),)),
     Part("es-setup"),
     Part("ship", grace=15.0),
     Part("alertd", grace=10.0, pipe_stdout=True),
-    Part("dashboard", grace=10.0),
+    Part("dashboard", grace=10.0, ready=(Ready("/_stcore/health", "Streamlit", least=120),
+                                         Ready("/", "Streamlit page", fixed=30))),
 )}
 STOP_TIERS = sorted({p.stop_tier for p in PARTS.values()})
 
@@ -204,6 +222,11 @@ class Demo:
         c = spawn(name, args, self.workdir, **kw)
         self.children.append(c)
         return c
+
+    def wait_ready(self, child: Supervised, base_url: str) -> None:
+        """Wait for each of the part's readiness URLs (``PARTS``) in turn."""
+        for r in PARTS[child.name].ready:
+            self.wait_http(child, base_url + r.path, r.timeout(self.args.start_timeout), r.what)
 
     def wait_http(self, child: Supervised, url: str, timeout: float, what: str) -> None:
         import httpx
@@ -381,14 +404,14 @@ class Demo:
         dash_args.append("--insecure-no-auth")
         dashboard = self.start("dashboard", _py(*dash_args))
 
-        self.wait_http(node, node_url + "/readyz", args.start_timeout, "model loading")
+        self.wait_ready(node, node_url)
         self.say(f"  [{next(n)}/{steps}] node       {node_url}   OpenAI API {node_url}/v1 · metrics {node_url}/metrics · "
                  f"session logs {log_dir}")
         if prom is not None:
-            self.wait_http(prom, prom_url + "/-/ready", args.start_timeout, "Prometheus")
+            self.wait_ready(prom, prom_url)
             self.say(f"  [{next(n)}/{steps}] prometheus {prom_url}   scraping the node every 2 s")
         if engine is not None:
-            self.wait_http(engine, es_url, max(args.start_timeout, 180), "search engine")
+            self.wait_ready(engine, es_url)
             self.run_step("es-setup", _py("es-setup", "--url", es_url), timeout=120)
             self.es_baseline = self._es_count()
             self.start("ship", _py("ship", "--logs", str(log_dir), "--url", es_url, "--quiet",
@@ -411,8 +434,7 @@ class Demo:
         self.say(f"  [{next(n)}/{steps}] alertd     {recv}; {src} every 2 s; config {wd / 'alerts.yaml'}")
 
         # 4. dashboard
-        self.wait_http(dashboard, dash_url + "/_stcore/health", max(args.start_timeout, 120), "Streamlit")
-        self.wait_http(dashboard, dash_url + "/", 30, "Streamlit page")
+        self.wait_ready(dashboard, dash_url)
         self.say(f"  [{next(n)}/{steps}] dashboard  {dash_url}")
         time.sleep(0.5)
         if not alertd.running:

@@ -31,11 +31,13 @@ import pandas as pd
 from contracts.log_schema import FEEDBACK_DATASET, SESSION_DATASET
 from contracts.logtail import LogTailer, TailedFile
 
+from contracts.signals import CHAT, DEFAULT_CONVERSATION_IDLE_S
+
 from .base import TURN_COLUMNS, Window
 from .frame import FrameAnalytics
 
 CHUNK_BYTES = 16 << 20
-_TURN_CACHE_COLS = ["time", "session_id", "request_id", "model_version", "status", "turn_index", "latency_ms",
+_TURN_CACHE_COLS = ["time", "session_id", "request_id", "model_version", "status", "request_kind", "turn_index", "latency_ms",
                     "ttft_ms", "input_tokens", "output_tokens", "cost_usd", "_file", "_off"]
 _FB_CACHE_COLS = ["time", "request_id", "session_id", "rating", "feedback_id", "_file"]
 _NUMERIC = {"turn_index": "int64", "latency_ms": "float64", "ttft_ms": "float64",
@@ -46,7 +48,8 @@ def _turn_schema():
     import pyarrow as pa
 
     return pa.schema([("time", pa.timestamp("ms", tz="UTC")), ("session_id", pa.string()), ("request_id", pa.string()),
-                      ("model_version", pa.string()), ("status", pa.string()), ("turn_index", pa.int64()),
+                      ("model_version", pa.string()), ("status", pa.string()), ("request_kind", pa.string()),
+                      ("turn_index", pa.int64()),
                       ("latency_ms", pa.float64()), ("ttft_ms", pa.float64()), ("input_tokens", pa.int64()),
                       ("output_tokens", pa.int64()), ("cost_usd", pa.float64()), ("_file", pa.int32()), ("_off", pa.int64())])
 
@@ -68,6 +71,7 @@ def _arrow_schema():
         ("request_id", pa.string()),
         ("model_version", pa.string()),
         ("status", pa.string()),
+        ("request_kind", pa.string()),
         ("turn_index", pa.int64()),
         ("latency_ms", pa.float64()),
         ("ttft_ms", pa.float64()),
@@ -95,7 +99,7 @@ def _flatten_record(rec: dict) -> dict | None:
         return None
     return {"time": t, "dataset": ev.get("dataset"), "session_id": rec.get("session_id"),
             "request_id": rec.get("request_id"), "model_version": rec.get("model_version"),
-            "status": rec.get("status"), "turn_index": rec.get("turn_index"), "latency_ms": rec.get("latency_ms"),
+            "status": rec.get("status"), "request_kind": rec.get("request_kind"), "turn_index": rec.get("turn_index"), "latency_ms": rec.get("latency_ms"),
             "ttft_ms": rec.get("ttft_ms"), "cost_usd": rec.get("cost_usd"),
             "input_tokens": usage.get("input_tokens"), "output_tokens": usage.get("output_tokens"),
             "rating": rec.get("rating"), "feedback_id": rec.get("feedback_id")}
@@ -136,8 +140,10 @@ class JsonlSource(FrameAnalytics):
     name = "jsonl"
 
     def __init__(self, log_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
-                 settle_s: float = 60.0, cache_async: bool = True):
+                 settle_s: float = 60.0, cache_async: bool = True,
+                 conversation_idle_s: float = DEFAULT_CONVERSATION_IDLE_S):
         self.log_dir = Path(log_dir)
+        self.conversation_idle_s = conversation_idle_s
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.settle_s = settle_s
         self.cache_async = cache_async
@@ -160,7 +166,7 @@ class JsonlSource(FrameAnalytics):
     @staticmethod
     def _empty_turns() -> pd.DataFrame:
         cols: dict[str, Any] = {"time": pd.Series([], dtype="datetime64[ms, UTC]")}
-        for c in ("session_id", "request_id", "model_version", "status"):
+        for c in ("session_id", "request_id", "model_version", "status", "request_kind"):
             cols[c] = pd.Series([], dtype=object)
         for c, t in _NUMERIC.items():
             cols[c] = pd.Series([], dtype=t)
@@ -308,7 +314,7 @@ class JsonlSource(FrameAnalytics):
         t = self._turns
         if t.empty:
             return
-        drop = [c for c in ("_done", "_up", "_down", "_sess") if c in t.columns]
+        drop = [c for c in ("_done", "_up", "_down", "_sess", "_chat", "_down_at") if c in t.columns]
         t = t.drop(columns=drop)
         down, up = self._rated("down"), self._rated("up")
         import pyarrow as pa
@@ -325,7 +331,21 @@ class JsonlSource(FrameAnalytics):
         is_down = member(down)
         t["_down"] = is_down
         t["_up"] = member(up)
-        t["_done"] = (t["status"] == "completed").to_numpy() & ~is_down
+        kind = t["request_kind"].to_numpy()
+        t["_chat"] = pd.isna(kind) | (kind == CHAT)
+        t["_done"] = t["_chat"].to_numpy() & (t["status"] == "completed").to_numpy() & ~is_down
+        fb = self._feedback
+        first_down = fb[fb["rating"] == "down"].groupby("request_id")["time"].min() if not fb.empty else None
+        never = np.iinfo(np.int64).max
+        if first_down is None or first_down.empty:
+            t["_down_at"] = np.full(len(t), never, dtype=np.int64)
+        else:
+            at = t["request_id"].map(pd.Series(first_down.dt.as_unit("ms").array.asi8, index=first_down.index))
+            vals = at.to_numpy(dtype="float64", na_value=np.nan)   # epoch ms: exact in float64
+            out = np.full(len(t), never, dtype=np.int64)
+            hit = ~np.isnan(vals)
+            out[hit] = vals[hit].astype(np.int64)
+            t["_down_at"] = out
         t["_sess"] = pd.factorize(t["session_id"])[0].astype(np.int64)
         self._turns = t
 
@@ -394,7 +414,7 @@ class JsonlSource(FrameAnalytics):
         self._file_bad[fid] = self._file_bad.get(fid, 0) + int(bad or 0)
         t = flat.filter(is_turn)
         cols = {"time": t["time"]}
-        for c in ("session_id", "request_id", "model_version", "status"):
+        for c in ("session_id", "request_id", "model_version", "status", "request_kind"):
             cols[c] = t[c]
         for c, typ in _NUMERIC.items():
             col = t[c]
@@ -428,11 +448,12 @@ class JsonlSource(FrameAnalytics):
             rows.append(rec)
             offs.append(base + int(s))
         df = pd.DataFrame(rows, columns=["time", "dataset", "session_id", "request_id", "model_version", "status",
-                                         "turn_index", "latency_ms", "ttft_ms", "cost_usd", "input_tokens",
+                                         "request_kind", "turn_index", "latency_ms", "ttft_ms", "cost_usd", "input_tokens",
                                          "output_tokens", "rating", "feedback_id"])
         cols = {"time": pa.array(pd.to_datetime(df["time"], utc=True).astype("datetime64[ms, UTC]"),
                                  type=pa.timestamp("ms", tz="UTC"), from_pandas=True)}
-        for c in ("dataset", "session_id", "request_id", "model_version", "status", "rating", "feedback_id"):
+        for c in ("dataset", "session_id", "request_id", "model_version", "status", "request_kind", "rating",
+                  "feedback_id"):
             cols[c] = pa.array([v if isinstance(v, str) else None for v in df[c]], type=pa.string())
         for c in _NUMERIC:
             cols[c] = pa.array(pd.to_numeric(df[c], errors="coerce").astype("float64"), type=pa.float64(), from_pandas=True)

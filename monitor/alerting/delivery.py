@@ -38,8 +38,7 @@ class Deliverer:
         self.store = StateStore(state_path)
         self.receivers: dict[str, Receiver] = {r["name"]: build_receiver(r) for r in receivers}
         self.max_attempts = int(delivery.get("max_attempts", 8))
-        self.base = float(delivery.get("backoff", 1.0))
-        self.cap = float(delivery.get("max_backoff", 300.0))
+        self.backoff = Backoff(base=float(delivery.get("backoff", 1.0)), cap=float(delivery.get("max_backoff", 300.0)))
         self.client = httpx.Client(timeout=float(delivery.get("timeout", 10.0)), trust_env=False)
         self.metrics = metrics
         self.wake = threading.Event()
@@ -77,7 +76,7 @@ class Deliverer:
                     self._permanent(row["id"], rc, attempt, exc)
                     continue
                 failed = attempt >= self.max_attempts
-                delay = backoff_delay(attempt, self.base, self.cap)
+                delay = self.backoff.delay(attempt)
                 self.store.mark_retry(row["id"], attempt, time.time() + delay, str(exc), failed)
                 if not failed:
                     failed_now.add(row["receiver"])

@@ -4,13 +4,13 @@ and sends them to the log store (Elasticsearch/OpenSearch) with ``_bulk``.
 Guarantees and how they are kept:
 
 * **No loss.** The offset of a file advances (in ``checkpoints.json``) only after every line
-  up to it was acknowledged by the engine — indexed, already present, or written to the
+  up to it was acknowledged by the log store — indexed, already present, or written to the
   dead-letter file (fsynced) with its reason. A crash (even SIGKILL) re-sends at most the
   unacknowledged batch.
 * **No duplicates.** Every document has an id from the record itself: ``request_id`` for a
   session turn, ``feedback_id`` for feedback; the bulk action is ``create`` (data streams
   allow nothing else), so a re-sent line answers 409 "already exists", which counts as done.
-  A batch that may have reached the engine before (the first batch of each file after a
+  A batch that may have reached the store before (the first batch of each file after a
   start, a resend after a broken connection) is first checked with an ``ids`` query over
   ``seekwatch-*``, so a rollover in between cannot turn the re-send into a second copy.
 * **Rotation.** Files are identified by device + inode, with a fingerprint of their first
@@ -22,9 +22,9 @@ Guarantees and how they are kept:
   lack a newline, they go to the dead-letter file as "incomplete last line"; if the file
   stays but has not changed for ``torn_after`` seconds while a newer file in its directory
   has (a writer killed mid-line that started a new file), as "torn last line".
-* **Engine down.** Connection errors, 429 and 5xx wait with exponential backoff (capped)
+* **Store down.** Connection errors, 429 and 5xx wait with exponential backoff (capped)
   and resume; per-item 429/5xx in a bulk response are retried alone.
-* **Malformed lines** (invalid JSON, not an object, no id, or refused by the engine with a
+* **Malformed lines** (invalid JSON, not an object, no id, or refused by the store with a
   4xx such as a mapping error) go to ``dead-letter.ndjson`` with the reason and are counted;
   they never block the lines after them.
 

@@ -134,6 +134,7 @@ def fast_config(tmp_path: Path, **over: Any) -> Path:
             "p99_latency": {"threshold_ms": 500, "metric": "ttft", "window": "8s", "for": "2s"},
             "gpu_utilization": {"threshold": 0.9, "for": "3s"},
             "completion_rate": {"threshold": 0.9, "window": "8s", "min_samples": 5, "for": "0s"},
+            "turn_completion": {"enabled": True, "threshold": 0.9, "window": "8s", "min_samples": 5, "for": "0s"},
             "no_data": {"for": "2s"},
             "scaling": {"window": "3s", "for": "0s", "capacity": 10},
         },

@@ -14,7 +14,7 @@ import pytest
 
 from monitor.alerting.config import load_config
 from monitor.alerting.daemon import Alertd
-from monitor.alerting.model import Completion, NodeObservation
+from monitor.alerting.model import Completion, NodeObservation, Dialogues
 
 from .conftest import fast_config
 
@@ -207,8 +207,8 @@ def test_mixed_group_message_names_each_rule(tmp_path, recorder):
     cfg = load_config(fast_config(tmp_path, nodes=["http://a:1/metrics"], group_by=["node"],
                                   receivers=[{"type": "wecom", "url": r.url}],
                                   rules={"p99_latency": {"for": "0s"}, "scaling": None}))
-    d = Alertd(cfg, source=StaticSource([NodeObservation(node="a:1", latency=0.9, completion=Completion(100, 50, 0),
-                                                         gpu={"1": 0.99}, running=1.0)]))
+    d = Alertd(cfg, source=StaticSource([NodeObservation(node="a:1", latency=0.9, completion=Completion(100, 90, 0),
+                                                         dialogues=Dialogues(40, 20), gpu={"1": 0.99}, running=1.0)]))
     try:
         d.evaluate_once()
         d.deliverer.deliver_due()

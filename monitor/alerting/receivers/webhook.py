@@ -15,8 +15,10 @@ from .base import URL, ExportContext, Receiver, Request
 
 ALERTNAMES = {
     "p99_latency": "SeekwatchP99LatencyHigh",
+    "p99_e2e_latency": "SeekwatchE2eP99LatencyHigh",
     "gpu_utilization": "SeekwatchGpuUtilizationHigh",
     "completion_rate": "SeekwatchCompletionRateLow",
+    "turn_completion": "SeekwatchTurnCompletionLow",
     "no_data": "SeekwatchNoData",
     "scaling": "SeekwatchScalingRecommended",
 }
