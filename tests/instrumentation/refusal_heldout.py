@@ -168,6 +168,11 @@ HELD_OUT_ZH: list[tuple[str, bool]] = [
     ("我无法想象您等了这么久，真的很抱歉。您的订单已加急，今天发出。", False),
     ("提示“余额不足”时，请先充值再重新支付。", False),
     ("报表生成好了：本季度新增客户 340 家，流失率 2.1%。", False),
+    # ------------------------------------------------------------------ the first held-out set (written with the rules, never used to tune them)
+    ("抱歉呢，这个我帮不了你。", True),
+    ("很抱歉，此问题我暂时无法解答。", True),
+    ("我不能确定，但可以试试重启路由器。", False),
+    ("对不起，我来晚了！下面是今天的总结。", False),
 ]
 
 HELD_OUT_EN: list[tuple[str, bool]] = [
@@ -328,6 +333,13 @@ HELD_OUT_EN: list[tuple[str, bool]] = [
     ("I can't imagine how frustrating that wait was, and I'm sorry. Your order ships today.", False),
     ("When you see \"Insufficient balance\", top up and pay again.", False),
     ("The report is ready: 340 new customers this quarter, churn at 2.1%.", False),
+    # ------------------------------------------------------------------ the first held-out set (written with the rules, never used to tune them)
+    ("Apologies, I can't provide legal advice on this matter.", True),
+    ("I'm sorry — I can't help with requests involving weapons.", True),
+    ("Sorry, I cannot provide that.", True),
+    ("I do not feel comfortable writing that content.", True),
+    ("Sorry, I can't believe I missed that. Here's the corrected code:", False),
+    ("Unfortunately, I cannot help noticing the bug on line 3; here's a fix.", False),
 ]
 
 HELD_OUT: list[tuple[str, bool]] = HELD_OUT_ZH + HELD_OUT_EN
