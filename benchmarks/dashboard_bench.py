@@ -79,7 +79,7 @@ def generate(d: Path, n: int) -> tuple[float, int]:
 
 
 def index_into_engine(url: str, d: Path, tag: str) -> float:
-    from monitor.logstore.adapter import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
+    from contracts.logstore import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
 
     t = time.perf_counter()
     with StoreClient(url, timeout=600) as c:
@@ -107,7 +107,7 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, help="log dir to (re)use; default: a temp dir")
     ap.add_argument("--engine-url", help="also benchmark the search-engine source (indexes the turns first)")
     ap.add_argument("--start-engine", action="store_true",
-                    help="start a local OpenSearch (monitor.logstore.engine, seekwatch es-setup) for --engine-url")
+                    help="start a local OpenSearch (monitor.logstore.launcher, seekwatch es-setup) for --engine-url")
     ap.add_argument("--engine-heap", default="2g")
     ap.add_argument("--skip-jsonl", action="store_true", help="only the engine measurement")
     ap.add_argument("--engine-tag", help="the turns are already indexed under this host.name: skip indexing")
@@ -115,12 +115,12 @@ def main() -> int:
     args = ap.parse_args()
     engine = None
     if args.start_engine:
-        from monitor.logstore.adapter import StoreClient
-        from monitor.logstore.engine import SearchEngine
+        from contracts.logstore import StoreClient
+        from monitor.logstore.launcher import LogStoreServer
         from monitor.logstore.setup import install
 
         engine_dir = Path(tempfile.mkdtemp(prefix="sw-bench-engine-"))
-        engine = SearchEngine(engine_dir, port=0, heap=args.engine_heap, max_heap=args.engine_heap)
+        engine = LogStoreServer(engine_dir, port=0, heap=args.engine_heap, max_heap=args.engine_heap)
         engine.start()
         with StoreClient(engine.url) as c:
             install(c)

@@ -65,7 +65,7 @@ def per_turn_cost_us(n: int = 5000) -> dict[str, float]:
     from inference.config import NodeConfig
     from inference.instrumentation import NodeInstrumentation
     from inference.turns import TurnRecord
-    from monitor.cost import CostModel
+    from contracts.cost import CostModel
 
     class _Engine:
         def state(self):

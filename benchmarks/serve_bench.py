@@ -1,5 +1,5 @@
 """Serving benchmark: N concurrent streaming clients through the node's HTTP API, beside the
-seed's baseline (one ``model.generate`` per request, in turn, as in seed section 2.1), in one run.
+sequential baseline (one ``model.generate`` per request, in turn: the plain transformers loop), in one run.
 
 Reports TTFT, TPOT and end-to-end percentiles, aggregate generated tokens/s, and the ratio of
 the node's throughput to the baseline's. Results go to stdout as a markdown table, to
@@ -160,8 +160,8 @@ async def engine_direct(model_dir: Path, device: str, max_batch: int,
     return out
 
 
-def seed_baseline(model_dir: Path, device: str, prompts: list[str], max_tokens: list[int]) -> dict:
-    """Seed section 2.1: tokenizer(prompt) → model.generate → decode, one request at a time."""
+def sequential_baseline(model_dir: Path, device: str, prompts: list[str], max_tokens: list[int]) -> dict:
+    """The plain transformers loop: tokenizer(prompt) → model.generate → decode, one request at a time."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -190,11 +190,11 @@ def markdown(result: dict) -> str:
         f"Measured {result['date']} on {result['device']} ({result['machine']}), model `{result['model']}`, "
         f"prompts ≈{result['prompt_tokens']} tokens, {result['max_tokens_range']} new tokens (EOS ignored).",
         f"Command: `{result['command']}`", "",
-        "| scenario | requests | aggregate tok/s | TTFT p50 / p99 (ms) | TPOT p50 (ms) | E2E p50 / p99 (ms) | × seed baseline |",
+        "| scenario | requests | aggregate tok/s | TTFT p50 / p99 (ms) | TPOT p50 (ms) | E2E p50 / p99 (ms) | × sequential baseline |",
         "|---|---|---|---|---|---|---|",
     ]
     base = result["baseline"]["aggregate_tok_s"]
-    lines.append(f"| seed baseline: `model.generate` per request, in turn | {result['baseline']['requests']} | "
+    lines.append(f"| sequential baseline: `model.generate` per request, in turn | {result['baseline']['requests']} | "
                  f"{base:.1f} | – | – | – | 1.00 |")
     for s in result.get("engine_direct", []):
         lines.append(f"| engine driven directly (no HTTP, no instrumentation), {s['concurrency']} streams | "
@@ -291,7 +291,7 @@ def main() -> int:
     direct = [] if args.no_engine_direct or not workloads else asyncio.run(
         engine_direct(model_dir, args.device, args.max_batch, workloads))
     prompts, maxes = workload(args.baseline_requests)
-    baseline = seed_baseline(model_dir, args.device, prompts, maxes)
+    baseline = sequential_baseline(model_dir, args.device, prompts, maxes)
     print(json.dumps({"baseline": baseline}), flush=True)
 
     import torch

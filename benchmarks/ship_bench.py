@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from monitor.logstore.adapter import SESSION_STREAM, StoreClient  # noqa: E402
+from contracts.logstore import SESSION_STREAM, StoreClient  # noqa: E402
 from monitor.logstore.shipper import Shipper  # noqa: E402
 from tests.logstore.gen import append_lines, records  # noqa: E402
 
@@ -77,9 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         url = args.url
     else:
-        from monitor.logstore.engine import SearchEngine
+        from monitor.logstore.launcher import LogStoreServer
 
-        engine = SearchEngine(work / "engine", port=0, heap="512m", max_heap="1g")
+        engine = LogStoreServer(work / "engine", port=0, heap="512m", max_heap="1g")
         url = engine.start()
     try:
         with StoreClient(url, timeout=120) as client:

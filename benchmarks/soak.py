@@ -64,7 +64,7 @@ def proc_stats(pid: int) -> dict:
     return {"rss_mb": rss_kb / 1024, "fds": fds, "threads": threads}
 
 
-class Stats:
+class SoakStats:
     def __init__(self) -> None:
         self.t0 = time.monotonic()
         self.lat: list[tuple[float, float]] = []      # (t since start, e2e seconds) of 200s
@@ -77,7 +77,7 @@ class Stats:
         self.status[key] = self.status.get(key, 0) + 1
 
 
-async def client_loop(i: int, client: httpx.AsyncClient, stats: Stats, stop_at: float, max_tokens: int) -> None:
+async def client_loop(i: int, client: httpx.AsyncClient, stats: SoakStats, stop_at: float, max_tokens: int) -> None:
     rng = random.Random(i)
     history: list[dict] = []
     session = f"soak-{i}-0"
@@ -179,7 +179,7 @@ def window_median(samples: list[dict], key: str, lo: float, hi: float) -> float:
 
 
 async def soak(args, node) -> dict:
-    stats = Stats()
+    stats = SoakStats()
     duration = args.minutes * 60
     stop_at = stats.t0 + duration
     samples: list[dict] = []

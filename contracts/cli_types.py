@@ -20,3 +20,23 @@ def positive_int(noun: str = "an integer") -> Callable[[str], int]:
         return n
 
     return parse
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def positive_duration(value: str) -> float:
+    """Seconds from ``300``, ``90s``, ``5m``, ``1h30m`` (Prometheus' spelling); more than 0."""
+    import re
+
+    text = value.strip()
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)", text)
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        seconds = float(text)
+    elif parts and "".join(n + u for n, u in parts) == text:
+        seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    else:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration (e.g. 300, 90s, 5m, 1h30m)")
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be longer than 0")
+    return seconds

@@ -16,8 +16,9 @@ SESSION_DATASET = "seekwatch.session"
 FEEDBACK_DATASET = "seekwatch.feedback"
 ECS_VERSION = "8.11.0"
 
-#: The seed's five fields (section 4.2), kept at the top level under their own names.
-SEED_FIELDS = ("session_id", "prompt", "response", "latency_ms", "model_version")
+#: The five fields of the original session-log format, kept at the top level under their own
+#: names so queries written for that format keep working.
+CORE_FIELDS = ("session_id", "prompt", "response", "latency_ms", "model_version")
 
 
 @lru_cache(maxsize=None)
@@ -39,3 +40,22 @@ def validator_for(record: dict[str, Any]):
 def validate_record(record: dict[str, Any]) -> None:
     """Raise ``jsonschema.ValidationError`` when ``record`` breaks its schema."""
     validator_for(record).validate(record)
+
+
+def is_turn_record(record: Any) -> bool:
+    """Is this log record a chat turn (what costs, turns and latencies count)?
+
+    A record of ``event.dataset`` ``seekwatch.session``, or an older record without a dataset
+    that has a ``request_id`` and no ``rating``; either way with an ``@timestamp`` and a
+    ``session_id``. The dashboard applies the same rule column-wise
+    (``dashboards/data/jsonl.py``); NextChat's balance query applies it record by record.
+    """
+    if not isinstance(record, dict):
+        return False
+    event = record.get("event")
+    dataset = event.get("dataset") if isinstance(event, dict) else None
+    if dataset is None:
+        turn = isinstance(record.get("request_id"), str) and record.get("rating") is None
+    else:
+        turn = dataset == SESSION_DATASET
+    return turn and bool(record.get("@timestamp")) and isinstance(record.get("session_id"), str)

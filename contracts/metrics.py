@@ -1,6 +1,6 @@
 """Prometheus metric names and histogram buckets shared by the node, alertd and the dashboard.
 
-Names are the contract in DESIGN.md; every part refers to these constants instead of
+Names are the contract between the parts (docs/metrics.md lists them); every part refers to these constants instead of
 spelling the strings again, so alert rules and dashboards cannot drift from the exposition.
 """
 from __future__ import annotations
@@ -21,6 +21,11 @@ FEEDBACK_TOTAL = PREFIX + "feedback_total"
 PII_REDACTIONS_TOTAL = PREFIX + "pii_redactions_total"
 LOG_RECORDS_TOTAL = PREFIX + "log_records_total"
 LOG_DROPPED_TOTAL = PREFIX + "log_dropped_total"
+#: Completed chat turns that drew a thumbs-down (once per turn): turn completion's subtrahend.
+COMPLETED_TURNS_RATED_DOWN_TOTAL = PREFIX + "completed_turns_rated_down_total"
+#: Conversations that ended (idle for the node's --conversation-idle), by ``outcome``:
+#: dialogue completion = outcome="completed" / all (definitions: contracts.signals).
+CONVERSATIONS_ENDED_TOTAL = PREFIX + "conversations_ended_total"
 
 # Gauges.
 REQUESTS_RUNNING = PREFIX + "requests_running"

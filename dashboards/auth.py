@@ -1,5 +1,5 @@
 """Dashboard login. The dashboard shows (masked) conversations, so it requires a login by
-default (seed section 5.1; issue 9):
+default:
 
 * a **password** login: user names and scrypt password hashes in a small YAML file given with
   ``seekwatch dashboard --auth-config FILE``; hashes are made with

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contracts.cli_types import positive_duration
+from contracts.logstore_args import add_tls_auth_args, check_connection_args
 from dashboards import auth
 
 APP = Path(__file__).with_name("app.py")
@@ -37,15 +39,21 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p = subparsers.add_parser(name, help=help_text, description=help_text + ". Flags after -- go to `streamlit run`.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--logs", metavar="DIR", help="session-log directory (JSON lines; default: ./var/log, the node's default)")
-    src.add_argument("--url", metavar="SEARCH_ENGINE_URL", type=_url,
+    src.add_argument("--url", metavar="LOG_STORE_URL", type=_url,
                      help="Elasticsearch/OpenSearch URL: read through server-side aggregations")
-    p.add_argument("--index", default="seekwatch-*", help="index pattern on the search engine (default: seekwatch-*)")
+    p.add_argument("--index", default="seekwatch-*", help="index pattern on the log store (default: seekwatch-*)")
+    add_tls_auth_args(p)  # with --url: --ca-certs, --insecure, --username, --api-key, as es-setup takes them
     p.add_argument("--host-name", metavar="NAME", help="with --url: only records whose host.name is NAME (one node)")
     gpu = p.add_mutually_exclusive_group()
     gpu.add_argument("--prometheus", metavar="URL", type=_url, help="Prometheus server for GPU series (query_range)")
     gpu.add_argument("--node", metavar="URL", type=_url, help="a node whose /metrics to scrape for GPU series")
     p.add_argument("--alerts-db", metavar="PATH", help="alertd's SQLite state file (firing alerts and history)")
-    p.add_argument("--cost-config", metavar="PATH", help="cost model YAML (default: the seed's table 5.2)")
+    p.add_argument("--cost-config", metavar="PATH", help="cost model YAML (default: contracts/defaults/cost.yaml, DeepSeek-7B on 2x T4, on-premises $1,200/month)")
+    p.add_argument("--alerts-config", metavar="PATH",
+                   help="alertd config whose thresholds mark the cards and charts (default: the built-in matrix)")
+    p.add_argument("--conversation-idle", type=positive_duration, metavar="DURATION",
+                   help="a conversation has ended after this long without a chat turn; the nodes' "
+                        "--conversation-idle (default 5m)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="with --logs: where parsed rows of settled log files are kept for fast restarts "
                         "(default ~/.cache/seekwatch/dashboard; 'off' disables)")
@@ -66,9 +74,17 @@ def build_env(args: argparse.Namespace, base: dict[str, str] | None = None) -> d
              "PROMETHEUS": args.prometheus, "NODE": args.node,
              "ALERTS_DB": os.path.abspath(args.alerts_db) if args.alerts_db else None, "NOW": args.now,
              "HOST_NAME": args.host_name,
+             "ALERTS_CONFIG": os.path.abspath(args.alerts_config) if args.alerts_config else None,
+             "CONVERSATION_IDLE": f"{args.conversation_idle:g}" if args.conversation_idle else None,
+             "CA_CERTS": os.path.abspath(args.ca_certs) if args.ca_certs else None,
+             "INSECURE": "1" if args.insecure else None,
              "CACHE": (args.cache_dir if args.cache_dir == "off" else os.path.abspath(args.cache_dir)) if args.cache_dir else None}
     env.update({f"SEEKWATCH_DASHBOARD_{k}": v for k, v in pairs.items() if v})
     env.update(auth.env_for(args))
+    if args.username:  # the store client reads these (the password only ever from the environment)
+        env["SEEKWATCH_ES_USERNAME"] = args.username
+    if args.api_key:
+        env["SEEKWATCH_ES_API_KEY"] = args.api_key
     if args.cost_config:
         env["SEEKWATCH_COST_CONFIG"] = os.path.abspath(args.cost_config)
     root = str(Path(__file__).resolve().parent.parent)
@@ -89,9 +105,13 @@ def run(args: argparse.Namespace) -> int:
     if auth.wants_hash_password(args):  # `seekwatch dashboard hash-password`
         return auth.hash_password_cli()
     if args.cost_config:  # a bad cost file: one line, exit 2, before starting anything
-        from monitor.cost import CostModel
+        from contracts.cost import CostModel
 
         CostModel.load(args.cost_config)
+    if args.url:
+        check_connection_args(args.url, args.ca_certs)
+    elif args.ca_certs or args.insecure or args.username or args.api_key:
+        raise ConfigError("--ca-certs, --insecure, --username and --api-key go with --url")
     if args.logs and not Path(args.logs).is_dir():
         raise ConfigError(f"--logs {args.logs}: no such directory")
     if args.alerts_db and not Path(args.alerts_db).exists():

@@ -2,17 +2,21 @@
 cached data sources, the sidebar (time range, auto-refresh), number formats and charts.
 
 Configuration (environment variables; ``seekwatch dashboard`` sets them from its flags):
-``SEEKWATCH_DASHBOARD_LOGS`` (JSON-lines log dir), ``SEEKWATCH_DASHBOARD_URL`` (search engine,
+``SEEKWATCH_DASHBOARD_LOGS`` (JSON-lines log dir), ``SEEKWATCH_DASHBOARD_URL`` (log store,
 wins over LOGS), ``SEEKWATCH_DASHBOARD_INDEX`` (default ``seekwatch-*``), ``SEEKWATCH_DASHBOARD_HOST_NAME`` (only
-the search engine's records of one ``host.name``),
+the log store's records of one ``host.name``), ``SEEKWATCH_DASHBOARD_CA_CERTS`` /
+``SEEKWATCH_DASHBOARD_INSECURE`` (the store's TLS; its auth comes from ``$SEEKWATCH_ES_*``),
 ``SEEKWATCH_DASHBOARD_PROMETHEUS`` / ``SEEKWATCH_DASHBOARD_NODE`` (GPU series),
 ``SEEKWATCH_DASHBOARD_ALERTS_DB`` (alertd's SQLite state), ``SEEKWATCH_COST_CONFIG`` (cost
 YAML), ``SEEKWATCH_DASHBOARD_NOW`` (pin "now" to an ISO time: reproducible views and tests),
-``SEEKWATCH_DASHBOARD_CACHE`` (parse cache root, or ``off``).
+``SEEKWATCH_DASHBOARD_CACHE`` (parse cache root, or ``off``), ``SEEKWATCH_DASHBOARD_ALERTS_CONFIG``
+(alertd config whose thresholds mark cards and charts), ``SEEKWATCH_DASHBOARD_CONVERSATION_IDLE``
+(seconds; when a conversation has ended).
 """
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import os
 import threading
@@ -23,6 +27,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from contracts.pii import mask
 from dashboards.data.base import Window, pick_interval
 
 DEFAULT_LOG_DIR = "var/log"  # the node's default --log-dir
@@ -32,6 +37,7 @@ CUSTOM = "自定义 custom days"
 REFRESH: dict[str, int | None] = {"off": None, "10 s": 10, "30 s": 30, "1 min": 60, "5 min": 300}
 FONT = "Noto Sans CJK SC, Noto Sans SC, PingFang SC, Microsoft YaHei, sans-serif"
 TIME_TITLE = "时间 time (UTC)"
+_log = logging.getLogger("seekwatch.dashboard")
 
 
 # ---------------------------------------------------------------------------- config & sources
@@ -48,15 +54,25 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
-@st.cache_resource(show_spinner=False)
-def _log_source(kind: str, target: str, index: str, host_name: str = ""):
-    if kind == "engine":
-        from dashboards.data.engine import EngineSource
+def conversation_idle_s() -> float:
+    from contracts.signals import DEFAULT_CONVERSATION_IDLE_S
 
-        return EngineSource(target, index=index, where={"host.name": host_name} if host_name else None)
+    return float(env("CONVERSATION_IDLE") or DEFAULT_CONVERSATION_IDLE_S)
+
+
+@st.cache_resource(show_spinner=False)
+def _log_source(kind: str, target: str, index: str, host_name: str = "", ca_certs: str = "", insecure: bool = False,
+                idle_s: float = 300.0):
+    if kind == "logstore":
+        from contracts.logstore import StoreClient
+        from dashboards.data.logstore import LogStoreSource
+
+        client = StoreClient(target, ca_certs=ca_certs or None, verify=not insecure)
+        return LogStoreSource(client, index=index, where={"host.name": host_name} if host_name else None,
+                              conversation_idle_s=idle_s)
     from dashboards.data.jsonl import JsonlSource
 
-    return JsonlSource(target, cache_dir=parse_cache_dir(target))
+    return JsonlSource(target, cache_dir=parse_cache_dir(target), conversation_idle_s=idle_s)
 
 
 def parse_cache_dir(log_dir: str) -> str | None:
@@ -80,16 +96,29 @@ def _gpu_source(kind: str, target: str):
 
 @st.cache_resource(show_spinner=False)
 def _cost_model(path: str | None):
-    from monitor.cost import CostModel
+    from contracts.cost import CostModel
 
     return CostModel.load(path)
+
+
+@st.cache_resource(show_spinner=False)
+def _thresholds(path: str | None):
+    from dashboards.data.thresholds import Thresholds
+
+    return Thresholds.load(path)
+
+
+def thresholds():
+    """The alert rules' thresholds (the given alert config over the built-in matrix)."""
+    return _thresholds(env("ALERTS_CONFIG"))
 
 
 def log_source():
     url = env("URL")
     if url:
-        return _log_source("engine", url, env("INDEX", "seekwatch-*"), env("HOST_NAME", ""))
-    return _log_source("jsonl", os.path.abspath(env("LOGS", DEFAULT_LOG_DIR)), "")
+        return _log_source("logstore", url, env("INDEX", "seekwatch-*"), env("HOST_NAME", ""), env("CA_CERTS", ""),
+                           env("INSECURE") == "1", conversation_idle_s())
+    return _log_source("jsonl", os.path.abspath(env("LOGS", DEFAULT_LOG_DIR)), "", idle_s=conversation_idle_s())
 
 
 def gpu_source():
@@ -222,24 +251,58 @@ def delta(cur: Any, prev: Any, fmt: Callable[[Any], str]) -> str | None:
     return ("+" if d >= 0 else "-") + s
 
 
+def judged(value: Any, rule, period_delta: str | None) -> dict[str, Any]:
+    """``delta`` / ``delta_color`` / ``help`` for a card an alert rule watches.
+
+    Colour says whether the alert's condition holds, never which way the number moved: over
+    (or under) the rule's threshold the delta names the rule, in red; otherwise it is the
+    change against the previous period, in grey. ``value`` is in the rule's unit (ms for a
+    latency, a ratio for a completion rate).
+    """
+    if rule is None:
+        return {"delta": period_delta, "delta_color": "off"}
+    note = f"alert {rule.name}: {rule.title}, {rule.condition}"
+    if rule.breached(None if _bad(value) else float(value)):
+        # st.metric colours by the delta's sign: "-" + normal and "+" + inverse are both red.
+        # Short enough for a quarter-width card: the rule's Chinese title and its condition;
+        # the bilingual title is in the card's help.
+        zh = rule.title.split(" / ")[0]
+        cond = rule.condition.split(" ", 1)[1] if rule.condition.startswith("P") else rule.condition
+        text = f"{'-' if rule.below else '+'} {zh} {cond}"
+        return {"delta": text, "delta_color": "normal" if rule.below else "inverse",
+                "help": f"breaches the alert threshold: {note}"}
+    return {"delta": period_delta, "delta_color": "off", "help": f"within the alert threshold ({note})"}
+
+
 # ---------------------------------------------------------------------------- charts (Altair)
 def _finish(chart: alt.Chart) -> alt.Chart:
     return chart.configure(font=FONT).configure_axis(labelFont=FONT, titleFont=FONT).configure_legend(
         labelFont=FONT, titleFont=FONT)
 
 
-def line_chart(df: pd.DataFrame, columns: dict[str, str], y_title: str, height: int = 260) -> None:
-    """Lines of ``columns`` (column -> legend name) over ``time``; units go in ``y_title``."""
+def line_chart(df: pd.DataFrame, columns: dict[str, str], y_title: str, height: int = 260,
+               rules: list[tuple[float, str]] | None = None, y_format: str = ",.2f") -> None:
+    """Lines of ``columns`` (column -> legend name) over ``time``; units go in ``y_title``.
+    ``rules``: (y, label) of alert thresholds, drawn as dashed red lines with their label."""
     if df.empty:
         st.info("该时间范围内没有数据 · no data in this time range")
         return
     long = df[["time", *columns]].rename(columns=columns).melt("time", var_name="series", value_name="value")
     ch = alt.Chart(long).mark_line(point=len(df) < 40).encode(
         x=alt.X("time:T", title=TIME_TITLE),
-        y=alt.Y("value:Q", title=y_title),
+        y=alt.Y("value:Q", title=y_title, axis=alt.Axis(format=y_format)),
         color=alt.Color("series:N", title=None),
-        tooltip=[alt.Tooltip("time:T", format="%Y-%m-%d %H:%M"), "series:N", alt.Tooltip("value:Q", format=",.2f")],
+        tooltip=[alt.Tooltip("time:T", format="%Y-%m-%d %H:%M"), "series:N", alt.Tooltip("value:Q", format=y_format)],
     ).properties(height=height)
+    layers = [ch]
+    for y, label in rules or []:
+        # value and label as constants in the spec, so they are part of what the chart says
+        one = alt.Chart(pd.DataFrame({"_": [0]}))
+        layers.append(one.mark_rule(color="#d62728", strokeDash=[6, 4], size=1.5).encode(y=alt.datum(float(y))))
+        layers.append(one.mark_text(color="#d62728", align="left", baseline="bottom", dx=4, dy=-2).encode(
+            y=alt.datum(float(y)), x=alt.value(0), text=alt.value(label)))
+    if len(layers) > 1:
+        ch = alt.layer(*layers)
     st.altair_chart(_finish(ch), width="stretch")
 
 
@@ -251,6 +314,12 @@ def bar_chart(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, colo
         st.info("没有数据 · no data")
         return
     axis = alt.Axis(labelAngle=0, labelLimit=260) if horizontal else alt.Axis(labelAngle=-30, labelLimit=200)
+    if horizontal:
+        # every band gets room for its label and a visible bar, whatever ``height`` says: a
+        # fixed height smaller than the bands (or than the axis title) squeezes bars into lines
+        # and prints neighbouring labels on top of each other
+        bands = df[x.split(":")[0]].nunique() * (df[color].nunique() if color and grouped else 1)
+        height = max(height, 28 * bands + 60, 9 * len(x_title) + 20)
     xe = alt.X(f"{x}", title=x_title, sort=sort, axis=axis)
     ye = alt.Y(f"{y}:Q", title=y_title)
     if horizontal:
@@ -265,13 +334,19 @@ def bar_chart(df: pd.DataFrame, x: str, y: str, x_title: str, y_title: str, colo
     st.altair_chart(_finish(ch), width="stretch")
 
 
+#: Shown in place of a text the masker failed on: the dashboard fails closed.
+MASK_FAILED = "[hidden: the PII masker failed on this text]"
+
+
 def masked(text: Any) -> str:
     """Defence in depth: logs are masked by the node, and the dashboard masks again before
-    showing any text (idempotent), so text from another writer cannot leak personal data."""
+    showing any text (idempotent), so text from another writer cannot leak personal data.
+    The masker is a hard dependency (an import error stops the page); if a rule fails on one
+    text, that text is hidden, never shown unmasked."""
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return ""
     try:
-        from inference.pii import mask
-    except ImportError:  # masker not installed: the node's masking is all there is
-        return str(text)
-    return mask(str(text)).text
+        return mask(str(text)).text
+    except Exception:  # noqa: BLE001 - any failure of a rule hides the text
+        _log.exception("PII masker failed; text hidden")
+        return MASK_FAILED

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inference import openapi
 from inference.auth import ApiKeys
+from inference.billing_router import SpendLedger
 from inference.billing_router import router as billing_router
 from inference.feedback_router import RecentIds
 from inference.feedback_router import router as feedback_router
@@ -33,25 +34,10 @@ log = logging.getLogger("seekwatch.node")
 
 
 def build_engine(config: NodeConfig) -> Engine:
-    if config.engine == "upstream":
-        import os
+    """The engine the config names, built by its plug-in (``inference/engine/registry.py``)."""
+    from inference.engine import registry
 
-        from inference.engine.upstream import UpstreamEngine
-
-        verify: bool | object = True  # certificates are always verified; a CA bundle narrows whom to trust
-        if config.upstream_ca_bundle:
-            import ssl
-
-            verify = ssl.create_default_context(cafile=config.upstream_ca_bundle)
-        return UpstreamEngine(config.upstream_url, api_key=os.environ.get(config.upstream_api_key_env),
-                              model=config.upstream_model, max_batch=config.max_batch,
-                              max_queue=config.max_queue, model_version=config.model_version, verify=verify)
-    from inference.engine.transformers_cb import TransformersEngine
-
-    return TransformersEngine(config.model, device=config.device, dtype=config.dtype,
-                              max_batch=config.max_batch, max_queue=config.max_queue,
-                              max_model_len=config.max_model_len, kv_cache_tokens=config.kv_cache_tokens,
-                              model_version=config.model_version)
+    return registry.get(config.engine).build(config.engine_options, config)
 
 
 def build_observer(config: NodeConfig, registry, engine: Engine, cost,
@@ -67,7 +53,7 @@ def build_observer(config: NodeConfig, registry, engine: Engine, cost,
 def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     from prometheus_client import CollectorRegistry
 
-    from monitor.cost import CostModel
+    from contracts.cost import CostModel
 
     engine = engine or build_engine(config)
     registry = CollectorRegistry()
@@ -122,6 +108,7 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     app.state.cost = cost
     app.state.feedback_seen = RecentIds(100_000)
     app.state.config = config
+    app.state.spend_ledger = SpendLedger(config.log_dir)
     app.state.load_error = None
     app.state.started_at = int(time.time())
     app.state.chat = ChatService(engine, config.model_names(), observer,

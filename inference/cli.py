@@ -4,29 +4,36 @@ from __future__ import annotations
 import argparse
 import os
 
+from contracts.cli_types import positive_duration
 from contracts.config import ConfigError
 
 
-def add_parser(subparsers, name: str, help_text: str) -> None:
-    p = subparsers.add_parser(name, help=help_text, description=help_text,
+def chosen_engine(argv) -> str:
+    """The ``--engine`` value in ``argv`` (the default engine when absent or unknown: then
+    the full parse reports it)."""
+    from inference.engine import registry
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--engine", default=registry.DEFAULT)
+    known, _ = pre.parse_known_args(list(argv or ()))
+    return known.engine if known.engine in registry.names() else registry.DEFAULT
+
+
+def add_parser(subparsers, name: str, help_text: str, argv=()) -> None:
+    """The ``serve`` flags: the node's own, then the chosen engine's (its plug-in adds them)."""
+    from inference.engine import registry
+
+    p = subparsers.add_parser(name, help=help_text, description=help_text, allow_abbrev=False,
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", metavar="DIR", help="local model folder (from_pretrained); required for --engine transformers")
     p.add_argument("--served-model-name", metavar="NAME", nargs="+", action="extend", default=[],
                    help="names clients may ask for (several allowed); default: the folder name, deepseek-chat, deepseek-reasoner")
     p.add_argument("--model-version", help="model_version written into each log record (default: the folder name)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--engine", choices=["transformers", "upstream"], default="transformers")
-    p.add_argument("--upstream-url", metavar="URL", help="OpenAI-compatible base URL for --engine upstream, e.g. http://vllm:8000/v1")
-    p.add_argument("--upstream-model", help="model name to ask the upstream for (default: the client's)")
-    p.add_argument("--upstream-ca-bundle", metavar="PEM", help="CA certificates to verify an https upstream against (default: the system's)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
+    p.add_argument("--engine", choices=registry.names(), default=registry.DEFAULT,
+                   help="the generation engine; `serve --engine NAME --help` lists its flags")
     p.add_argument("--max-batch", type=int, default=32, help="requests decoded together")
     p.add_argument("--max-queue", type=int, default=128, help="requests allowed to wait; more get 429")
-    p.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
-    p.add_argument("--kv-cache-tokens", type=int, metavar="N",
-                   help="cap on the batch's padded key/value slots (rows x width); default: 70%% of free GPU memory, unbounded on CPU")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request bodies over this get 413")
     p.add_argument("--api-key-file", metavar="F", help="file with one API key per line; also $SEEKWATCH_API_KEYS (comma-separated)")
     p.add_argument("--auth-probes", action="store_true",
@@ -38,27 +45,23 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     p.add_argument("--log-dir", default="./var/log", help="session log folder (JSON lines)")
     p.add_argument("--log-retention-days", type=int, default=180, metavar="N",
                    help="delete local session-log files older than N days (checked at start and daily)")
-    p.add_argument("--cost-config", metavar="FILE", help="cost model YAML (default: the seed's table 5.2)")
+    p.add_argument("--conversation-idle", type=positive_duration, default=300.0, metavar="DURATION",
+                   help="a conversation has ended after this long without a chat turn (dialogue completion; "
+                        "default 5m, e.g. 90s, 10m)")
+    p.add_argument("--cost-config", metavar="FILE", help="cost model YAML (default: contracts/defaults/cost.yaml, DeepSeek-7B on 2x T4, on-premises $1,200/month)")
     p.add_argument("--no-instrumentation", dest="instrumentation", action="store_false",
                    help="no metrics, no session log (for the overhead benchmark)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    plugin = registry.get(chosen_engine(argv))
+    plugin.add_arguments(p.add_argument_group(f"--engine {plugin.name}", plugin.help))
     p.set_defaults(run=run)
 
 
 def config_from_args(args: argparse.Namespace):
     from inference.config import NodeConfig
+    from inference.engine import registry
 
-    if args.engine == "transformers":
-        if not args.model:
-            raise ConfigError("--model DIR is required with --engine transformers")
-        if not os.path.isdir(args.model):
-            raise ConfigError(f"--model {args.model}: no such folder (make one with: seekwatch make-tiny-model DIR)")
-        if not os.path.exists(os.path.join(args.model, "config.json")):
-            raise ConfigError(f"--model {args.model}: no config.json in the folder; is it a transformers model?")
-    elif not args.upstream_url:
-        raise ConfigError("--upstream-url URL is required with --engine upstream")
-    if args.upstream_ca_bundle and not os.path.isfile(args.upstream_ca_bundle):
-        raise ConfigError(f"--upstream-ca-bundle {args.upstream_ca_bundle}: no such file")
+    engine_options = registry.get(args.engine).options_from_args(args)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("--tls-cert and --tls-key go together")
     for path in (args.tls_cert, args.tls_key):
@@ -66,20 +69,18 @@ def config_from_args(args: argparse.Namespace):
             raise ConfigError(f"{path}: no such file")
     if args.log_retention_days < 1:
         raise ConfigError("--log-retention-days must be at least 1")
-    if args.kv_cache_tokens is not None and args.kv_cache_tokens < 1:
-        raise ConfigError("--kv-cache-tokens must be at least 1")
     for flag in ("max_batch", "max_queue", "max_body_bytes"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least 1")
     return NodeConfig(
-        model=args.model, served_model_names=args.served_model_name, model_version=args.model_version,
-        host=args.host, port=args.port, engine=args.engine, upstream_url=args.upstream_url,
-        upstream_model=args.upstream_model, upstream_ca_bundle=args.upstream_ca_bundle, device=args.device, dtype=args.dtype,
-        max_batch=args.max_batch, max_queue=args.max_queue, max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
+        served_model_names=args.served_model_name, model_version=args.model_version,
+        host=args.host, port=args.port, engine=args.engine, engine_options=engine_options,
+        max_batch=args.max_batch, max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file, auth_probes=args.auth_probes,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         cors_origins=args.cors_origins or ["*"], log_dir=args.log_dir, log_retention_days=args.log_retention_days,
         instrumentation=args.instrumentation, cost_config=args.cost_config,
+        conversation_idle_s=args.conversation_idle,
     )
 
 

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import Any, Callable
 
+from inference.conversations import ConversationTracker
 from inference.engine.base import Engine
 from inference.gpu import GpuCollector
 from inference.metrics import NodeMetrics
@@ -29,7 +30,8 @@ from inference.quality import RefusalDetector, classify_status, default_detector
 from inference.session_log import SessionLogWriter, serialise
 from inference.session_record import build_feedback_record, build_session_record
 from inference.turns import FeedbackEvent, TurnRecord
-from monitor.cost import CostModel
+from contracts.cost import CostModel
+from contracts.signals import DEFAULT_CONVERSATION_IDLE_S
 
 log = logging.getLogger("seekwatch.instrumentation")
 
@@ -45,7 +47,8 @@ IDLE_WRITE_DELAY_S = 0.005
 class NodeInstrumentation:
     def __init__(self, metrics: NodeMetrics, writer: SessionLogWriter, cost: CostModel,
                  detector: RefusalDetector, gpu: GpuCollector | None = None,
-                 node_busy: Callable[..., bool] = lambda slack=0: True):
+                 node_busy: Callable[..., bool] = lambda slack=0: True,
+                 conversation_idle_s: float = DEFAULT_CONVERSATION_IDLE_S):
         self.metrics = metrics
         self.writer = writer
         self.cost = cost
@@ -56,6 +59,11 @@ class NodeInstrumentation:
         #: than wake for each; when the node is idle there is nothing a wake-up could delay.
         self.node_busy = node_busy
         self._idle_check_pending = False
+        #: turn completion's thumbs-downs and dialogue completion's ended conversations
+        #: (definitions: contracts.signals)
+        self.conversations = ConversationTracker(metrics.observe_completed_turn_rated_down,
+                                                 metrics.observe_conversation_ended, idle_s=conversation_idle_s)
+        metrics.conversations_ended.before_collect = self.conversations.close_idle
 
     @classmethod
     def from_config(cls, config: Any, registry, engine: Engine, cost: CostModel, *,
@@ -77,7 +85,8 @@ class NodeInstrumentation:
             state = engine.state()
             return bool(state.running or state.waiting)
 
-        return cls(metrics, writer, cost, default_detector(), gpu, busy)
+        return cls(metrics, writer, cost, default_detector(), gpu, busy,
+                   conversation_idle_s=config.conversation_idle_s)
 
     def status_of(self, turn: TurnRecord) -> str:
         error = None
@@ -97,6 +106,8 @@ class NodeInstrumentation:
             tpot = (turn.e2e_s - turn.ttft_s) / (turn.completion_tokens - 1)
         self.metrics.observe_turn(status, turn.e2e_s, turn.ttft_s, tpot, turn.queue_s,
                                   turn.prompt_tokens, turn.completion_tokens)
+        self.conversations.on_turn(turn.session_id, turn.request_id, status, turn.started_at + turn.e2e_s,
+                                   getattr(turn, "request_kind", None))
         self._log(lambda: self._session_record(turn, status))
 
     def _log(self, build: Callable[[], dict]) -> None:
@@ -152,6 +163,7 @@ class NodeInstrumentation:
 
     def _observe_feedback(self, feedback: FeedbackEvent) -> None:
         self.metrics.observe_feedback(feedback.rating)
+        self.conversations.on_feedback(feedback.request_id, feedback.rating, feedback.received_at)
 
         def build() -> dict:
             record = build_feedback_record(rating=feedback.rating, request_id=feedback.request_id,

@@ -5,8 +5,8 @@ one process) and the demo each need their own registry, and a module-level defau
 registry would leak series between them. Every name comes from ``contracts.metrics`` so
 alert rules and dashboards cannot drift from the exposition.
 
-Cardinality rule: the only labels are ``status`` (6 values), ``rating`` (2), ``kind`` (6)
-and, on the GPU collector, ``gpu`` (one per device). A session id, user id or prompt never
+Cardinality rule: the only labels are ``status`` (6 values), ``rating`` (2), ``kind`` (6),
+``outcome`` (2) and, on the GPU collector, ``gpu`` (one per device). A session id, user id or prompt never
 becomes a label. All label values are pre-initialised so each series exists at 0 from the
 first scrape — ``rate()`` and ``increase()`` then see the first event, and an alert on
 ``log_dropped_total > 0`` has a series to evaluate.
@@ -16,11 +16,13 @@ from __future__ import annotations
 from typing import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
 from contracts import metrics as m
+from contracts.signals import CONVERSATION_OUTCOMES
 
 #: Every label name the node's exposition may carry (the test asserts this).
-ALLOWED_LABELS = frozenset({"status", "rating", "kind", "gpu", "le"})
+ALLOWED_LABELS = frozenset({"status", "rating", "kind", "gpu", "le", "outcome"})
 
 
 def _base(name: str, suffix: str) -> str:
@@ -29,7 +31,7 @@ def _base(name: str, suffix: str) -> str:
 
 
 class NodeMetrics:
-    """Creates every node metric of DESIGN.md on ``registry`` and offers typed helpers.
+    """Creates every node metric (names in contracts.metrics) on ``registry`` and offers typed helpers.
 
     The helpers are what the request path calls; each does a handful of lock-protected
     float additions (no I/O, no allocation beyond label lookup of pre-bound children).
@@ -68,6 +70,11 @@ class NodeMetrics:
             _base(m.LOG_DROPPED_TOTAL, "_total"),
             "Log records that could not be kept (spill overflow or unwritten at shutdown); must stay 0.",
             registry=r)
+        self.completed_turns_rated_down = Counter(
+            _base(m.COMPLETED_TURNS_RATED_DOWN_TOTAL, "_total"),
+            "Completed chat turns that drew a thumbs-down, once per turn (turn completion's subtrahend).",
+            registry=r)
+        self.conversations_ended = _ConversationsEnded(registry=r)
         self.requests_running = Gauge(
             m.REQUESTS_RUNNING, "Requests currently generating.", registry=r)
         self.requests_waiting = Gauge(
@@ -131,6 +138,12 @@ class NodeMetrics:
         self.requests_running.set(running)
         self.requests_waiting.set(waiting)
 
+    def observe_completed_turn_rated_down(self) -> None:
+        self.completed_turns_rated_down.inc()
+
+    def observe_conversation_ended(self, outcome: str) -> None:
+        self.conversations_ended.inc(outcome)
+
     # ------------------------------------------------------------------ session log
 
     def observe_log_written(self, n: int = 1) -> None:
@@ -142,3 +155,44 @@ class NodeMetrics:
         """Records that truly could not be kept. Any increase is a bug or a full disk."""
         if n:
             self.log_dropped.inc(n)
+
+
+class _ConversationsEnded:
+    """``seekwatch_conversations_ended_total{outcome}``, with a hook run before each collect.
+
+    Conversations end by *not* getting a turn, so nothing on the request path notices; the
+    hook (the conversation tracker's ``close_idle``) closes the idle ones right before a
+    scrape reads the counter, so a scrape never lags the definition by a sweep interval.
+    """
+
+    def __init__(self, registry: CollectorRegistry):
+        import threading
+
+        self._values = {o: 0.0 for o in CONVERSATION_OUTCOMES}
+        self._lock = threading.Lock()
+        self.before_collect = None
+        registry.register(self)
+
+    def inc(self, outcome: str) -> None:
+        if outcome not in self._values:
+            raise ValueError(f"unknown outcome {outcome!r}; expected one of {CONVERSATION_OUTCOMES}")
+        with self._lock:
+            self._values[outcome] += 1
+
+    def value(self, outcome: str) -> float:
+        return self._values[outcome]
+
+    def describe(self):
+        return [CounterMetricFamily(_base(m.CONVERSATIONS_ENDED_TOTAL, "_total"), "", labels=["outcome"])]
+
+    def collect(self):
+        if self.before_collect is not None:
+            self.before_collect()
+        fam = CounterMetricFamily(
+            _base(m.CONVERSATIONS_ENDED_TOTAL, "_total"),
+            "Conversations that ended (no chat turn for the node's --conversation-idle), by outcome.",
+            labels=["outcome"])
+        with self._lock:
+            for o, v in self._values.items():
+                fam.add_metric([o], v)
+        yield fam

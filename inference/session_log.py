@@ -8,14 +8,15 @@ Why this shape:
 * Each batch of whole lines goes to the file in **one** ``write()`` on an unbuffered file,
   then ``flush``; ``fsync`` runs on a timer (default every 1 s), on rotation and on close.
   A crash (SIGKILL) can therefore leave at most a partial *last* line, which
-  ``monitor.logstore.jsonl`` detects and sets aside. A write that fails half way is
+  ``contracts.logfiles`` detects and sets aside. A write that fails half way is
   truncated back to the last whole line before it is retried.
-* Files are ``{prefix}-YYYY-MM-DD.NNNN.jsonl`` (UTC day, 4-digit sequence). A new file is
+* Files are ``{prefix}-YYYY-MM-DD.NNNN.jsonl`` (UTC day, 4-digit sequence; the format
+  every reader shares is :mod:`contracts.logfiles`). A new file is
   started when the day changes, when the current file would exceed ``max_bytes``, after a
   write error, and at every start (a restarted node never appends to a file a killed
   process may have torn). Names sort in write order.
 * Files whose day is older than ``retention_days`` are deleted at start and once per UTC
-  day (the seed's 180-day GDPR-style retention; the search engine has its own).
+  day (a 180-day GDPR-style retention; the search engine has its own).
 * Never lost silently: if the disk is full or the directory unwritable, records stay in a
   bounded in-memory spill (``spill_max`` records, counting the queue), one error is logged
   per failure episode, and writing is retried every ``retry_interval_s``.
@@ -32,7 +33,6 @@ import atexit
 import errno
 import logging
 import os
-import re
 import threading
 import time
 import weakref
@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Callable
 
 from contracts.jsonline import dumps_line
+from contracts.logfiles import file_name, file_name_re
 
 if TYPE_CHECKING:  # pragma: no cover
     from inference.metrics import NodeMetrics
@@ -70,10 +71,6 @@ def utc_now() -> datetime:
 def default_opener(path: str) -> BinaryIO:
     """Open ``path`` for appending, unbuffered, so each ``write()`` is one syscall."""
     return open(path, "ab", buffering=0)
-
-
-def file_name_re(prefix: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(prefix)}-(\d{{4}}-\d{{2}}-\d{{2}})\.(\d{{4,}})\.jsonl$")
 
 
 def serialise(record: dict[str, Any]) -> bytes:
@@ -402,7 +399,7 @@ class SessionLogWriter:
 
     def _open_new(self, day: str) -> None:
         seq = 1 + max((s for d, s, _ in self._existing() if d == day), default=0)
-        path = self.log_dir / f"{self.prefix}-{day}.{seq:04d}.jsonl"
+        path = self.log_dir / file_name(self.prefix, day, seq)
         self._f = self._opener(str(path))
         self._path, self._day, self._size = path, day, 0
         try:

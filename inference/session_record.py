@@ -2,7 +2,7 @@
 
 Why a builder instead of dict literals in the request handler: every text field that can
 carry user data (prompt, response, reasoning, user, error message, feedback comment) goes
-through :mod:`inference.pii` *here*, so there is no code path that produces a record with
+through :mod:`contracts.pii` *here*, so there is no code path that produces a record with
 unmasked text, and the field names live in one place next to the JSON Schema
 (``contracts/session-record.schema.json``). The per-kind counts land in
 ``pii.redactions`` so the node can feed ``seekwatch_pii_redactions_total`` from the record.
@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from contracts.log_schema import ECS_VERSION, FEEDBACK_DATASET, SESSION_DATASET
 from contracts.metrics import FEEDBACK_RATINGS, STATUSES
-from inference.pii import DEFAULT_MASKER, PiiMasker, merge_counts
+from contracts.pii import DEFAULT_MASKER, PiiMasker, merge_counts
 
 SERVICE_NAME = "seekwatch-node"
 _HOST = socket.gethostname() or "localhost"
@@ -118,7 +118,7 @@ def build_session_record(
         },
         "service": {"name": service_name},
         "host": {"name": host_name or _HOST},
-        # the seed's five fields, under their own names
+        # the five fields of the original log format, under their own names
         "session_id": pseudonymise_id(session_id, masker),
         "prompt": p.text,
         "response": r.text,

@@ -1,7 +1,7 @@
 """TLS for the node: TLS 1.3 only.
 
 Conversations carry employees' and customers' data, so they travel with the current protocol
-only (seed section 5.1): a client that offers at most TLS 1.2 is refused at the handshake.
+only: a client that offers at most TLS 1.2 is refused at the handshake.
 """
 from __future__ import annotations
 

@@ -1,8 +1,10 @@
 """The ``seekwatch`` command line: parses arguments, then calls each part's own entry point.
 
 Every part registers its subcommand through a ``add_parser(subparsers)`` function in its own
-package, and runs through the ``run(args)`` function it sets as the parser's default. The
-imports are lazy so that ``seekwatch alertd --help`` never imports torch.
+package (``add_parser(subparsers, name, help, argv=...)`` when its flags depend on other flags,
+as ``serve``'s depend on ``--engine``), and runs through the ``run(args)`` function it sets as
+the parser's default. The imports are lazy so that ``seekwatch alertd --help`` never imports
+torch.
 
 Bad flags and bad config files give one clear line on stderr and exit status 2.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 from typing import Callable, NoReturn, Sequence
 
@@ -27,7 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ship": ("monitor.logstore.ship_cli", "ship session logs to Elasticsearch/OpenSearch, losslessly"),
     "es-setup": ("monitor.logstore.setup_cli", "install index template, ingest pipeline and retention"),
     "es-retention": ("monitor.logstore.retention_cli", "enforce log retention where the engine has no ILM/ISM"),
-    "search-engine": ("monitor.logstore.engine_cli", "run a local single-node OpenSearch for the local stack"),
+    "search-engine": ("monitor.logstore.launcher_cli", "run a local single-node OpenSearch for the local stack"),
 }
 
 
@@ -51,7 +54,11 @@ def build_parser(argv: Sequence[str] = ()) -> OneLineParser:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         if name == chosen:
-            importlib.import_module(module_name).add_parser(sub, name, help_text)
+            add_parser = importlib.import_module(module_name).add_parser
+            if "argv" in inspect.signature(add_parser).parameters:  # flags that depend on other flags (serve --engine)
+                add_parser(sub, name, help_text, argv=argv)
+            else:
+                add_parser(sub, name, help_text)
         else:
             sub.add_parser(name, help=help_text)  # listed in --help; parsed only when chosen
     return parser

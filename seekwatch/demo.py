@@ -30,14 +30,15 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from contracts.supervisor import NotReady, ProcessExited, ProcessSpec, Supervised, free_port, port_free, stop_all
+from contracts.supervisor import start as start_process
 
 ALERT_MARK = "── seekwatch alert ──"
 #: the folder holding the seekwatch, inference, monitor, dashboards and contracts packages
@@ -47,6 +48,10 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent
 #: (turn completion around 93 %: ~2 % stopped, ~2.5 % thumbs-down, ~2 % refused questions).
 DEMO_TRAFFIC = {"sessions_per_second": 0.5, "turns": [2, 4], "max_tokens": [200, 400], "think_time": [0.5, 2.0],
                 "feedback_ratio": 0.08, "negative_ratio": 0.3, "abort_ratio": 0.02}
+#: A demo conversation has ended when it has been idle this long (the demo's users think for
+#: at most 2 s between turns), so dialogue completion shows within the first minutes instead
+#: of after the node's default 5 min. Node and dashboard use the same value.
+CONVERSATION_IDLE = "30s"
 #: The incident: when, how long, how many customers at once (long prompts, one turn each).
 INCIDENT = {"at": 60.0, "duration": 45.0, "concurrency": 48}
 INCIDENT_SCENARIOS = Path(__file__).with_name("data") / "incident.yaml"
@@ -61,184 +66,73 @@ class Interrupted(Exception):
 
 
 # --------------------------------------------------------------------------------------------
-# processes
+# processes: the parts as data, started and stopped by the one supervisor (contracts.supervisor)
 # --------------------------------------------------------------------------------------------
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
+@dataclass(frozen=True)
+class Ready:
+    """A URL path of a part that answers 200 once it is up."""
+
+    path: str
+    what: str
+    #: wait --start-timeout, or this many seconds when more
+    least: float = 0.0
+    #: or exactly this many seconds
+    fixed: float | None = None
+
+    def timeout(self, start_timeout: float) -> float:
+        return self.fixed if self.fixed is not None else max(start_timeout, self.least)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@dataclass(frozen=True)
+class Part:
+    """How the demo runs one of its processes."""
+
+    name: str
+    #: stop order: tier 0 first (everything that reads the node), then the node (1), then the
+    #: search engine (2), which the shipper writes to until it has stopped
+    stop_tier: int = 0
+    #: seconds between SIGTERM and SIGKILL
+    grace: float = 15.0
+    #: stdout to a pipe the demo reads (alertd's console notifications)
+    pipe_stdout: bool = False
+    #: waited for in turn after it starts
+    ready: tuple[Ready, ...] = ()
+
+
+PARTS: dict[str, Part] = {p.name: p for p in (
+    Part("make-tiny-model"),
+    Part("node", stop_tier=1, grace=20.0, ready=(Ready("/readyz", "model loading"),)),
+    Part("search-engine", stop_tier=2, grace=40.0, ready=(Ready("", "search engine", least=180),)),
+    Part("prometheus", ready=(Ready("/-/ready", "Prometheus"),)),
+    Part("es-setup"),
+    Part("ship", grace=15.0),
+    Part("alertd", grace=10.0, pipe_stdout=True),
+    Part("dashboard", grace=10.0, ready=(Ready("/_stcore/health", "Streamlit", least=120),
+                                         Ready("/", "Streamlit page", fixed=30))),
+)}
+STOP_TIERS = sorted({p.stop_tier for p in PARTS.values()})
 
 
 def pick_port(preferred: int, what: str, say: Callable[[str], None]) -> int:
     if preferred == 0:
-        return _free_port()
-    if _port_free(preferred):
+        return free_port()
+    if port_free(preferred):
         return preferred
-    port = _free_port()
+    port = free_port()
     say(f"  port {preferred} is busy: {what} uses {port} instead")
     return port
 
 
-def _children_map() -> dict[int, list[int]]:
-    """ppid -> pids, from /proc (Linux); empty elsewhere."""
-    kids: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return kids
-    for e in entries:
-        if not e.isdigit():
-            continue
-        try:
-            with open(f"/proc/{e}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(e))
-    return kids
-
-
-def _group_members(pgid: int) -> list[int]:
-    out = []
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for e in entries:
-        if e.isdigit():
-            try:
-                with open(f"/proc/{e}/stat", "rb") as f:
-                    if int(f.read().rsplit(b")", 1)[1].split()[2]) == pgid:
-                        out.append(int(e))
-            except (OSError, IndexError, ValueError):
-                pass
-    return out
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (also those that moved to their own session)."""
-    kids = _children_map()
-    out, todo = [], [pid]
-    while todo:
-        for c in kids.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not running
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
-
-
-@dataclass
-class Child:
-    name: str
-    proc: subprocess.Popen
-    out_path: Path
-    url: str | None = None
-    grace: float = 15.0
-    known: set[int] = field(default_factory=set)   # descendants seen while it ran
-
-    @property
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 2000) -> str:
-        try:
-            return self.out_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return ""
-
-    def remember_descendants(self) -> None:
-        if self.running:
-            self.known.update(descendants(self.proc.pid))
-
-    def signal_group(self, sig: int) -> None:
-        try:
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    def leftovers(self) -> list[int]:
-        """Its processes still running: the leader, its descendants, its process group."""
-        pids = set(self.known) | set(_group_members(self.proc.pid))
-        if self.running:
-            pids.add(self.proc.pid)
-            pids.update(descendants(self.proc.pid))
-        return sorted(p for p in pids if _alive(p))
-
-
-def spawn(name: str, args: list[str], workdir: Path, *, pipe_stdout: bool = False, grace: float = 15.0,
-          env: dict[str, str] | None = None) -> Child:
-    """Start ``args`` in its own process group (a terminal Ctrl-C reaches only the demo, which
-    then stops the parts in order), output to ``workdir/<name>.out``."""
-    out_path = workdir / f"{name}.out"
-    out = open(out_path, "ab")
+def spawn(name: str, args: list[str], workdir: Path, *, env: dict[str, str] | None = None) -> Supervised:
+    """Start part ``name`` (see :data:`PARTS`) in its own process group (a terminal Ctrl-C
+    reaches only the demo, which then stops the parts in order), output to ``workdir/<name>.out``."""
+    part = PARTS[name]
     # The parts run the very code this demo runs: its source root first on the path, and the
     # work directory as cwd (``python -m`` puts the cwd first; a checkout there would win).
     path = os.pathsep.join(p for p in (str(SOURCE_ROOT), os.environ.get("PYTHONPATH")) if p)
-    try:
-        proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE if pipe_stdout else out, stderr=out, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=workdir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(env or {})})
-    finally:
-        out.close()
-    return Child(name, proc, out_path, grace=grace)
-
-
-def stop_children(children: list[Child], say: Callable[[str], None],
-                  hurry: Callable[[], bool] = lambda: False) -> list[str]:
-    """SIGTERM every group, wait up to each one's grace (cut short once ``hurry()`` says so:
-    a second Ctrl-C), then SIGKILL what is left (group and descendants that left it).
-    Returns the names that needed SIGKILL."""
-    for c in children:
-        c.remember_descendants()
-    for c in children:  # descendants in a session of their own (the search engine's JVM) are
-        c.signal_group(signal.SIGTERM)  # stopped by their parent's clean shutdown, forced below
-    deadline = {c.name: time.monotonic() + c.grace for c in children}
-    killed = []
-    for c in children:
-        while c.running and time.monotonic() < deadline[c.name] and not hurry():
-            time.sleep(0.05)
-        # the leader is gone (or overdue): give its descendants a moment, then force
-        end = min(deadline[c.name], time.monotonic() + 3.0)
-        while c.leftovers() and time.monotonic() < end and not hurry():
-            time.sleep(0.05)
-        left = c.leftovers()
-        if left:
-            killed.append(c.name)
-            c.signal_group(signal.SIGKILL)
-            for pid in left:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-        try:
-            c.proc.wait(5)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL always ends it
-            pass
-    return killed
+    return start_process(ProcessSpec(
+        name=name, argv=args, output=workdir / f"{name}.out", cwd=workdir, grace=part.grace,
+        pipe_stdout=part.pipe_stdout, env={"PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(env or {})}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,8 +161,9 @@ def has_display() -> bool:
 def demo_alert_config(node_url: str, state_path: Path, dashboard_url: str, *, webhook: str | None,
                       prometheus_url: str | None, capacity: int) -> dict[str, Any]:
     """The threshold matrix with demo-sized windows. Latency decides on 30 s (the spike shows
-    within seconds and clears half a minute after it ends); completion on two minutes and
-    at least 30 turns, so a few unlucky turns in a row do not page anyone on healthy traffic."""
+    within seconds and clears half a minute after it ends); completion on minutes and tens of
+    samples held for a minute (dialogue: 3 min, 40 ended conversations; turn: 2 min, 60
+    turns), so a few unlucky turns in a row on healthy traffic (~93 %) page nobody."""
     receivers: list[dict[str, Any]] = [{"type": "console", "name": "console"}]
     if webhook:
         receivers.append({"type": "webhook", "name": "webhook", "url": webhook})
@@ -283,7 +178,8 @@ def demo_alert_config(node_url: str, state_path: Path, dashboard_url: str, *, we
         "rules": {
             "p99_latency": {"window": "30s", "for": "10s"},
             "gpu_utilization": {"for": "30s"},
-            "completion_rate": {"window": "2m", "min_samples": 30, "for": "30s"},
+            "completion_rate": {"window": "3m", "min_samples": 40, "for": "60s"},
+            "turn_completion": {"enabled": True, "window": "2m", "min_samples": 60, "for": "60s"},
             "no_data": {"for": "20s"},
             "scaling": {"capacity": capacity, "window": "30s", "for": "30s"},
         },
@@ -297,7 +193,7 @@ class Demo:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.workdir = Path(args.workdir).resolve()
-        self.children: list[Child] = []
+        self.children: list[Supervised] = []
         self.stop_event = threading.Event()
         self.signals = 0
         self.out_lock = threading.Lock()
@@ -354,28 +250,32 @@ class Demo:
             raise Interrupted()
 
     # -- helpers -----------------------------------------------------------------------------
-    def start(self, name: str, args: list[str], **kw: Any) -> Child:
+    def start(self, name: str, args: list[str], **kw: Any) -> Supervised:
         c = spawn(name, args, self.workdir, **kw)
         self.children.append(c)
         return c
 
-    def wait_http(self, child: Child, url: str, timeout: float, what: str) -> None:
+    def wait_ready(self, child: Supervised, base_url: str) -> None:
+        """Wait for each of the part's readiness URLs (``PARTS``) in turn."""
+        for r in PARTS[child.name].ready:
+            self.wait_http(child, base_url + r.path, r.timeout(self.args.start_timeout), r.what)
+
+    def wait_http(self, child: Supervised, url: str, timeout: float, what: str) -> None:
         import httpx
 
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_stop()
-            if not child.running:
-                raise DemoError(f"{child.name} exited with status {child.proc.returncode} while starting; "
-                                f"its output ({child.out_path}):\n{child.tail()}")
+        def answers() -> bool:
             try:
-                if httpx.get(url, timeout=2, trust_env=False).status_code == 200:
-                    return
+                return httpx.get(url, timeout=2, trust_env=False).status_code == 200
             except httpx.HTTPError:
-                pass
-            self.stop_event.wait(0.25)
-        raise DemoError(f"{child.name} did not answer {url} within {timeout:.0f} s ({what}); "
-                        f"its output ({child.out_path}):\n{child.tail()}")
+                return False
+
+        try:
+            child.wait_ready(answers, timeout, interval=0.25, sleep=self.stop_event.wait, interrupted=self.check_stop)
+        except ProcessExited as exc:
+            raise DemoError(str(exc)) from None
+        except NotReady:
+            raise DemoError(f"{child.name} did not answer {url} within {timeout:.0f} s ({what}); "
+                            f"its output ({child.out_path}):\n{child.tail()}") from None
 
     def run_step(self, name: str, args: list[str], timeout: float) -> None:
         c = self.start(name, args)
@@ -389,7 +289,7 @@ class Demo:
         if c.proc.returncode != 0:
             raise DemoError(f"{name} failed with status {c.proc.returncode}:\n{c.tail()}")
 
-    def _read_alertd(self, child: Child) -> None:
+    def _read_alertd(self, child: Supervised) -> None:
         """Echo alertd's console notifications (stdout) and remember their titles."""
         stream = child.proc.stdout
         assert stream is not None
@@ -513,7 +413,8 @@ class Demo:
         self.node_target = f"127.0.0.1:{node_port}"
         node = self.start("node", _py("serve", "--model", str(model), "--port", str(node_port),
                                       "--log-dir", str(log_dir), "--max-batch", str(args.max_batch),
-                                      "--model-version", "deepseek-tiny-demo"), grace=20)
+                                      "--model-version", "deepseek-tiny-demo",
+                                      "--conversation-idle", CONVERSATION_IDLE))
         engine = None
         es_url = None
         if args.with_search_engine:
@@ -521,7 +422,7 @@ class Demo:
             es_url = f"http://127.0.0.1:{es_port}"
             self.urls["search"] = es_url
             engine = self.start("search-engine", _py("search-engine", "start", "--port", str(es_port),
-                                                     "--data", str(wd / "search-engine")), grace=40)
+                                                     "--data", str(wd / "search-engine")))
         prom_url = None
         prom = None
         if args.with_prometheus:
@@ -549,20 +450,21 @@ class Demo:
         # no login: the demo's conversations are synthetic and it listens on 127.0.0.1 only;
         # a real dashboard takes --auth-config (docs/dashboard.md, docs/security.md)
         dash_args.append("--insecure-no-auth")
-        dashboard = self.start("dashboard", _py(*dash_args), grace=10)
+        dash_args += ["--conversation-idle", CONVERSATION_IDLE]
+        dashboard = self.start("dashboard", _py(*dash_args))
 
-        self.wait_http(node, node_url + "/readyz", args.start_timeout, "model loading")
+        self.wait_ready(node, node_url)
         self.say(f"  [{next(n)}/{steps}] node       {node_url}   OpenAI API {node_url}/v1 · metrics {node_url}/metrics · "
                  f"session logs {log_dir}")
         if prom is not None:
-            self.wait_http(prom, prom_url + "/-/ready", args.start_timeout, "Prometheus")
+            self.wait_ready(prom, prom_url)
             self.say(f"  [{next(n)}/{steps}] prometheus {prom_url}   scraping the node every 2 s")
         if engine is not None:
-            self.wait_http(engine, es_url, max(args.start_timeout, 180), "search engine")
+            self.wait_ready(engine, es_url)
             self.run_step("es-setup", _py("es-setup", "--url", es_url), timeout=120)
             self.es_baseline = self._es_count()
             self.start("ship", _py("ship", "--logs", str(log_dir), "--url", es_url, "--quiet",
-                                   "--state-dir", str(wd / "ship-state")), grace=15)
+                                   "--state-dir", str(wd / "ship-state")))
             self.say(f"  [{next(n)}/{steps}] search     {es_url}   OpenSearch; es-setup done; `seekwatch ship` tailing {log_dir}")
 
         # 3. alertd
@@ -572,8 +474,7 @@ class Demo:
         cfg = demo_alert_config(node_url, state, dash_url, webhook=args.webhook, prometheus_url=prom_url,
                                 capacity=args.max_batch)
         self._write_yaml(wd / "alerts.yaml", cfg)
-        alertd = self.start("alertd", _py("alertd", "--config", str(wd / "alerts.yaml"), "--log-level", "WARNING"),
-                            pipe_stdout=True, grace=10)
+        alertd = self.start("alertd", _py("alertd", "--config", str(wd / "alerts.yaml"), "--log-level", "WARNING"))
         self.alertd_reader = threading.Thread(target=self._read_alertd, args=(alertd,), name="alertd-output",
                                               daemon=True)
         self.alertd_reader.start()
@@ -582,8 +483,7 @@ class Demo:
         self.say(f"  [{next(n)}/{steps}] alertd     {recv}; {src} every 2 s; config {wd / 'alerts.yaml'}")
 
         # 4. dashboard
-        self.wait_http(dashboard, dash_url + "/_stcore/health", max(args.start_timeout, 120), "Streamlit")
-        self.wait_http(dashboard, dash_url + "/", 30, "Streamlit page")
+        self.wait_ready(dashboard, dash_url)
         self.say(f"  [{next(n)}/{steps}] dashboard  {dash_url}")
         time.sleep(0.5)
         if not alertd.running:
@@ -816,15 +716,13 @@ class Demo:
     def teardown(self) -> None:
         if not self.children:
             return
-        order = {"alertd": 0, "dashboard": 0, "ship": 0, "prometheus": 0, "make-tiny-model": 0, "es-setup": 0,
-                 "node": 1, "search-engine": 2}
-        names = [c.name for c in sorted(self.children, key=lambda c: order.get(c.name, 0))]
+        names = [c.name for c in sorted(self.children, key=lambda c: PARTS[c.name].stop_tier)]
         self.say("Stopping: " + ", ".join(names) + " …")
         killed: list[str] = []
-        for tier in (0, 1, 2):
-            group = [c for c in self.children if order.get(c.name, 0) == tier]
+        for tier in STOP_TIERS:
+            group = [c for c in self.children if PARTS[c.name].stop_tier == tier]
             if group:
-                killed += stop_children(group, self.say, hurry=lambda: self.signals >= 2)
+                killed += stop_all(group, hurry=lambda: self.signals >= 2)
         if killed:
             self.say("  forced (SIGKILL) after the grace period: " + ", ".join(killed))
         left = [f"{c.name}: {c.leftovers()}" for c in self.children if c.leftovers()]

@@ -1,7 +1,7 @@
 """``seekwatch loadgen``: drive a node with realistic multi-turn customer-service chats.
 
 Sessions arrive as a Poisson process (``--sessions-per-second``). Each one picks a scenario
-from ``seekwatch/data/scenarios.yaml`` (the seed's 如何退货, order tracking, fault reports
+from ``seekwatch/data/scenarios.yaml`` (如何退货 returns, order tracking, fault reports
 and sales-report summaries, in Chinese and English) and a client profile (NextChat web or
 desktop, an API integration), then talks for ``--turns MIN MAX`` turns the way NextChat does:
 every request resends the whole history, the user reads the reply and thinks before the next
@@ -25,6 +25,7 @@ import random
 import signal
 import sys
 import time
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -107,7 +108,7 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 @dataclass
-class Stats:
+class LoadStats:
     started_at: float = field(default_factory=time.monotonic)
     sessions_started: int = 0
     sessions_finished: int = 0
@@ -260,28 +261,14 @@ class TurnResult:
     aborted: bool = False
 
 
-async def sse_lines(response) -> Any:
-    """The lines of an SSE body, split on ``\n`` only. (httpx's ``aiter_lines`` also splits at
-    U+2028/U+2029 and other Unicode line breaks, which a model may well emit inside a JSON
-    string: the event would arrive in pieces.)"""
-    buf = b""
-    async for chunk in response.aiter_bytes():
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            yield line.rstrip(b"\r").decode("utf-8", errors="replace")
-    if buf:
-        yield buf.rstrip(b"\r").decode("utf-8", errors="replace")
-
-
 class LoadGenerator:
-    def __init__(self, cfg: LoadConfig, on_progress: Callable[[Stats], None] | None = None,
+    def __init__(self, cfg: LoadConfig, on_progress: Callable[[LoadStats], None] | None = None,
                  transport: Any = None):
         self.transport = transport  # an httpx transport (tests); None: the network
         self.cfg = cfg
         self.data = load_scenarios(cfg.scenarios_file, cfg.lang)
         self.rng = random.Random(cfg.seed)
-        self.stats = Stats()
+        self.stats = LoadStats()
         self.on_progress = on_progress
         self._no_new_turns = asyncio.Event()
         self._stop = asyncio.Event()
@@ -301,7 +288,7 @@ class LoadGenerator:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
         limits = httpx.Limits(max_connections=cfg.max_concurrency + 8, max_keepalive_connections=cfg.max_concurrency)
         timeout = httpx.Timeout(cfg.timeout, connect=10.0)
-        self.stats = Stats()
+        self.stats = LoadStats()
         async with httpx.AsyncClient(headers=headers, limits=limits, timeout=timeout, trust_env=False,
                                      transport=self.transport) as client:
             self.client = client
@@ -418,6 +405,8 @@ class LoadGenerator:
     async def _turn(self, rng: random.Random, conv: Conversation, messages: list[dict[str, str]]) -> TurnResult:
         import httpx
 
+        from contracts.sse import aiter_data
+
         cfg, st = self.cfg, self.stats
         stream = rng.random() < cfg.stream_ratio
         abort_after = rng.randint(1, 12) if stream and rng.random() < cfg.abort_ratio else None
@@ -450,30 +439,26 @@ class LoadGenerator:
                     self._http_error(r.status_code, (await r.aread()).decode(errors="replace"))
                     return res
                 res.request_id = r.headers.get("x-request-id")
-                async for line in sse_lines(r):
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        break
-                    chunk = json.loads(payload)
-                    res.request_id = res.request_id or chunk.get("id")
-                    if chunk.get("usage"):
-                        self._usage(chunk["usage"])
-                    for ch in chunk.get("choices") or []:
-                        delta = ch.get("delta") or {}
-                        text = delta.get("content") or delta.get("reasoning_content")
-                        if text:
-                            if not parts:
-                                st.ttft_ms.append((time.monotonic() - t0) * 1000)
-                            if delta.get("content"):
-                                parts.append(delta["content"])
-                            chunks += 1
-                        if ch.get("finish_reason"):
-                            res.finish_reason = ch["finish_reason"]
-                    if abort_after is not None and chunks >= abort_after:
-                        res.aborted = True
-                        break  # leaving the block closes the connection: the node cancels
+                async with aclosing(aiter_data(r)) as events:
+                    async for payload in events:
+                        chunk = json.loads(payload)
+                        res.request_id = res.request_id or chunk.get("id")
+                        if chunk.get("usage"):
+                            self._usage(chunk["usage"])
+                        for ch in chunk.get("choices") or []:
+                            delta = ch.get("delta") or {}
+                            text = delta.get("content") or delta.get("reasoning_content")
+                            if text:
+                                if not parts:
+                                    st.ttft_ms.append((time.monotonic() - t0) * 1000)
+                                if delta.get("content"):
+                                    parts.append(delta["content"])
+                                chunks += 1
+                            if ch.get("finish_reason"):
+                                res.finish_reason = ch["finish_reason"]
+                        if abort_after is not None and chunks >= abort_after:
+                            res.aborted = True
+                            break  # leaving the block closes the connection: the node cancels
             res.content = "".join(parts)
             if res.aborted:
                 st.aborted += 1
@@ -604,7 +589,7 @@ def add_arguments(p: argparse.ArgumentParser, *, url_required: bool = True,
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(name, help=help_text, description=(
-        help_text + ". Conversations follow the seed's scenarios (returns 如何退货, order tracking, fault "
+        help_text + ". Conversations are customer-service scenarios (returns 如何退货, order tracking, fault "
         "reports, sales-report summaries) in Chinese and English, resend the whole history like NextChat, "
         "sometimes stop a stream, rate answers and mention personal data. Runs until --duration, "
         "--sessions or Ctrl-C."))
@@ -660,7 +645,7 @@ class ProgressPrinter:
         self._last = 0.0
         self._drawn = False
 
-    def __call__(self, stats: Stats, force: bool = False, line: str | None = None) -> None:
+    def __call__(self, stats: LoadStats, force: bool = False, line: str | None = None) -> None:
         now = time.monotonic()
         text = self.prefix + (line if line is not None else stats.progress_line())
         if self.tty:
@@ -703,5 +688,5 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary["turns_answered"] + summary["aborted_by_user"] > 0 else 1  # the node answered
 
 
-__all__ = ["LoadConfig", "LoadGenerator", "Stats", "add_parser", "add_arguments", "config_from_args",
+__all__ = ["LoadConfig", "LoadGenerator", "LoadStats", "add_parser", "add_arguments", "config_from_args",
            "format_summary", "load_scenarios", "plan_conversation", "run"]

@@ -1,43 +1,42 @@
 """Start ``seekwatch serve`` as a child process and wait until it is ready.
 
-Shared by the tests, the benchmarks and the demo, so all of them run the node exactly as
-users start it (``python -m seekwatch serve``), with the real HTTP stack and shutdown.
+Used by the tests and the benchmarks, so both run the node
+exactly as users start it (``python -m seekwatch serve``), with the real HTTP stack and
+shutdown. Starting, readiness and stopping go through :mod:`contracts.supervisor`, like the
+demo's parts and the search engine.
 """
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # pragma: no cover
-    import ssl
-
 import httpx
 
+from contracts.supervisor import NotReady, ProcessExited, ProcessSpec, Supervised, free_port, start
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
+if TYPE_CHECKING:  # pragma: no cover
+    import ssl
+    import subprocess
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["NodeProcess", "free_port", "start_node"]
 
 
 @dataclass
 class NodeProcess:
     """A running ``seekwatch serve`` and where to reach it."""
 
-    proc: subprocess.Popen
+    process: Supervised
     port: int
     log_dir: Path
     output: Path
     args: list[str] = field(default_factory=list)
+
+    @property
+    def proc(self) -> "subprocess.Popen":
+        return self.process.proc
 
     @property
     def base_url(self) -> str:
@@ -51,14 +50,8 @@ class NodeProcess:
         return httpx.get(self.base_url + "/readyz", timeout=5).json()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        """``sig`` (SIGTERM: a clean shutdown), SIGKILL after ``timeout`` s; the exit status."""
+        return self.process.stop(grace=timeout, sig=sig)
 
 
 def start_node(tmp: Path, *args: str, ready_timeout: float = 120, env: dict | None = None,
@@ -72,26 +65,28 @@ def start_node(tmp: Path, *args: str, ready_timeout: float = 120, env: dict | No
     port = free_port()
     log_dir = tmp / f"node-{port}-log"
     output = tmp / f"node-{port}.out"
-    cmd = [sys.executable, "-m", "seekwatch", "serve", "--port", str(port), "--log-dir", str(log_dir), *args]
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    with open(output, "wb") as out:
-        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, preexec_fn=pin)
-    node = NodeProcess(proc, port, log_dir, output, list(args))
+    spec = ProcessSpec(
+        name="node", output=output, grace=20, cpus=frozenset(cpus) if cpus else None,
+        argv=[sys.executable, "-m", "seekwatch", "serve", "--port", str(port), "--log-dir", str(log_dir), *args],
+        env={"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})})
+    node = NodeProcess(start(spec), port, log_dir, output, list(args))
     if isinstance(ready_verify, str):
         import ssl
 
         ready_verify = ssl.create_default_context(cafile=ready_verify)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"node exited with {proc.returncode}:\n{output.read_text(errors='replace')[-3000:]}")
+    url = f"{ready_scheme}://127.0.0.1:{port}/readyz"
+
+    def ready() -> bool:
         try:
-            url = f"{ready_scheme}://127.0.0.1:{port}/readyz"
-            if httpx.get(url, timeout=2, verify=ready_verify, headers=ready_headers).status_code == 200:
-                return node
+            return httpx.get(url, timeout=2, verify=ready_verify, headers=ready_headers).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    node.stop(signal.SIGKILL)
-    raise TimeoutError(f"node not ready in {ready_timeout}s:\n{output.read_text(errors='replace')[-3000:]}")
+            return False
+
+    try:
+        node.process.wait_ready(ready, ready_timeout, what="ready (/readyz)")
+    except ProcessExited as exc:
+        raise RuntimeError(str(exc)) from None
+    except NotReady as exc:
+        node.stop(signal.SIGKILL)
+        raise TimeoutError(str(exc)) from None
+    return node

@@ -1,8 +1,8 @@
 """Suite-wide fixtures. Each fixture module under tests/fixtures/ belongs to one part:
-node.py (tiny model, running node), search_engine.py (one OpenSearch per session),
+node.py (tiny model, running node), log_store.py (one OpenSearch per session),
 prometheus.py (real Prometheus/Alertmanager on loopback)."""
 pytest_plugins = [
     "tests.fixtures.node",
-    "tests.fixtures.search_engine",
+    "tests.fixtures.log_store",
     "tests.fixtures.prometheus",
 ]

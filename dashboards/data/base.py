@@ -1,16 +1,18 @@
 """What every log source gives the pages: KPIs, time series, breakdowns, turn search.
 
 Two implementations: :class:`dashboards.data.jsonl.JsonlSource` (local JSON-lines logs, the
-embedded default; pandas over a pyarrow parse) and :class:`dashboards.data.engine.EngineSource`
+embedded default; pandas over a pyarrow parse) and :class:`dashboards.data.logstore.LogStoreSource`
 (Elasticsearch/OpenSearch, server-side aggregations only). Both return the same shapes, so the
 pages never know which one they read, and the tests compare the two on the same data.
 
-Definitions (shared, and in docs/dashboard.md):
-- a turn is *completed* when its status is ``completed`` and no feedback record with
-  ``rating: down`` names its ``request_id`` (feedback at any time counts);
-- a dialogue (``session_id``) is *completed* when every one of its turns in the range is;
-- percentiles interpolate linearly between samples (the search engine reports HDR-histogram
-  values to 3 significant digits: within one sample and 0.1 % of the exact value);
+Definitions (contracts.signals, docs/quality.md):
+- turn completion is over ``chat`` turns (a record without ``request_kind`` is one): a turn is
+  *completed* when its status is ``completed`` and no feedback record with ``rating: down``
+  names its ``request_id`` (feedback at any time counts); tokens and cost count every kind;
+- dialogue completion is over conversations that *ended* in the range (``idle_s`` after their
+  last chat turn): completed when that last turn is, with no thumbs-down before the end;
+- percentiles are numpy's linear interpolation between samples; see docs/dashboard.md for
+  the search engine's bound;
 - time buckets start at multiples of the interval since the Unix epoch (UTC).
 """
 from __future__ import annotations
@@ -66,9 +68,11 @@ class Window:
 
 @dataclass
 class Kpis:
-    requests: int = 0
-    completed: int = 0
-    sessions: int = 0
+    requests: int = 0           # every request kind (tokens and cost count them all)
+    chat_turns: int = 0         # turn completion's denominator
+    completed: int = 0          # completed chat turns
+    sessions: int = 0           # distinct session ids with a turn in the range
+    dialogues: int = 0          # conversations that ended in the range
     completed_dialogues: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
@@ -87,11 +91,11 @@ class Kpis:
 
     @property
     def completion_rate(self) -> float | None:
-        return self.completed / self.requests if self.requests else None
+        return self.completed / self.chat_turns if self.chat_turns else None
 
     @property
     def dialogue_completion_rate(self) -> float | None:
-        return self.completed_dialogues / self.sessions if self.sessions else None
+        return self.completed_dialogues / self.dialogues if self.dialogues else None
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -108,10 +112,11 @@ class Kpis:
         return d
 
 
-SERIES_COLUMNS = ["time", "requests", "completed", "input_tokens", "output_tokens", "cost_usd", "busy_s",
+SERIES_COLUMNS = ["time", "requests", "chat_turns", "completed", "dialogues", "completed_dialogues", "input_tokens", "output_tokens", "cost_usd", "busy_s",
                   "ttft_p50", "ttft_p95", "ttft_p99", "e2e_p50", "e2e_p95", "e2e_p99"]
 QUALITY_COLUMNS = ["model_version", "turns", "completed", "refused", "failed", "rated_up", "rated_down",
-                   "sessions", "completed_dialogues"]
+                   "dialogues", "completed_dialogues"]
+KIND_COLUMNS = ["request_kind", "requests", "input_tokens", "output_tokens", "cost_usd"]
 TURN_COLUMNS = ["time", "session_id", "request_id", "turn_index", "model_version", "status",
                 "latency_ms", "ttft_ms", "input_tokens", "output_tokens", "cost_usd"]
 
@@ -127,8 +132,30 @@ class LogSource(Protocol):
     def slowest(self, w: Window, field: str, n: int = 20) -> pd.DataFrame: ...
     def quality_by_model(self, w: Window) -> pd.DataFrame: ...
     def completion_by_turn(self, w: Window) -> pd.DataFrame: ...
+    def cost_by_kind(self, w: Window) -> pd.DataFrame: ...
     def search_turns(self, w: Window, *, session: str = "", text: str = "", models: list[str] | None = None,
                      statuses: list[str] | None = None, limit: int = 200) -> pd.DataFrame: ...
     def conversation(self, session_id: str) -> pd.DataFrame: ...
     def models(self, w: Window) -> list[str]: ...
     def health(self) -> dict[str, Any]: ...
+
+
+def with_dialogues(series: pd.DataFrame, ends_ms, ok, interval_s: int) -> pd.DataFrame:
+    """Add the conversations that ended in each bucket (``ends_ms``: their end times, ``ok``:
+    completed?) to a series; a bucket with conversation ends but no turn gets a row of zeros."""
+    import numpy as np
+
+    step = int(interval_s) * 1000
+    b = (np.asarray(ends_ms, dtype=np.int64) // step) * step
+    conv = pd.DataFrame({"_b": b, "ok": np.asarray(ok, dtype=bool)}).groupby("_b")["ok"].agg(["size", "sum"])
+    out = series.copy()
+    out["_b"] = [int(t.timestamp() * 1000) for t in out["time"]]
+    out = out.drop(columns=["dialogues", "completed_dialogues"], errors="ignore").set_index("_b")
+    out = out.join(conv.rename(columns={"size": "dialogues", "sum": "completed_dialogues"}), how="outer")
+    out["time"] = pd.to_datetime(out.index, unit="ms", utc=True)
+    counts = ["requests", "chat_turns", "completed", "dialogues", "completed_dialogues", "input_tokens",
+              "output_tokens", "cost_usd", "busy_s"]
+    out[counts] = out[counts].fillna(0)
+    for c in ("requests", "chat_turns", "completed", "dialogues", "completed_dialogues", "input_tokens", "output_tokens"):
+        out[c] = out[c].astype("int64")
+    return out.sort_index().reset_index(drop=True)[SERIES_COLUMNS]

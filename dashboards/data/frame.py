@@ -1,15 +1,24 @@
 """KPIs and breakdowns over in-memory frames of turns and feedback (the JSON-lines source).
 
 ``turns``: one row per session record, sorted by ``time`` (datetime64[ms, UTC]), columns
-``session_id, request_id, model_version, status, turn_index, latency_ms, ttft_ms,
-input_tokens, output_tokens, cost_usd``. ``feedback``: ``time, request_id, session_id, rating``.
+``session_id, request_id, model_version, status, request_kind, turn_index, latency_ms, ttft_ms,
+input_tokens, output_tokens, cost_usd`` and the derived per-turn flags (see
+``JsonlSource._derive``): ``_chat``, ``_done``, ``_up``, ``_down``, ``_down_at`` (epoch ms of
+the first thumbs-down, int64 max when none) and ``_sess`` (session code).
+``feedback``: ``time, request_id, session_id, rating``.
+
+Turn and dialogue completion follow ``contracts.signals`` (the tests recount both from the
+raw records with it).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
-from .base import (QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms)
+from contracts.signals import CHAT, DEFAULT_CONVERSATION_IDLE_S
+
+from .base import (KIND_COLUMNS, QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms,
+                   with_dialogues)
 
 FAILED = ("error", "aborted", "truncated", "rejected")
 
@@ -28,6 +37,8 @@ class FrameAnalytics:
     """Everything :class:`~dashboards.data.base.LogSource` needs, computed with pandas."""
 
     name = "frame"
+    #: a conversation has ended this long after its last chat turn (the nodes' --conversation-idle)
+    conversation_idle_s: float = DEFAULT_CONVERSATION_IDLE_S
 
     # subclasses provide these two
     def frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:  # pragma: no cover - interface
@@ -43,27 +54,10 @@ class FrameAnalytics:
         hi = np.searchsorted(t, _ts(w.end).value // 1_000_000, "left")
         return turns.iloc[lo:hi]
 
-    def _flags(self, df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(done, rated_up, rated_down, session codes) for the rows of ``df``: precomputed
-        columns when the source keeps them (JsonlSource does, once per refresh), else computed."""
-        if "_done" in df.columns:
-            return (df["_done"].to_numpy(), df["_up"].to_numpy(), df["_down"].to_numpy(), df["_sess"].to_numpy())
-        done = self._completed_mask(df).to_numpy()
-        up = df["request_id"].isin(self._rated("up")).to_numpy()
-        down = df["request_id"].isin(self._rated("down")).to_numpy()
-        codes, _ = pd.factorize(df["session_id"])
-        return done, up, down, codes
-
     @staticmethod
-    def _dialogues(done: np.ndarray, codes: np.ndarray) -> tuple[int, int]:
-        """(dialogues, dialogues whose every turn is done) for session codes >= 0."""
-        if not len(codes):
-            return 0, 0
-        size = int(codes.max()) + 1
-        seen = np.bincount(codes, minlength=size)
-        bad = np.bincount(codes[~done], minlength=size)
-        sessions = int(np.count_nonzero(seen))
-        return sessions, sessions - int(np.count_nonzero(bad))
+    def _flags(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(done, rated_up, rated_down, session codes) for the rows of ``df``."""
+        return (df["_done"].to_numpy(), df["_up"].to_numpy(), df["_down"].to_numpy(), df["_sess"].to_numpy())
 
     def _rated(self, rating: str) -> pd.Index:
         _, fb = self.frames()
@@ -72,12 +66,31 @@ class FrameAnalytics:
         ids = fb.loc[fb["rating"] == rating, "request_id"].dropna()
         return pd.Index(ids.unique())
 
-    def _completed_mask(self, df: pd.DataFrame) -> pd.Series:
-        down = self._rated("down")
-        ok = df["status"] == "completed"
-        if len(down):
-            ok &= ~df["request_id"].isin(down)
-        return ok
+    def _ended_conversations(self, w: Window, with_ends: bool = False):
+        """(model_version of the last turn, completed?[, end ms]) per conversation that ended in ``w``.
+
+        A conversation's end depends only on its last chat turn (``idle_s`` later, with no chat
+        turn of its session in between), so the chat turns of ``[start - idle, end)`` decide it.
+        """
+        turns, _ = self.frames()
+        if turns.empty:
+            empty = (np.array([], dtype=object), np.array([], dtype=bool))
+            return (*empty, np.array([], dtype=np.int64)) if with_ends else empty
+        idle = int(round(self.conversation_idle_s * 1000))
+        start, end = _ts(w.start).value // 1_000_000, _ts(w.end).value // 1_000_000
+        t = _ms(turns["time"])
+        part = turns.iloc[np.searchsorted(t, start - idle, "left"):np.searchsorted(t, end, "left")]
+        part = part[part["_chat"].to_numpy()]
+        ms, sess = _ms(part["time"]), part["_sess"].to_numpy()
+        order = np.lexsort((ms, sess))
+        ms, sess = ms[order], sess[order]
+        same_next = np.r_[sess[1:] == sess[:-1], False]
+        gap = np.r_[ms[1:] - ms[:-1], 0]
+        ends = ms + idle
+        ended = (~same_next | (gap >= idle)) & (ends >= start) & (ends < end)
+        ok = (part["status"].to_numpy()[order] == "completed") & ~(part["_down_at"].to_numpy()[order] < ends)
+        out = (part["model_version"].astype(str).to_numpy()[order][ended], ok[ended])
+        return (*out, ends[ended]) if with_ends else out
 
     # ------------------------------------------------------------------ KPIs
     def kpis(self, w: Window, detail: bool = True) -> Kpis:
@@ -87,8 +100,11 @@ class FrameAnalytics:
             return k
         done, up, down, codes = self._flags(df)
         k.requests = int(len(df))
+        k.chat_turns = int(df["_chat"].sum())
         k.completed = int(done.sum())
-        k.sessions, k.completed_dialogues = self._dialogues(done, codes)
+        k.sessions = int(len(np.unique(codes)))
+        _, conv_ok = self._ended_conversations(w)
+        k.dialogues, k.completed_dialogues = int(len(conv_ok)), int(conv_ok.sum())
         k.input_tokens = int(df["input_tokens"].sum())
         k.output_tokens = int(df["output_tokens"].sum())
         k.cost_usd = float(df["cost_usd"].sum())
@@ -118,10 +134,11 @@ class FrameAnalytics:
         step = int(interval_s) * 1000
         bucket = (ms // step) * step
         done = self._flags(df)[0]
-        g = df[["input_tokens", "output_tokens", "cost_usd", "latency_ms", "ttft_ms"]].assign(
+        g = df[["input_tokens", "output_tokens", "cost_usd", "latency_ms", "ttft_ms", "_chat"]].assign(
             _b=bucket, _done=done).groupby("_b", sort=True)
         out = pd.DataFrame({
             "requests": g.size(),
+            "chat_turns": g["_chat"].sum(),
             "completed": g["_done"].sum(),
             "input_tokens": g["input_tokens"].sum(),
             "output_tokens": g["output_tokens"].sum(),
@@ -134,7 +151,10 @@ class FrameAnalytics:
                 out[f"{name}_{suffix}"] = q[qq] if qq in q else np.nan
         out = out.reset_index(names="_b")
         out.insert(0, "time", pd.to_datetime(out.pop("_b"), unit="ms", utc=True))
-        return out[SERIES_COLUMNS]
+        out["dialogues"] = 0
+        out["completed_dialogues"] = 0
+        _, ok, ends = self._ended_conversations(w, with_ends=True)
+        return with_dialogues(out[SERIES_COLUMNS], ends, ok, interval_s)
 
     def histogram(self, w: Window, field: str) -> pd.DataFrame:
         edges = histogram_edges_ms()
@@ -153,29 +173,46 @@ class FrameAnalytics:
         df = self._window(w)
         if df.empty:
             return pd.DataFrame(columns=QUALITY_COLUMNS)
-        done, up, down, codes = self._flags(df)
+        df = df[df["_chat"].to_numpy()]
+        if df.empty:
+            return pd.DataFrame(columns=QUALITY_COLUMNS)
+        done, up, down, _ = self._flags(df)
         d = pd.DataFrame({"model_version": df["model_version"].astype(str).to_numpy(), "_done": done,
                           "_ref": (df["status"] == "refused").to_numpy(), "_fail": df["status"].isin(FAILED).to_numpy(),
-                          "_up": up, "_down": down, "_sess": codes})
+                          "_up": up, "_down": down})
         g = d.groupby("model_version", sort=True)
         out = pd.DataFrame({
             "turns": g.size(), "completed": g["_done"].sum(), "refused": g["_ref"].sum(),
             "failed": g["_fail"].sum(), "rated_up": g["_up"].sum(), "rated_down": g["_down"].sum(),
         })
-        dial = {m: self._dialogues(part["_done"].to_numpy(), part["_sess"].to_numpy()) for m, part in g}
-        out["sessions"] = [dial[m][0] for m in out.index]
-        out["completed_dialogues"] = [dial[m][1] for m in out.index]
+        models, conv_ok = self._ended_conversations(w)
+        out["dialogues"] = [int((models == m).sum()) for m in out.index]
+        out["completed_dialogues"] = [int(conv_ok[models == m].sum()) for m in out.index]
         out = out.reset_index()
         return out[QUALITY_COLUMNS].astype({c: int for c in QUALITY_COLUMNS[1:]})
 
     def completion_by_turn(self, w: Window, cap: int = 10) -> pd.DataFrame:
         df = self._window(w)
+        if not df.empty:
+            df = df[df["_chat"].to_numpy()]
         if df.empty:
             return pd.DataFrame(columns=["turn_index", "turns", "completed"])
         d = pd.DataFrame({"_done": self._flags(df)[0], "_ti": df["turn_index"].clip(upper=cap).to_numpy()})
         g = d.groupby("_ti", sort=True)
         out = pd.DataFrame({"turns": g.size(), "completed": g["_done"].sum()}).reset_index(names="turn_index")
         return out.astype(int)
+
+    def cost_by_kind(self, w: Window) -> pd.DataFrame:
+        """Requests, tokens and Σ cost_usd per ``request_kind`` (none = chat), costliest first."""
+        df = self._window(w)
+        if df.empty:
+            return pd.DataFrame(columns=KIND_COLUMNS)
+        kind = df["request_kind"].fillna(CHAT).astype(str)
+        g = df[["input_tokens", "output_tokens", "cost_usd"]].assign(request_kind=kind.to_numpy()).groupby("request_kind")
+        out = pd.DataFrame({"requests": g.size(), "input_tokens": g["input_tokens"].sum(),
+                            "output_tokens": g["output_tokens"].sum(), "cost_usd": g["cost_usd"].sum()}).reset_index()
+        out = out.astype({"requests": int, "input_tokens": int, "output_tokens": int})
+        return out.sort_values(["cost_usd", "request_kind"], ascending=[False, True], ignore_index=True)[KIND_COLUMNS]
 
     def models(self, w: Window) -> list[str]:
         df = self._window(w)

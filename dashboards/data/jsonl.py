@@ -1,9 +1,11 @@
 """Local JSON-lines session logs (the embedded default source): parsed with pyarrow, kept in
 pandas, read incrementally.
 
-- Every ``*.jsonl`` file (and rotated ``*.jsonl.N``) under the log directory is tracked by
-  inode, with the byte offset read so far: a refresh parses only the bytes appended since,
-  and a file renamed by rotation is not read twice.
+- The files are found and followed by the one session-log tailer (:mod:`contracts.logtail`),
+  as the shipper and the node's billing find them: every ``*.jsonl`` and rotated
+  ``*.jsonl.N`` under the log directory, tracked by inode and first-line fingerprint, with
+  the byte offset read so far: a refresh parses only the bytes appended since, a file renamed
+  by rotation is not read twice, and a truncated or replaced file is read again from 0.
 - Only whole lines are parsed. A last line without its newline is left for the next refresh
   (the writer may be mid-line); a line that does not parse — a crash's partial line followed
   by later writes, garbage — is set aside and counted (:meth:`JsonlSource.health`).
@@ -27,12 +29,15 @@ import numpy as np
 import pandas as pd
 
 from contracts.log_schema import FEEDBACK_DATASET, SESSION_DATASET
+from contracts.logtail import LogTailer, TailedFile
+
+from contracts.signals import CHAT, DEFAULT_CONVERSATION_IDLE_S
 
 from .base import TURN_COLUMNS, Window
 from .frame import FrameAnalytics
 
 CHUNK_BYTES = 16 << 20
-_TURN_CACHE_COLS = ["time", "session_id", "request_id", "model_version", "status", "turn_index", "latency_ms",
+_TURN_CACHE_COLS = ["time", "session_id", "request_id", "model_version", "status", "request_kind", "turn_index", "latency_ms",
                     "ttft_ms", "input_tokens", "output_tokens", "cost_usd", "_file", "_off"]
 _FB_CACHE_COLS = ["time", "request_id", "session_id", "rating", "feedback_id", "_file"]
 _NUMERIC = {"turn_index": "int64", "latency_ms": "float64", "ttft_ms": "float64",
@@ -43,7 +48,8 @@ def _turn_schema():
     import pyarrow as pa
 
     return pa.schema([("time", pa.timestamp("ms", tz="UTC")), ("session_id", pa.string()), ("request_id", pa.string()),
-                      ("model_version", pa.string()), ("status", pa.string()), ("turn_index", pa.int64()),
+                      ("model_version", pa.string()), ("status", pa.string()), ("request_kind", pa.string()),
+                      ("turn_index", pa.int64()),
                       ("latency_ms", pa.float64()), ("ttft_ms", pa.float64()), ("input_tokens", pa.int64()),
                       ("output_tokens", pa.int64()), ("cost_usd", pa.float64()), ("_file", pa.int32()), ("_off", pa.int64())])
 
@@ -65,6 +71,7 @@ def _arrow_schema():
         ("request_id", pa.string()),
         ("model_version", pa.string()),
         ("status", pa.string()),
+        ("request_kind", pa.string()),
         ("turn_index", pa.int64()),
         ("latency_ms", pa.float64()),
         ("ttft_ms", pa.float64()),
@@ -92,7 +99,7 @@ def _flatten_record(rec: dict) -> dict | None:
         return None
     return {"time": t, "dataset": ev.get("dataset"), "session_id": rec.get("session_id"),
             "request_id": rec.get("request_id"), "model_version": rec.get("model_version"),
-            "status": rec.get("status"), "turn_index": rec.get("turn_index"), "latency_ms": rec.get("latency_ms"),
+            "status": rec.get("status"), "request_kind": rec.get("request_kind"), "turn_index": rec.get("turn_index"), "latency_ms": rec.get("latency_ms"),
             "ttft_ms": rec.get("ttft_ms"), "cost_usd": rec.get("cost_usd"),
             "input_tokens": usage.get("input_tokens"), "output_tokens": usage.get("output_tokens"),
             "rating": rec.get("rating"), "feedback_id": rec.get("feedback_id")}
@@ -101,9 +108,20 @@ def _flatten_record(rec: dict) -> dict | None:
 @dataclass
 class _File:
     fid: int
-    path: Path
-    offset: int = 0  # bytes consumed (always at a line boundary)
+    tailed: TailedFile  # path and offset (bytes consumed, always at a line boundary)
     pending: int = 0  # bytes after the last newline, not yet parsed
+
+    @property
+    def path(self) -> Path:
+        return Path(self.tailed.path)
+
+    @property
+    def offset(self) -> int:
+        return self.tailed.offset
+
+    @offset.setter
+    def offset(self, value: int) -> None:
+        self.tailed.offset = value
 
 
 @dataclass
@@ -122,15 +140,18 @@ class JsonlSource(FrameAnalytics):
     name = "jsonl"
 
     def __init__(self, log_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None,
-                 settle_s: float = 60.0, cache_async: bool = True):
+                 settle_s: float = 60.0, cache_async: bool = True,
+                 conversation_idle_s: float = DEFAULT_CONVERSATION_IDLE_S):
         self.log_dir = Path(log_dir)
+        self.conversation_idle_s = conversation_idle_s
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.settle_s = settle_s
         self.cache_async = cache_async
         self._cached: set[int] = set()
         self._cache_thread: threading.Thread | None = None
         self._lock = threading.RLock()
-        self._files: dict[tuple[int, int], _File] = {}
+        self._tailer = LogTailer(self.log_dir)
+        self._files: dict[str, _File] = {}  # by the tailer's key ("dev:inode")
         self._paths: dict[int, Path] = {}
         self._turns = self._empty_turns()
         self._feedback = pd.DataFrame({"time": pd.Series([], dtype="datetime64[ms, UTC]"),
@@ -145,7 +166,7 @@ class JsonlSource(FrameAnalytics):
     @staticmethod
     def _empty_turns() -> pd.DataFrame:
         cols: dict[str, Any] = {"time": pd.Series([], dtype="datetime64[ms, UTC]")}
-        for c in ("session_id", "request_id", "model_version", "status"):
+        for c in ("session_id", "request_id", "model_version", "status", "request_kind"):
             cols[c] = pd.Series([], dtype=object)
         for c, t in _NUMERIC.items():
             cols[c] = pd.Series([], dtype=t)
@@ -160,44 +181,40 @@ class JsonlSource(FrameAnalytics):
         return self._turns, self._feedback
 
     # ------------------------------------------------------------------ reading
-    def _log_files(self) -> list[Path]:
-        if not self.log_dir.is_dir():
-            return []
-        out = [p for p in self.log_dir.rglob("*") if p.is_file() and (p.name.endswith(".jsonl") or ".jsonl." in p.name)
-               and not p.name.endswith((".gz", ".zst", ".tmp"))]
-        return sorted(out, key=lambda p: (p.stat().st_mtime, p.name))
-
     def refresh(self) -> bool:
         """Parse whatever was appended since the last call. Returns True when data changed."""
         with self._lock:
             self.refreshes += 1
             new_turns: list[pd.DataFrame] = []
             new_fb: list[pd.DataFrame] = []
-            for p in self._log_files():
+            self._tailer.scan()
+            for tf in self._tailer.live():
                 try:
-                    st = p.stat()
+                    st = os.stat(tf.path)
                 except OSError:
                     continue
-                key = (st.st_dev, st.st_ino)
-                f = self._files.get(key)
+                f = self._files.get(tf.key)
                 if f is None:
-                    f = self._files[key] = _File(len(self._paths), p)
-                    self._paths[f.fid] = p
+                    f = self._files[tf.key] = _File(len(self._paths), tf)
+                    self._paths[f.fid] = f.path
                     hit = self._cache_load(f, st)
                     if hit is not None:
                         new_turns += hit[0]
                         new_fb += hit[1]
                         continue
-                f.path = self._paths[f.fid] = p
-                if st.st_size < f.offset:  # truncated in place (copytruncate): start again
-                    f.offset = 0
+                self._paths[f.fid] = f.path
                 if st.st_size - f.offset <= f.pending and f.pending:
                     continue
                 if st.st_size == f.offset:
                     continue
-                t, fb = self._read_file(f, st.st_size)
+                try:
+                    t, fb = self._read_file(f, st.st_size)
+                finally:
+                    self._tailer.close_file(tf)  # a handle per file only while reading it
                 new_turns += t
                 new_fb += fb
+            for tf in self._tailer.vanished():  # deleted or rotated away: its rows stay, its handle goes
+                self._tailer.forget(tf)
             if not new_turns and not new_fb:
                 return False
             if new_turns:
@@ -271,7 +288,7 @@ class JsonlSource(FrameAnalytics):
                     st = f.path.stat()
                 except OSError:
                     continue
-                if (st.st_dev, st.st_ino) != key or st.st_size != f.offset or now - st.st_mtime < self.settle_s:
+                if f"{st.st_dev}:{st.st_ino}" != key or st.st_size != f.offset or now - st.st_mtime < self.settle_s:
                     continue
                 base = self.cache_dir / self._cache_name(st)
                 for stale in self.cache_dir.glob(f"{st.st_dev}-{st.st_ino}-*"):
@@ -297,7 +314,7 @@ class JsonlSource(FrameAnalytics):
         t = self._turns
         if t.empty:
             return
-        drop = [c for c in ("_done", "_up", "_down", "_sess") if c in t.columns]
+        drop = [c for c in ("_done", "_up", "_down", "_sess", "_chat", "_down_at") if c in t.columns]
         t = t.drop(columns=drop)
         down, up = self._rated("down"), self._rated("up")
         import pyarrow as pa
@@ -314,42 +331,41 @@ class JsonlSource(FrameAnalytics):
         is_down = member(down)
         t["_down"] = is_down
         t["_up"] = member(up)
-        t["_done"] = (t["status"] == "completed").to_numpy() & ~is_down
+        kind = t["request_kind"].to_numpy()
+        t["_chat"] = pd.isna(kind) | (kind == CHAT)
+        t["_done"] = t["_chat"].to_numpy() & (t["status"] == "completed").to_numpy() & ~is_down
+        fb = self._feedback
+        first_down = fb[fb["rating"] == "down"].groupby("request_id")["time"].min() if not fb.empty else None
+        never = np.iinfo(np.int64).max
+        if first_down is None or first_down.empty:
+            t["_down_at"] = np.full(len(t), never, dtype=np.int64)
+        else:
+            at = t["request_id"].map(pd.Series(first_down.dt.as_unit("ms").array.asi8, index=first_down.index))
+            vals = at.to_numpy(dtype="float64", na_value=np.nan)   # epoch ms: exact in float64
+            out = np.full(len(t), never, dtype=np.int64)
+            hit = ~np.isnan(vals)
+            out[hit] = vals[hit].astype(np.int64)
+            t["_down_at"] = out
         t["_sess"] = pd.factorize(t["session_id"])[0].astype(np.int64)
         self._turns = t
 
     def _read_file(self, f: _File, size: int) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
         turns: list[pd.DataFrame] = []
         fbs: list[pd.DataFrame] = []
-        with open(f.path, "rb") as fh:
-            fh.seek(f.offset)
-            pos = f.offset
-            while pos < size:
-                buf = fh.read(min(CHUNK_BYTES, size - pos))
-                if not buf:
-                    break
-                cut = buf.rfind(b"\n")
-                if cut < 0:
-                    if pos + len(buf) >= size:  # no newline till EOF: a line still being written
-                        f.pending = len(buf)
-                        break
-                    # a single line longer than a chunk: read on to its end
-                    more = fh.readline()
-                    buf += more
-                    cut = buf.rfind(b"\n")
-                    if cut < 0:
-                        f.pending = len(buf)
-                        break
-                block = buf[: cut + 1]
-                fh.seek(pos + cut + 1)
-                t, fb = self._parse_block(block, f.fid, pos)
-                if len(t):
-                    turns.append(t)
-                if len(fb):
-                    fbs.append(fb)
-                pos += cut + 1
-                f.offset = pos
-                f.pending = 0
+        pos = f.offset
+        while pos < size:
+            block = self._tailer.read_block(f.tailed, pos, min(CHUNK_BYTES, size - pos))
+            if not block:  # no newline till EOF: a line still being written
+                f.pending = max(0, size - pos)
+                break
+            t, fb = self._parse_block(block, f.fid, pos)
+            if len(t):
+                turns.append(t)
+            if len(fb):
+                fbs.append(fb)
+            pos += len(block)
+            f.offset = pos
+            f.pending = 0
         return turns, fbs
 
     def _parse_block(self, block: bytes, fid: int, base: int):
@@ -398,7 +414,7 @@ class JsonlSource(FrameAnalytics):
         self._file_bad[fid] = self._file_bad.get(fid, 0) + int(bad or 0)
         t = flat.filter(is_turn)
         cols = {"time": t["time"]}
-        for c in ("session_id", "request_id", "model_version", "status"):
+        for c in ("session_id", "request_id", "model_version", "status", "request_kind"):
             cols[c] = t[c]
         for c, typ in _NUMERIC.items():
             col = t[c]
@@ -432,11 +448,12 @@ class JsonlSource(FrameAnalytics):
             rows.append(rec)
             offs.append(base + int(s))
         df = pd.DataFrame(rows, columns=["time", "dataset", "session_id", "request_id", "model_version", "status",
-                                         "turn_index", "latency_ms", "ttft_ms", "cost_usd", "input_tokens",
+                                         "request_kind", "turn_index", "latency_ms", "ttft_ms", "cost_usd", "input_tokens",
                                          "output_tokens", "rating", "feedback_id"])
         cols = {"time": pa.array(pd.to_datetime(df["time"], utc=True).astype("datetime64[ms, UTC]"),
                                  type=pa.timestamp("ms", tz="UTC"), from_pandas=True)}
-        for c in ("dataset", "session_id", "request_id", "model_version", "status", "rating", "feedback_id"):
+        for c in ("dataset", "session_id", "request_id", "model_version", "status", "request_kind", "rating",
+                  "feedback_id"):
             cols[c] = pa.array([v if isinstance(v, str) else None for v in df[c]], type=pa.string())
         for c in _NUMERIC:
             cols[c] = pa.array(pd.to_numeric(df[c], errors="coerce").astype("float64"), type=pa.float64(), from_pandas=True)

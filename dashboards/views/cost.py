@@ -1,5 +1,5 @@
 """Cost: per 1k tokens, per session, per completed dialogue, per day; monthly projection; the
-seed's deployment modes at the current volume; hosted API prices; the scaling rule."""
+three deployment modes (on-premises, cloud on-demand, reserved) at the current volume; hosted API prices; the scaling rule."""
 from __future__ import annotations
 
 import pandas as pd
@@ -7,7 +7,7 @@ import streamlit as st
 
 from dashboards import ui
 from dashboards.data.base import Window
-from monitor.cost import Volume
+from contracts.cost import Volume
 
 
 def render(ctx: ui.Ctx, w: Window) -> None:
@@ -17,7 +17,7 @@ def render(ctx: ui.Ctx, w: Window) -> None:
                input_tokens=k.input_tokens, output_tokens=k.output_tokens, allocated_usd=k.cost_usd)
     s = model.summarize(v)
     st.caption(f"deployment: **{model.mode.label}** · {model.instances} instance(s) × {model.gpu_count} GPU · "
-               f"${model.mode.monthly_usd:,.0f}/month per instance (seed table 5.2) · config: {model.source}")
+               f"${model.mode.monthly_usd:,.0f}/month per instance · config: {model.source}")
     c = st.columns(4)
     c[0].metric("每千 token 成本 Cost / 1k tokens", ui.fmt_usd(s["cost_per_1k_tokens_usd"]), border=True,
                 help="fixed cost of the range / tokens (input + output) × 1000")
@@ -41,8 +41,8 @@ def render(ctx: ui.Ctx, w: Window) -> None:
         "cost_per_1k_tokens_usd": st.column_config.NumberColumn("per 1k tokens (USD)", format="$%.6f"),
         "delta_vs_current_usd": st.column_config.NumberColumn("Δ vs current (USD/month)", format="$%.2f"),
         "latency_ms": st.column_config.NumberColumn("latency (ms)", format="%d")})
-    ui.bar_chart(modes, "label:N", "monthly_usd", x_title="部署方式 deployment mode", y_title="月成本 monthly cost (USD)",
-                 sort="-x", horizontal=True, height=150)
+    ui.bar_chart(modes, "label:N", "monthly_usd", x_title="方式 mode", y_title="月成本 monthly cost (USD)",
+                 sort="-x", horizontal=True)
     st.subheader("与 API 价格对比 Versus hosted API prices (same monthly tokens)")
     api = pd.DataFrame(model.api_comparison(v))
     if not api.empty:
@@ -53,9 +53,27 @@ def render(ctx: ui.Ctx, w: Window) -> None:
         both = pd.concat([modes[["label", "monthly_usd"]].rename(columns={"label": "option"}),
                           api[["api", "monthly_usd"]].rename(columns={"api": "option"})], ignore_index=True)
         ui.bar_chart(both, "option:N", "monthly_usd", x_title="方案 option", y_title="月成本 monthly cost (USD)", sort="-x",
-                     horizontal=True, height=200)
+                     horizontal=True)
 
-    st.subheader("扩缩容建议 Scaling recommendation (seed 5.2: load > 0.8 → +2, < 0.3 → −1)")
+    st.subheader("按请求类型 By request kind")
+    kinds = src.cost_by_kind(w)
+    if kinds.empty:
+        st.info("没有数据 · no data")
+    else:
+        total = float(kinds["cost_usd"].sum())
+        kinds = kinds.assign(share=kinds["cost_usd"] / total if total else 0.0,
+                             range_cost_usd=(kinds["cost_usd"] / total if total else 0.0) * s["period_cost_usd"])
+        st.dataframe(kinds, hide_index=True, width="stretch", column_config={
+            "request_kind": st.column_config.TextColumn("kind"),
+            "cost_usd": st.column_config.NumberColumn("Σ cost_usd (USD)", format="$%.4f"),
+            "share": st.column_config.NumberColumn("share of used capacity", format="percent"),
+            "range_cost_usd": st.column_config.NumberColumn("share of the range's cost (USD)", format="$%.2f")})
+        ui.bar_chart(kinds, "request_kind:N", "cost_usd", x_title="类型 kind", y_title="Σ cost_usd (USD)", sort="-x",
+                     horizontal=True)
+        st.caption("chat = the user's turns; title / summary = NextChat's background requests (a record without "
+                   "request_kind is a chat turn). Cost of the range split by each kind's share of Σ cost_usd.")
+
+    st.subheader("扩缩容建议 Scaling recommendation (load > 0.8 → +2, < 0.3 → −1)")
     ser = src.series(w, ctx.interval_s)
     if ser.empty:
         st.info("没有数据 · no data")

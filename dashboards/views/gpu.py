@@ -37,7 +37,7 @@ def render(ctx: ui.Ctx, w: Window) -> None:
         latest = wide.iloc[-1, 1:].mean()
         st.metric(f"{title} (latest, mean)", f"{latest:,.1f} {unit}", border=True)
         ui.line_chart(wide, {c: c for c in wide.columns[1:]}, y_title=f"{title} ({unit})", height=220)
-    st.caption("alert threshold: GPU utilization > 90 % for 5 min, per GPU (seed table 4.1)")
+    st.caption("alert threshold: GPU utilization > 90 % for 5 min, per GPU")
 
 
 ui.run_page("GPU", render)

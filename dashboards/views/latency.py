@@ -14,14 +14,20 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     label = st.radio("指标 Metric", list(METRICS), horizontal=True, key="lat_metric")
     prefix, field = METRICS[label]
     k = src.kpis(w)
+    th = ui.thresholds()
     c = st.columns(3)
     for i, q in enumerate(("p50", "p95", "p99")):
-        c[i].metric(f"{label} {q.upper()}", ui.fmt_ms(getattr(k, f"{prefix}_{q}")), border=True)
+        v = getattr(k, f"{prefix}_{q}")
+        c[i].metric(f"{label} {q.upper()}", ui.fmt_ms(v), border=True,
+                    **ui.judged(v, th.latency(prefix, int(q[1:]) / 100), None))
     st.subheader("百分位趋势 Percentiles over time")
     s = src.series(w, ctx.interval_s)
+    rules = [(r.threshold, f"{r.title} {r.condition}") for q in (0.5, 0.95, 0.99)
+             if (r := th.latency(prefix, q)) is not None]
     ui.line_chart(s, {f"{prefix}_p50": "P50", f"{prefix}_p95": "P95", f"{prefix}_p99": "P99"},
-                  y_title=f"{label} (ms)")
-    st.caption(f"bucket: {ctx.interval_s // 60} min · alert threshold: P99 TTFT > 500 ms (seed table 4.1)")
+                  y_title=f"{label} (ms)", rules=rules)
+    watched = "; ".join(f"{r.name}: {r.condition}" for r in th.rules.values() if r.metric) or "none enabled"
+    st.caption(f"bucket: {ctx.interval_s // 60} min · latency alerts: {watched} (from {th.source})")
     st.subheader("分布 Histogram")
     h = src.histogram(w, field)
     h = h[h["count"] > 0] if (h["count"] > 0).any() else h

@@ -44,16 +44,21 @@ def render(ctx: ui.Ctx, w: Window) -> None:
 
     # this period, the previous one, today, yesterday up to the same time, series
     k, p, today, yday, s = src.overview(w, ctx.interval_s)
+    th = ui.thresholds()
+    if th.error:
+        st.warning(f"告警阈值 alert thresholds: {th.error}")
     spark = lambda col: [float(x) for x in s[col].fillna(0).to_numpy()] if not s.empty else None  # noqa: E731
 
     st.caption(f"{w.start:%Y-%m-%d %H:%M} → {w.end:%Y-%m-%d %H:%M} UTC · Δ vs previous {ctx.range_label}")
     c = st.columns(4)
     c[0].metric("请求数 Requests", ui.fmt_int(k.requests), ui.delta(k.requests, p.requests, ui.fmt_int),
                 chart_data=spark("requests"), border=True)
+    turn = ui.judged(k.completion_rate, th.turn, ui.delta(k.completion_rate, p.completion_rate, ui.fmt_pp))
+    turn["help"] = ("completed chat turns / chat turns: status completed and no thumbs-down on that turn"
+                    + (f"; {turn['help']}" if turn.get("help") else ""))
     c[1].metric("完成率 Completion rate", ui.fmt_pct(k.completion_rate),
-                ui.delta(k.completion_rate, p.completion_rate, ui.fmt_pp),
-                chart_data=[a / b if b else 0 for a, b in zip(s["completed"], s["requests"])] if not s.empty else None,
-                border=True, help="status completed and no thumbs-down feedback, over all turns")
+                chart_data=[a / b if b else 0 for a, b in zip(s["completed"], s["chat_turns"])] if not s.empty else None,
+                border=True, **turn)
     c[2].metric("输出速率 Output tokens/s", ui.fmt_rate(k.tokens_per_s),
                 ui.delta(k.tokens_per_s, p.tokens_per_s, ui.fmt_rate),
                 chart_data=[x / ctx.interval_s for x in s["output_tokens"]] if not s.empty else None, border=True,
@@ -64,20 +69,22 @@ def render(ctx: ui.Ctx, w: Window) -> None:
     c = st.columns(3)
     for i, q in enumerate(("p50", "p95", "p99")):
         cur, prev = getattr(k, f"ttft_{q}"), getattr(p, f"ttft_{q}")
-        c[i].metric(f"首字延迟 TTFT {q.upper()}", ui.fmt_ms(cur), ui.delta(cur, prev, ui.fmt_ms), delta_color="inverse",
-                    chart_data=spark(f"ttft_{q}"), border=True)
+        c[i].metric(f"首字延迟 TTFT {q.upper()}", ui.fmt_ms(cur), chart_data=spark(f"ttft_{q}"), border=True,
+                    **ui.judged(cur, th.latency("ttft", int(q[1:]) / 100), ui.delta(cur, prev, ui.fmt_ms)))
     c = st.columns(3)
     for i, q in enumerate(("p50", "p95", "p99")):
         cur, prev = getattr(k, f"e2e_{q}"), getattr(p, f"e2e_{q}")
-        c[i].metric(f"端到端延迟 E2E {q.upper()}", ui.fmt_ms(cur), ui.delta(cur, prev, ui.fmt_ms), delta_color="inverse",
-                    chart_data=spark(f"e2e_{q}"), border=True)
+        c[i].metric(f"端到端延迟 E2E {q.upper()}", ui.fmt_ms(cur), chart_data=spark(f"e2e_{q}"), border=True,
+                    **ui.judged(cur, th.latency("e2e", int(q[1:]) / 100), ui.delta(cur, prev, ui.fmt_ms)))
     util, util_series, why = gpu_utilization(w, ctx.interval_s)
     c = st.columns(3)
     c[0].metric("GPU 利用率 GPU utilization", ui.fmt_pct(util), chart_data=util_series, border=True, help=why)
     c[1].metric("会话数 Sessions", ui.fmt_int(k.sessions), ui.delta(k.sessions, p.sessions, ui.fmt_int), border=True)
-    c[2].metric("对话完成率 Dialogue completion", ui.fmt_pct(k.dialogue_completion_rate),
-                ui.delta(k.dialogue_completion_rate, p.dialogue_completion_rate, ui.fmt_pp), border=True,
-                help="dialogues whose every turn completed")
+    dial = ui.judged(k.dialogue_completion_rate, th.dialogue,
+                     ui.delta(k.dialogue_completion_rate, p.dialogue_completion_rate, ui.fmt_pp))
+    dial["help"] = ("conversations that ended in the range on a completed turn / all that ended"
+                    + (f"; {dial['help']}" if dial.get("help") else ""))
+    c[2].metric("对话完成率 Dialogue completion", ui.fmt_pct(k.dialogue_completion_rate), border=True, **dial)
     if why:
         st.caption(f"GPU: {why}")
     h = src.health() if hasattr(src, "health") else {}

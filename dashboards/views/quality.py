@@ -10,14 +10,30 @@ from dashboards.data.base import Window
 def render(ctx: ui.Ctx, w: Window) -> None:
     src = ctx.source
     k = src.kpis(w)
+    th = ui.thresholds()
     c = st.columns(4)
-    c[0].metric("轮次完成率 Turn completion", ui.fmt_pct(k.completion_rate), border=True,
-                help="completed turns / all turns; completed = status completed and no thumbs-down")
-    c[1].metric("对话完成率 Dialogue completion", ui.fmt_pct(k.dialogue_completion_rate), border=True,
-                help="dialogues whose every turn in the range completed / all dialogues")
+    turn = ui.judged(k.completion_rate, th.turn, None)
+    turn["help"] = ("completed chat turns / chat turns; completed = status completed and no thumbs-down on that turn"
+                    + (f"; {turn['help']}" if turn.get("help") else ""))
+    c[0].metric("轮次完成率 Turn completion", ui.fmt_pct(k.completion_rate), border=True, **turn)
+    dial = ui.judged(k.dialogue_completion_rate, th.dialogue, None)
+    dial["help"] = ("conversations that ended in the range on a completed turn / all that ended "
+                    f"({ui.conversation_idle_s() / 60:g} min without a chat turn ends one)"
+                    + (f"; {dial['help']}" if dial.get("help") else ""))
+    c[1].metric("对话完成率 Dialogue completion", ui.fmt_pct(k.dialogue_completion_rate), border=True, **dial)
     c[2].metric("差评 Rated down", ui.fmt_int(k.rated_down), border=True)
     c[3].metric("拒答 Refused", ui.fmt_int(k.statuses.get("refused", 0)), border=True)
-    st.caption("threshold: completion rate < 90 % over 15 min (seed table 4.1)")
+
+    st.subheader("完成率趋势 Completion over time")
+    s = src.series(w, ctx.interval_s)
+    if not s.empty:
+        s = s.assign(turn_rate=(s["completed"] / s["chat_turns"].where(s["chat_turns"] > 0)) * 100,
+                     dialogue_rate=(s["completed_dialogues"] / s["dialogues"].where(s["dialogues"] > 0)) * 100)
+    rules = [(r.threshold * 100, f"{r.title} {r.condition}") for r in (th.dialogue, th.turn) if r is not None]
+    ui.line_chart(s, {"turn_rate": "轮次 turn", "dialogue_rate": "对话 dialogue"}, y_title="完成率 completion (%)",
+                  rules=rules, y_format=",.1f")
+    st.caption(f"bucket: {ctx.interval_s // 60} min · dialogue completion counts a conversation in the bucket it "
+               f"ended in · alert thresholds from {th.source}")
 
     st.subheader("按模型版本 By model_version")
     q = src.quality_by_model(w)
@@ -25,7 +41,7 @@ def render(ctx: ui.Ctx, w: Window) -> None:
         st.info("没有数据 · no data")
         return
     q = q.assign(turn_completion=q["completed"] / q["turns"],
-                 dialogue_completion=q["completed_dialogues"] / q["sessions"].where(q["sessions"] > 0))
+                 dialogue_completion=q["completed_dialogues"] / q["dialogues"].where(q["dialogues"] > 0))
     st.dataframe(q, hide_index=True, width="stretch", column_config={
         "turn_completion": st.column_config.NumberColumn("turn completion", format="percent"),
         "dialogue_completion": st.column_config.NumberColumn("dialogue completion", format="percent")})

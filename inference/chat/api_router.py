@@ -76,7 +76,7 @@ async def chat_completions_no_v1(request: Request):
 @router.post("/chat", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
     "schema": PromptRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
 async def seed_chat(request: Request):
-    """The seed's endpoint (section 2.1): ``{"prompt": "..."}`` in, the reply out."""
+    """A minimal endpoint for scripts and curl: ``{"prompt": "..."}`` in, the reply out."""
     service = _service(request)
     body = await parse_body(request, PromptRequest)
     model = service.served_model_names[0]

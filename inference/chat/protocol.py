@@ -86,7 +86,7 @@ class ChatCompletionRequest(BaseModel):
 
 
 class PromptRequest(BaseModel):
-    """The seed's ``POST /chat`` body (section 2.1): a bare prompt."""
+    """The ``POST /chat`` body: a bare prompt."""
 
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(min_length=1)

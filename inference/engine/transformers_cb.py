@@ -458,3 +458,56 @@ class TransformersEngine(Engine):
         self._running = [self._running[i] for i in order]
         self._positions = self._positions.index_select(0, idx)
         self._last_tokens = self._last_tokens.index_select(0, idx)
+
+
+# --------------------------------------------------------------------------- plug-in
+# (kept at the end of the module: the engine above, its registration here)
+from inference.engine.registry import EnginePlugin, register  # noqa: E402
+
+
+@dataclass(frozen=True)
+class TransformersOptions:
+    """``serve --engine transformers`` options."""
+
+    model: str                        # local model folder (from_pretrained)
+    device: str = "auto"
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    kv_cache_tokens: int | None = None  # padded KV slots; default: from free GPU memory
+
+
+def _add_arguments(g) -> None:
+    g.add_argument("--model", metavar="DIR", help="local model folder (from_pretrained); required")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
+    g.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
+    g.add_argument("--kv-cache-tokens", type=int, metavar="N",
+                   help="cap on the batch's padded key/value slots (rows x width); default: 70%% of free GPU memory, unbounded on CPU")
+
+
+def _options_from_args(args) -> TransformersOptions:
+    from contracts.config import ConfigError
+
+    if not args.model:
+        raise ConfigError("--model DIR is required with --engine transformers")
+    if not os.path.isdir(args.model):
+        raise ConfigError(f"--model {args.model}: no such folder (make one with: seekwatch make-tiny-model DIR)")
+    if not os.path.exists(os.path.join(args.model, "config.json")):
+        raise ConfigError(f"--model {args.model}: no config.json in the folder; is it a transformers model?")
+    if args.kv_cache_tokens is not None and args.kv_cache_tokens < 1:
+        raise ConfigError("--kv-cache-tokens must be at least 1")
+    return TransformersOptions(model=args.model, device=args.device, dtype=args.dtype,
+                               max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens)
+
+
+def _build(options: TransformersOptions, config) -> TransformersEngine:
+    return TransformersEngine(options.model, device=options.device, dtype=options.dtype,
+                              max_batch=config.max_batch, max_queue=config.max_queue,
+                              max_model_len=options.max_model_len, kv_cache_tokens=options.kv_cache_tokens,
+                              model_version=config.model_version)
+
+
+register(EnginePlugin(
+    name="transformers", help="run a local model in-process with continuous batching",
+    add_arguments=_add_arguments, options_from_args=_options_from_args, build=_build,
+    model_names=lambda o: [Path(o.model).name]))

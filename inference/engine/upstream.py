@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import re
 import time
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 import httpx
 
+from contracts.sse import aiter_data
 from inference.engine.base import (
     Engine, EngineOutput, EngineState, GenerationRequest, QueueFull, UpstreamError,
 )
+from inference.engine.registry import EnginePlugin, register
 
 _CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")
 
@@ -25,21 +29,6 @@ def estimate_tokens(text: str) -> int:
     four other characters. Only used as a fallback, and documented as such."""
     cjk = len(_CJK.findall(text))
     return cjk + (len(text) - cjk + 3) // 4
-
-
-async def sse_lines(resp: httpx.Response) -> AsyncIterator[str]:
-    """Lines of an SSE stream, split at CR/LF only as the SSE spec says. httpx's
-    ``aiter_lines`` uses ``str.splitlines``, which also breaks at U+2028, U+2029 and NEL:
-    legal raw inside JSON strings, so an upstream that does not escape them would have its
-    events cut in two."""
-    buf = b""
-    async for chunk in resp.aiter_bytes():
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            yield line.rstrip(b"\r").decode("utf-8", "replace")
-    if buf:
-        yield buf.rstrip(b"\r").decode("utf-8", "replace")
 
 
 class UpstreamEngine(Engine):
@@ -145,33 +134,31 @@ class UpstreamEngine(Engine):
         prompt_est = estimate_tokens("".join(m.get("content") or "" for m in request.messages))
         done = False
         try:
-            async for line in sse_lines(resp):
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    raise UpstreamError(f"upstream error mid-stream: {chunk['error'].get('message')}", 502)
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                for choice in chunk.get("choices") or []:
-                    delta = choice.get("delta") or {}
-                    text = delta.get("content") or ""
-                    reasoning = delta.get("reasoning_content") or ""
-                    text_all += text + reasoning
-                    finish = choice.get("finish_reason") or finish
-                    if text or reasoning or first:
-                        yield EngineOutput(text=text, reasoning=reasoning, prompt_tokens=prompt_est,
-                                           completion_tokens=estimate_tokens(text_all),
-                                           queue_s=0.0 if first else None)
-                        first = False
+            async with aclosing(aiter_data(resp)) as events:
+                async for data in events:
+                    chunk = json.loads(data)
+                    if "error" in chunk:
+                        raise UpstreamError(f"upstream error mid-stream: {chunk['error'].get('message')}", 502)
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        text = delta.get("content") or ""
+                        reasoning = delta.get("reasoning_content") or ""
+                        text_all += text + reasoning
+                        finish = choice.get("finish_reason") or finish
+                        if text or reasoning or first:
+                            yield EngineOutput(text=text, reasoning=reasoning, prompt_tokens=prompt_est,
+                                               completion_tokens=estimate_tokens(text_all),
+                                               queue_s=0.0 if first else None)
+                            first = False
             prompt = usage.get("prompt_tokens", prompt_est) if usage else prompt_est
             completion = usage.get("completion_tokens") if usage else None
             done = True
             yield EngineOutput(finish_reason=finish or "stop", prompt_tokens=prompt,
                                completion_tokens=completion if completion is not None else estimate_tokens(text_all))
+        except httpx.HTTPError as exc:  # the stream broke, or the 200 was no event stream (contracts.sse)
+            raise UpstreamError(f"upstream stream failed: {exc.__class__.__name__}: {exc}", 502) from None
         finally:
             self._in_flight -= 1
             if done:
@@ -179,3 +166,51 @@ class UpstreamEngine(Engine):
             else:
                 self._cancelled += 1
             await resp.aclose()
+
+
+# --------------------------------------------------------------------------- plug-in
+@dataclass(frozen=True)
+class UpstreamOptions:
+    """``serve --engine upstream`` options."""
+
+    url: str
+    model: str | None = None          # the model name to ask the upstream for (default: the client's)
+    ca_bundle: str | None = None      # verify the upstream's certificate against this CA file
+    api_key_env: str = "SEEKWATCH_UPSTREAM_API_KEY"
+
+
+def _add_arguments(g) -> None:
+    g.add_argument("--upstream-url", metavar="URL", help="OpenAI-compatible base URL, e.g. http://vllm:8000/v1 (required)")
+    g.add_argument("--upstream-model", help="model name to ask the upstream for (default: the client's)")
+    g.add_argument("--upstream-ca-bundle", metavar="PEM", help="CA certificates to verify an https upstream against (default: the system's)")
+
+
+def _options_from_args(args) -> UpstreamOptions:
+    import os
+
+    from contracts.config import ConfigError
+
+    if not args.upstream_url:
+        raise ConfigError("--upstream-url URL is required with --engine upstream")
+    if args.upstream_ca_bundle and not os.path.isfile(args.upstream_ca_bundle):
+        raise ConfigError(f"--upstream-ca-bundle {args.upstream_ca_bundle}: no such file")
+    return UpstreamOptions(url=args.upstream_url, model=args.upstream_model, ca_bundle=args.upstream_ca_bundle)
+
+
+def _build(options: UpstreamOptions, config) -> UpstreamEngine:
+    import os
+
+    verify: bool | Any = True  # certificates are always verified; a CA bundle narrows whom to trust
+    if options.ca_bundle:
+        import ssl
+
+        verify = ssl.create_default_context(cafile=options.ca_bundle)
+    return UpstreamEngine(options.url, api_key=os.environ.get(options.api_key_env), model=options.model,
+                          max_batch=config.max_batch, max_queue=config.max_queue,
+                          model_version=config.model_version, verify=verify)
+
+
+register(EnginePlugin(
+    name="upstream", help="stream through to an OpenAI-compatible server (vLLM, SGLang, the DeepSeek API)",
+    add_arguments=_add_arguments, options_from_args=_options_from_args, build=_build,
+    model_names=lambda o: [o.model] if o.model else []))

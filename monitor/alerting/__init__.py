@@ -1,4 +1,4 @@
-"""alertd: the seed's threshold matrix evaluated over the nodes' metrics, notified to chat ops.
+"""alertd: the threshold matrix evaluated over the nodes' metrics, notified to chat ops.
 
 Modules: config (YAML + JSON Schema), scrape / promql (sources), rules, state (SQLite state
 machine, silences, outbox), delivery (retries), receivers/ (one per chat tool), export

@@ -3,8 +3,9 @@ its own receivers (DingTalk/Feishu signing, WeCom markdown, bilingual text, retr
 
 Teams that run Prometheus + Alertmanager with the exported rules point a ``webhook_configs``
 entry at ``http://<alertmanager_listen>/alertmanager/<receiver name>``
-(``seekwatch rules export --format alertmanager`` writes these for dingtalk, feishu and wecom
-receivers when ``alertmanager_listen`` is set). A request is answered 200 only after its
+(``seekwatch rules export --format alertmanager`` writes these, when ``alertmanager_listen``
+is set, for every receiver Alertmanager has no integration for: the ``BridgedReceiver``
+modules, today dingtalk, feishu and wecom). A request is answered 200 only after its
 notification is committed to the outbox, so Alertmanager's own retries cover the hop to alertd.
 """
 from __future__ import annotations

@@ -1,9 +1,14 @@
 """Delivery of queued notifications: retries with exponential backoff, logged and counted.
 
 Runs in its own thread with its own SQLite connection. A row is marked ``sent`` as soon as
-the receiver accepted it, so a restart never re-sends it; a failed attempt is retried after
-``backoff * 2**(attempt-1)`` (capped at ``max_backoff``) until ``max_attempts``, then marked
-``failed`` — logged at ERROR and counted as ``outcome="failed"``.
+the receiver accepted it, so a restart never re-sends it. A transient failure (connection
+error, 408/429/5xx, a rate-limit code) is retried after ``backoff * 2**(attempt-1)`` (capped
+at ``max_backoff``: :class:`contracts.retry.Backoff`) until ``max_attempts``, then marked
+``failed`` — logged at ERROR and counted as ``outcome="failed"``. A permanent failure (the
+receiver module says which: a bad signature, an unknown token, another 4xx) is marked
+``failed`` at once and counted the same way; it is logged at ERROR the first time a receiver
+fails with that error, and at DEBUG while it keeps failing with it, so a wrong secret shows
+up once, not once per alert.
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import threading
 import time
 from typing import Any
 
+from contracts.retry import Backoff
+
 from .receivers import DeliveryError, Receiver, build_receiver
 from .state import StateStore
 
@@ -19,8 +26,9 @@ log = logging.getLogger("seekwatch.alertd.delivery")
 
 
 def backoff_delay(attempt: int, base: float, cap: float) -> float:
-    """Delay before retry number ``attempt`` (1 = first retry)."""
-    return min(cap, base * (2 ** max(0, attempt - 1)))
+    """Delay before retry number ``attempt`` (1 = first retry): the one retry policy,
+    :class:`contracts.retry.Backoff`."""
+    return Backoff(base, cap).delay(attempt)
 
 
 class Deliverer:
@@ -30,11 +38,11 @@ class Deliverer:
         self.store = StateStore(state_path)
         self.receivers: dict[str, Receiver] = {r["name"]: build_receiver(r) for r in receivers}
         self.max_attempts = int(delivery.get("max_attempts", 8))
-        self.base = float(delivery.get("backoff", 1.0))
-        self.cap = float(delivery.get("max_backoff", 300.0))
+        self.backoff = Backoff(base=float(delivery.get("backoff", 1.0)), cap=float(delivery.get("max_backoff", 300.0)))
         self.client = httpx.Client(timeout=float(delivery.get("timeout", 10.0)), trust_env=False)
         self.metrics = metrics
         self.wake = threading.Event()
+        self._reported: dict[str, str] = {}   # receiver -> the permanent error last logged at ERROR
 
     def _count(self, receiver: str, outcome: str) -> None:
         if self.metrics is not None:
@@ -64,8 +72,11 @@ class Deliverer:
             try:
                 rc.send(self.client, payload, time.time())
             except DeliveryError as exc:
+                if exc.permanent:
+                    self._permanent(row["id"], rc, attempt, exc)
+                    continue
                 failed = attempt >= self.max_attempts
-                delay = backoff_delay(attempt, self.base, self.cap)
+                delay = self.backoff.delay(attempt)
                 self.store.mark_retry(row["id"], attempt, time.time() + delay, str(exc), failed)
                 if not failed:
                     failed_now.add(row["receiver"])
@@ -79,6 +90,7 @@ class Deliverer:
                     self._count(rc.name, "retry")
                 continue
             self.store.mark_sent(row["id"], time.time())
+            self._reported.pop(rc.name, None)
             sent += 1
             log.info("notification %s (%s %s) delivered to %s on attempt %d",
                      row["id"], payload["status"], payload["group_key"], rc.name, attempt)
@@ -86,6 +98,18 @@ class Deliverer:
         if self.metrics is not None:
             self.metrics.outbox_pending.set(len(self.store.outbox("pending")))
         return sent
+
+    def _permanent(self, oid: int, rc: Receiver, attempt: int, exc: DeliveryError) -> None:
+        """Not retried: marked failed and counted now; logged at ERROR once per receiver and error."""
+        self.store.mark_retry(oid, attempt, time.time(), str(exc), failed=True)
+        self._count(rc.name, "failed")
+        if self._reported.get(rc.name) == str(exc):
+            log.debug("notification %s to %s refused permanently again: %s", oid, rc.name, exc)
+            return
+        self._reported[rc.name] = str(exc)
+        log.error("notification %s to %s refused permanently, not retried: %s (check the receiver's url, "
+                  "secret and settings; later notifications refused the same way are logged at DEBUG)",
+                  oid, rc.name, exc)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():

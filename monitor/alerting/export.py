@@ -12,8 +12,10 @@ import yaml
 
 from contracts import metrics as M
 
+from . import messages
 from .config import AlertdConfig
 from .durations import format_duration as fd
+from .receivers import ExportContext, receiver_class
 from .receivers.webhook import ALERTNAMES
 from .scrape import LATENCY_METRICS
 
@@ -24,17 +26,28 @@ def _dump(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120)
 
 
+def _metric(rule: str, r: dict[str, Any]) -> str:
+    return "e2e" if rule == "p99_e2e_latency" else r.get("metric", "ttft")
+
+
 def recording_names(cfg: AlertdConfig) -> dict[str, str]:
     n: dict[str, str] = {}
-    p = cfg.rule("p99_latency")
-    if p:
-        base = LATENCY_METRICS[p.get("metric", "ttft")][len(M.PREFIX):]
-        n["latency"] = f"seekwatch:{base}:p{float(p.get('quantile', 0.99)) * 100:g}_{fd(p['window'])}".replace(".", "_")
+    for name, key in (("p99_latency", "latency"), ("p99_e2e_latency", "latency_e2e")):
+        p = cfg.rule(name)
+        if p:
+            base = LATENCY_METRICS[_metric(name, p)][len(M.PREFIX):]
+            n[key] = f"seekwatch:{base}:p{float(p.get('quantile', 0.99)) * 100:g}_{fd(p['window'])}".replace(".", "_")
     c = cfg.rule("completion_rate")
     if c:
         w = fd(c["window"])
-        n.update(requests=f"seekwatch:requests:increase{w}", completed=f"seekwatch:requests_completed:increase{w}",
-                 down=f"seekwatch:feedback_down:increase{w}", completion=f"seekwatch:completion_rate:{w}")
+        n.update(conv_ended=f"seekwatch:conversations_ended:increase{w}",
+                 conv_completed=f"seekwatch:conversations_completed:increase{w}",
+                 dialogue=f"seekwatch:dialogue_completion_rate:{w}")
+    t = cfg.rule("turn_completion")
+    if t:
+        w = fd(t["window"])
+        n.update(turns=f"seekwatch:chat_turns:increase{w}", turns_completed=f"seekwatch:chat_turns_completed:increase{w}",
+                 down=f"seekwatch:completed_turns_rated_down:increase{w}", turn=f"seekwatch:turn_completion_rate:{w}")
     g = cfg.rule("gpu_utilization")
     if g:
         n["gpu"] = f"seekwatch:gpu_utilization:avg{fd(max(g['for'], cfg.evaluation_interval))}"
@@ -66,42 +79,70 @@ def prometheus_rules(cfg: AlertdConfig) -> dict[str, Any]:
     alerts: list[dict[str, Any]] = []
     dash = f"\n仪表盘 Dashboard: {cfg.dashboard_url}" if cfg.dashboard_url else ""
 
-    p = cfg.rule("p99_latency")
-    if p:
-        metric = LATENCY_METRICS[p.get("metric", "ttft")]
+    for name, key in (("p99_latency", "latency"), ("p99_e2e_latency", "latency_e2e")):
+        p = cfg.rule(name)
+        if not p:
+            continue
+        m = _metric(name, p)
         q = p.get("quantile", 0.99)
-        rec.append({"record": n["latency"], "expr": f"histogram_quantile({q}, sum by ({by}, le) "
-                                                     f"(rate({metric}_bucket{{{sel}}}[{fd(p['window'])}])))"})
+        if not any(r["record"] == n[key] for r in rec):   # both rules on e2e with one window: one record
+            rec.append({"record": n[key], "expr": f"histogram_quantile({q}, sum by ({by}, le) "
+                                                  f"(rate({LATENCY_METRICS[m]}_bucket{{{sel}}}[{fd(p['window'])}])))"})
         thr = p["threshold_ms"] / 1000.0
-        what = "首字延迟 TTFT" if p.get("metric", "ttft") == "ttft" else "端到端延迟"
+        what = "首字延迟 TTFT" if m == "ttft" else "端到端延迟"
+        zh, en = messages.RULE_TITLES[name]
         alerts.append(_alert(
-            ALERTNAMES["p99_latency"], f"{n['latency']} > {thr:g}", p["for"],
-            {"severity": p.get("severity", "critical"), "rule": "p99_latency"},
-            "P99 延迟过高 / P99 latency high: {{ $labels.instance }}",
+            ALERTNAMES[name], f"{n[key]} > {thr:g}", p["for"],
+            {"severity": p.get("severity", "critical"), "rule": name},
+            f"{zh} / {en}: {{{{ $labels.instance }}}}",
             f"{fd(p['window'])} 内{what} P{q * 100:g} = {{{{ $value | humanizeDuration }}}}，阈值 > {p['threshold_ms']:g} ms\n"
-            f"P{q * 100:g} {'time to first token' if p.get('metric', 'ttft') == 'ttft' else 'end-to-end latency'} "
+            f"P{q * 100:g} {'time to first token' if m == 'ttft' else 'end-to-end latency'} "
             f"over {fd(p['window'])} = {{{{ $value | humanizeDuration }}}}, threshold > {p['threshold_ms']:g} ms{dash}",
             {"value": "{{ $value }}", "threshold": f"{thr:g}", "window_seconds": f"{p['window']:g}",
-             "metric": p.get("metric", "ttft"), "quantile": f"{q:g}"}))
+             "metric": m, "quantile": f"{q:g}"}))
 
     c = cfg.rule("completion_rate")
     if c:
+        # 对话完成率: conversations the nodes closed (idle for --conversation-idle) in the window
         w = fd(c["window"])
         rec += [
-            {"record": n["requests"], "expr": f"sum by ({by}) (increase({M.REQUESTS_TOTAL}{{{sel}}}[{w}]))"},
-            {"record": n["completed"], "expr": f'sum by ({by}) (increase({M.REQUESTS_TOTAL}{{{sel}, status="completed"}}[{w}]))'},
-            {"record": n["down"], "expr": f'sum by ({by}) (increase({M.FEEDBACK_TOTAL}{{{sel}, rating="down"}}[{w}]))'},
-            {"record": n["completion"],
-             "expr": f"clamp_min({n['completed']} - ({n['down']} or {n['completed']} * 0), 0) / {n['requests']}"},
+            {"record": n["conv_ended"], "expr": f"sum by ({by}) (increase({M.CONVERSATIONS_ENDED_TOTAL}{{{sel}}}[{w}]))"},
+            {"record": n["conv_completed"],
+             "expr": f'sum by ({by}) (increase({M.CONVERSATIONS_ENDED_TOTAL}{{{sel}, outcome="completed"}}[{w}]))'},
+            {"record": n["dialogue"], "expr": f"{n['conv_completed']} / {n['conv_ended']}"},
         ]
         alerts.append(_alert(
             ALERTNAMES["completion_rate"],
-            f"{n['completion']} < {c['threshold']:g} and {n['requests']} >= {c['min_samples']}", c["for"],
+            f"{n['dialogue']} < {c['threshold']:g} and {n['conv_ended']} >= {c['min_samples']}", c["for"],
             {"severity": c.get("severity", "critical"), "rule": "completion_rate"},
             "对话完成率过低 / Dialogue completion rate low: {{ $labels.instance }}",
-            f"{w} 完成率 {{{{ $value | humanizePercentage }}}}，阈值 < {c['threshold'] * 100:g}%\n"
-            f"completion rate over {w} = {{{{ $value | humanizePercentage }}}}, threshold < {c['threshold'] * 100:g}%{dash}",
+            f"{w} 内结束的对话中对话完成率 {{{{ $value | humanizePercentage }}}}，阈值 < {c['threshold'] * 100:g}%\n"
+            f"dialogue completion (per conversation) over {w} = {{{{ $value | humanizePercentage }}}}, "
+            f"threshold < {c['threshold'] * 100:g}%{dash}",
             {"value": "{{ $value }}", "threshold": f"{c['threshold']:g}", "window_seconds": f"{c['window']:g}"}))
+
+    t = cfg.rule("turn_completion")
+    if t:
+        # 轮次完成率: a thumbs-down subtracts only a turn that had completed, once
+        w = fd(t["window"])
+        chat = f'{sel}, request_kind=~"chat|"'
+        rec += [
+            {"record": n["turns"], "expr": f"sum by ({by}) (increase({M.REQUESTS_TOTAL}{{{chat}}}[{w}]))"},
+            {"record": n["turns_completed"],
+             "expr": f'sum by ({by}) (increase({M.REQUESTS_TOTAL}{{{chat}, status="completed"}}[{w}]))'},
+            {"record": n["down"], "expr": f"sum by ({by}) (increase({M.COMPLETED_TURNS_RATED_DOWN_TOTAL}{{{sel}}}[{w}]))"},
+            {"record": n["turn"],
+             "expr": f"clamp_min({n['turns_completed']} - ({n['down']} or {n['turns_completed']} * 0), 0) / {n['turns']}"},
+        ]
+        alerts.append(_alert(
+            ALERTNAMES["turn_completion"],
+            f"{n['turn']} < {t['threshold']:g} and {n['turns']} >= {t['min_samples']}", t["for"],
+            {"severity": t.get("severity", "warning"), "rule": "turn_completion"},
+            "轮次完成率过低 / Turn completion rate low: {{ $labels.instance }}",
+            f"{w} 轮次完成率 {{{{ $value | humanizePercentage }}}}，阈值 < {t['threshold'] * 100:g}%\n"
+            f"turn completion (per chat turn) over {w} = {{{{ $value | humanizePercentage }}}}, "
+            f"threshold < {t['threshold'] * 100:g}%{dash}",
+            {"value": "{{ $value }}", "threshold": f"{t['threshold']:g}", "window_seconds": f"{t['window']:g}"}))
 
     g = cfg.rule("gpu_utilization")
     if g:
@@ -160,26 +201,15 @@ def alertmanager_config(cfg: AlertdConfig) -> tuple[dict[str, Any], list[str]]:
     notes: list[str] = []
     receivers: list[dict[str, Any]] = [{"name": "blackhole"}]
     routes: list[dict[str, Any]] = []
+    ctx = ExportContext(send_resolved=cfg.send_resolved, alertmanager_listen=cfg.alertmanager_listen)
     for rc in cfg.receivers:
-        t, name = rc["type"], rc["name"]
-        entry: dict[str, Any] = {"name": name}
-        if t == "slack":
-            entry["slack_configs"] = [{
-                "api_url": rc["url"], "send_resolved": cfg.send_resolved,
-                "title": '{{ if eq .Status "firing" }}🔴 [告警 FIRING]{{ else }}✅ [已恢复 RESOLVED]{{ end }} '
-                         "{{ .CommonAnnotations.summary }}",
-                "text": "{{ range .Alerts }}{{ .Annotations.description }}\n开始于 Since: {{ .StartsAt }}\n{{ end }}",
-            }]
-        elif t == "webhook":
-            entry["webhook_configs"] = [{"url": rc["url"], "send_resolved": cfg.send_resolved}]
-        elif t in ("dingtalk", "feishu", "wecom") and cfg.alertmanager_listen:
-            # through alertd's bridge, which signs and formats for the chat tool
-            entry["webhook_configs"] = [{"url": f"http://{cfg.alertmanager_listen}/alertmanager/{name}",
-                                         "send_resolved": cfg.send_resolved}]
-        else:
-            notes.append(f"receiver {name!r} ({t}) left out: Alertmanager has no native {t} integration — "
-                         f"set alertmanager_listen so alertd bridges it (see docs/alerts.md), or keep alertd for it")
+        name = rc["name"]
+        cls = receiver_class(rc["type"])
+        mapped = cls.alertmanager(rc, ctx)   # each receiver module owns its Alertmanager mapping
+        if mapped is None:
+            notes.append(cls.alertmanager_note(rc))
             continue
+        entry: dict[str, Any] = {"name": name, **mapped}
         receivers.append(entry)
         route: dict[str, Any] = {"receiver": name, "continue": True}
         if rc.get("severities"):
@@ -198,7 +228,8 @@ def alertmanager_config(cfg: AlertdConfig) -> tuple[dict[str, Any], list[str]]:
         },
         "inhibit_rules": [{
             "source_matchers": [f'alertname="{ALERTNAMES["no_data"]}"'],
-            "target_matchers": [f'alertname=~"{ALERTNAMES["p99_latency"]}|{ALERTNAMES["completion_rate"]}|'
+            "target_matchers": [f'alertname=~"{ALERTNAMES["p99_latency"]}|{ALERTNAMES["p99_e2e_latency"]}|'
+                                f'{ALERTNAMES["completion_rate"]}|{ALERTNAMES["turn_completion"]}|'
                                 f'{ALERTNAMES["gpu_utilization"]}"'],
             "equal": ["instance"],
         }],

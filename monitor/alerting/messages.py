@@ -1,20 +1,23 @@
 """Bilingual (Chinese + English) alert text shared by every receiver.
 
 Each alert reads: the rule, the value against its threshold, the node (and GPU), since when,
-and a link to the dashboard. Markdown flavours differ a little per chat tool; the receivers
-pick ``markdown(payload, flavor)`` or ``plain(payload)``.
+and a link to the dashboard. Markdown differs a little per chat tool: each receiver passes
+its own :class:`MarkdownStyle` to ``markdown(payload, style)``, or uses ``plain(payload)``.
 """
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from .durations import format_duration, human
 
 RULE_TITLES = {
     "p99_latency": ("P99 延迟过高", "P99 latency high"),
+    "p99_e2e_latency": ("端到端 P99 延迟过高", "End-to-end P99 latency high"),
     "gpu_utilization": ("GPU 利用率过高", "GPU utilization high"),
     "completion_rate": ("对话完成率过低", "Dialogue completion rate low"),
+    "turn_completion": ("轮次完成率过低", "Turn completion rate low"),
     "no_data": ("节点无数据", "No data from node"),
     "scaling": ("扩缩容建议", "Scaling recommendation"),
 }
@@ -36,9 +39,9 @@ def iso(t: float | None) -> str:
 def _fmt_value(rule: str, v: Any) -> str:
     if v is None:
         return "n/a"
-    if rule == "p99_latency":
+    if rule in ("p99_latency", "p99_e2e_latency"):
         return f"{v * 1000:.0f} ms"
-    if rule in ("gpu_utilization", "completion_rate"):
+    if rule in ("gpu_utilization", "completion_rate", "turn_completion"):
         return f"{v * 100:.1f}%"
     if rule == "scaling":
         return f"{v:.2f}"
@@ -51,7 +54,7 @@ def comparison(a: dict[str, Any]) -> tuple[str, str]:
     d = a.get("detail") or {}
     v, thr = a.get("value"), a.get("threshold")
     fv, ft = _fmt_value(rule, v), _fmt_value(rule, thr)
-    if rule == "p99_latency":
+    if rule in ("p99_latency", "p99_e2e_latency"):
         name = "首字延迟 TTFT" if d.get("metric", "ttft") == "ttft" else "端到端延迟"
         en = "time to first token" if d.get("metric", "ttft") == "ttft" else "end-to-end latency"
         q = f"P{float(d.get('quantile', 0.99)) * 100:g}"
@@ -62,10 +65,19 @@ def comparison(a: dict[str, Any]) -> tuple[str, str]:
         return (f"{w} 平均利用率 {fv}，阈值 > {ft}", f"average utilization over {w} = {fv}, threshold > {ft}")
     if rule == "completion_rate":
         w = format_duration(float(d.get("window", 0)))
+        n = d.get("ended")
+        extra_zh = f"（结束 {n:.0f} 个对话，完成 {d.get('completed', 0):.0f} 个）" if n is not None else ""
+        extra_en = f" ({n:.0f} conversations ended, {d.get('completed', 0):.0f} completed)" if n is not None else ""
+        return (f"{w} 内结束的对话中对话完成率 {fv}，阈值 < {ft}{extra_zh}",
+                f"dialogue completion (per conversation) over {w} = {fv}, threshold < {ft}{extra_en}")
+    if rule == "turn_completion":
+        w = format_duration(float(d.get("window", 0)))
         tot = d.get("total")
-        extra_zh = f"（{tot:.0f} 轮，完成 {d.get('completed', 0):.0f}，差评 {d.get('down', 0):.0f}）" if tot is not None else ""
-        extra_en = f" ({tot:.0f} turns, {d.get('completed', 0):.0f} completed, {d.get('down', 0):.0f} thumbs-down)" if tot is not None else ""
-        return (f"{w} 完成率 {fv}，阈值 < {ft}{extra_zh}", f"completion rate over {w} = {fv}, threshold < {ft}{extra_en}")
+        extra_zh = f"（{tot:.0f} 轮，完成 {d.get('completed', 0):.0f}，其中差评 {d.get('down', 0):.0f}）" if tot is not None else ""
+        extra_en = (f" ({tot:.0f} turns, {d.get('completed', 0):.0f} completed, {d.get('down', 0):.0f} of them "
+                    f"thumbs-down)") if tot is not None else ""
+        return (f"{w} 轮次完成率 {fv}，阈值 < {ft}{extra_zh}",
+                f"turn completion (per chat turn) over {w} = {fv}, threshold < {ft}{extra_en}")
     if rule == "no_data":
         err = d.get("error") or "no samples"
         return (f"无法获取指标：{err}", f"no metrics: {err}")
@@ -131,10 +143,28 @@ def plain(payload: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def markdown(payload: dict[str, Any], flavor: str = "common") -> str:
-    """Markdown body. ``slack`` uses mrkdwn (*bold*, <url|text>), the others CommonMark-ish."""
-    bold = (lambda s: f"*{s}*") if flavor == "slack" else (lambda s: f"**{s}**")
-    out = [bold(title(payload)) if flavor != "dingtalk" else f"### {title(payload)}"]
+@dataclass(frozen=True)
+class MarkdownStyle:
+    """How one chat tool writes markdown; each receiver module declares its own (Slack's
+    mrkdwn, DingTalk's heading, WeCom's quoted lines), the default is CommonMark."""
+
+    bold: Callable[[str], str] = lambda s: f"**{s}**"
+    #: the title line; None: the title in bold
+    heading: Callable[[str], str] | None = None
+    #: one "key: value" line; None: the key in bold
+    line: Callable[[str, str], str] | None = None
+    link: Callable[[str, str], str] = lambda url, text: f"[{text}]({url})"
+    separator: str = "\n"
+
+
+COMMONMARK = MarkdownStyle()
+
+
+def markdown(payload: dict[str, Any], style: MarkdownStyle = COMMONMARK) -> str:
+    """The markdown body of a notification, in ``style``."""
+    bold = style.bold
+    head = title(payload)
+    out = [style.heading(head) if style.heading else bold(head)]
     mixed = len({x["labels"].get("rule") for x in payload["alerts"]}) > 1
     for a in payload["alerts"]:
         lines = alert_lines(a, payload["status"], with_rule=mixed)
@@ -142,9 +172,8 @@ def markdown(payload: dict[str, Any], flavor: str = "common") -> str:
             out.append("")
         for ln in lines:
             k, _, v = ln.partition(": ")
-            out.append(f"{bold(k)}: {v}" if flavor != "wecom" else f"> {k}: {v}")
+            out.append(style.line(k, v) if style.line else f"{bold(k)}: {v}")
     url = payload.get("dashboard_url")
     if url:
-        out.append(f"<{url}|仪表盘 Dashboard>" if flavor == "slack" else f"[仪表盘 Dashboard]({url})")
-    sep = "\n\n" if flavor == "dingtalk" else "\n"
-    return sep.join(out)
+        out.append(style.link(url, "仪表盘 Dashboard"))
+    return style.separator.join(out)

@@ -22,6 +22,6 @@ class AlertdMetrics:
         self.load = Gauge(PREFIX + "fleet_load_ratio",
                           "Fleet load: average requests_running / capacity over the scaling window", registry=r)
         self.recommendation = Gauge(PREFIX + "scaling_recommendation_instances",
-                                    "Seed scaling rule: +N add instances, -N remove, 0 hold", registry=r)
+                                    "Scaling rule: +N add instances, -N remove, 0 hold", registry=r)
         for s in ("pending", "firing"):
             self.alerts.labels(s)

@@ -33,15 +33,30 @@ UNKNOWN = _Unknown()
 
 @dataclass
 class Completion:
-    total: float        # turns ended in the window, all statuses
-    completed: float    # status="completed"
-    down: float         # rating="down" feedback in the window
+    """Turn completion's inputs over the window (definition: contracts.signals)."""
+
+    total: float        # chat turns ended in the window, all statuses
+    completed: float    # chat turns with status="completed"
+    down: float         # completed chat turns that drew a thumbs-down in the window (once per turn)
 
     @property
     def rate(self) -> float | None:
         if self.total <= 0:
             return None
+        # max(): a thumbs-down in the window can rate a turn that ended before it
         return max(0.0, self.completed - self.down) / self.total
+
+
+@dataclass
+class Dialogues:
+    """Dialogue completion's inputs: conversations that ended in the window, by outcome."""
+
+    ended: float
+    completed: float
+
+    @property
+    def rate(self) -> float | None:
+        return self.completed / self.ended if self.ended > 0 else None
 
 
 @dataclass
@@ -50,7 +65,9 @@ class NodeObservation:
     up: bool = True
     error: str | None = None                    # why there is no data, for the no-data alert
     latency: object = UNKNOWN                   # seconds (quantile over the window) | None | UNKNOWN
-    completion: object = UNKNOWN                # Completion | UNKNOWN
+    latency_e2e: object = UNKNOWN               # the same for p99_e2e_latency (end-to-end duration)
+    completion: object = UNKNOWN                # Completion | UNKNOWN (turn completion)
+    dialogues: object = UNKNOWN                 # Dialogues | UNKNOWN (dialogue completion)
     gpu: dict[str, object] = field(default_factory=dict)   # gpu index -> average ratio | UNKNOWN
     running: object = UNKNOWN                   # average requests_running over the window | UNKNOWN
     #: inputs computed over less history than their window (e.g. just after alertd restarted):

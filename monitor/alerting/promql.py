@@ -6,8 +6,9 @@ timestamp:
 
 ===================  ==========================================================================
 latency              ``histogram_quantile(q, sum by (instance, le) (rate(<metric>_bucket[window])))``
-completion           ``sum by (instance, status) (increase(seekwatch_requests_total[window]))`` and
-                     ``sum by (instance) (increase(seekwatch_feedback_total{rating="down"}[window]))``
+turn completion      ``sum by (instance, status) (increase(seekwatch_requests_total{request_kind=~"chat|"}[window]))``
+                     and ``sum by (instance) (increase(seekwatch_completed_turns_rated_down_total[window]))``
+dialogue completion  ``sum by (instance, outcome) (increase(seekwatch_conversations_ended_total[window]))``
 gpu                  ``avg_over_time(seekwatch_gpu_utilization_ratio[for])``
 load                 ``sum by (instance) (avg_over_time(seekwatch_requests_running[window]))``
 no data              ``up == 0``, or no ``seekwatch_`` series from an up target
@@ -24,7 +25,7 @@ from contracts import metrics as M
 
 from .config import AlertdConfig
 from .durations import format_duration
-from .model import UNKNOWN, Completion, NodeObservation
+from .model import UNKNOWN, Completion, Dialogues, NodeObservation
 from .scrape import LATENCY_METRICS
 
 
@@ -50,12 +51,24 @@ def queries(cfg: AlertdConfig) -> dict[str, str]:
                         f"(rate({metric}_bucket{{{sel}}}[{format_duration(p99['window'])}])))")
         # scrapes inside the window: fewer than two means "not enough data yet", as with direct scrape
         q["latency_n"] = f"count_over_time(up{{{sel}}}[{format_duration(p99['window'])}])"
-    comp = cfg.rule("completion_rate")
+    p99e = cfg.rule("p99_e2e_latency")
+    if p99e:
+        w = format_duration(p99e["window"])
+        q["latency_e2e"] = (f"histogram_quantile({p99e.get('quantile', 0.99)}, sum by (instance, le) "
+                            f"(rate({M.REQUEST_DURATION}_bucket{{{sel}}}[{w}])))")
+        q["latency_e2e_n"] = f"count_over_time(up{{{sel}}}[{w}])"
+    comp = cfg.rule("turn_completion")
     if comp:
         w = format_duration(comp["window"])
-        q["requests"] = f"sum by (instance, status) (increase({M.REQUESTS_TOTAL}{{{sel}}}[{w}]))"
-        q["down"] = f'sum by (instance) (increase({M.FEEDBACK_TOTAL}{{{sel}, rating="down"}}[{w}]))'
+        # request_kind="" also matches series without the label (nodes older than request kinds)
+        q["requests"] = f'sum by (instance, status) (increase({M.REQUESTS_TOTAL}{{{sel}, request_kind=~"chat|"}}[{w}]))'
+        q["down"] = f"sum by (instance) (increase({M.COMPLETED_TURNS_RATED_DOWN_TOTAL}{{{sel}}}[{w}]))"
         q["requests_n"] = f"count_over_time(up{{{sel}}}[{w}])"
+    dial = cfg.rule("completion_rate")
+    if dial:
+        w = format_duration(dial["window"])
+        q["conversations"] = f"sum by (instance, outcome) (increase({M.CONVERSATIONS_ENDED_TOTAL}{{{sel}}}[{w}]))"
+        q["conversations_n"] = f"count_over_time(up{{{sel}}}[{w}])"
     gpu = cfg.rule("gpu_utilization")
     if gpu:
         w = format_duration(max(gpu["for"], cfg.evaluation_interval))
@@ -124,6 +137,15 @@ class PromQLSource:
                 if o is not None and o.latency is not UNKNOWN:
                     v = self._val(item)
                     o.latency = None if math.isnan(v) else v
+        if "latency_e2e" in res:
+            ok = enough("latency_e2e_n")
+            for inst, o in live.items():
+                o.latency_e2e = None if inst in ok else UNKNOWN
+            for item in res["latency_e2e"]:
+                o = live.get(item["metric"].get("instance"))
+                if o is not None and o.latency_e2e is not UNKNOWN:
+                    v = self._val(item)
+                    o.latency_e2e = None if math.isnan(v) else v
         if "requests" in res:
             per: dict[str, dict[str, float]] = {}
             for item in res["requests"]:
@@ -136,6 +158,15 @@ class PromQLSource:
                 st = per.get(inst, {})
                 o.completion = Completion(total=sum(st.values()), completed=st.get("completed", 0.0),
                                           down=down.get(inst, 0.0))
+        if "conversations" in res:
+            per = {}
+            for item in res["conversations"]:
+                per.setdefault(item["metric"].get("instance"), {})[item["metric"].get("outcome", "")] = self._val(item)
+            ok = enough("conversations_n")
+            for inst, o in live.items():
+                if inst in ok:
+                    oc = per.get(inst, {})
+                    o.dialogues = Dialogues(ended=sum(oc.values()), completed=oc.get("completed", 0.0))
         if "gpu" in res:
             for item in res["gpu"]:
                 o = live.get(item["metric"].get("instance"))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import AlertdConfig
-from .model import UNKNOWN, Completion, NodeObservation
+from .model import UNKNOWN, Completion, Dialogues, NodeObservation
 
 FLEET = "fleet"
 
@@ -40,7 +40,7 @@ def alert_key(labels: dict[str, str]) -> str:
 
 @dataclass
 class Recommendation:
-    """The seed's scaling rule applied to the fleet's load."""
+    """The scaling rule (load > high: +N, load < low: -N) applied to the fleet's load."""
 
     load: float | None          # fleet load ratio, None when unknown
     delta: int                  # +scale_up, -scale_down or 0
@@ -79,18 +79,36 @@ def evaluate(cfg: AlertdConfig, observations: list[NodeObservation],
         if not o.up:
             frozen.add(o.node)
             continue
-        r = cfg.rule("p99_latency")
-        if r:
+        for name, lat, part in (("p99_latency", o.latency, "latency"), ("p99_e2e_latency", o.latency_e2e, "latency_e2e")):
+            r = cfg.rule(name)
+            if not r:
+                continue
             thr = r["threshold_ms"] / 1000.0
-            lat = o.latency
             active = None if lat is UNKNOWN else (lat is not None and lat > thr)
-            if active is False and "latency" in o.partial:
+            if active is False and part in o.partial:
                 active = None
-            evals.append(Evaluation(_labels("p99_latency", o.node, r), active,
+            metric = "e2e" if name == "p99_e2e_latency" else r.get("metric", "ttft")
+            evals.append(Evaluation(_labels(name, o.node, r), active,
                                     value=None if lat is UNKNOWN else lat, threshold=thr, for_s=r["for"],
-                                    detail={"metric": r.get("metric", "ttft"), "quantile": r.get("quantile", 0.99),
+                                    detail={"metric": metric, "quantile": r.get("quantile", 0.99),
                                             "window": r["window"]}))
-        r = cfg.rule("completion_rate")
+        r = cfg.rule("completion_rate")      # 对话完成率: per conversation
+        if r:
+            d = o.dialogues
+            if d is UNKNOWN:
+                active, value, detail = None, None, {}
+            else:
+                assert isinstance(d, Dialogues)
+                enough = d.ended >= r["min_samples"]
+                active = bool(enough and d.rate is not None and d.rate < r["threshold"])
+                if not active and "dialogues" in o.partial:
+                    active = None
+                value = d.rate
+                detail = {"ended": d.ended, "completed": d.completed}
+            detail.update(window=r["window"], min_samples=r["min_samples"])
+            evals.append(Evaluation(_labels("completion_rate", o.node, r), active, value=value,
+                                    threshold=r["threshold"], for_s=r["for"], detail=detail))
+        r = cfg.rule("turn_completion")      # 轮次完成率: per chat turn
         if r:
             c = o.completion
             if c is UNKNOWN:
@@ -105,7 +123,7 @@ def evaluate(cfg: AlertdConfig, observations: list[NodeObservation],
                 value = rate
                 detail = {"total": c.total, "completed": c.completed, "down": c.down}
             detail.update(window=r["window"], min_samples=r["min_samples"])
-            evals.append(Evaluation(_labels("completion_rate", o.node, r), active, value=value,
+            evals.append(Evaluation(_labels("turn_completion", o.node, r), active, value=value,
                                     threshold=r["threshold"], for_s=r["for"], detail=detail))
         r = cfg.rule("gpu_utilization")
         if r:

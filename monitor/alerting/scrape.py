@@ -5,8 +5,10 @@ history in memory and turn it into :class:`~monitor.alerting.model.NodeObservati
   Prometheus' ``histogram_quantile`` — the same arithmetic as
   ``histogram_quantile(0.99, sum by (le) (rate(..._bucket[window])))``.
 * GPU utilization: the average of the samples over the rule's ``for`` (``avg_over_time``).
-* Completion: increases of ``seekwatch_requests_total{status}`` and
-  ``seekwatch_feedback_total{rating="down"}`` over ``window``.
+* Turn completion: increases of ``seekwatch_requests_total{status}`` (chat turns: the
+  ``request_kind="chat"`` series, or series without the label) and
+  ``seekwatch_completed_turns_rated_down_total`` over ``window``.
+* Dialogue completion: increases of ``seekwatch_conversations_ended_total{outcome}``.
 * Load: the average of ``seekwatch_requests_running`` over the scaling window.
 
 A node that cannot be fetched or parsed, or exposes no ``seekwatch_`` sample, is reported as
@@ -19,14 +21,15 @@ import collections
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 from contracts import metrics as M
+from contracts.signals import CHAT
 from prometheus_client.parser import text_string_to_metric_families
 
 from .config import AlertdConfig, node_id
-from .model import UNKNOWN, Completion, NodeObservation, histogram_quantile
+from .model import UNKNOWN, Completion, Dialogues, NodeObservation, histogram_quantile
 
 log = logging.getLogger("seekwatch.alertd.scrape")
 
@@ -39,16 +42,20 @@ class Sample:
 
     t: float
     buckets: dict[float, float]     # le -> cumulative count, summed over other labels
-    requests: dict[str, float]      # status -> counter value
-    down: float                     # feedback_total{rating="down"}
+    requests: dict[str, float]      # status -> counter value (chat turns)
+    down: float                     # completed_turns_rated_down_total
     gpu: dict[str, float]           # gpu -> utilization ratio
     running: float | None
+    conversations: dict[str, float] = field(default_factory=dict)  # outcome -> conversations_ended_total
+    e2e_buckets: dict[float, float] = field(default_factory=dict)  # request_duration buckets (p99_e2e_latency)
     # Reset-adjusted running totals since the history began (set by NodeHistory.add): the
     # counter increase between two samples is then one subtraction per series, not a pass
     # over every sample in the window.
     cb: dict[float, float] | None = None
     cr: dict[str, float] | None = None
     cd: float = 0.0
+    cc: dict[str, float] | None = None
+    ce: dict[float, float] | None = None
 
 
 def _accumulate(prev_raw: dict, prev_cum: dict, raw: dict) -> dict:
@@ -101,16 +108,20 @@ def _reference_samples(lines: list[str]) -> list[tuple[str, dict[str, str], floa
             for fam in text_string_to_metric_families("\n".join(lines) + "\n") for s in fam.samples]
 
 
-def parse_exposition(text: str, latency_metric: str, t: float, reference: bool = False) -> Sample | None:
+def parse_exposition(text: str, latency_metric: str, t: float, reference: bool = False,
+                     e2e: bool = False) -> Sample | None:
     """Parse Prometheus text exposition (0.0.4) into the few series the rules read.
 
     Only the lines of those series are parsed (a node exposes a few hundred lines, the rules
     need about forty). Lines go through a plain-format fast path, or ``prometheus_client.parser``
     for anything unusual (escaped label values, timestamps) or with ``reference=True``.
-    Returns None when the text holds no ``seekwatch_`` sample at all.
+    Returns None when the text holds no ``seekwatch_`` sample at all. ``e2e``: also read the
+    end-to-end duration buckets (the ``p99_e2e_latency`` rule).
     """
     bucket_name = latency_metric + "_bucket"
-    wanted = (bucket_name, M.REQUESTS_TOTAL, M.FEEDBACK_TOTAL, M.GPU_UTILIZATION, M.REQUESTS_RUNNING)
+    e2e_name = M.REQUEST_DURATION + "_bucket"
+    wanted = (bucket_name, *((e2e_name,) if e2e else ()), M.REQUESTS_TOTAL, M.COMPLETED_TURNS_RATED_DOWN_TOTAL, M.CONVERSATIONS_ENDED_TOTAL,
+              M.GPU_UTILIZATION, M.REQUESTS_RUNNING)
     lines = []
     seen_any = False
     for line in text.splitlines():
@@ -128,23 +139,31 @@ def parse_exposition(text: str, latency_metric: str, t: float, reference: bool =
     buckets: dict[float, float] = {}
     requests: dict[str, float] = {}
     down = 0.0
+    conversations: dict[str, float] = {}
+    e2e_buckets: dict[float, float] = {}
     gpu: dict[str, float] = {}
     running: float | None = None
     for name, labels, value in samples:
-        if name == bucket_name:
+        if name == bucket_name or name == e2e_name:
             le = float(labels["le"])
-            buckets[le] = buckets.get(le, 0.0) + value
+            if name == bucket_name:
+                buckets[le] = buckets.get(le, 0.0) + value
+            if e2e and name == e2e_name:
+                e2e_buckets[le] = e2e_buckets.get(le, 0.0) + value
         elif name == M.REQUESTS_TOTAL:
-            st = labels.get("status", "")
-            requests[st] = requests.get(st, 0.0) + value
-        elif name == M.FEEDBACK_TOTAL:
-            if labels.get("rating") == "down":
-                down += value
+            if labels.get("request_kind", CHAT) in ("", CHAT):
+                st = labels.get("status", "")
+                requests[st] = requests.get(st, 0.0) + value
+        elif name == M.COMPLETED_TURNS_RATED_DOWN_TOTAL:
+            down += value
+        elif name == M.CONVERSATIONS_ENDED_TOTAL:
+            o = labels.get("outcome", "")
+            conversations[o] = conversations.get(o, 0.0) + value
         elif name == M.GPU_UTILIZATION:
             gpu[labels.get("gpu", "")] = value
         elif name == M.REQUESTS_RUNNING:
             running = (running or 0.0) + value
-    return Sample(t, buckets, requests, down, gpu, running)
+    return Sample(t, buckets, requests, down, gpu, running, conversations, e2e_buckets)
 
 
 class NodeHistory:
@@ -161,8 +180,11 @@ class NodeHistory:
             s.cb = _accumulate(p.buckets, p.cb, s.buckets)
             s.cr = _accumulate(p.requests, p.cr, s.requests)
             s.cd = p.cd + (s.down - p.down if s.down >= p.down else s.down)
+            s.cc = _accumulate(p.conversations, p.cc, s.conversations)
+            s.ce = _accumulate(p.e2e_buckets, p.ce, s.e2e_buckets)
         else:
-            s.cb, s.cr, s.cd = dict(s.buckets), dict(s.requests), s.down
+            s.cb, s.cr, s.cd, s.cc = dict(s.buckets), dict(s.requests), s.down, dict(s.conversations)
+            s.ce = dict(s.e2e_buckets)
         self.samples.append(s)
         while self.samples and self.samples[0].t < s.t - self.keep:
             self.samples.popleft()
@@ -191,7 +213,16 @@ def observe(h: NodeHistory, cfg: AlertdConfig, now: float) -> NodeObservation:
             obs.latency = None if math.isnan(q) else q
             if not h.covers(now, p99["window"], ev):
                 obs.partial.add("latency")
-    comp = cfg.rule("completion_rate")
+    p99e = cfg.rule("p99_e2e_latency")
+    if p99e:
+        win = h.window(now, p99e["window"])
+        if len(win) >= 2:
+            first, last = win[0].ce, win[-1].ce
+            q = histogram_quantile(p99e.get("quantile", 0.99), [(le, c - first.get(le, 0.0)) for le, c in last.items()])
+            obs.latency_e2e = None if math.isnan(q) else q
+            if not h.covers(now, p99e["window"], ev):
+                obs.partial.add("latency_e2e")
+    comp = cfg.rule("turn_completion")
     if comp:
         win = h.window(now, comp["window"])
         if len(win) >= 2:
@@ -201,6 +232,15 @@ def observe(h: NodeHistory, cfg: AlertdConfig, now: float) -> NodeObservation:
                                         down=win[-1].cd - win[0].cd)
             if not h.covers(now, comp["window"], ev):
                 obs.partial.add("completion")
+    dial = cfg.rule("completion_rate")
+    if dial:
+        win = h.window(now, dial["window"])
+        if len(win) >= 2:
+            first, last = win[0].cc, win[-1].cc
+            per = {o: c - first.get(o, 0.0) for o, c in last.items()}
+            obs.dialogues = Dialogues(ended=sum(per.values()), completed=per.get("completed", 0.0))
+            if not h.covers(now, dial["window"], ev):
+                obs.partial.add("dialogues")
     gpu = cfg.rule("gpu_utilization")
     if gpu and h.samples:
         span = max(gpu["for"], ev)
@@ -227,6 +267,7 @@ class ScrapeSource:
 
         self.cfg = cfg
         self.latency_metric = LATENCY_METRICS[(cfg.rules.get("p99_latency") or {}).get("metric", "ttft")]
+        self.e2e = cfg.rule("p99_e2e_latency") is not None
         keep = cfg.history_seconds() + 2 * cfg.evaluation_interval
         self.histories = [NodeHistory(u, keep) for u in cfg.nodes]
         ctx = cfg.ssl_context() if any(u.startswith("https:") for u in cfg.nodes) else None
@@ -248,7 +289,7 @@ class ScrapeSource:
             h.error = f"HTTP {status} from {h.url}"
             return
         try:
-            sample = parse_exposition(body.decode("utf-8", "replace"), self.latency_metric, t)
+            sample = parse_exposition(body.decode("utf-8", "replace"), self.latency_metric, t, e2e=self.e2e)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             h.error = f"cannot parse the exposition of {h.url}: {exc}"
             return

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from monitor.logstore.adapter import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
+from contracts.logstore import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
 
 DEFAULT_STREAMS = (SESSION_STREAM, FEEDBACK_STREAM)
 

@@ -7,7 +7,8 @@ import argparse
 import sys
 
 from contracts.config import ConfigError
-from monitor.logstore.setup_cli import add_connection_args, add_retention_days_arg, client_from_args
+from contracts.logstore_args import add_connection_args, client_from_args
+from monitor.logstore.setup_cli import add_retention_days_arg
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -23,7 +24,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    from monitor.logstore.adapter import StoreError, StoreUnavailable
+    from contracts.logstore import StoreError, StoreUnavailable
     from monitor.logstore.retention import enforce_retention
 
     if args.rollover_hours <= 0:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from monitor.logstore.adapter import (
+from contracts.logstore import (
     FEEDBACK_STREAM,
     PIPELINE,
     RETENTION_POLICY,
@@ -90,7 +90,7 @@ def index_template(api: str, policy: str | None, core_only: bool = False) -> dic
 
 @dataclass
 class Report:
-    engine: str = ""
+    store: str = ""
     actions: list[tuple[str, str]] = field(default_factory=list)  # (object, created|updated|unchanged|skipped: why)
     warnings: list[str] = field(default_factory=list)
 
@@ -102,7 +102,7 @@ class Report:
         return any(o in ("created", "updated") for _, o in self.actions)
 
     def lines(self) -> list[str]:
-        out = [f"engine: {self.engine}"]
+        out = [f"engine: {self.store}"]
         out += [f"{what}: {outcome}" for what, outcome in self.actions]
         out += [f"warning: {w}" for w in self.warnings]
         return out
@@ -116,7 +116,7 @@ def install(
 ) -> Report:
     info = client.info()
     api = info.retention_api
-    report = Report(engine=f"{info.distribution} {info.version}" + (" (core only)" if info.core_only else ""))
+    report = Report(store=f"{info.distribution} {info.version}" + (" (core only)" if info.core_only else ""))
 
     # 1. retention policy
     policy_name: str | None = RETENTION_POLICY

@@ -7,38 +7,13 @@ import argparse
 import sys
 
 from contracts.cli_types import positive_int
-from contracts.config import ConfigError
-
-
-def add_connection_args(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by ``es-setup`` and ``ship``."""
-    parser.add_argument("--url", required=True, help="engine base URL, e.g. https://es.example:9200")
-    parser.add_argument("--ca-certs", metavar="FILE", help="CA bundle (PEM) to verify the engine's TLS certificate")
-    parser.add_argument("--insecure", action="store_true",
-                        help="do not verify TLS certificates (throwaway test clusters only)")
-    parser.add_argument("--username", help="basic-auth user (or $SEEKWATCH_ES_USERNAME; password in $SEEKWATCH_ES_PASSWORD)")
-    parser.add_argument("--api-key", help="Elasticsearch API key, base64 id:key (or $SEEKWATCH_ES_API_KEY)")
+from contracts.logstore_args import add_connection_args, client_from_args
 
 
 def add_retention_days_arg(parser: argparse.ArgumentParser, help_text: str) -> None:
     """``--retention-days`` (default 180, at least 1), shared by ``es-setup`` and ``es-retention``."""
     parser.add_argument("--retention-days", type=positive_int("a whole number of days"), default=180,
                         help=help_text)
-
-
-def client_from_args(args: argparse.Namespace):
-    from monitor.logstore.adapter import StoreClient
-
-    url = args.url
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"--url: {url!r} must start with http:// or https://")
-    if args.ca_certs:
-        import os
-
-        if not os.path.isfile(args.ca_certs):
-            raise ConfigError(f"--ca-certs: {args.ca_certs}: no such file")
-    return StoreClient(url, ca_certs=args.ca_certs, verify=not args.insecure,
-                       username=args.username, api_key=args.api_key)
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -51,7 +26,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from monitor.logstore.adapter import StoreError, StoreUnavailable
+    from contracts.logstore import StoreError, StoreUnavailable
     from monitor.logstore.setup import install
 
     try:

@@ -13,7 +13,7 @@ from contracts.config import ConfigError
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
-    from monitor.logstore.setup_cli import add_connection_args
+    from contracts.logstore_args import add_connection_args
 
     parser = subparsers.add_parser(
         name, help=help_text, description=help_text + ". Tails every *.jsonl (and rotated *.jsonl.N) "
@@ -38,7 +38,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from monitor.logstore.setup_cli import client_from_args
+    from contracts.logstore_args import client_from_args
     from monitor.logstore.shipper import Shipper, ShipperError
 
     if not os.path.isdir(args.logs):

@@ -3,8 +3,6 @@ config writing, and running alertd in a thread or as a real process."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -16,6 +14,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
+from contracts.supervisor import ProcessSpec, Supervised, start
 from tests.fixtures.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -135,6 +134,7 @@ def fast_config(tmp_path: Path, **over: Any) -> Path:
             "p99_latency": {"threshold_ms": 500, "metric": "ttft", "window": "8s", "for": "2s"},
             "gpu_utilization": {"threshold": 0.9, "for": "3s"},
             "completion_rate": {"threshold": 0.9, "window": "8s", "min_samples": 5, "for": "0s"},
+            "turn_completion": {"enabled": True, "threshold": 0.9, "window": "8s", "min_samples": 5, "for": "0s"},
             "no_data": {"for": "2s"},
             "scaling": {"window": "3s", "for": "0s", "capacity": 10},
         },
@@ -210,7 +210,8 @@ def seekwatch_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "seekwatch", *args]
 
 
-def start_alertd_process(config_path: Path, log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen(seekwatch_cmd("alertd", "--config", str(config_path)), cwd=REPO, env=env,
-                            stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+def start_alertd_process(config_path: Path, log_path: Path) -> Supervised:
+    """``seekwatch alertd`` in a session of its own, output appended to ``log_path`` (the one
+    process supervisor, contracts.supervisor: ``.stop()`` ends it and anything it started)."""
+    return start(ProcessSpec(name="alertd", argv=seekwatch_cmd("alertd", "--config", str(config_path)), cwd=REPO,
+                             env={"PYTHONUNBUFFERED": "1"}, output=log_path, grace=10.0))

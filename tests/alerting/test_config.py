@@ -1,4 +1,4 @@
-"""Config: defaults are the seed's matrix, durations, `--check-config`, one-line errors with exit 2."""
+"""Config: defaults are the threshold matrix, durations, `--check-config`, one-line errors with exit 2."""
 from __future__ import annotations
 
 import subprocess

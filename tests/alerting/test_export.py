@@ -43,7 +43,7 @@ def test_custom_thresholds_change_the_exported_rules(tmp_path):
     cfg.write_text("rules:\n  p99_latency: {threshold_ms: 800, metric: e2e, window: 10m, for: 2m}\n  scaling: {enabled: false}\n")
     text = export("--format", "prometheus", "--config", str(cfg))
     assert "seekwatch:request_duration_seconds:p99_10m > 0.8" in text and "for: 2m" in text
-    assert "Scaling" not in text
+    assert "Scaling" not in text and "SeekwatchE2eP99LatencyHigh" not in text
     p = tmp_path / "r.yml"
     p.write_text(text)
     assert subprocess.run([PROMTOOL, "check", "rules", str(p)], capture_output=True).returncode == 0
@@ -136,3 +136,16 @@ def test_exported_rules_run_in_a_real_prometheus_and_alertmanager(tmp_path, metr
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
     assert "bridged" in (tmp_path / "alertd.log").read_text()
+
+
+def test_end_to_end_p99_rule_exports_beside_the_ttft_one(tmp_path):
+    cfg = tmp_path / "a.yaml"
+    cfg.write_text("rules:\n  p99_e2e_latency: {enabled: true, threshold_ms: 3000}\n  turn_completion: {enabled: true}\n")
+    text = export("--format", "prometheus", "--config", str(cfg))
+    assert "seekwatch:time_to_first_token_seconds:p99_5m > 0.5" in text
+    assert "seekwatch:request_duration_seconds:p99_5m > 3" in text and "SeekwatchE2eP99LatencyHigh" in text
+    assert "seekwatch:turn_completion_rate:15m < 0.9" in text and "SeekwatchTurnCompletionLow" in text
+    p = tmp_path / "r.yml"
+    p.write_text(text)
+    r = subprocess.run([PROMTOOL, "check", "rules", str(p)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

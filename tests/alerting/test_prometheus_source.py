@@ -33,9 +33,13 @@ def test_both_sources_decide_the_same(tmp_path, metrics_node, prometheus_server)
         t_end = time.time() + 9
         while time.time() < t_end:
             good.turn(0.12, n=3)
+            good.conversation("completed")
             bad.turn(0.9, n=2)                 # slow ...
             bad.turn(0.1, "error")             # ... and a third of its turns fail
             bad.feedback.labels("down").inc()
+            bad.rated_down.inc()
+            bad.conversation("completed")
+            bad.conversation("incomplete", n=2)  # two of three conversations end badly
             scrape.collect()
             time.sleep(1)
         time.sleep(1.5)                        # let Prometheus scrape the last state
@@ -49,6 +53,7 @@ def test_both_sources_decide_the_same(tmp_path, metrics_node, prometheus_server)
     for n in s_obs:
         assert s_obs[n].latency == pytest.approx(p_obs[n].latency, rel=0.1), n
         assert s_obs[n].completion.rate == pytest.approx(p_obs[n].completion.rate, abs=0.05), n
+        assert s_obs[n].dialogues.rate == pytest.approx(p_obs[n].dialogues.rate, abs=0.05), n
         assert set(s_obs[n].gpu) == set(p_obs[n].gpu)
         for g in s_obs[n].gpu:
             assert s_obs[n].gpu[g] == pytest.approx(p_obs[n].gpu[g], abs=0.02)
@@ -57,7 +62,7 @@ def test_both_sources_decide_the_same(tmp_path, metrics_node, prometheus_server)
     pd = _decisions(pcfg, list(p_obs.values()))
     assert sd == pd
     fired = sorted(k for k, v in sd.items() if v)
-    assert fired == sorted([f"p99_latency|{bad.target}", f"completion_rate|{bad.target}",
+    assert fired == sorted([f"p99_latency|{bad.target}", f"completion_rate|{bad.target}", f"turn_completion|{bad.target}",
                             f"gpu_utilization|{good.target}|gpu=0"])
 
 

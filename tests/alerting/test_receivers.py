@@ -14,7 +14,7 @@ import pytest
 
 from monitor.alerting.config import load_config
 from monitor.alerting.daemon import Alertd
-from monitor.alerting.model import Completion, NodeObservation
+from monitor.alerting.model import Completion, NodeObservation, Dialogues
 
 from .conftest import fast_config
 
@@ -137,10 +137,12 @@ def test_chat_receivers_sign_and_format(tmp_path, recorder, kind, reply, path):
 
 
 def test_bad_signature_is_a_failed_delivery(tmp_path, recorder):
+    """A bad signature cannot succeed on a retry: failed after one attempt (permanent failures:
+    tests/alerting/test_receiver_plugins.py)."""
     r = recorder(reply=dingtalk_reply)
     outbox = run_cycle(tmp_path, [{"type": "dingtalk", "url": r.url + "/robot/send?access_token=a", "secret": "wrong"}],
                        [[slow_node()]])
-    assert outbox[0]["status"] == "pending" and outbox[0]["attempts"] == 1
+    assert outbox[0]["status"] == "failed" and outbox[0]["attempts"] == 1
     assert "310000" in outbox[0]["last_error"]
     assert r.requests == []
 
@@ -205,8 +207,8 @@ def test_mixed_group_message_names_each_rule(tmp_path, recorder):
     cfg = load_config(fast_config(tmp_path, nodes=["http://a:1/metrics"], group_by=["node"],
                                   receivers=[{"type": "wecom", "url": r.url}],
                                   rules={"p99_latency": {"for": "0s"}, "scaling": None}))
-    d = Alertd(cfg, source=StaticSource([NodeObservation(node="a:1", latency=0.9, completion=Completion(100, 50, 0),
-                                                         gpu={"1": 0.99}, running=1.0)]))
+    d = Alertd(cfg, source=StaticSource([NodeObservation(node="a:1", latency=0.9, completion=Completion(100, 90, 0),
+                                                         dialogues=Dialogues(40, 20), gpu={"1": 0.99}, running=1.0)]))
     try:
         d.evaluate_once()
         d.deliverer.deliver_due()

@@ -50,9 +50,7 @@ def test_sigkill_while_firing_no_duplicate_and_resolved_arrives(tmp_path, metric
         if slow:
             slow.stop()
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(10)
+            p.stop()
     store = StateStore(tmp_path / "alertd.sqlite")
     assert [r["status"] for r in store.outbox()] == ["sent", "sent"]
 
@@ -81,9 +79,7 @@ def test_sigkill_with_undelivered_notification_delivers_it_once_after_restart(tm
         assert len(hook.bodies("firing")) == 1
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                p.wait(10)
+            p.stop()
 
 
 def test_daemon_serves_its_own_metrics_and_once_mode(tmp_path, metrics_node):

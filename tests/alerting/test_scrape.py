@@ -107,11 +107,14 @@ def test_parser_reads_the_real_node_exposition():
     for ttft in (0.1, 0.2, 0.9):
         nm.observe_turn("completed", ttft * 2, ttft, 0.01, 0.0, 10, 10)
     nm.observe_turn("error", 1.0, None, None, None, 10, 0)
-    nm.observe_feedback("down")
+    nm.observe_feedback("down")                   # any thumbs-down: not turn completion's input
+    nm.observe_completed_turn_rated_down()         # one on a completed turn: is
+    nm.observe_conversation_ended("completed")
+    nm.observe_conversation_ended("incomplete")
     nm.set_queue_depth(3, 1)
     s = parse_exposition(generate_latest(reg).decode(), "seekwatch_time_to_first_token_seconds", 0.0)
     assert s.requests["completed"] == 3 and s.requests["error"] == 1 and s.requests["aborted"] == 0
-    assert s.down == 1 and s.running == 3
+    assert s.down == 1 and s.running == 3 and s.conversations == {"completed": 1, "incomplete": 1}
     assert s.buckets[math.inf] == 3 and s.buckets[0.5] == 2
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from monitor.alerting.config import load_config
 from monitor.alerting.daemon import Alertd
-from monitor.alerting.model import UNKNOWN, Completion, NodeObservation, histogram_quantile, increase
+from monitor.alerting.model import UNKNOWN, Completion, Dialogues, NodeObservation, histogram_quantile, increase
 
 from .conftest import REPO, fast_config, seekwatch_cmd
 from .test_receivers import StaticSource
@@ -39,9 +39,10 @@ class Harness:
         self.d.close()
 
 
-def obs(node="n:1", latency=0.1, comp=(100, 100, 0), gpu=None, running=1.0, up=True):
+def obs(node="n:1", latency=0.1, comp=(100, 100, 0), gpu=None, running=1.0, up=True, dial=(100, 100)):
     return NodeObservation(node=node, up=up, error=None if up else "connection refused", latency=latency,
-                           completion=Completion(*comp) if comp else UNKNOWN, gpu=gpu or {}, running=running)
+                           completion=Completion(*comp) if comp else UNKNOWN, gpu=gpu or {}, running=running,
+                           dialogues=Dialogues(*dial) if dial else UNKNOWN)
 
 
 @pytest.fixture
@@ -131,15 +132,30 @@ def test_node_removed_from_config_resolves(harness):
     assert set(h.states()) == {"p99_latency|n:1"}
 
 
-def test_completion_rate_needs_min_samples_and_counts_thumbs_down(harness):
-    h = harness(rules={"completion_rate": {"threshold": 0.9, "min_samples": 20}})
-    h.step(0, obs(comp=(10, 0, 0)))                    # 0 % but only 10 turns: no decision
+def test_dialogue_completion_is_per_conversation_and_needs_min_samples(harness):
+    """对话完成率 reads ended conversations, not turns: failing turns alone do not fire it."""
+    h = harness(rules={"completion_rate": {"threshold": 0.9, "min_samples": 20}, "turn_completion": None})
+    h.step(0, obs(dial=(10, 0)))                       # 0 % but only 10 conversations ended: no decision
+    assert h.states() == {}
+    h.step(1, obs(dial=(100, 95), comp=(100, 10, 0)))  # 95 % of conversations, 10 % of turns
+    assert h.states() == {}
+    h.step(2, obs(dial=(40, 34)))                      # 85 %
+    assert h.states() == {"completion_rate|n:1": "firing"}
+    (b,) = h.hook.bodies("firing")
+    desc = b["alerts"][0]["annotations"]["description"]
+    assert "85.0%" in desc and "对话完成率" in desc and "per conversation" in desc and "40 conversations ended" in desc
+
+
+def test_turn_completion_counts_thumbs_down_on_completed_turns(harness):
+    h = harness(rules={"completion_rate": None, "turn_completion": {"enabled": True, "threshold": 0.9, "min_samples": 20}})
+    h.step(0, obs(comp=(10, 0, 0)))                    # only 10 turns: no decision
     assert h.states() == {}
     h.step(1, obs(comp=(100, 95, 0)))                  # 95 %
     assert h.states() == {}
-    h.step(2, obs(comp=(100, 95, 10)))                 # 85 % after 10 thumbs-down
-    assert h.states() == {"completion_rate|n:1": "firing"}
+    h.step(2, obs(comp=(100, 95, 10)))                 # 85 %: 10 completed turns drew a thumbs-down
+    assert h.states() == {"turn_completion|n:1": "firing"}
     (b,) = h.hook.bodies("firing")
+    assert b["alerts"][0]["labels"]["alertname"] == "SeekwatchTurnCompletionLow"
     assert "85.0%" in b["alerts"][0]["annotations"]["description"]
 
 
@@ -235,17 +251,17 @@ def test_partial_window_can_confirm_but_not_clear(harness):
     """Right after a restart the direct-scrape history is shorter than the window: a firing
     completion alert must not resolve on a handful of good turns (then re-fire: a duplicate)."""
     h = harness(rules={"completion_rate": {"min_samples": 20}, "scaling": None})
-    h.step(0, obs(comp=(100, 50, 0)))
+    h.step(0, obs(dial=(100, 50)))
     assert h.states() == {"completion_rate|n:1": "firing"}
-    few = obs(comp=(3, 3, 0))
-    few.partial.add("completion")
+    few = obs(dial=(3, 3))
+    few.partial.add("dialogues")
     h.step(1, few)
     assert h.states() == {"completion_rate|n:1": "firing"}
-    bad = obs(comp=(30, 10, 0), latency=0.9)
-    bad.partial.update({"completion", "latency"})
+    bad = obs(dial=(30, 10), latency=0.9)
+    bad.partial.update({"dialogues", "latency"})
     h.step(2, bad)                                   # partial data may still confirm / fire
     assert h.states()["p99_latency|n:1"] in ("pending", "firing")
-    h.step(3, obs(comp=(100, 99, 0)))                # whole window, good: resolves
+    h.step(3, obs(dial=(100, 99)))                   # whole window, good: resolves
     assert "completion_rate|n:1" not in h.states()
     assert len(h.hook.bodies("resolved")) == 1 and len([b for b in h.hook.bodies("firing")
                                                         if b["alerts"][0]["labels"]["rule"] == "completion_rate"]) == 1
@@ -258,6 +274,39 @@ def test_scrape_marks_short_history_partial(tmp_path):
     inf = math.inf
     mk = lambda t, n: ("http://n:1/metrics", Sample(t, {0.5: n, inf: n}, {"completed": n}, 0.0, {}, 1.0))
     (o,) = observe_static(cfg, [mk(0, 0), mk(1, 5), mk(2, 10)], now=2)
-    assert o.partial == {"latency", "completion"}
+    assert o.partial == {"latency", "completion", "dialogues"}
     (o,) = observe_static(cfg, [mk(t, t) for t in range(0, 12)], now=11)
     assert o.partial == set()
+
+
+def test_end_to_end_p99_rule_beside_the_ttft_one(harness):
+    """The matrix's P99 is TTFT by default; the config can enable the end-to-end P99 rule too."""
+    h = harness(rules={"p99_latency": {"for": "0s"}, "p99_e2e_latency": {"enabled": True, "threshold_ms": 3000, "for": "0s"}})
+    o = obs(latency=0.2)
+    o.latency_e2e = 4.2
+    h.step(0, o)
+    assert h.states() == {"p99_e2e_latency|n:1": "firing"}      # TTFT 200 ms is fine, e2e 4.2 s is not
+    (b,) = h.hook.bodies("firing")
+    a = b["alerts"][0]
+    assert a["labels"]["alertname"] == "SeekwatchE2eP99LatencyHigh"
+    assert "端到端延迟 P99 = 4200 ms" in a["annotations"]["description"] and a["annotations"]["metric"] == "e2e"
+
+
+def test_scrape_reads_e2e_buckets_only_when_the_rule_is_on(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from inference.metrics import NodeMetrics
+    from monitor.alerting.scrape import observe_static, parse_exposition
+
+    reg = CollectorRegistry()
+    nm = NodeMetrics(reg)
+    text0 = generate_latest(reg).decode()
+    for _ in range(10):
+        nm.observe_turn("completed", 4.0, 0.1, 0.01, 0.0, 10, 10)
+    text1 = generate_latest(reg).decode()
+    cfg = load_config(fast_config(tmp_path, nodes=["http://n:1/metrics"],
+                                  rules={"p99_e2e_latency": {"enabled": True, "window": "8s"}}))
+    s0, s1 = (parse_exposition(t, "seekwatch_time_to_first_token_seconds", at, e2e=True) for t, at in ((text0, 0), (text1, 1)))
+    (o,) = observe_static(cfg, [("http://n:1/metrics", s0), ("http://n:1/metrics", s1)], now=1)
+    assert 3.0 < o.latency_e2e <= 5.0 and 0.075 < o.latency <= 0.1
+    assert parse_exposition(text1, "seekwatch_time_to_first_token_seconds", 1).e2e_buckets == {}

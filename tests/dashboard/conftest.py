@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from contracts.log_schema import validate_record
+from contracts.signals import DEFAULT_CONVERSATION_IDLE_S, conversations, epoch_s, first_thumbs_down, recount
 
 from .gen import generate, write_logs
 
@@ -42,22 +43,26 @@ class Expected:
         self.turns = [r for r in records if r["event"]["dataset"] == "seekwatch.session"
                       and start <= parse_ts(r["@timestamp"]) < end]
         t = self.turns
+        chat = [r for r in t if r.get("request_kind", "chat") == "chat"]
         self.seconds = (end - start).total_seconds()
         self.requests = len(t)
-        self.done = {r["request_id"] for r in t if r["status"] == "completed" and r["request_id"] not in down}
+        self.chat_turns = len(chat)
+        self.done = {r["request_id"] for r in chat if r["status"] == "completed" and r["request_id"] not in down}
         self.completed = len(self.done)
-        self.completion_rate = self.completed / self.requests if self.requests else None
-        sessions: dict[str, bool] = {}
-        for r in t:
-            sessions[r["session_id"]] = sessions.get(r["session_id"], True) and r["request_id"] in self.done
-        self.sessions = len(sessions)
-        self.completed_dialogues = sum(sessions.values())
+        self.completion_rate = self.completed / self.chat_turns if self.chat_turns else None
+        self.sessions = len({r["session_id"] for r in t})
+        # dialogue completion: contracts.signals is the definition; recount over the whole log
+        sess = [r for r in records if r["event"]["dataset"] == "seekwatch.session"]
+        rc = recount(sess, self.fb, start.timestamp(), end.timestamp())
+        assert rc.turns == self.chat_turns and rc.turns_completed == self.completed
+        self.dialogues, self.completed_dialogues = rc.conversations_ended, rc.conversations_completed
+        self.dialogue_completion_rate = rc.dialogue_completion
         self.input_tokens = sum(r["gen_ai"]["usage"]["input_tokens"] for r in t)
         self.output_tokens = sum(r["gen_ai"]["usage"]["output_tokens"] for r in t)
         self.cost_usd = sum(r["cost_usd"] for r in t)
         self.rated_down = sum(1 for r in t if r["request_id"] in down)
         self.rated_up = sum(1 for r in t if r["request_id"] in up)
-        self.refused = sum(1 for r in t if r["status"] == "refused")
+        self.refused = sum(1 for r in chat if r["status"] == "refused")
         ttft = [r["ttft_ms"] for r in t if r["ttft_ms"] is not None]
         e2e = [r["latency_ms"] for r in t]
         for q, name in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
@@ -65,20 +70,24 @@ class Expected:
             setattr(self, f"e2e_{name}", pct(e2e, q))
         self.tokens_per_s = self.output_tokens / self.seconds
         self.by_model = {}
-        for m in sorted({r["model_version"] for r in t}):
-            mt = [r for r in t if r["model_version"] == m]
-            ms: dict[str, bool] = {}
-            for r in mt:
-                ms[r["session_id"]] = ms.get(r["session_id"], True) and r["request_id"] in self.done
+        idle = DEFAULT_CONVERSATION_IDLE_S
+        down_at = first_thumbs_down(self.fb)
+        convs = [c for c in conversations([(r["session_id"], epoch_s(r["@timestamp"]), r["request_id"], r["status"])
+                                           for r in sess if r.get("request_kind", "chat") == "chat"], idle)
+                 if start.timestamp() <= c.ends_at(idle) < end.timestamp()]
+        model_of = {r["request_id"]: r["model_version"] for r in sess}
+        for m in sorted({r["model_version"] for r in chat}):
+            mt = [r for r in chat if r["model_version"] == m]
+            mc = [c for c in convs if model_of[c.last_request_id] == m]
             self.by_model[m] = {"turns": len(mt), "completed": sum(r["request_id"] in self.done for r in mt),
-                                "sessions": len(ms), "completed_dialogues": sum(ms.values()),
+                                "dialogues": len(mc), "completed_dialogues": sum(c.completed(down_at, idle) for c in mc),
                                 "rated_down": sum(r["request_id"] in down for r in mt),
                                 "refused": sum(r["status"] == "refused" for r in mt)}
 
 
 @pytest.fixture(scope="session")
 def fixture_records():
-    recs = list(generate(N_TURNS, END, span_s=SPAN_S, seed=11))
+    recs = list(generate(N_TURNS, END, span_s=SPAN_S, seed=11, titles=0.3))
     first = next(r for r in recs if r["event"]["dataset"] == "seekwatch.session")
     first["prompt"] = LEAKY_PROMPT
     for r in recs:

@@ -35,7 +35,8 @@ def iso(t: dt.datetime) -> str:
 
 
 def generate(n_turns: int, end: dt.datetime, span_s: float = 6 * 3600, seed: int = 7,
-             feedback_ratio: float = 0.12, down_share: float = 0.35, ordered_starts: bool = False) -> Iterator[dict]:
+             feedback_ratio: float = 0.12, down_share: float = 0.35, ordered_starts: bool = False,
+             titles: float = 0.0) -> Iterator[dict]:
     """Yield ``n_turns`` session records (and interleaved feedback records), times in
     [end - span_s, end), in time order per session (not globally)."""
     rng = random.Random(seed)
@@ -86,6 +87,12 @@ def generate(n_turns: int, end: dt.datetime, span_s: float = 6 * 3600, seed: int
                 "pii": {"redactions": {"phone": 1} if "[PHONE]" in PROMPTS[0] and k == 0 else {}, "total": 0},
             }
             yield rec
+            if titles and k == 0 and rng.random() < titles:  # NextChat's title request after a first turn (extra)
+                bg = json.loads(json.dumps(rec))
+                bg.update({"@timestamp": iso(t + dt.timedelta(seconds=lat / 1000 + 1)), "request_id": rid + "t",
+                           "request_kind": "title", "status": "completed", "prompt": "总结对话标题", "response": "退货咨询"})
+                bg["gen_ai"]["response"]["id"] = rid + "t"
+                yield bg
             if status != "rejected" and rng.random() < feedback_ratio:
                 down = rng.random() < down_share
                 yield {

@@ -94,8 +94,7 @@ def test_feedback_down_makes_turn_incomplete(tmp_path):
     src = JsonlSource(tmp_path)
     src.refresh()
     k = src.kpis(ALL)
-    assert (k.requests, k.completed, k.rated_down) == (10, 9, 1)
-    assert k.completed_dialogues == k.sessions - 1
+    assert (k.requests, k.chat_turns, k.completed, k.rated_down) == (10, 10, 9, 1)
 
 
 def test_parse_cache_roundtrip(fixture_logs, fixture_records, tmp_path):
@@ -129,5 +128,6 @@ def test_reads_the_nodes_own_records(tmp_path):
     src.refresh()
     k = src.kpis(Window(END - dt.timedelta(hours=1), END))
     assert (k.requests, k.completed, k.rated_down, k.sessions, k.completed_dialogues) == (3, 1, 1, 1, 0)
+    assert k.dialogues == 1       # ended 5 min after its last (truncated) turn: not completed
     assert k.e2e_p50 == pytest.approx(2500.0) and k.ttft_p50 == pytest.approx(200.0)
     assert src.health()["set_aside"] == 0

@@ -54,7 +54,7 @@ def test_overview(dash_env, expected, fixture_records):
         assert m[f"首字延迟 TTFT {q.upper()}"][0] == ms(getattr(expected, f"ttft_{q}"))
         assert m[f"端到端延迟 E2E {q.upper()}"][0] == ms(getattr(expected, f"e2e_{q}"))
     assert m["会话数 Sessions"][0] == f"{expected.sessions:,}"
-    assert m["对话完成率 Dialogue completion"][0] == pct(expected.completed_dialogues / expected.sessions)
+    assert m["对话完成率 Dialogue completion"][0] == pct(expected.dialogue_completion_rate)
     assert m["GPU 利用率 GPU utilization"][0] == "—"  # no GPU source configured: no number invented
 
 
@@ -76,7 +76,7 @@ def test_quality(dash_env, expected):
     at = run("quality")
     m = metrics(at)
     assert m["轮次完成率 Turn completion"][0] == pct(expected.completion_rate)
-    assert m["对话完成率 Dialogue completion"][0] == pct(expected.completed_dialogues / expected.sessions)
+    assert m["对话完成率 Dialogue completion"][0] == pct(expected.dialogue_completion_rate)
     assert m["差评 Rated down"][0] == f"{expected.rated_down:,}"
     assert m["拒答 Refused"][0] == f"{expected.refused:,}"
     table = at.dataframe[0].value.set_index("model_version")
@@ -87,7 +87,8 @@ def test_quality(dash_env, expected):
 
 
 def test_cost(dash_env, expected):
-    m = metrics(run("cost"))
+    at = run("cost")
+    m = metrics(at)
     day = 1200 * 86400 / MONTH_S  # 39.4521 $: the range is 24 h
     tokens = expected.input_tokens + expected.output_tokens
     assert m["每千 token 成本 Cost / 1k tokens"][0] == usd(day / tokens * 1000)
@@ -96,6 +97,13 @@ def test_cost(dash_env, expected):
     assert m["每日成本 Cost / day"][0] == "$39.45"
     assert m["月度预测 Monthly projection"][0] == "$1,200.00"
     assert m["已用容量成本 Used (Σ cost_usd)"][0] == usd(expected.cost_usd)
+    # the split by request kind, recounted from the records (no request_kind = chat)
+    kinds = next(d.value for d in at.dataframe if "request_kind" in d.value.columns).set_index("request_kind")
+    for kind in ("chat", "title"):
+        rows = [r for r in expected.turns if r.get("request_kind", "chat") == kind]
+        assert kinds.loc[kind, "requests"] == len(rows)
+        assert kinds.loc[kind, "cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in rows), rel=1e-9)
+        assert kinds.loc[kind, "output_tokens"] == sum(r["gen_ai"]["usage"]["output_tokens"] for r in rows)
 
 
 class _Metrics(http.server.BaseHTTPRequestHandler):

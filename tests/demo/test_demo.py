@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from seekwatch.demo import _alive, descendants
+from contracts.supervisor import alive as _alive, descendants
 
 ALERT_TITLE = "P99 latency high"
 #: the incident's prompts are pasted sales tables (seekwatch/data/incident.yaml)
@@ -303,9 +303,9 @@ def test_demo_bad_flags(args, needle):
 def test_demo_with_search_engine(tmp_path, support_model_dir, demo_runs):
     """--with-search-engine: OpenSearch (a JVM in a session of its own), es-setup and the
     shipper join the stack; this run's records reach the engine; the JVM is stopped too."""
-    from tests.fixtures.search_engine import ensure_engine_built
+    from tests.fixtures.log_store import ensure_log_store_built
 
-    ensure_engine_built()  # built by scripts/setup.d/30-search-engine.sh; fails loudly if it cannot be
+    ensure_log_store_built()  # built by scripts/setup.d/30-search-engine.sh; fails loudly if it cannot be
     run = demo_runs("--duration", "12", "--workdir", str(tmp_path / "demo"), "--model-dir", str(support_model_dir),
                     "--port", "0", "--dashboard-port", "0", "--with-search-engine", "--search-engine-port", "0",
                     cwd=tmp_path)

@@ -82,7 +82,7 @@ NEAR_MISSES: list[str] = [
     "akiaiosfodnn7example is lower case, not an AWS key id",  # token shape needs its case
     "git commit 0f3c2a9b8e7d6c5b4a39281706f5e4d3c2b1a098",  # a hash without key= context
     "库存 13 件，价格 5678 元，共 1,234,567 元",          # plain quantities
-    "作者:很酷cat2025.11.06 14:04浏览量:0",            # the seed's own byline
+    "作者:很酷cat2025.11.06 14:04浏览量:0",            # a blog byline
     "section 4.1 and 5.2 of the guide",                # section numbers
     "在 2025-11-06 14:05:12 UTC 重启",                 # ISO timestamp
     "价格为 ¥1,200/月，响应 80ms",                      # cost table

@@ -14,8 +14,8 @@ from inference.config import NodeConfig
 from inference.engine.base import EngineState
 from inference.instrumentation import NodeInstrumentation
 from inference.turns import FeedbackEvent, TurnRecord
-from monitor.cost import CostModel
-from monitor.logstore.jsonl import read_records
+from contracts.cost import CostModel
+from contracts.logfiles import read_records
 
 
 class _Engine:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from contracts.metrics import PII_KINDS
-from inference.pii import (
+from contracts.pii import (
     CARD_NETWORKS, PLACEHOLDERS, PiiMasker, card_network, id_check_char, id_checksum_ok,
     is_card_number, luhn_check_digit, luhn_ok, mask, merge_counts,
 )

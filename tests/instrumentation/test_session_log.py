@@ -1,4 +1,4 @@
-"""Session log writer (inference.session_log) and the JSONL reader (monitor.logstore.jsonl):
+"""Session log writer (inference.session_log) and the JSONL reader (contracts.logfiles):
 schema validity, rotation by size and by UTC day (injected clock), retention, drain on
 close, disk-full via a mock opener, spill overflow accounting, SIGKILL torn lines."""
 from __future__ import annotations
@@ -22,7 +22,7 @@ from contracts.log_schema import validate_record
 from inference.metrics import NodeMetrics
 from inference.session_log import SessionLogWriter, serialise
 from inference.session_record import build_feedback_record, build_session_record
-from monitor.logstore.jsonl import CorruptLogError, JsonlLogReader, log_files, read_records
+from contracts.logfiles import CorruptLogError, JsonlLogReader, log_files, read_records
 
 NAME_RE = r"^session-\d{4}-\d{2}-\d{2}\.\d{4}\.jsonl$"
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import jsonschema
 import pytest
 
-from contracts.log_schema import SEED_FIELDS, validate_record
+from contracts.log_schema import CORE_FIELDS, validate_record
 from contracts.metrics import STATUSES
 from inference.session_log import serialise
 from inference.session_record import (
@@ -31,7 +31,7 @@ def test_seed_fields_ecs_and_gen_ai():
     r = make(ended_at=datetime(2026, 11, 29, 3, 4, 5, 678901, tzinfo=timezone.utc), queue_s=0.002,
              request_model="deepseek-chat", temperature=0.3, max_tokens=200)
     validate_record(r)
-    for f in SEED_FIELDS:
+    for f in CORE_FIELDS:
         assert f in r
     assert r["latency_ms"] == 128.0 and r["ttft_ms"] == 40.0 and r["queue_ms"] == 2.0
     assert r["@timestamp"] == "2026-11-29T03:04:05.678Z"

@@ -1,4 +1,4 @@
-"""Helpers for the logstore tests (the engine fixture itself is tests/fixtures/search_engine.py)."""
+"""Helpers for the logstore tests (the engine fixture itself is tests/fixtures/log_store.py)."""
 from __future__ import annotations
 
 import json
@@ -14,10 +14,10 @@ PY = sys.executable
 
 
 @pytest.fixture(scope="session")
-def store(search_engine_url):
-    from monitor.logstore.adapter import StoreClient
+def store(log_store_url):
+    from contracts.logstore import StoreClient
 
-    with StoreClient(search_engine_url) as client:
+    with StoreClient(log_store_url) as client:
         yield client
 
 

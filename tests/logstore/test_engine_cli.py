@@ -10,15 +10,15 @@ import urllib.request
 
 import pytest
 
-from tests.fixtures.search_engine import ensure_engine_built
+from tests.fixtures.log_store import ensure_log_store_built
 from tests.logstore.conftest import wait_until
 
 
 def test_cli_modules_import_light():
     code = ("import sys, argparse\n"
-            "from monitor.logstore import ship_cli, setup_cli, engine_cli\n"
+            "from monitor.logstore import ship_cli, setup_cli, launcher_cli\n"
             "sub = argparse.ArgumentParser().add_subparsers()\n"
-            "[m.add_parser(sub, n, 'x') for n, m in (('ship', ship_cli), ('es-setup', setup_cli), ('search-engine', engine_cli))]\n"
+            "[m.add_parser(sub, n, 'x') for n, m in (('ship', ship_cli), ('es-setup', setup_cli), ('search-engine', launcher_cli))]\n"
             "heavy = [m for m in ('httpx', 'numpy', 'torch', 'jsonschema') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
@@ -40,7 +40,7 @@ def test_bad_port_is_one_line_exit_2():
 
 @pytest.mark.slow
 def test_search_engine_start_prints_url_and_stops_cleanly(tmp_path):
-    ensure_engine_built()
+    ensure_log_store_built()
     proc = subprocess.Popen([sys.executable, "-m", "seekwatch", "search-engine", "start", "--port", "0",
                              "--data", str(tmp_path / "engine"), "--heap", "384m", "--setup"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monitor.logstore.adapter import StoreClient
-from monitor.logstore.engine import SearchEngine
-from tests.fixtures.search_engine import ensure_engine_built
+from contracts.logstore import StoreClient
+from monitor.logstore.launcher import LogStoreServer
+from tests.fixtures.log_store import ensure_log_store_built
 from tests.logstore.conftest import checkpoint_offsets, count_tag, run_ship, seekwatch_env, ship_cmd, tag_query, wait_until
 from tests.logstore.gen import append_lines, feedback_record, records
 
@@ -31,8 +31,8 @@ N = 3000
 
 @pytest.fixture(scope="module")
 def es_core(tmp_path_factory):
-    ensure_engine_built()
-    engine = SearchEngine(tmp_path_factory.mktemp("es-core"), port=0, heap="384m", max_heap="512m",
+    ensure_log_store_built()
+    engine = LogStoreServer(tmp_path_factory.mktemp("es-core"), port=0, heap="384m", max_heap="512m",
                           flavor="elasticsearch-core")
     engine.start()
     try:

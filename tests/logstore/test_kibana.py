@@ -32,7 +32,7 @@ def doc_id(r: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, search_engine_url):
+def dataset(tmp_path_factory, log_store_url):
     rng = random.Random(99)
     recs = []
     for i in range(400):
@@ -51,7 +51,7 @@ def dataset(tmp_path_factory, search_engine_url):
             recs.append(fb)
     logs = tmp_path_factory.mktemp("kibana-logs")
     append_lines(logs / "session.jsonl", recs)
-    assert run_ship(logs, search_engine_url)["shipped"] == len(recs)
+    assert run_ship(logs, log_store_url)["shipped"] == len(recs)
     return recs
 
 

@@ -21,7 +21,7 @@ def simulate(store, docs: list[dict]) -> list[dict]:
     return [d["doc"]["_source"] for d in out]
 
 
-def test_planted_pii_is_masked_in_indexed_documents(tmp_path, store, search_engine_url):
+def test_planted_pii_is_masked_in_indexed_documents(tmp_path, store, log_store_url):
     rng = random.Random(5)
     rec = session_record(1, rng, prompt=PLANTED, tag="pii")
     rec["response"] = "已记录 13812345678 与 zhang.san@example.com"
@@ -29,7 +29,7 @@ def test_planted_pii_is_masked_in_indexed_documents(tmp_path, store, search_engi
     fb["feedback_id"] = "fb-pii00000001"
     fb["host"]["name"] = "node-pii"
     append_lines(tmp_path / "session.jsonl", [rec, fb])
-    summary = run_ship(tmp_path, search_engine_url)
+    summary = run_ship(tmp_path, log_store_url)
     assert summary["shipped"] == 2, summary
     store.refresh()
     doc = store.search("seekwatch-sessions", {"query": {"term": {"request_id": rec["request_id"]}}})["hits"]["hits"][0]["_source"]

@@ -67,12 +67,12 @@ def test_write_index_is_never_deleted_and_young_one_is_not_rolled(store):
     assert store.count(stream) == 1
 
 
-def test_cli_dry_run_changes_nothing(store, search_engine_url):
+def test_cli_dry_run_changes_nothing(store, log_store_url):
     stream = _stream(store)
     _write(store, stream, [datetime.now(timezone.utc) - timedelta(days=400)])
     store.request("POST", f"/{stream}/_rollover")
     before = store.backing_indices(stream)
-    proc = subprocess.run([sys.executable, "-m", "seekwatch", "es-retention", "--url", search_engine_url,
+    proc = subprocess.run([sys.executable, "-m", "seekwatch", "es-retention", "--url", log_store_url,
                            "--dry-run"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     # the CLI looks at seekwatch's own streams only; run the library on ours with dry_run
@@ -82,8 +82,8 @@ def test_cli_dry_run_changes_nothing(store, search_engine_url):
     assert "would delete" in "\n".join(report.lines(dry_run=True))
 
 
-def test_cli_refuses_bad_days_in_one_line(search_engine_url):
-    proc = subprocess.run([sys.executable, "-m", "seekwatch", "es-retention", "--url", search_engine_url,
+def test_cli_refuses_bad_days_in_one_line(log_store_url):
+    proc = subprocess.run([sys.executable, "-m", "seekwatch", "es-retention", "--url", log_store_url,
                            "--retention-days", "0"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "--retention-days" in proc.stderr

@@ -67,20 +67,20 @@ class Rsyslogd:
         return out or ""
 
 
-def test_rsyslog_config_is_valid(tmp_path, search_engine_url):
-    conf = render(tmp_path, search_engine_url)
+def test_rsyslog_config_is_valid(tmp_path, log_store_url):
+    conf = render(tmp_path, log_store_url)
     (tmp_path / "logs").mkdir()
     (tmp_path / "work").mkdir()
     proc = subprocess.run([RSYSLOGD, "-N1", "-f", str(conf)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_rsyslog_ships_every_line_once_through_the_pipeline(tmp_path, store, search_engine_url):
+def test_rsyslog_ships_every_line_once_through_the_pipeline(tmp_path, store, log_store_url):
     tag = "rsyslog"
     logs, work = tmp_path / "logs", tmp_path / "work"
     logs.mkdir()
     work.mkdir()
-    conf = render(tmp_path, search_engine_url)
+    conf = render(tmp_path, log_store_url)
     recs = list(records(2000, seed=31, tag=tag))
     recs[0]["prompt"] = "请回电 13812345678"  # planted past the node's masker
     append_lines(logs / "session.jsonl", recs[:1000])

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from contracts.log_schema import load_schema
-from monitor.logstore.adapter import RETENTION_POLICY, StoreClient
+from contracts.logstore import RETENTION_POLICY, StoreClient
 from monitor.logstore.setup import install, retention_policy, template_field_paths
 from tests.logstore.fake_engine import FakeEngine
 
@@ -82,8 +82,8 @@ def test_cjk_analyzer_on_prompt(store):
     assert [t["token"] for t in tokens] == ["连续", "续批", "批处", "处理", "理的", "的原", "原理"]
 
 
-def test_es_setup_cli_is_idempotent(search_engine_url):
-    first = seekwatch("es-setup", "--url", search_engine_url)  # the fixture already ran it once
+def test_es_setup_cli_is_idempotent(log_store_url):
+    first = seekwatch("es-setup", "--url", log_store_url)  # the fixture already ran it once
     assert first.returncode == 0, first.stderr
     lines = first.stdout.strip().splitlines()
     assert lines[0].startswith("engine: opensearch 2.19")
@@ -91,8 +91,8 @@ def test_es_setup_cli_is_idempotent(search_engine_url):
     assert "retention is NOT active" in first.stderr  # said plainly, not hidden
 
 
-def test_es_setup_require_retention_fails_in_one_line(search_engine_url):
-    proc = seekwatch("es-setup", "--url", search_engine_url, "--require-retention")
+def test_es_setup_require_retention_fails_in_one_line(log_store_url):
+    proc = seekwatch("es-setup", "--url", log_store_url, "--require-retention")
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "ISM" in proc.stderr
 

@@ -20,7 +20,7 @@ TAG = "kill"
 
 
 @pytest.fixture(scope="module")
-def shipped_after_kills(tmp_path_factory, store, search_engine_url):
+def shipped_after_kills(tmp_path_factory, store, log_store_url):
     logs = tmp_path_factory.mktemp("kill-logs")
     recs = list(records(N, seed=11, tag=TAG))
     # Three files, like a node that rotated twice; the newest is still being written.
@@ -31,7 +31,7 @@ def shipped_after_kills(tmp_path_factory, store, search_engine_url):
     state = logs / ".seekwatch-ship"
     kills = []
     for fraction in (0.2, 0.55):
-        proc = subprocess.Popen(ship_cmd(logs, search_engine_url, "--once", "--quiet", "--batch-size", "100"),
+        proc = subprocess.Popen(ship_cmd(logs, log_store_url, "--once", "--quiet", "--batch-size", "100"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=seekwatch_env())
         try:
             wait_until(lambda: checkpoint_offsets(state) >= fraction * total_bytes or proc.poll() is not None,
@@ -41,7 +41,7 @@ def shipped_after_kills(tmp_path_factory, store, search_engine_url):
         finally:
             proc.wait(10)
         kills.append(checkpoint_offsets(state))
-    summary = run_ship(logs, search_engine_url)
+    summary = run_ship(logs, log_store_url)
     return {"recs": recs, "kills": kills, "total_bytes": total_bytes, "summary": summary, "logs": logs}
 
 
@@ -59,8 +59,8 @@ def test_exactly_n_documents_after_two_sigkills(shipped_after_kills, store):
     assert sum(f["offset"] for f in state["files"].values()) == run["total_bytes"]
 
 
-def test_rerun_ships_nothing_new(shipped_after_kills, store, search_engine_url):
-    summary = run_ship(shipped_after_kills["logs"], search_engine_url)
+def test_rerun_ships_nothing_new(shipped_after_kills, store, log_store_url):
+    summary = run_ship(shipped_after_kills["logs"], log_store_url)
     assert summary["shipped"] == 0 and summary["duplicates"] == 0
     assert count_tag(store, TAG) == N
 

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from monitor.logstore.adapter import StoreClient
-from monitor.logstore.engine import SearchEngine
+from contracts.logstore import StoreClient
+from monitor.logstore.launcher import LogStoreServer
 from monitor.logstore.setup import install
-from tests.fixtures.search_engine import ensure_engine_built
+from tests.fixtures.log_store import ensure_log_store_built
 from tests.logstore.conftest import checkpoint_offsets, count_tag, seekwatch_env, ship_cmd, tag_query, wait_until
 from tests.logstore.gen import append_lines, records
 
@@ -23,8 +23,8 @@ TAG = "restart"
 
 
 def test_engine_restart_midway_loses_and_doubles_nothing(tmp_path):
-    ensure_engine_built()
-    engine = SearchEngine(tmp_path / "engine", port=0, heap="384m", max_heap="512m")
+    ensure_log_store_built()
+    engine = LogStoreServer(tmp_path / "engine", port=0, heap="384m", max_heap="512m")
     url = engine.start()
     port = int(url.rsplit(":", 1)[1])
     logs = tmp_path / "logs"

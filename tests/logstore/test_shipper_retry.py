@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from monitor.logstore.adapter import StoreError, StoreUnavailable
+from contracts.logstore import StoreError, StoreUnavailable
 from monitor.logstore.shipper import Shipper, ShipperError
 from tests.logstore.gen import append_lines, records
 

@@ -1,4 +1,4 @@
-"""TLS and credentials of the adapter (es-setup, ship): certificates are verified by default,
+"""TLS and credentials of the log-store client (es-setup, ship, the dashboard): certificates are verified by default,
 a CA bundle makes a private CA trusted, --insecure exists, basic auth comes from flags/env.
 Served by the recording fake over HTTPS with a throwaway CA made by openssl."""
 from __future__ import annotations
@@ -67,3 +67,46 @@ def test_basic_auth_from_flag_and_environment(pki):
         allowed = es_setup("--url", fake.url, "--ca-certs", str(pki / "ca.pem"), "--username", "ops",
                            env={"SEEKWATCH_ES_PASSWORD": "s3cret"})
         assert allowed.returncode == 0, allowed.stderr
+
+
+def _last_hour():
+    import datetime as dt
+
+    from dashboards.data.base import Window
+
+    end = dt.datetime.now(dt.timezone.utc)
+    return Window(end - dt.timedelta(hours=1), end)
+
+
+def test_dashboard_source_takes_the_same_tls_and_auth(pki):
+    """The dashboard's log-store source goes through the same store client as es-setup: a
+    private CA is trusted only with the CA bundle, and basic auth is sent."""
+    from contracts.logstore import StoreClient
+    from dashboards.data.logstore import LogStoreSource, DashboardSourceError
+
+    tls = (str(pki / "server.pem"), str(pki / "server.key"))
+    with FakeEngine(tls=tls, basic_auth=("ops", "s3cret")) as fake:
+        untrusted = LogStoreSource(fake.url)
+        with pytest.raises(DashboardSourceError, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusted.kpis(_last_hour())
+        assert fake.requests == []
+        client = StoreClient(fake.url, ca_certs=str(pki / "ca.pem"), username="ops", password="s3cret")
+        with pytest.raises(DashboardSourceError, match="HTTP 400"):  # the fake has no _search: it got there
+            LogStoreSource(client).kpis(_last_hour())
+        assert [(m, p) for m, p, _q, _b in fake.requests] == [("POST", "/seekwatch-*/_search")]
+
+
+def test_dashboard_cli_takes_the_store_flags(pki, tmp_path):
+    from seekwatch.cli import build_parser
+
+    from dashboards.cli import build_env
+
+    argv = ["dashboard", "--url", "https://127.0.0.1:9200", "--ca-certs", str(pki / "ca.pem"),
+            "--username", "ops", "--insecure-no-auth"]
+    args = build_parser(argv).parse_args(argv)
+    env = build_env(args, base={})
+    assert env["SEEKWATCH_DASHBOARD_CA_CERTS"] == str(pki / "ca.pem")
+    assert env["SEEKWATCH_ES_USERNAME"] == "ops"
+    proc = subprocess.run([sys.executable, "-m", "seekwatch", "dashboard", "--logs", str(tmp_path), "--ca-certs",
+                           str(pki / "ca.pem"), "--insecure-no-auth"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].endswith("go with --url")

@@ -166,10 +166,11 @@ def test_not_ready_is_503():
     transport and no lifespan, so the engine is never started: the real not-ready path)."""
     from inference.app import create_app
     from inference.config import NodeConfig
-    from inference.engine.upstream import UpstreamEngine
+    from inference.engine.upstream import UpstreamEngine, UpstreamOptions
 
-    config = NodeConfig(engine="upstream", upstream_url="http://127.0.0.1:9/v1", instrumentation=False)
-    app = create_app(config, engine=UpstreamEngine(config.upstream_url))
+    config = NodeConfig(engine="upstream", engine_options=UpstreamOptions(url="http://127.0.0.1:9/v1"),
+                        instrumentation=False)
+    app = create_app(config, engine=UpstreamEngine(config.engine_options.url))
 
     async def main():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node") as c:

@@ -13,7 +13,7 @@ import httpx
 
 from contracts import metrics as names
 from contracts.log_schema import FEEDBACK_DATASET, SESSION_DATASET, validate_record
-from monitor.logstore.jsonl import JsonlLogReader
+from contracts.logfiles import JsonlLogReader
 from tests.instrumentation.pii_corpus import CASES, NEAR_MISSES, RAW_PII
 
 CHAT = "/v1/chat/completions"

@@ -76,3 +76,37 @@ def test_upstream_stream_with_raw_unicode_line_separators_stays_whole(node_facto
         assert r.json()["choices"][0]["message"]["content"] == "第一行\u2028第二行\u2029end"
     finally:
         server.shutdown()
+
+
+def test_upstream_answering_200_without_an_event_stream_is_502(node_factory):
+    """An upstream that ignores ``stream: true`` and answers 200 with JSON is refused by the one
+    SSE reader (contracts.sse): a clear 502, not an empty answer."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Upstream(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
+                                            "finish_reason": "stop"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        front = node_factory("--engine", "upstream", "--upstream-url", f"http://127.0.0.1:{server.server_port}/v1",
+                             "--served-model-name", "deepseek-chat", with_model=False)
+        r = httpx.post(front.openai_base + "/chat/completions", timeout=30,
+                       json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 502, r.text
+        assert "text/event-stream" in r.json()["error"]["message"]
+    finally:
+        server.shutdown()

@@ -16,47 +16,42 @@ tests/alerting/test_prometheus_source.py; this is the daemon's behaviour through
 """
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
+from contracts.supervisor import ProcessSpec, Supervised, start
 from tests.alerting.conftest import Driver, Recorder, fast_config, start_alertd_process
 from tests.fixtures.ports import free_port
 from tests.fixtures.prometheus import PROMETHEUS_BIN, prometheus_config
 
 
-def start_prometheus(work: Path, port: int, target: str) -> subprocess.Popen:
+def start_prometheus(work: Path, port: int, target: str) -> Supervised:
     work.mkdir(exist_ok=True)
     (work / "prometheus.yml").write_text(prometheus_config([target], scrape_interval="1s"))
-    proc = subprocess.Popen([PROMETHEUS_BIN, f"--config.file={work / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={work / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                             "--log.level=warn"], stdout=(work / "prometheus.log").open("ab"),
-                            stderr=subprocess.STDOUT, cwd=work, start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (work / "prometheus.log").read_text()
+    proc = start(ProcessSpec(name="prometheus", cwd=work, output=work / "prometheus.log", argv=[
+        PROMETHEUS_BIN, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]))
+
+    def scraped() -> bool:
         try:
             r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": "up == 1"}, timeout=2,
                           trust_env=False)
-            if r.status_code == 200 and r.json()["data"]["result"]:
-                return proc
+            return r.status_code == 200 and bool(r.json()["data"]["result"])
         except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("prometheus did not scrape its target")
+            return False
+
+    try:
+        proc.wait_ready(scraped, 60, what="scraping its target")
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+def stop(proc: Supervised) -> None:
+    proc.stop()
 
 
 def alerts(hook: Recorder, status: str, rule: str) -> list[dict]:
@@ -101,8 +96,6 @@ def test_prometheus_outage_raises_no_data_keeps_other_state_and_resolves(tmp_pat
         assert not alerts(hook, "resolved", "p99_latency")        # still slow: still firing
     finally:
         slow.stop()
-        if alertd.poll() is None:
-            alertd.send_signal(signal.SIGTERM)
-            alertd.wait(15)
+        alertd.stop()
         stop(prom)
         hook.stop()

@@ -2,7 +2,9 @@
 
 With a ``secret`` (加签), the URL gets ``timestamp`` (ms) and ``sign`` =
 urlencode(base64(HMAC-SHA256(key=secret, msg=f"{timestamp}\\n{secret}"))). DingTalk answers
-HTTP 200 with ``{"errcode": 0}``; any other errcode is a failure (e.g. 310000 bad signature).
+HTTP 200 with ``{"errcode": 0}``. A bad signature, keyword or IP (310000), an unknown or
+disabled robot (300001, 400101, 400102, 400106) cannot succeed on a retry: permanent. Other
+errcodes (e.g. 130101 / 410100 sending too fast) are retried.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from .. import messages
-from .base import DeliveryError, Receiver, Request, json_errcode
+from .base import SECRET, URL, BridgedReceiver, Request, json_errcode
 
 
 def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
@@ -23,8 +25,11 @@ def dingtalk_sign(secret: str, timestamp_ms: int) -> str:
     return base64.b64encode(digest).decode()
 
 
-class DingTalkReceiver(Receiver):
+class DingTalkReceiver(BridgedReceiver):
     type = "dingtalk"
+    config_schema = {"required": ["url"], "properties": {"url": URL, "secret": SECRET, "mention_all": {"type": "boolean"}}}
+    permanent_codes = frozenset({310000, 300001, 400101, 400102, 400106})
+    markdown = messages.MarkdownStyle(heading=lambda t: f"### {t}", separator="\n\n")
 
     def build(self, payload: dict[str, Any], now: float) -> Request:
         url = self.url
@@ -33,7 +38,7 @@ class DingTalkReceiver(Receiver):
             url += ("&" if "?" in url else "?") + f"timestamp={ts}&sign={quote_plus(dingtalk_sign(self.secret, ts))}"
         body: dict[str, Any] = {
             "msgtype": "markdown",
-            "markdown": {"title": messages.title(payload), "text": messages.markdown(payload, "dingtalk")},
+            "markdown": {"title": messages.title(payload), "text": messages.markdown(payload, self.markdown)},
         }
         if self.cfg.get("mention_all"):
             body["at"] = {"isAtAll": True}
@@ -41,6 +46,4 @@ class DingTalkReceiver(Receiver):
 
     def check(self, status: int, text: str) -> None:
         super().check(status, text)
-        code = json_errcode(text, "errcode")
-        if code not in (0, None):
-            raise DeliveryError(f"DingTalk errcode {code}: {text[:200]}")
+        self.check_code(json_errcode(text, "errcode"), "DingTalk errcode", text)

@@ -2,19 +2,23 @@
 
 Anything that already consumes Alertmanager webhooks (prometheus-webhook-dingtalk, PagerDuty
 bridges, custom scripts) works unchanged. Labels add ``alertname`` (CamelCase rule name) and
-``instance`` (= node); annotations carry the bilingual summary and description.
+``instance`` (= node); annotations carry the bilingual summary and description. Failures
+follow HTTP: 408, 429 and 5xx are retried, other 4xx are permanent. The export maps it to
+Alertmanager's own ``webhook_configs``.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from .. import messages
-from .base import Receiver, Request
+from .base import URL, ExportContext, Receiver, Request
 
 ALERTNAMES = {
     "p99_latency": "SeekwatchP99LatencyHigh",
+    "p99_e2e_latency": "SeekwatchE2eP99LatencyHigh",
     "gpu_utilization": "SeekwatchGpuUtilizationHigh",
     "completion_rate": "SeekwatchCompletionRateLow",
+    "turn_completion": "SeekwatchTurnCompletionLow",
     "no_data": "SeekwatchNoData",
     "scaling": "SeekwatchScalingRecommended",
 }
@@ -59,6 +63,11 @@ def common(dicts: list[dict[str, str]]) -> dict[str, str]:
 
 class WebhookReceiver(Receiver):
     type = "webhook"
+    config_schema = {"required": ["url"], "properties": {"url": URL}}
+
+    @classmethod
+    def alertmanager(cls, rc: dict[str, Any], ctx: ExportContext) -> dict[str, Any] | None:
+        return {"webhook_configs": [{"url": rc["url"], "send_resolved": ctx.send_resolved}]}
 
     def build(self, payload: dict[str, Any], now: float) -> Request:
         status = payload["status"]

@@ -1,7 +1,7 @@
 """One small storage adapter for Elasticsearch 8/9 and OpenSearch 2: plain JSON over REST.
 
-It asks the engine who it is once (``GET /`` → ``version.distribution``) and differs only
-where the engines differ: retention is ILM (``_ilm/policy``, attached through the index
+It asks the store who it is once (``GET /`` → ``version.distribution``) and differs only
+where the two products differ: retention is ILM (``_ilm/policy``, attached through the index
 setting ``index.lifecycle.name``) on Elasticsearch and ISM (``_plugins/_ism/policies``,
 attached through the policy's ``ism_template``) on OpenSearch. Everything else — bulk,
 composable index templates, ingest pipelines, data streams, search, aggregations — is the
@@ -13,6 +13,10 @@ nothing but is a second client for the same handful of calls; plain REST serves 
 TLS: certificates are verified by default; ``ca_certs`` points at a CA bundle for a
 self-signed cluster; ``verify=False`` exists for throwaway test clusters only.
 Auth: basic (``username``/``password``) or an Elasticsearch API key (``api_key``).
+
+It lives in the bottom layer because two parts talk to the store: the monitor (``es-setup``,
+``es-retention``, ``ship``) and the dashboard (``--url``). Both take the same connection
+flags and build the client the same way (:mod:`contracts.logstore_args`).
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ RETENTION_POLICY = "seekwatch-retention"
 
 
 class StoreError(RuntimeError):
-    """The engine answered with an error status."""
+    """The log store answered with an error status."""
 
     def __init__(self, method: str, path: str, status: int, body: Any) -> None:
         self.status = status
@@ -45,11 +49,11 @@ class StoreError(RuntimeError):
 
 
 class StoreUnavailable(RuntimeError):
-    """The engine could not be reached (connection refused, timeout, 502/503/504)."""
+    """The log store could not be reached (connection refused, timeout, 502/503/504)."""
 
 
 @dataclass(frozen=True)
-class EngineInfo:
+class StoreInfo:
     distribution: str  # "elasticsearch" | "opensearch"
     version: str
     core_only: bool = False  # an Elasticsearch without x-pack (no ILM, no ingest): smoke tests only
@@ -94,12 +98,16 @@ class StoreClient:
         if api_key:
             headers["Authorization"] = f"ApiKey {api_key}"
         auth = httpx.BasicAuth(username, password or "") if username else None
-        verify_arg: Any = ca_certs if (verify and ca_certs) else verify
+        verify_arg: Any = verify
+        if verify and ca_certs:
+            import ssl
+
+            verify_arg = ssl.create_default_context(cafile=ca_certs)
         self._http = httpx.Client(
             base_url=self.url, headers=headers, auth=auth, verify=verify_arg,
             timeout=httpx.Timeout(timeout, connect=5.0),
         )
-        self._info: EngineInfo | None = None
+        self._info: StoreInfo | None = None
 
     # -- plumbing -----------------------------------------------------------------------
     def close(self) -> None:
@@ -146,20 +154,20 @@ class StoreClient:
         return data
 
     # -- who is there -------------------------------------------------------------------
-    def info(self) -> EngineInfo:
-        """Detect the engine once: ``GET /`` → version.distribution (absent on
+    def info(self) -> StoreInfo:
+        """Detect the store once: ``GET /`` → version.distribution (absent on
         Elasticsearch). A 400/404 on ``GET /`` is the core-only Elasticsearch build."""
         if self._info is None:
             try:
                 root = self.request("GET", "/")
             except StoreError as exc:
                 if exc.status in (400, 404, 405):
-                    self._info = EngineInfo("elasticsearch", "unknown", core_only=True)
+                    self._info = StoreInfo("elasticsearch", "unknown", core_only=True)
                     return self._info
                 raise
             version = (root or {}).get("version", {})
             dist = version.get("distribution") or "elasticsearch"
-            self._info = EngineInfo(dist, str(version.get("number", "unknown")))
+            self._info = StoreInfo(dist, str(version.get("number", "unknown")))
         return self._info
 
     def health(self) -> dict:
@@ -218,9 +226,9 @@ class StoreClient:
             out.extend(i["index_name"] for i in ds.get("indices", []))
         return out
 
-    # -- retention: the one place the engines differ ------------------------------------
+    # -- retention: the one place the products differ ------------------------------------
     def retention_paths(self, policy: str) -> tuple[str, str]:
-        """(policy path, explain path prefix) for this engine."""
+        """(policy path, explain path prefix) for this store."""
         if self.info().retention_api == "ism":
             return f"/_plugins/_ism/policies/{policy}", "/_plugins/_ism/explain"
         return f"/_ilm/policy/{policy}", "/{index}/_ilm/explain"
@@ -255,7 +263,7 @@ class StoreClient:
 
     def retention_supported(self) -> bool:
         """Is the retention API there? (ISM is a plugin: an OpenSearch without it, such as
-        the embedded test engine, answers 'no handler found'; ILM is absent on core-only
+        the embedded test store, answers 'no handler found'; ILM is absent on core-only
         Elasticsearch builds.)"""
         info = self.info()
         if info.core_only:

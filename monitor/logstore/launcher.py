@@ -1,23 +1,25 @@
 """Run the bundled single-node OpenSearch (search-engine/, built by
 scripts/setup.d/30-search-engine.sh) as a child process: pick a port, keep its data in a
-directory, wait until it is healthy, stop it cleanly (SIGTERM, then SIGKILL after a grace).
+directory, wait until it is healthy, stop it cleanly (SIGTERM, then SIGKILL after a grace),
+all through :mod:`contracts.supervisor`, the one process supervisor of seekwatch.
 
 The launcher (``dev.seekwatch.engine.Launcher``) writes its URL to a "ready file" once its
 HTTP port answers, so the port can be 0 (the OS picks a free one) without a race.
 
-Only the standard library is imported here: ``seekwatch search-engine --help`` stays cheap.
+Only the standard library and the supervisor are imported here: ``seekwatch search-engine
+--help`` stays cheap.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from contracts.supervisor import NotReady, ProcessExited, ProcessSpec, Supervised, start as start_process
 
 LAUNCHER_CLASS = "dev.seekwatch.engine.Launcher"
 JAR_NAME = "seekwatch-search-engine.jar"
@@ -32,8 +34,8 @@ FLAVORS = {
 }
 
 
-class EngineError(RuntimeError):
-    """The engine could not be found, started or stopped."""
+class LaunchError(RuntimeError):
+    """The log store could not be found, started or stopped."""
 
 
 def default_build_dir(flavor: str = "opensearch") -> Path:
@@ -51,7 +53,7 @@ def find_java() -> str:
         return str(Path(home) / "bin" / "java")
     java = shutil.which("java")
     if not java:
-        raise EngineError("java not found: install a JDK 17 (Debian: openjdk-17-jre-headless)")
+        raise LaunchError("java not found: install a JDK 17 (Debian: openjdk-17-jre-headless)")
     return java
 
 
@@ -60,7 +62,7 @@ def classpath(build_dir: Path | None = None, flavor: str = "opensearch") -> str:
     jar = build / FLAVORS[flavor][1]
     lib = build / "lib"
     if not jar.exists() or not lib.is_dir():
-        raise EngineError(
+        raise LaunchError(
             f"search engine not built ({jar} missing): run scripts/setup.d/30-search-engine.sh"
         )
     return f"{jar}{os.pathsep}{lib}/*"
@@ -71,7 +73,7 @@ def http_get_json(url: str, timeout: float = 2.0) -> dict:
         return json.loads(resp.read().decode("utf-8"))
 
 
-class SearchEngine:
+class LogStoreServer:
     """One single-node OpenSearch child process.
 
     ``data_dir`` holds everything the node writes (``home/`` with config/logs and ``data/``
@@ -90,7 +92,7 @@ class SearchEngine:
         flavor: str = "opensearch",
     ) -> None:
         if flavor not in FLAVORS:
-            raise EngineError(f"unknown engine flavor {flavor!r}")
+            raise LaunchError(f"unknown engine flavor {flavor!r}")
         self.flavor = flavor
         self.data_dir = Path(data_dir).resolve()
         self.port = int(port)
@@ -99,9 +101,13 @@ class SearchEngine:
         self.build_dir = Path(build_dir) if build_dir else None
         self.log_path = Path(log_file) if log_file else self.data_dir / "engine.log"
         self.extra_settings = dict(extra_settings or {})
-        self.proc: subprocess.Popen | None = None
+        self.process: Supervised | None = None
         self.url: str | None = None
-        self._log_fh = None
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        """The running JVM's Popen, or None when not started."""
+        return self.process.proc if self.process is not None else None
 
     @property
     def ready_file(self) -> Path:
@@ -130,33 +136,32 @@ class SearchEngine:
     def start(self, timeout: float = 90.0) -> str:
         """Start the node and block until it answers ``GET /`` and the cluster is at least
         yellow. Returns the base URL."""
-        if self.proc is not None and self.proc.poll() is None:
-            raise EngineError("engine already running")
+        if self.process is not None and self.process.running:
+            raise LaunchError("engine already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
-        self._log_fh = open(self.log_path, "ab")  # noqa: SIM115 - kept for the child's lifetime
-        self.proc = subprocess.Popen(
-            self.command(),
-            stdout=self._log_fh,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it cleanly
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise EngineError(
-                    f"search engine exited with status {self.proc.returncode} during start; "
-                    f"last log lines:\n{self.tail_log()}"
-                )
-            if self.ready_file.exists():
-                url = self.ready_file.read_text("utf-8").strip()
-                if url and self._healthy(url):
-                    self.url = url
-                    return url
-            time.sleep(0.2)
-        self.stop()
-        raise EngineError(f"search engine not healthy within {timeout:.0f}s; log:\n{self.tail_log()}")
+        # its own session (the supervisor's rule): a Ctrl-C in the terminal reaches us, and we stop it cleanly
+        self.process = start_process(ProcessSpec(name="search engine", argv=self.command(), output=self.log_path,
+                                                 grace=30.0))
+
+        def ready() -> bool:
+            if not self.ready_file.exists():
+                return False
+            url = self.ready_file.read_text("utf-8").strip()
+            if url and self._healthy(url):
+                self.url = url
+                return True
+            return False
+
+        try:
+            self.process.wait_ready(ready, timeout, what="healthy")
+        except ProcessExited:
+            raise LaunchError(f"search engine exited with status {self.process.returncode} during start; "
+                              f"last log lines:\n{self.tail_log()}") from None
+        except NotReady:
+            self.stop()
+            raise LaunchError(f"search engine not healthy within {timeout:.0f}s; log:\n{self.tail_log()}") from None
+        return self.url
 
     def _healthy(self, url: str) -> bool:
         try:
@@ -178,32 +183,22 @@ class SearchEngine:
     def stop(self, grace: float = 30.0) -> int | None:
         """SIGTERM (the launcher's shutdown hook closes the node and flushes), then SIGKILL
         after ``grace`` seconds. Returns the exit status."""
-        proc = self.proc
-        if proc is None:
+        process = self.process
+        if process is None:
             return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        if self._log_fh is not None:
-            self._log_fh.close()
-            self._log_fh = None
+        status = process.stop(grace=grace)
         self.ready_file.unlink(missing_ok=True)
-        self.proc = None
+        self.process = None
         self.url = None
-        return proc.returncode
+        return status
 
     def kill(self) -> None:
         """SIGKILL, no clean shutdown (to test crash recovery)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.process is not None:
+            self.process.kill()
         self.stop()
 
-    def __enter__(self) -> "SearchEngine":
+    def __enter__(self) -> "LogStoreServer":
         self.start()
         return self
 

@@ -1,7 +1,7 @@
 """PII masking for everything that leaves the node (session log, feedback comments).
 
-Why: the session log is shipped to a search engine and read by ops people; the seed
-(section 5.1) asks for 敏感信息脱敏. Masking happens *before* a record is queued, so
+Why: the session log is shipped to a search engine and read by ops people; sensitive
+data has to be masked (敏感信息脱敏) before anyone can read it. Masking happens *before* a record is queued, so
 no unmasked personal data ever reaches disk, a shipper or Elasticsearch.
 
 Kinds (``contracts.metrics.PII_KINDS``) and their placeholders:

@@ -15,7 +15,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
     actions.required = True
-    start = actions.add_parser("start", help="start the engine in the foreground and print its URL",
+    start = actions.add_parser("start", help="start the store in the foreground and print its URL",
                                description="Start a single-node OpenSearch 2.19 (search-engine/) in "
                                "the foreground. Ctrl-C or SIGTERM stops it cleanly.")
     start.add_argument("--port", type=int, default=9200, help="HTTP port on 127.0.0.1 (default 9200; 0 = any free port)")
@@ -26,19 +26,19 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
 
 
 def run_start(args: argparse.Namespace) -> int:
-    from monitor.logstore.engine import EngineError, SearchEngine
+    from monitor.logstore.launcher import LaunchError, LogStoreServer
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port: {args.port} is not a TCP port")
-    engine = SearchEngine(args.data, port=args.port, heap=args.heap)
+    store = LogStoreServer(args.data, port=args.port, heap=args.heap)
     try:
-        url = engine.start()
-    except EngineError as exc:
+        url = store.start()
+    except LaunchError as exc:
         print(f"seekwatch search-engine: error: {exc}", file=sys.stderr)
         return 1
-    print(f"search engine listening on {url} (data in {engine.data_dir}; Ctrl-C to stop)", flush=True)
+    print(f"search store listening on {url} (data in {store.data_dir}; Ctrl-C to stop)", flush=True)
     if args.setup:
-        from monitor.logstore.adapter import StoreClient
+        from contracts.logstore import StoreClient
         from monitor.logstore.setup import install
 
         with StoreClient(url) as client:
@@ -53,10 +53,10 @@ def run_start(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, _on_signal)
     try:
         while not stop.wait(1.0):
-            if engine.proc is None or engine.proc.poll() is not None:
-                print(f"seekwatch search-engine: engine exited; log:\n{engine.tail_log()}", file=sys.stderr)
+            if store.proc is None or store.proc.poll() is not None:
+                print(f"seekwatch search-engine: exited; log:\n{store.tail_log()}", file=sys.stderr)
                 return 1
     finally:
-        engine.stop()
-    print("search engine stopped", flush=True)
+        store.stop()
+    print("search store stopped", flush=True)
     return 0

@@ -1,15 +1,16 @@
 """The cost model: what the self-hosted DeepSeek service costs, per turn, per 1k tokens, per
 session, per completed dialogue, per day and per month, and how that compares with the other
-deployment modes of the seed's table 5.2 and with hosted API prices.
+deployment modes (on-premises, cloud on-demand, reserved) and with hosted API prices.
 
-Shared by the node (``cost_usd`` of every log record, NextChat's balance query) and the
-dashboard's Cost page. Configuration is YAML (``contracts/defaults/cost.yaml`` by default),
-checked against ``monitor/cost.schema.json``; the formulas are written out in ``docs/cost.md``.
+It lives in the bottom layer because two parts compute with it: the node (``cost_usd`` of
+every log record, the budget of NextChat's balance query) and the dashboard's Cost page.
+The wire shapes of NextChat's balance query belong to the route that serves them
+(``inference/billing_router.py``). Configuration is YAML (``contracts/defaults/cost.yaml`` by default),
+checked against ``contracts/cost.schema.json``; the formulas are written out in ``docs/cost.md``.
 Imports nothing heavy: PyYAML and jsonschema are imported only when a file is loaded.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import os
@@ -268,9 +269,9 @@ class CostModel:
         per_token = (input_share * p.input_per_mtok + (1 - input_share) * p.output_per_mtok) / 1e6
         return _div(self.monthly_fixed_usd(), per_token)
 
-    # ------------------------------------------------------------------ scaling (seed 5.2)
+    # ------------------------------------------------------------------ scaling
     def scaling_delta(self, load: float | None) -> int:
-        """The seed's rule: load > high -> +scale_up instances, load < low -> -scale_down."""
+        """The rule: load > high -> +scale_up instances, load < low -> -scale_down."""
         if load is None or not math.isfinite(load):
             return 0
         if load > self.scale_high:
@@ -292,49 +293,11 @@ class CostModel:
         n = self.instances if instances is None else instances
         return _div(busy_seconds, seconds * n * self.concurrency)
 
-    # ------------------------------------------------------------------ NextChat balance view
+    # ------------------------------------------------------------------ budget
     def budget_usd(self) -> float:
+        """The monthly budget: ``monthly_budget_usd``, or the deployment's monthly cost."""
         b = self.monthly_budget_usd
         return float(b) if b is not None else self.monthly_fixed_usd()
-
-    def billing_subscription(self) -> dict[str, Any]:
-        """Body of ``GET /dashboard/billing/subscription`` (OpenAI's legacy billing shape).
-
-        NextChat reads ``hard_limit_usd`` (dollars) as the balance's total.
-        """
-        budget = round(self.budget_usd(), 2)
-        return {
-            "object": "billing_subscription",
-            "has_payment_method": True,
-            "soft_limit_usd": round(budget * 0.8, 2),  # a warning level: 80 % of the budget
-            "hard_limit_usd": budget,
-            "system_hard_limit_usd": budget,
-            "access_until": 0,
-            "plan": {"id": f"seekwatch-{self.deployment}", "title": f"seekwatch self-hosted ({self.mode.label or self.deployment})"},
-        }
-
-    def billing_usage(self, total_cost_usd: float, start_date: Any, end_date: Any) -> dict[str, Any]:
-        """Body of ``GET /dashboard/billing/usage?start_date=&end_date=``.
-
-        ``total_usage`` is in US **cents**, as OpenAI's legacy endpoint returned it: NextChat
-        shows ``Math.round(total_usage) / 100`` dollars as "used".
-        """
-        cents = max(0.0, float(total_cost_usd)) * 100.0
-        return {
-            "object": "list",
-            "total_usage": round(cents, 4),
-            "start_date": _date_str(start_date),
-            "end_date": _date_str(end_date),
-            "daily_costs": [],
-        }
-
-
-def _date_str(d: Any) -> str | None:
-    if d is None:
-        return None
-    if isinstance(d, (_dt.date, _dt.datetime)):
-        return d.strftime("%Y-%m-%d")
-    return str(d)
 
 
 _LOADED: dict[tuple[str, float], CostModel] = {}

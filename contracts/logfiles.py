@@ -1,7 +1,22 @@
-"""Read a seekwatch log directory (``*.jsonl``) record by record, in write order.
+"""The session-log file format, for every reader: names, discovery, write order, and reading
+whole lines record by record.
 
-Why it is strict about bad lines: the writer (``inference.session_log``) only ever appends
-whole ``\\n``-terminated lines, so
+Why one module: the node writes the files (``inference.session_log``); the shipper, the
+dashboard and NextChat's balance query read them. If each had its own idea of which files
+exist and in which order, a rotated file could be counted by one and skipped by another.
+
+Names: the node writes ``{prefix}-YYYY-MM-DD.NNNN.jsonl`` (UTC day, sequence of at least
+four digits, :func:`file_name`). Every reader takes every ``*.jsonl`` file and its numbered
+rotations ``*.jsonl.N`` (logrotate's names; compressed rotations are not read) anywhere under
+the log directory (:func:`is_log_file_name`, :func:`log_files`).
+
+Write order (:func:`sort_key`): node names by (day, sequence); a rotation ``x.jsonl.N`` before
+``x.jsonl.M`` when N > M, and before ``x.jsonl`` itself; other names by name.
+
+Following files as they grow, rotate and get truncated is :mod:`contracts.logtail`.
+
+Why it is strict about bad lines: the writer only ever appends whole ``\\n``-terminated
+lines, so
 
 * a last line without ``\\n`` is a *torn* write (the process was SIGKILLed mid-write, or
   the file is being written right now). It is never yielded as a record — a torn JSON
@@ -10,9 +25,8 @@ whole ``\\n``-terminated lines, so
   ``"invalid-json"``, ``"not-an-object"`` or ``"not-utf8"``), never silently skipped: the
   dashboard and the shipper surface ``reader.bad`` so data loss is visible.
 
-File order: ``{prefix}-YYYY-MM-DD.NNNN.jsonl`` names sort by (day, sequence); other
-``*.jsonl`` names follow in name order. Every yielded :class:`LogLine` carries its byte
-offsets, so a shipper can resume after the last whole line it shipped.
+Every yielded :class:`LogLine` carries its byte offsets, so a reader can resume after the
+last whole line it used.
 """
 from __future__ import annotations
 
@@ -22,11 +36,61 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 log = logging.getLogger(__name__)
 
 _NAME_RE = re.compile(r"^(?P<prefix>.+)-(?P<day>\d{4}-\d{2}-\d{2})\.(?P<seq>\d+)\.jsonl$")
+_ROTATED_RE = re.compile(r"^(?P<base>.+\.jsonl)\.(?P<n>\d+)$")
+
+
+def file_name(prefix: str, day: str, seq: int) -> str:
+    """The name the node gives its ``seq``-th file of UTC ``day`` (``YYYY-MM-DD``)."""
+    return f"{prefix}-{day}.{seq:04d}.jsonl"
+
+
+def file_name_re(prefix: str) -> re.Pattern[str]:
+    """Matches the node's own file names for ``prefix``: groups (day, sequence)."""
+    return re.compile(rf"^{re.escape(prefix)}-(\d{{4}}-\d{{2}}-\d{{2}})\.(\d{{4,}})\.jsonl$")
+
+
+def is_log_file_name(name: str) -> bool:
+    """``*.jsonl`` or a numbered rotation ``*.jsonl.N``."""
+    if name.endswith(".jsonl"):
+        return True
+    base, dot, suffix = name.rpartition(".")
+    return bool(dot) and suffix.isdigit() and base.endswith(".jsonl")
+
+
+def sort_key(p: Path) -> tuple:
+    """Write order (see the module docstring)."""
+    name, rotation = p.name, 0
+    m = _ROTATED_RE.match(name)
+    if m:
+        name, rotation = m.group("base"), -int(m.group("n"))
+    m = _NAME_RE.match(name)
+    if m:
+        return (0, m.group("day"), int(m.group("seq")), m.group("prefix"), rotation, str(p))
+    return (1, "", 0, name, rotation, str(p))
+
+
+def log_files(log_dir: str | os.PathLike[str], exclude: Iterable[str | os.PathLike[str]] = ()) -> list[Path]:
+    """Every log file under ``log_dir`` (sub-folders included, ``exclude`` folders not), in
+    write order. A missing directory has none."""
+    root = Path(log_dir)
+    if not root.is_dir():
+        return []
+    skip = {os.path.abspath(e) for e in exclude}
+    out: list[Path] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if os.path.abspath(os.path.join(folder, d)) not in skip]
+        for name in names:
+            if is_log_file_name(name):
+                p = Path(folder) / name
+                if p.is_file():
+                    out.append(p)
+    return sorted(out, key=sort_key)
+
 
 BadReason = Literal["torn", "invalid-json", "not-an-object", "not-utf8"]
 
@@ -51,21 +115,6 @@ class LogLine:
     offset: int
     end_offset: int
     record: dict[str, Any]
-
-
-def _sort_key(p: Path) -> tuple:
-    m = _NAME_RE.match(p.name)
-    if m:
-        return (0, m.group("day"), int(m.group("seq")), m.group("prefix"), p.name)
-    return (1, "", 0, "", p.name)
-
-
-def log_files(log_dir: str | os.PathLike[str], pattern: str = "*.jsonl") -> list[Path]:
-    """The directory's log files in write order (missing directory → empty list)."""
-    d = Path(log_dir)
-    if not d.is_dir():
-        return []
-    return sorted((p for p in d.glob(pattern) if p.is_file()), key=_sort_key)
 
 
 def iter_file(path: str | os.PathLike[str], offset: int = 0,
@@ -121,7 +170,6 @@ class JsonlLogReader:
     """
 
     log_dir: str | os.PathLike[str]
-    pattern: str = "*.jsonl"
     dataset: str | None = None
     strict: bool = False
     bad: list[BadLine] = field(default_factory=list)
@@ -136,7 +184,7 @@ class JsonlLogReader:
                 raise CorruptLogError(f"{b.path}:{b.line_no}: {b.reason}")
 
     def files(self) -> list[Path]:
-        return log_files(self.log_dir, self.pattern)
+        return log_files(self.log_dir)
 
     def lines(self) -> Iterator[LogLine]:
         self.bad.clear()
