@@ -252,7 +252,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     model_dir = Path(args.model) if args.model else tmp / f"{args.size}-model"
     if not args.model:
-        subprocess.run([sys.executable, "-m", "seekwatch", "make-tiny-model", str(model_dir), "--size", args.size],
+        subprocess.run([sys.executable, "-m", "seekwatch", "make-tiny-model", str(model_dir), "--size", args.size, "--weights", "random"],
                        check=True, stdout=subprocess.DEVNULL)
     from transformers import AutoTokenizer
 
