@@ -37,6 +37,8 @@ async def readyz(request: Request):
     body = {"ready": state.ready, "running": state.running, "waiting": state.waiting,
             "max_batch": state.max_batch, "max_queue": state.max_queue,
             "cancelled_total": state.cancelled_total, "finished_total": state.finished_total}
+    if state.decode_path is not None:
+        body["decode_path"] = state.decode_path
     if request.app.state.load_error:
         body["error"] = request.app.state.load_error
     return JSONResponse(body, status_code=200 if state.ready else 503)

@@ -106,6 +106,9 @@ class EngineState:
     max_queue: int
     cancelled_total: int = 0
     finished_total: int = 0
+    #: How decode steps run, for engines that have a choice (``cuda-graphs (…)`` or
+    #: ``eager (why)``); None for engines that do not decode themselves.
+    decode_path: str | None = None
 
 
 class Engine(abc.ABC):
