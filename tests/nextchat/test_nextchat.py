@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import re
 import subprocess
@@ -376,6 +377,6 @@ def test_openai_provider_recipe_and_the_balance_view(browser, servers, node):
     auth = {"Authorization": f"Bearer {KEY}"}
     usage = httpx.get(node.base_url + "/dashboard/billing/usage", params=q, headers=auth, timeout=10).json()
     sub = httpx.get(node.base_url + "/dashboard/billing/subscription", headers=auth, timeout=10).json()
-    used = round(usage["total_usage"]) / 100
+    used = math.floor(usage["total_usage"] + 0.5) / 100  # JavaScript's Math.round, then cents to dollars
     assert used > 0 and sub["hard_limit_usd"] == 4321
     assert f"Used this month ${_js_number(used)}, subscription ${_js_number(sub['hard_limit_usd'])}" in shown, shown
