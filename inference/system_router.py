@@ -1,4 +1,8 @@
-"""Routes for clients and operators that are not chat: model list, health, readiness, metrics."""
+"""Routes for clients and operators that are not chat: model list, health, readiness, metrics.
+
+Two routers because they are protected differently: the model list needs the API key when
+keys are configured (as on OpenAI and vLLM); the probes and ``/metrics`` only with
+``--auth-probes``."""
 from __future__ import annotations
 
 import time
@@ -7,9 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 router = APIRouter()
+models_router = APIRouter()
 
 
-@router.get("/v1/models")
+@models_router.get("/v1/models")
 async def list_models(request: Request):
     """OpenAI's model list: every served alias of the loaded model."""
     created = request.app.state.started_at
@@ -32,6 +37,8 @@ async def readyz(request: Request):
     body = {"ready": state.ready, "running": state.running, "waiting": state.waiting,
             "max_batch": state.max_batch, "max_queue": state.max_queue,
             "cancelled_total": state.cancelled_total, "finished_total": state.finished_total}
+    if state.decode_path is not None:
+        body["decode_path"] = state.decode_path
     if request.app.state.load_error:
         body["error"] = request.app.state.load_error
     return JSONResponse(body, status_code=200 if state.ready else 503)

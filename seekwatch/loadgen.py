@@ -223,7 +223,7 @@ def _values(rng: random.Random, data: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class Conversation:
+class ScriptedConversation:
     """One customer's session: the user messages it will send, in order."""
 
     scenario: str
@@ -233,7 +233,7 @@ class Conversation:
     pii_index: int | None   # which user message carries personal data, if any
 
 
-def plan_conversation(rng: random.Random, data: dict[str, Any], turns: tuple[int, int], pii_ratio: float) -> Conversation:
+def plan_conversation(rng: random.Random, data: dict[str, Any], turns: tuple[int, int], pii_ratio: float) -> ScriptedConversation:
     sc = _weighted(rng, data["scenarios"])
     client = _weighted(rng, data["clients"])
     values = _values(rng, data)
@@ -250,7 +250,7 @@ def plan_conversation(rng: random.Random, data: dict[str, Any], turns: tuple[int
         sep = " " if sc["lang"] == "en" else ""
         msgs[pos] = msgs[pos] + sep + pii_msg if pos == 0 else pii_msg + sep + msgs[pos]
     msgs = [m.format(**values) for m in msgs]
-    return Conversation(sc["id"], sc["lang"], client, msgs, pos)
+    return ScriptedConversation(sc["id"], sc["lang"], client, msgs, pos)
 
 
 @dataclass
@@ -389,7 +389,7 @@ class LoadGenerator:
         finally:
             st.sessions_finished += 1
 
-    def _body(self, rng: random.Random, conv: Conversation, messages: list[dict[str, str]], stream: bool) -> dict[str, Any]:
+    def _body(self, rng: random.Random, conv: ScriptedConversation, messages: list[dict[str, str]], stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
             "messages": list(messages), "stream": stream, "model": self.cfg.model,
             # NextChat's default temperature is 0.5; its built-in masks use 0.3-0.5; some users raise it
@@ -402,7 +402,7 @@ class LoadGenerator:
             body["stop"] = conv.client["stop"]
         return body
 
-    async def _turn(self, rng: random.Random, conv: Conversation, messages: list[dict[str, str]]) -> TurnResult:
+    async def _turn(self, rng: random.Random, conv: ScriptedConversation, messages: list[dict[str, str]]) -> TurnResult:
         import httpx
 
         from contracts.sse import aiter_data
@@ -489,7 +489,7 @@ class LoadGenerator:
             self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
             self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
 
-    async def _feedback(self, rng: random.Random, request_id: str, conv: Conversation) -> None:
+    async def _feedback(self, rng: random.Random, request_id: str, conv: ScriptedConversation) -> None:
         import httpx
 
         rating = "down" if rng.random() < self.cfg.negative_ratio else "up"

@@ -57,6 +57,9 @@ class EngineError(Exception):
     status_code = 500
     error_type = "server_error"
     code: str | None = None
+    #: prompt tokens the engine counted before refusing (0 when it did not get that far), so a
+    #: rejected record says how long the refused prompt was
+    prompt_tokens: int = 0
 
 
 class EngineNotReady(EngineError):
@@ -103,6 +106,9 @@ class EngineState:
     max_queue: int
     cancelled_total: int = 0
     finished_total: int = 0
+    #: How decode steps run, for engines that have a choice (``cuda-graphs (…)`` or
+    #: ``eager (why)``); None for engines that do not decode themselves.
+    decode_path: str | None = None
 
 
 class Engine(abc.ABC):

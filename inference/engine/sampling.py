@@ -1,7 +1,10 @@
 """Per-row sampling for a batch in which every request keeps its own settings.
 
-Vectorised over the batch for temperature and top-p; penalties and EOS suppression only touch
-the rows that asked for them, so a batch of plain requests pays nothing for them.
+Runs on the device the logits are on, vectorised over the batch for temperature and top-p;
+penalties and EOS suppression only touch the rows that asked for them, so a batch of plain
+requests pays nothing for them. Which branches run is decided from the settings on the host,
+never by reading a device tensor, so a step synchronises with the device once: when the
+chosen tokens are copied back.
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from typing import Sequence
 import torch
 
 from inference.engine.base import SamplingParams
+
+GREEDY_BELOW = 1e-5  # a temperature this low means greedy decoding
 
 
 def sample_next_tokens(
@@ -28,15 +33,18 @@ def sample_next_tokens(
             ids = torch.tensor(gen, device=device)
             counts = torch.bincount(ids, minlength=vocab).to(logits.dtype)
             logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
-        if eos_token_ids and (p.ignore_eos or len(gen) < p.min_tokens):
-            logits[i, list(eos_token_ids)] = float("-inf")
-    temps = torch.tensor([p.temperature for p in params], device=device, dtype=logits.dtype)
-    greedy = temps <= 1e-5
-    if bool(greedy.all()):
+    suppress = [i for i, (p, gen) in enumerate(zip(params, generated))
+                if eos_token_ids and (p.ignore_eos or len(gen) < p.min_tokens)]
+    if suppress:
+        rows = torch.tensor(suppress, device=device).unsqueeze(1)
+        logits[rows, torch.tensor(list(eos_token_ids), device=device)] = float("-inf")
+    greedy_rows = [p.temperature <= GREEDY_BELOW for p in params]
+    if all(greedy_rows):
         return logits.argmax(dim=-1).cpu()
-    probs = torch.softmax(logits / temps.clamp(min=1e-5).unsqueeze(1), dim=-1)
-    top_p = torch.tensor([p.top_p for p in params], device=device, dtype=probs.dtype)
-    if bool((top_p < 1.0).any()):
+    temps = torch.tensor([max(p.temperature, GREEDY_BELOW) for p in params], dtype=logits.dtype).to(device, non_blocking=True)
+    probs = torch.softmax(logits / temps.unsqueeze(1), dim=-1)
+    if any(p.top_p < 1.0 for p in params):
+        top_p = torch.tensor([p.top_p for p in params], dtype=probs.dtype).to(device, non_blocking=True)
         sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
         cum = sorted_probs.cumsum(dim=-1)
         drop = (cum - sorted_probs) > top_p.unsqueeze(1)
@@ -45,4 +53,7 @@ def sample_next_tokens(
         sampled = sorted_idx.gather(1, choice.unsqueeze(1)).squeeze(1)
     else:
         sampled = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-    return torch.where(greedy, logits.argmax(dim=-1), sampled).cpu()
+    if any(greedy_rows):
+        greedy = torch.tensor(greedy_rows).to(device, non_blocking=True)
+        sampled = torch.where(greedy, logits.argmax(dim=-1), sampled)
+    return sampled.cpu()

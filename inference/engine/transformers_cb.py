@@ -1,29 +1,38 @@
 """In-process engine on torch + transformers, with continuous batching.
 
 Why our own scheduler: transformers' continuous-batching manager (``generate_batch``) shares
-one generation config across its batch and targets CUDA paged attention, while the node must
-honour each request's own sampling settings and run on the CPU for CI and the demo. The loop
-below works with any causal LM that accepts a ``DynamicCache``:
+one generation config across its batch, while the node must honour each request's own
+sampling settings and run on the CPU for CI and the demo. The loop below:
 
 * one engine thread owns the model; requests arrive through a lock-protected list and leave
   through each request's asyncio queue (``call_soon_threadsafe``), so the event loop never
   runs a forward pass;
-* between two decode steps, waiting requests are prefilled together in one left-padded
-  forward pass (at most ``max_prefill_per_step`` requests and ``max_prefill_tokens`` prompt
-  tokens per step, so a burst of arrivals cannot stall running streams) and join the batch;
-* the batch's keys and values live in a preallocated buffer written in place
-  (:mod:`inference.engine.kv_buffer`), left-padded so that every row ends at the same
-  column; a 2-D attention mask hides the padding and explicit ``position_ids`` keep each
-  row's own positions, so a joined row computes exactly what it would alone;
-* rows that finish or whose client went away leave at once (the last row fills the hole),
-  and fully padded leading columns are dropped.
+* keys and values live in a :class:`~inference.engine.slot_cache.SlotKVCache` allocated once
+  at start-up: one slot of ``max_model_len`` tokens per sequence, sized from free memory on
+  CUDA (the log says how many tokens and slots); a request waits in the queue until a slot
+  is free, so a burst beyond the pool queues instead of running out of memory;
+* **chunked prefill** (Sarathi-style): each engine step spends at most ``max_prefill_tokens``
+  prompt tokens on prefill, taken from the waiting prompts in arrival order (a long prompt
+  is split over several steps), and then runs one decode step for every running sequence, so
+  arrivals never freeze the streams already running;
+* **decode as captured CUDA graphs**: on CUDA the decode step (the model's forward over the
+  running rows) is captured once per batch-size bucket (1, 2, 4, … up to the slot count) and
+  width bucket (the longest row rounded up), and replayed: one launch instead of several
+  hundred kernels issued from Python. Rows that only pad a batch to its bucket write into a
+  trash column and are masked. Where graphs cannot apply (the CPU, a capture that fails, a
+  replay that disagrees with the eager step at start-up), the same step runs eagerly;
+  ``/readyz`` (``decode_path``) and the start-up log say which path is live;
+* sampling runs on the device over the whole batch, with one copy of the chosen tokens to
+  the host per step.
 """
 from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -38,8 +47,8 @@ from inference.engine.base import (
     GenerationRequest, QueueFull, SamplingParams,
 )
 from inference.engine.detokenizer import StopMatcher, make_detokenizer
-from inference.engine.kv_buffer import BatchKVBuffer
 from inference.engine.sampling import sample_next_tokens
+from inference.engine.slot_cache import SlotKVCache, bytes_per_token
 
 log = logging.getLogger("seekwatch.engine")
 
@@ -56,48 +65,78 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     cancelled: bool = False
     done: bool = False
+    slot: int = -1          # row of the KV store this sequence holds
+    length: int = 0         # tokens whose keys/values are in the slot
+    started: float | None = None  # when its first prompt chunk was scheduled
+
+
+def _deliver(items: list[tuple[asyncio.Queue, tuple]]) -> None:
+    for queue, item in items:
+        queue.put_nowait(item)
+
+
+def buckets(limit: int, first: int = 1) -> list[int]:
+    """``first, 2·first, 4·first, … `` below ``limit``, then ``limit`` itself: the shapes a
+    decode step is captured for (vLLM captures batch sizes the same way)."""
+    out, b = [], first
+    while b < limit:
+        out.append(b)
+        b *= 2
+    out.append(limit)
+    return out
+
+
+def bucket_for(n: int, sizes: list[int]) -> int:
+    """The smallest bucket that holds ``n``."""
+    for b in sizes:
+        if b >= n:
+            return b
+    raise ValueError(f"{n} exceeds the largest bucket {sizes[-1]}")
 
 
 @dataclass
 class StepStats:
-    """Where the engine thread's time goes, summed over decode steps and prefills.
+    """Where the engine thread's time goes, summed over decode steps and prefill chunks.
 
-    ``forward`` is the host time of the model call: on a GPU, kernels are launched
-    asynchronously, so a forward close to the step time means the step is bound by Python
-    and kernel launches, not by the device. ``sample`` includes waiting for the device
-    (the sampled tokens are copied to the host). Logged every ``LOG_EVERY_S`` while the
-    engine is busy (as vLLM logs its throughput), then reset; the benchmark reads these
-    lines from the node's log to explain its figures.
+    ``forward`` is the host time of the model call (a graph replay on the fast path): on a
+    GPU, kernels are launched asynchronously, so a forward close to the step time means the
+    step is bound by Python and kernel launches, not by the device. ``sample`` includes
+    waiting for the device (the sampled tokens are copied to the host). Logged every
+    ``LOG_EVERY_S`` while the engine is busy (as vLLM logs its throughput), then reset; the
+    benchmark reads these lines from the node's log to explain its figures.
     """
 
     LOG_EVERY_S = 10.0
 
     steps: int = 0
     rows: int = 0
+    padded_rows: int = 0
     forward_s: float = 0.0
     sample_s: float = 0.0
     emit_s: float = 0.0
     prefills: int = 0
-    prefill_rows: int = 0
+    prefill_tokens: int = 0
     prefill_s: float = 0.0
 
-    def add_decode(self, rows: int, forward_s: float, sample_s: float, emit_s: float) -> None:
+    def add_decode(self, rows: int, padded_rows: int, forward_s: float, sample_s: float, emit_s: float) -> None:
         self.steps += 1
         self.rows += rows
+        self.padded_rows += padded_rows
         self.forward_s += forward_s
         self.sample_s += sample_s
         self.emit_s += emit_s
 
-    def add_prefill(self, rows: int, seconds: float) -> None:
+    def add_prefill(self, tokens: int, seconds: float) -> None:
         self.prefills += 1
-        self.prefill_rows += rows
+        self.prefill_tokens += tokens
         self.prefill_s += seconds
 
     def summary(self) -> str:
         n = max(self.steps, 1)
-        return (f"{self.steps} decode steps, {self.rows / n:.1f} rows per step; per step: forward "
-                f"{self.forward_s / n * 1e3:.2f} ms (host), sample + device wait {self.sample_s / n * 1e3:.2f} ms, "
-                f"emit {self.emit_s / n * 1e3:.2f} ms; {self.prefills} prefills of {self.prefill_rows} rows, "
+        return (f"{self.steps} decode steps, {self.rows / n:.1f} rows per step ({self.padded_rows / n:.1f} with "
+                f"bucket padding); per step: forward {self.forward_s / n * 1e3:.2f} ms (host), sample + device wait "
+                f"{self.sample_s / n * 1e3:.2f} ms, emit {self.emit_s / n * 1e3:.2f} ms; {self.prefills} prefill "
+                f"chunks of {self.prefill_tokens / max(self.prefills, 1):.0f} tokens, "
                 f"{self.prefill_s / max(self.prefills, 1) * 1e3:.1f} ms each")
 
 
@@ -105,6 +144,17 @@ class _Shutdown(EngineError):
     status_code = 503
     error_type = "service_unavailable"
     code = "shutting_down"
+
+
+def sliding_window(config) -> int | None:
+    """The attention window of a config whose layers (some or all) slide, else None."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    types = getattr(config, "layer_types", None)
+    if types is not None:
+        return window if any("sliding" in t for t in types) else None
+    return window if getattr(config, "use_sliding_window", True) else None
 
 
 def _pick_device(device: str | None) -> torch.device:
@@ -116,11 +166,16 @@ def _pick_device(device: str | None) -> torch.device:
 class TransformersEngine(Engine):
     """Loads a local model folder with ``from_pretrained`` and serves it with continuous batching."""
 
+    #: Share of the free device memory (after the weights) the KV store takes; the rest holds
+    #: the captured graphs' workspace, prefill activations and the allocator's slack.
+    KV_MEMORY_FRACTION = 0.9
+
     def __init__(self, model_dir: str | os.PathLike, *, device: str | None = None,
                  dtype: str | None = None, max_batch: int = 32, max_queue: int = 128,
                  max_model_len: int | None = None, max_prefill_per_step: int = 16,
-                 max_prefill_tokens: int = 8192, kv_cache_tokens: int | None = None,
-                 model_version: str | None = None):
+                 max_prefill_tokens: int = 2048, kv_cache_tokens: int | None = None,
+                 model_version: str | None = None, cuda_graphs: bool | None = None,
+                 bucketed: bool | None = None):
         self.model_dir = Path(model_dir)
         self.device = _pick_device(device)
         self.dtype_name = dtype or "auto"
@@ -128,20 +183,27 @@ class TransformersEngine(Engine):
         self.max_queue = max_queue
         self._max_model_len = max_model_len
         self.max_prefill_per_step = max_prefill_per_step
+        #: Prompt tokens prefilled per engine step (the chunked-prefill budget).
         self.max_prefill_tokens = max_prefill_tokens
-        #: Cap on the batch's padded key/value slots (rows × width). None on the CPU unless
-        #: given; on CUDA sized from free memory at load, so admission waits instead of
-        #: running the GPU out of memory mid-batch.
+        #: Tokens the KV store holds (slots × max_model_len). None: from free memory on
+        #: CUDA, ``max_batch`` full slots on the CPU.
         self.kv_cache_tokens = kv_cache_tokens
+        #: None = on CUDA; False forces the eager decode step.
+        self.cuda_graphs = cuda_graphs
+        #: Pad decode steps to batch and width buckets. Always on with CUDA graphs; on the
+        #: CPU it runs the graph path's exact shapes without capture (the tests compare it
+        #: with the unpadded step).
+        self.bucketed = bucketed
+        self.decode_path = "not loaded"
         self._model_version = model_version or self.model_dir.name
         self.model = None
         self.tokenizer = None
         self._ready = False
         self._lock = threading.Lock()
-        self._prefilling = 0
         self._wake = threading.Event()
         self._incoming: list[_Sequence] = []
         self._waiting: deque[_Sequence] = deque()
+        self._prefilling: list[_Sequence] = []
         self._running: list[_Sequence] = []
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -149,10 +211,12 @@ class TransformersEngine(Engine):
         self._finished_total = 0
         self.step_stats = StepStats()
         self._stats_since = time.perf_counter()
-        # Batch state (engine thread only).
-        self._kv: BatchKVBuffer | None = None
-        self._positions: torch.Tensor | None = None
-        self._last_tokens: torch.Tensor | None = None
+        self._kv: SlotKVCache | None = None
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        #: For checks and tests: keep each finished request's token ids in ``last_tokens``.
+        self.record_tokens = False
+        self._outbox: list[tuple[_Sequence, tuple]] = []
+        self.last_tokens: dict[str, list[int]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     @property
@@ -163,8 +227,16 @@ class TransformersEngine(Engine):
     def max_model_len(self) -> int | None:
         return self._max_model_len
 
+    #: GIL switch interval while a CUDA engine runs. The engine thread gives the GIL up at
+    #: every wait for the device (a graph replay, the copy of the sampled tokens); getting
+    #: it back from a busy event loop takes up to one interval (5 ms by default), which at
+    #: a 7-30 ms step is a large share of it.
+    SWITCH_INTERVAL_S = 0.0005
+
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
+        if self.device.type == "cuda":
+            sys.setswitchinterval(self.SWITCH_INTERVAL_S)
         self._thread = threading.Thread(target=self._loop, name="seekwatch-engine", daemon=True)
         self._thread.start()
         self._ready = True
@@ -176,6 +248,7 @@ class TransformersEngine(Engine):
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:
             dtype = getattr(torch, self.dtype_name)
+        self.dtype = dtype
         t0 = time.monotonic()
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device)
@@ -185,27 +258,177 @@ class TransformersEngine(Engine):
         self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         cfg_len = getattr(self.model.config, "max_position_embeddings", None) or 4096
         self._max_model_len = min(self._max_model_len or cfg_len, cfg_len)
+        window = sliding_window(self.model.config)
+        if window is not None and window < self._max_model_len:
+            # The step's 4-D mask is full causal; within the window that is what a sliding
+            # layer computes, so the context is capped there rather than computed wrongly.
+            log.warning("%s uses sliding-window attention (%d tokens): context capped at %d tokens",
+                        self.model_dir.name, window, window)
+            self._max_model_len = window
         eos = self.model.generation_config.eos_token_id if self.model.generation_config else None
         if eos is None:
             eos = self.tokenizer.eos_token_id
         self.eos_token_ids = tuple(eos if isinstance(eos, (list, tuple)) else [eos])
         template = getattr(self.tokenizer, "chat_template", None) or ""
         self.reasoning = "<think>" in str(template)
-        self._kv = BatchKVBuffer.for_model(self.model.config, dtype, self.device)
         with torch.inference_mode():  # warm-up: first request should not pay for lazy init
             self.model(input_ids=torch.tensor([[self.eos_token_ids[0]]], device=self.device))
-        if self.kv_cache_tokens is None and self.device.type == "cuda":
-            self.kv_cache_tokens = self._kv_tokens_that_fit()
-        log.info("loaded %s on %s (%s) in %.1fs; KV budget %s tokens", self.model_dir, self.device, dtype,
-                 time.monotonic() - t0, self.kv_cache_tokens or "unbounded")
+        self._make_store()
+        self._io = torch.zeros((2, self._kv.slots), dtype=torch.long, device=self.device)
+        self._rows = torch.arange(self._kv.slots, device=self.device)
+        self.batch_buckets = buckets(self._kv.slots)
+        self.width_buckets = buckets(self._max_model_len, min(256, self._max_model_len))
+        use_graphs = self.cuda_graphs if self.cuda_graphs is not None else self.device.type == "cuda"
+        if self.bucketed is None:
+            self.bucketed = use_graphs
+        with torch.inference_mode():
+            self._check_slot_path()
+            if use_graphs and self.device.type == "cuda":
+                self._warm_prefill_shapes()
+                self._capture_graphs()
+            elif use_graphs:
+                self.decode_path = "eager (CUDA graphs need a CUDA device)"
+            else:
+                self.decode_path = "eager" + (" (bucketed shapes)" if self.bucketed else "")
+        log.info("loaded %s on %s (%s) in %.1fs; KV store %d tokens: %d slots of %d tokens; max batch %d; "
+                 "prefill %d tokens per step; decode path: %s", self.model_dir, self.device, dtype,
+                 time.monotonic() - t0, self._kv.tokens, self._kv.slots, self._kv.max_len, self._kv.slots,
+                 self.max_prefill_tokens, self.decode_path)
 
-    def _kv_tokens_that_fit(self) -> int:
-        """Padded KV tokens that fit in 70 % of the free GPU memory. The batch's buffer is
-        written in place, and a reallocation frees each old layer as the new one is filled,
-        so the peak is the buffer plus one layer; prefill activations, logits and the
-        allocator's fragmentation need the rest."""
-        free, _ = torch.cuda.mem_get_info(self.device)
-        return max(int(free * 0.7) // self._kv.bytes_per_token(), self._max_model_len)
+    def _make_store(self) -> None:
+        """Size the KV store: ``kv_cache_tokens`` if given, else on CUDA a share of the free
+        memory; one slot of ``max_model_len`` per sequence, at most ``max_batch`` slots."""
+        per_token = bytes_per_token(self.model.config, self.dtype)
+        tokens = self.kv_cache_tokens
+        if tokens is None and self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            tokens = int(free * self.KV_MEMORY_FRACTION) // per_token
+        slots = self.max_batch if tokens is None else min(self.max_batch, tokens // self._max_model_len)
+        if slots < 1:
+            raise EngineError(f"the KV store holds {tokens} tokens, less than one sequence of "
+                              f"max_model_len={self._max_model_len}; lower --max-model-len")
+        if slots < self.max_batch:
+            log.warning("KV memory limits the batch to %d sequences of up to %d tokens (--max-batch %d); "
+                        "a lower --max-model-len gives more", slots, self._max_model_len, self.max_batch)
+        self._kv = SlotKVCache.for_model(self.model.config, self.dtype, self.device, slots, self._max_model_len)
+        self.kv_cache_tokens = self._kv.tokens
+        self.max_batch = slots  # what /readyz and the metrics report: the batch that can run
+
+    def _check_slot_path(self) -> None:
+        """The slot store must compute what the model computes without it: a short random
+        prompt, prefilled in two chunks and decoded one step, against one plain forward over
+        the same tokens. A model whose attention ignores the cache or the 4-D mask fails here
+        at start-up instead of answering garbage."""
+        g = torch.Generator().manual_seed(0)
+        vocab = self.model.config.vocab_size
+        ids = torch.randint(0, vocab, (1, 12), generator=g).to(self.device)
+        ref = self.model(input_ids=ids).logits[0].float()
+        slot = self._kv.slots - 1
+        first = self._prefill_forward([(slot, ids[0, :7].tolist(), 0), ])
+        second = self._prefill_forward([(slot, ids[0, 7:11].tolist(), 7)])
+        self._io[0, 0], self._io[1, 0] = ids[0, 11], 11
+        if slot != 0:
+            self._kv.move([slot], [0], 11)
+        step = self._decode_forward(1, 12)
+        got = torch.stack([first[0], second[0], step[0]]).float()
+        want = ref[[6, 10, 11]]
+        err = float((got - want).abs().max() / want.abs().max().clamp(min=1e-6))
+        # float32 agrees to rounding; in half precision the two paths use different
+        # attention kernels, so only a gross disagreement (a cache the model ignored) fails.
+        if not err < (0.25 if self.dtype in (torch.bfloat16, torch.float16) else 1e-3):
+            raise EngineError(f"{type(self.model).__name__}: the slot KV cache does not reproduce the model's "
+                              f"own forward (relative error {err:.3g}); this architecture is not supported")
+
+    # -- the forward passes --------------------------------------------------------------
+    def _prefill_forward(self, chunks: list[tuple[int, list[int], int]]) -> torch.Tensor:
+        """One forward over prompt chunks ``(slot, token ids, first position)``, packed into
+        one row (no padding: the step costs exactly the tokens it prefills); returns the
+        logits of each chunk's last token ``[chunks, vocab]``."""
+        cache, mask, positions = self._kv.packed([(slot, start, len(chunk)) for slot, chunk, start in chunks])
+        flat = [t for _, chunk, _ in chunks for t in chunk]
+        flat += [0] * (positions.shape[1] - len(flat))
+        ids = torch.tensor(flat).to(self.device, non_blocking=True)
+        ends = torch.tensor(list(itertools.accumulate(len(c) for _, c, _ in chunks))) - 1
+        keep = {"logits_to_keep": ends.to(self.device, non_blocking=True)} if self._keep_kw else {}
+        out = self.model(input_ids=ids.unsqueeze(0), position_ids=positions, attention_mask=mask,
+                         use_cache=True, **{self._cache_kw: cache}, **keep)
+        logits = out.logits[0]
+        return logits if keep else logits.index_select(0, ends.to(self.device))
+
+    def _decode_forward(self, rows: int, width: int) -> torch.Tensor:
+        """One decode step over slots ``0 … rows-1`` reading ``width`` columns; inputs come
+        from ``self._io`` (token ids, positions; position -1 marks a padding row). The exact
+        code a CUDA graph captures. Returns the logits ``[rows, vocab]``."""
+        kv = self._kv
+        ids = self._io[0, :rows].unsqueeze(1)
+        pos = self._io[1, :rows].unsqueeze(1)
+        cache = kv.decode_cache(rows, kv.write_index(self._rows[:rows], pos), width)
+        out = self.model(input_ids=ids, position_ids=pos.clamp(min=0), attention_mask=kv.mask(pos, width),
+                         use_cache=True, **{self._cache_kw: cache}, **self._keep_kw)
+        return out.logits[:, -1]
+
+    def _warm_prefill_shapes(self) -> None:
+        """Run one prefill of every padded size up to the step budget, so no request pays
+        for a first use of a matrix shape (an H200 run showed first prefills 3-5x slower)."""
+        t0 = time.monotonic()
+        slot = self._kv.slots - 1
+        step = self._kv.TOKEN_STEP
+        for n in range(step, min(self.max_prefill_tokens, self._max_model_len) + 1, step):
+            self._prefill_forward([(slot, [0] * n, 0)])
+        torch.cuda.synchronize(self.device)
+        log.info("prefill shapes up to %d tokens warmed in %.1fs", self.max_prefill_tokens, time.monotonic() - t0)
+
+    def _capture_graphs(self) -> None:
+        """Capture one decode step per (batch bucket, width bucket), largest first so the
+        smaller graphs reuse the shared memory pool; then check one replay against the eager
+        step. Any failure leaves the eager path live, and says why."""
+        t0 = time.monotonic()
+        try:
+            pool = torch.cuda.graph_pool_handle()
+            self._io[0].zero_()
+            self._io[1].fill_(-1)  # every row a padding row: writes go to the trash column
+            side = torch.cuda.Stream(self.device)
+            for rows in reversed(self.batch_buckets):
+                for width in reversed(self.width_buckets):
+                    side.wait_stream(torch.cuda.current_stream(self.device))
+                    with torch.cuda.stream(side):
+                        self._decode_forward(rows, width)  # warm-up outside the capture
+                    torch.cuda.current_stream(self.device).wait_stream(side)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        logits = self._decode_forward(rows, width)
+                    self._graphs[(rows, width)] = (graph, logits)
+            torch.cuda.synchronize(self.device)
+            err = self._check_replay()
+        except Exception as exc:  # the eager step still serves
+            self._graphs.clear()
+            torch.cuda.synchronize(self.device)
+            self.decode_path = f"eager (CUDA graph capture failed: {exc.__class__.__name__}: {exc})"
+            log.exception("CUDA graph capture failed; decoding eagerly")
+            return
+        if err is not None:
+            self._graphs.clear()
+            self.decode_path = f"eager (graph replay disagreed with the eager step: {err})"
+            log.error("CUDA graph replay disagreed with the eager step (%s); decoding eagerly", err)
+            return
+        self.decode_path = (f"cuda-graphs ({len(self._graphs)} captured in {time.monotonic() - t0:.1f}s: "
+                            f"batch {self.batch_buckets} × width {self.width_buckets})")
+
+    def _check_replay(self) -> str | None:
+        """Replay against eager on a random prompt in slot 0 (two rows, one of them padding)."""
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(0, self.model.config.vocab_size, (20,), generator=g).tolist()
+        self._prefill_forward([(0, ids[:19], 0)])
+        self._io[:, :2] = torch.tensor([[ids[19], 0], [19, -1]], device=self.device)
+        width = bucket_for(20, self.width_buckets)
+        eager = self._decode_forward(2, width)[0].float()
+        graph, logits = self._graphs[(2, width)] if (2, width) in self._graphs else self._graphs[(self.batch_buckets[-1], width)]
+        graph.replay()
+        replay = logits[0].float()
+        err = float((replay - eager).abs().max() / eager.abs().max().clamp(min=1e-6))
+        if not err < 2e-2:  # the same kernels on the same inputs: any real difference is a capture bug
+            return f"relative error {err:.3g}"
+        return None
 
     async def stop(self) -> None:
         self._stopping = True
@@ -219,9 +442,10 @@ class TransformersEngine(Engine):
     def state(self) -> EngineState:
         with self._lock:
             waiting = len(self._incoming) + len(self._waiting)
-        return EngineState(ready=self._ready, running=len(self._running) + self._prefilling, waiting=waiting,
+        return EngineState(ready=self._ready, running=len(self._running) + len(self._prefilling), waiting=waiting,
                            max_batch=self.max_batch, max_queue=self.max_queue,
-                           cancelled_total=self._cancelled_total, finished_total=self._finished_total)
+                           cancelled_total=self._cancelled_total, finished_total=self._finished_total,
+                           decode_path=self.decode_path)
 
     # -- request side (event loop) -----------------------------------------------------
     def encode_prompt(self, messages: list[dict[str, str]]) -> list[int]:
@@ -234,9 +458,11 @@ class TransformersEngine(Engine):
         prompt_ids = self.encode_prompt(request.messages)
         limit = self._max_model_len
         if len(prompt_ids) >= limit:
-            raise ContextLengthExceeded(
+            exc = ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens, but the messages "
                 f"take {len(prompt_ids)} tokens. Shorten the conversation or start a new one.")
+            exc.prompt_tokens = len(prompt_ids)
+            raise exc
         room = limit - len(prompt_ids)
         sp = request.sampling
         max_new = min(sp.max_tokens, room) if sp.max_tokens else room
@@ -244,7 +470,9 @@ class TransformersEngine(Engine):
                         asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
             if len(self._incoming) + len(self._waiting) >= self.max_queue:
-                raise QueueFull(f"the server is at capacity ({self.max_queue} requests waiting); retry shortly")
+                exc = QueueFull(f"the server is at capacity ({self.max_queue} requests waiting); retry shortly")
+                exc.prompt_tokens = len(prompt_ids)
+                raise exc
             self._incoming.append(seq)
         self._wake.set()
         return self._stream(seq)
@@ -288,6 +516,22 @@ class TransformersEngine(Engine):
         except RuntimeError:  # the event loop is gone (shutdown)
             seq.cancelled = True
 
+    def _flush(self) -> None:
+        """Hand a step's tokens to the event loop in one call per loop, not one per row:
+        each ``call_soon_threadsafe`` wakes the loop through its self-pipe (a system call
+        and a GIL hand-over), which at 256 rows was 256 wake-ups per step."""
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for seq, item in self._outbox:
+            by_loop.setdefault(seq.loop, []).append((seq.queue, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the event loop is gone (shutdown)
+                pass
+
     def _loop(self) -> None:
         with torch.inference_mode():
             while not self._stopping:
@@ -295,107 +539,101 @@ class TransformersEngine(Engine):
                 try:
                     self._drop_cancelled()
                     self._admit()
-                    if not self._running:
+                    if not self._running and not self._prefilling:
                         with self._lock:
                             idle = not self._incoming and not self._waiting
                         if idle:
                             self._wake.wait()
                         continue
-                    self._decode_step()
+                    if self._prefilling:
+                        self._prefill_step()
+                        self._flush()
+                    if self._running:
+                        self._decode_step()
+                        self._flush()
                 except Exception as exc:  # a failed step fails its batch, not the node
                     log.exception("engine step failed")
-                    for seq in list(self._running):
+                    self._flush()
+                    for seq in self._running + self._prefilling:
                         seq.done = True
                         self._emit(seq, EngineError(f"generation failed: {exc}"))
-                    self._reset_batch()
+                    self._running, self._prefilling = [], []
                     if self.device.type == "cuda":
-                        self._kv.release()  # an out-of-memory step: give the next batch all of it
                         torch.cuda.empty_cache()
-        for seq in self._running + list(self._waiting) + self._incoming:
+        for seq in self._running + self._prefilling + list(self._waiting) + self._incoming:
             self._emit(seq, _Shutdown("the server is shutting down"))
 
-    def _reset_batch(self) -> None:
-        if self._kv is not None:
-            self._kv.clear()
-        self._running = []
-        self._positions = self._last_tokens = None
+    def _free_slot(self) -> int | None:
+        """A slot no sequence holds, from the top: decoding rows fill slots from 0 upward, so
+        a prompt prefilled up here rarely has to move when it joins them."""
+        held = {s.slot for s in self._prefilling}
+        for slot in range(self._kv.slots - 1, len(self._running) - 1, -1):
+            if slot not in held:
+                return slot
+        return None
 
     def _admit(self) -> None:
+        """Waiting requests take free slots (in arrival order); their prompts are prefilled
+        in chunks by the following steps."""
         with self._lock:
             self._waiting.extend(self._incoming)
             self._incoming.clear()
-        group: list[_Sequence] = []
-        tokens = 0
-        while (self._waiting and len(self._running) + len(group) < self.max_batch
-               and len(group) < self.max_prefill_per_step):
-            seq = self._waiting[0]
+        while self._waiting and len(self._running) + len(self._prefilling) < self._kv.slots:
+            seq = self._waiting.popleft()
             if seq.cancelled:
-                self._waiting.popleft()
                 self._cancelled_total += 1
                 continue
-            if group and tokens + len(seq.prompt_ids) > self.max_prefill_tokens:
-                break  # the rest waits a step: running streams keep decoding
-            if not self._fits(len(group) + 1, max([len(seq.prompt_ids)] + [len(s.prompt_ids) for s in group])):
-                break  # KV budget: wait for running rows to finish
-            group.append(self._waiting.popleft())
-            tokens += len(seq.prompt_ids)
-        if group:
-            t0 = time.perf_counter()
-            self._prefilling = len(group)  # neither waiting nor in the batch yet, but running
-            try:
-                self._prefill(group)
-            finally:
-                self._prefilling = 0
-            self.step_stats.add_prefill(len(group), time.perf_counter() - t0)
+            seq.slot = self._free_slot()
+            seq.length = 0
+            self._prefilling.append(seq)
 
-    def _fits(self, new_rows: int, new_width: int) -> bool:
-        """Would the batch, with ``new_rows`` more rows, stay within the KV budget while the
-        widest row grows by a further 256 tokens?"""
-        if self.kv_cache_tokens is None:
-            return True
-        width = max(new_width, self._kv.width if self._running else 0) + 256
-        if not self._running and new_rows == 1:
-            return True  # one request alone always runs (the context limit bounds it)
-        return (len(self._running) + new_rows) * width <= self.kv_cache_tokens
-
-    def _prefill(self, group: list[_Sequence]) -> None:
-        """Prefill the admitted sequences in one forward pass, left-padded to the longest,
-        sample each one's first token, and join them to the running batch."""
-        from transformers import DynamicCache
-
+    def _prefill_step(self) -> None:
+        """Prefill up to ``max_prefill_tokens`` prompt tokens over at most
+        ``max_prefill_per_step`` prompts (in arrival order) in one forward pass; a prompt
+        that is complete samples its first token and joins the decoding rows."""
+        chunks, budget = [], self.max_prefill_tokens
+        for seq in self._prefilling[:self.max_prefill_per_step]:
+            take = min(len(seq.prompt_ids) - seq.length, budget)
+            if take <= 0:
+                break
+            chunks.append((seq, take))
+            budget -= take
+        t0 = time.perf_counter()
         now = time.monotonic()
-        width = max(len(s.prompt_ids) for s in group)
-        pad_id = self.eos_token_ids[0]
-        ids = torch.tensor([[pad_id] * (width - len(s.prompt_ids)) + s.prompt_ids for s in group], device=self.device)
-        mask = torch.tensor([[0] * (width - len(s.prompt_ids)) + [1] * len(s.prompt_ids) for s in group],
-                            dtype=torch.long, device=self.device)
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         **{self._cache_kw: cache}, **self._keep_kw)
-        tokens = sample_next_tokens(out.logits[:, -1, :], [s.sampling for s in group], [[] for _ in group],
-                                    self.eos_token_ids)
-        self._kv.add_rows([(layer.keys, layer.values) for layer in cache.layers], mask)
-        del cache, out
-        lengths = torch.tensor([len(s.prompt_ids) for s in group], device=self.device)
-        self._join_batch(group, lengths, tokens.to(self.device))
-        first_row = len(self._running) - len(group)
-        done = []
-        for i, (seq, token) in enumerate(zip(group, tokens.tolist())):
-            self._after_token(seq, token, now - seq.arrival)
-            if seq.done:
-                done.append(first_row + i)
-        if done:
-            self._remove_rows(done)
+        logits = self._prefill_forward([(s.slot, s.prompt_ids[s.length:s.length + n], s.length) for s, n in chunks])
+        complete = []
+        for i, (seq, n) in enumerate(chunks):
+            if seq.started is None:
+                seq.started = now
+            seq.length += n
+            if seq.length == len(seq.prompt_ids):
+                complete.append(i)
+        if complete:
+            group = [chunks[i][0] for i in complete]
+            tokens = sample_next_tokens(logits[complete], [s.sampling for s in group], [[] for _ in group],
+                                        self.eos_token_ids).tolist()
+            for seq, token in zip(group, tokens):
+                self._prefilling.remove(seq)
+                self._join(seq)
+                self._after_token(seq, token, seq.started - seq.arrival)
+            done = [i for i, s in enumerate(self._running) if s.done]
+            if done:
+                self._remove_rows(done)
+        self.step_stats.add_prefill(sum(n for _, n in chunks), time.perf_counter() - t0)
 
-    def _join_batch(self, group: list[_Sequence], lengths: torch.Tensor, tokens: torch.Tensor) -> None:
-        """Append the group's rows (already in the KV buffer) to the batch's per-row state."""
-        if not self._running:
-            self._positions, self._last_tokens = lengths, tokens
-        else:
-            self._positions = torch.cat([self._positions, lengths])
-            self._last_tokens = torch.cat([self._last_tokens, tokens])
-        self._running.extend(group)
+    def _join(self, seq: _Sequence) -> None:
+        """Move a prefilled sequence into slot ``n`` (the next decoding row), swapping with
+        whatever prompt is being prefilled there."""
+        n = len(self._running)
+        if seq.slot != n:
+            other = next((s for s in self._prefilling if s.slot == n), None)
+            if other is None:
+                self._kv.move([seq.slot], [n], seq.length)
+            else:
+                self._kv.move([seq.slot, n], [n, seq.slot], max(seq.length, other.length))
+                other.slot = seq.slot
+            seq.slot = n
+        self._running.append(seq)
 
     def _after_token(self, seq: _Sequence, token: int, queue_s: float | None = None) -> None:
         seq.generated.append(token)
@@ -408,31 +646,45 @@ class TransformersEngine(Engine):
         if finish is not None:
             seq.done = True
             self._finished_total += 1
-        self._emit(seq, (token, finish, queue_s))
+            if self.record_tokens:
+                self.last_tokens[seq.request_id] = list(seq.generated)
+        self._outbox.append((seq, (token, finish, queue_s)))
 
     def _decode_step(self) -> None:
+        """Feed every running row its last token: one graph replay (or eager forward) over
+        the rows padded to their bucket, then sample all rows at once."""
         t0 = time.perf_counter()
-        batch = len(self._running)
-        mask = self._kv.begin_decode()
-        out = self.model(input_ids=self._last_tokens.view(batch, 1),
-                         position_ids=self._positions.view(batch, 1), attention_mask=mask,
-                         use_cache=True, **{self._cache_kw: self._kv.cache()}, **self._keep_kw)
-        self._kv.end_decode()
-        self._positions = self._positions + 1
+        running = self._running
+        n = len(running)
+        longest = max(s.length for s in running) + 1
+        if self.bucketed:
+            rows, width = bucket_for(n, self.batch_buckets), bucket_for(longest, self.width_buckets)
+        else:
+            rows, width = n, longest
+        pad = rows - n
+        inputs = torch.tensor([[s.generated[-1] for s in running] + [0] * pad,
+                               [s.length for s in running] + [-1] * pad])
+        self._io[:, :rows].copy_(inputs)
+        captured = self._graphs.get((rows, width))
+        if captured is not None:
+            captured[0].replay()
+            logits = captured[1][:n]
+        else:
+            logits = self._decode_forward(rows, width)[:n]
         t1 = time.perf_counter()
-        tokens = sample_next_tokens(out.logits[:, -1, :], [s.sampling for s in self._running],
-                                    [s.generated for s in self._running], self.eos_token_ids)
-        self._last_tokens = tokens.to(self.device)
+        tokens = sample_next_tokens(logits, [s.sampling for s in running], [s.generated for s in running],
+                                    self.eos_token_ids).tolist()
         t2 = time.perf_counter()
         finished = []
-        for i, (seq, token) in enumerate(zip(self._running, tokens.tolist())):
+        for i, (seq, token) in enumerate(zip(running, tokens)):
+            seq.length += 1
             self._after_token(seq, token)
             if seq.done:
                 finished.append(i)
         if finished:
             self._remove_rows(finished)
         now = time.perf_counter()
-        self.step_stats.add_decode(batch, t1 - t0, t2 - t1, now - t2)
+        self.step_stats.add_decode(n, rows, t1 - t0, t2 - t1, now - t2)
         if now - self._stats_since >= StepStats.LOG_EVERY_S:
             self._log_step_stats(now)
 
@@ -443,6 +695,10 @@ class TransformersEngine(Engine):
 
     def _drop_cancelled(self) -> None:
         gone = [i for i, s in enumerate(self._running) if s.cancelled and not s.done]
+        for seq in [s for s in self._prefilling if s.cancelled]:
+            self._prefilling.remove(seq)
+            seq.done = True
+            self._cancelled_total += 1
         if gone:
             self._cancelled_total += len(gone)
             for i in gone:
@@ -450,14 +706,16 @@ class TransformersEngine(Engine):
             self._remove_rows(gone)
 
     def _remove_rows(self, rows: list[int]) -> None:
-        order = self._kv.remove_rows(rows)  # new row j was row order[j]
-        if not order:
-            self._reset_batch()
-            return
-        idx = torch.tensor(order, device=self.device)
-        self._running = [self._running[i] for i in order]
-        self._positions = self._positions.index_select(0, idx)
-        self._last_tokens = self._last_tokens.index_select(0, idx)
+        """Drop decoding rows; each hole is filled by the last row (one slot copy), so the
+        decoding rows stay in slots ``0 … n-1``."""
+        for i in sorted(rows, reverse=True):
+            last = len(self._running) - 1
+            if i != last:
+                moved = self._running[last]
+                self._kv.move([last], [i], moved.length)
+                moved.slot = i
+                self._running[i] = moved
+            self._running.pop()
 
 
 # --------------------------------------------------------------------------- plug-in
@@ -473,7 +731,7 @@ class TransformersOptions:
     device: str = "auto"
     dtype: str = "auto"
     max_model_len: int | None = None
-    kv_cache_tokens: int | None = None  # padded KV slots; default: from free GPU memory
+    kv_cache_tokens: int | None = None  # KV store size in tokens; default: from free GPU memory
 
 
 def _add_arguments(g) -> None:
@@ -482,7 +740,8 @@ def _add_arguments(g) -> None:
     g.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32")
     g.add_argument("--max-model-len", type=int, help="context length (default: the model's)")
     g.add_argument("--kv-cache-tokens", type=int, metavar="N",
-                   help="cap on the batch's padded key/value slots (rows x width); default: 70%% of free GPU memory, unbounded on CPU")
+                   help="tokens the KV store holds (one slot of --max-model-len tokens per running sequence); "
+                        "default: 90%% of the GPU memory free after loading, --max-batch slots on CPU")
 
 
 def _options_from_args(args) -> TransformersOptions:

@@ -259,3 +259,61 @@ def test_dashboard_log_store_source(run, truth, log_store_url):
         assert not resp.get("errors"), [i for i in resp["items"] if "error" in next(iter(i.values()))][:3]
     src = LogStoreSource(log_store_url, where={"host.name": f"sig-{tag}"}, conversation_idle_s=IDLE_S)
     _check_kpis(src.kpis(_window()), truth)
+
+
+def test_real_node_counts_what_its_log_recounts(tmp_path):
+    """``seekwatch serve`` (upstream engine) with ``--conversation-idle 1s``: its counters equal
+    the recount from the session log it wrote."""
+    import time
+
+    import httpx
+
+    from tests.fixtures.node import start_node
+
+    from .upstream import SlowUpstream
+
+    up = SlowUpstream(delay=0.0)
+    node = start_node(tmp_path, "--engine", "upstream", "--upstream-url", up.base_url, "--served-model-name",
+                      "deepseek-chat", "--conversation-idle", "1s", ready_timeout=60)
+    base = f"http://127.0.0.1:{node.port}"
+    try:
+        with httpx.Client(timeout=30) as c:
+            def turn(sid: str, reply: str) -> str:
+                up.reply = reply
+                r = c.post(f"{base}/v1/chat/completions", headers={"X-Session-Id": sid},
+                           json={"model": "deepseek-chat", "messages": [{"role": "user", "content": f"问题 {sid}"}]})
+                assert r.status_code == 200, r.text
+                return r.json()["id"]
+
+            ok, refusal = "好的，您的订单已经发货。", "抱歉，我无法帮助您处理这个请求。"
+            a1 = turn("conv-a", ok)
+            c.post(f"{base}/v1/feedback", json={"request_id": a1, "rating": "down"})   # a completed turn rated down
+            c.post(f"{base}/v1/feedback", json={"request_id": a1, "rating": "down", "comment": "again"})
+            b1 = turn("conv-b", refusal)                                               # refused ...
+            c.post(f"{base}/v1/feedback", json={"request_id": b1, "rating": "down"})   # ... and rated down: once
+            turn("conv-c", refusal)
+            turn("conv-c", ok)                                                         # recovered: completed
+            turn("conv-d", ok)
+            time.sleep(1.5)                                                            # every conversation idle
+            text = c.get(f"{base}/metrics").text
+    finally:
+        node.stop()
+        up.stop()
+
+    def sample(name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    records = [json.loads(line) for p in sorted(node.log_dir.rglob("*.jsonl")) for line in p.read_text().splitlines()
+               if line.strip()]
+    sess = [r for r in records if r["event"]["dataset"] == "seekwatch.session"]
+    fb = [r for r in records if r["event"]["dataset"] == "seekwatch.feedback"]
+    rc = recount(sess, fb, 0, 4e9, idle_s=1.0)
+    assert (rc.turns, rc.turns_completed, rc.conversations_ended, rc.conversations_completed) == (5, 2, 4, 2)
+    assert sample(M.REQUESTS_TOTAL) == rc.turns
+    assert sample(M.REQUESTS_TOTAL, status="completed") - sample(M.COMPLETED_TURNS_RATED_DOWN_TOTAL) == rc.turns_completed
+    assert sample(M.COMPLETED_TURNS_RATED_DOWN_TOTAL) == 1
+    assert sample(M.CONVERSATIONS_ENDED_TOTAL) == rc.conversations_ended
+    assert sample(M.CONVERSATIONS_ENDED_TOTAL, outcome="completed") == rc.conversations_completed

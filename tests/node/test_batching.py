@@ -109,10 +109,11 @@ def test_a_request_computes_the_same_alone_and_in_a_batch(node):
 
 
 def test_kv_budget_makes_requests_wait_instead_of_running_out_of_memory(node_factory):
-    """With a KV budget for about two rows, six concurrent requests all complete, and the
-    engine never runs more than the budget allows (on CUDA the budget comes from free
-    memory; an H200 run without it ran out of memory at 256 streams)."""
-    n = node_factory("--kv-cache-tokens", "620", "--max-batch", "32")
+    """With a KV store of two slots (620 tokens at a 256-token context), six concurrent
+    requests all complete, and the engine never runs more than the store holds (on CUDA the
+    store is sized from free memory; an H200 run without a bound ran out of memory at 256
+    streams)."""
+    n = node_factory("--kv-cache-tokens", "620", "--max-model-len", "256", "--max-batch", "32")
     seen = []
 
     async def main():

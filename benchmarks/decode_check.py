@@ -1,0 +1,227 @@
+"""Decode-path check: the captured CUDA graphs against the eager step, on the architectures
+the node must serve, and the time of one decode step per bucket.
+
+For each model: one engine with CUDA graphs and one decoding eagerly with exact shapes (no
+bucket padding) run the same greedy requests, each alone and all together in one batch; the
+check reports how many of the tokens agree, position by position, and the largest relative
+logit difference between a graph replay and the eager step, per (batch, width) bucket, on
+rows holding real prompts. Also runs on the CPU (no capture: the bucketed eager step against
+the exact one), which is what the test suite does on the tiny models.
+
+    python benchmarks/decode_check.py --device cuda --models deepseek-7b qwen2-r1 llama3-r1 --out check.json
+
+The R1-distill shapes are the published configs of DeepSeek-R1-Distill-Qwen and -Llama
+(Qwen2 with grouped-query attention and QKV bias; Llama 3 with its RoPE scaling), shrunk to
+4 layers of width 256 with random weights and the tiny model's tokenizer.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+#: The published config.json of each R1-distill family, shrunk (4 layers, width 256).
+VARIANTS = {
+    "qwen2-r1": {  # DeepSeek-R1-Distill-Qwen-{1.5B,7B,14B,32B}
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 256,
+        "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
+        "max_position_embeddings": 131072, "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+        "sliding_window": 4096, "use_sliding_window": False, "max_window_layers": 4, "tie_word_embeddings": False,
+    },
+    "llama3-r1": {  # DeepSeek-R1-Distill-Llama-{8B,70B}
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+        "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
+        "max_position_embeddings": 131072, "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+        "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+    },
+}
+
+PROMPTS = ["请帮我生成本月销售报告摘要。", "退货" * 40, "How do I reset my password? " * 12,
+           "订单 12345 的物流状态是什么？请详细说明每一步。" * 6]
+
+
+def make_variant(tiny_dir: Path, out: Path, arch: str, *, seed: int = 0) -> Path:
+    """A random-weight model of an R1-distill shape, with the tiny model's tokenizer."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    spec = dict(VARIANTS[arch], vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    for name in ("generation_config.json",):
+        if (tiny_dir / name).exists():
+            shutil.copy(tiny_dir / name, out / name)
+    return out
+
+
+async def greedy(engine, prompts: list[str], max_tokens: int, together: bool) -> list[list[int]]:
+    """Greedy token ids per prompt (EOS ignored), all at once or one after another."""
+    from inference.engine.base import GenerationRequest, SamplingParams
+
+    async def one(i: int, prompt: str) -> list[int]:
+        req = GenerationRequest(f"check-{i}", "m", [{"role": "user", "content": prompt}],
+                                SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True))
+        stream = await engine.generate(req)
+        async for _ in stream:
+            pass
+        return list(engine.last_tokens.pop(req.request_id))
+
+    if together:
+        return list(await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts))))
+    return [await one(i, p) for i, p in enumerate(prompts)]
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> dict:
+    same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+    total = sum(len(r) for r in a)
+    prefix = [next((i for i, (x, y) in enumerate(zip(ra, rb)) if x != y), len(ra)) for ra, rb in zip(a, b)]
+    return {"tokens": total, "equal": same, "fraction": same / max(total, 1), "first_difference": prefix}
+
+
+def bucket_logits_and_times(engine, reps: int = 10) -> list[dict]:
+    """Per captured bucket: the replay against the eager step on rows that hold real
+    prompts (relative max logit difference, argmax agreement), and the median time of one
+    replay and one eager step (device events)."""
+    import torch
+
+    if not engine._graphs:
+        return []
+    kv, out = engine._kv, []
+    g = torch.Generator().manual_seed(3)
+    with torch.inference_mode():
+        for (rows, width), (graph, logits) in sorted(engine._graphs.items()):
+            if width > kv.max_len or rows > kv.slots:
+                continue
+            length = min(width - 1, max(1, width // 2 + 7))
+            for r in range(rows):  # fill each row with its own random prompt
+                ids = torch.randint(0, engine.model.config.vocab_size, (length,), generator=g).tolist()
+                engine._prefill_forward([(r, ids, 0)])
+            engine._io[0, :rows] = torch.randint(0, engine.model.config.vocab_size, (rows,), generator=g).to(engine.device)
+            engine._io[1, :rows] = length
+            eager = engine._decode_forward(rows, width).float()
+            graph.replay()
+            replay = logits.float()
+            err = float((replay - eager).abs().max() / eager.abs().max().clamp(min=1e-6))
+            argmax = float((replay.argmax(-1) == eager.argmax(-1)).float().mean())
+            times = {}
+            for name, fn in (("replay_ms", graph.replay), ("eager_ms", lambda: engine._decode_forward(rows, width))):
+                samples = []
+                for _ in range(reps):
+                    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    t0 = time.perf_counter()
+                    a.record()
+                    fn()
+                    b.record()
+                    host = time.perf_counter() - t0
+                    torch.cuda.synchronize()
+                    samples.append((a.elapsed_time(b), host * 1e3))
+                times[name] = statistics.median(s[0] for s in samples)
+                times[name.replace("_ms", "_host_ms")] = statistics.median(s[1] for s in samples)
+            out.append({"rows": rows, "width": width, "prompt_tokens": length, "rel_max_logit_diff": err,
+                        "argmax_equal": argmax, **times})
+    return out
+
+
+async def check_model(model_dir: Path, device: str, max_tokens: int, max_batch: int, max_model_len: int) -> dict:
+    from inference.engine.transformers_cb import TransformersEngine
+
+    kw = dict(device=device, max_batch=max_batch, max_model_len=max_model_len,
+              kv_cache_tokens=max_batch * max_model_len, max_prefill_tokens=256)
+    fast = TransformersEngine(model_dir, cuda_graphs=device == "cuda", bucketed=True, **kw)
+    exact = TransformersEngine(model_dir, cuda_graphs=False, bucketed=False, **kw)
+    for e in (fast, exact):
+        e.record_tokens = True
+        await e.start()
+    try:
+        result = {"model": model_dir.name, "decode_path": fast.decode_path, "eager_path": exact.decode_path}
+        ref_alone = await greedy(exact, PROMPTS, max_tokens, together=False)
+        fast_alone = await greedy(fast, PROMPTS, max_tokens, together=False)
+        fast_batch = await greedy(fast, PROMPTS, max_tokens, together=True)
+        result["alone"] = agreement(fast_alone, ref_alone)
+        result["in_a_batch"] = agreement(fast_batch, ref_alone)
+        # the eager step in a batch, against itself alone: how much of a batch's difference
+        # is the batch's own arithmetic (bf16 results depend on the batch shape), not the graphs
+        result["eager_in_a_batch"] = agreement(await greedy(exact, PROMPTS, max_tokens, together=True), ref_alone)
+        result["buckets"] = bucket_logits_and_times(fast) if device == "cuda" else []
+    finally:
+        for e in (fast, exact):
+            await e.stop()
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--models", nargs="+", default=["tiny", "qwen2-r1", "llama3-r1"],
+                    help="tiny, deepseek-7b (made with make-tiny-model), qwen2-r1, llama3-r1, or a model folder")
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--max-model-len", type=int, default=1024)
+    ap.add_argument("--work", default="/tmp/decode-check")
+    ap.add_argument("--out")
+    args = ap.parse_args()
+
+    work = Path(args.work)
+    tiny = work / "tiny"
+    if not tiny.exists():
+        subprocess.run([sys.executable, "-m", "seekwatch", "make-tiny-model", str(tiny)], check=True, stdout=subprocess.DEVNULL)
+    results = []
+    for name in args.models:
+        if name in ("tiny", "deepseek-7b"):
+            path = tiny if name == "tiny" else work / name
+            if not path.exists():
+                subprocess.run([sys.executable, "-m", "seekwatch", "make-tiny-model", str(path), "--size", name,
+                                "--device", args.device], check=True, stdout=subprocess.DEVNULL)
+        elif name in VARIANTS:
+            path = work / name
+            if not path.exists():
+                make_variant(tiny, path, name)
+        else:
+            path = Path(name)
+        t0 = time.monotonic()
+        try:
+            r = asyncio.run(check_model(path, args.device, args.max_tokens, args.max_batch, args.max_model_len))
+        except Exception as exc:  # one model failing must not hide the others' results
+            import traceback
+
+            traceback.print_exc()
+            r = {"model": name, "error": f"{exc.__class__.__name__}: {exc}"}
+        r["seconds"] = round(time.monotonic() - t0, 1)
+        print(json.dumps(r), flush=True)
+        results.append(r)
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=2), "utf-8")
+    for r in results:
+        if "error" in r:
+            print(f"{r['model']}: FAILED {r['error']}")
+            continue
+        worst = max((b["rel_max_logit_diff"] for b in r["buckets"]), default=float("nan"))
+        print(f"{r['model']}: {r['decode_path'][:40]}; greedy tokens equal alone {r['alone']['fraction']:.3f}, "
+              f"in a batch {r['in_a_batch']['fraction']:.3f} (eager in a batch: {r['eager_in_a_batch']['fraction']:.3f}); "
+              f"worst bucket logit diff {worst:.3g}")
+        for b in r["buckets"]:
+            print(f"  batch {b['rows']:>3} width {b['width']:>5}: replay {b['replay_ms']:.2f} ms "
+                  f"(host {b['replay_host_ms']:.2f}), eager {b['eager_ms']:.2f} ms (host {b['eager_host_ms']:.2f}), "
+                  f"diff {b['rel_max_logit_diff']:.2g}, argmax equal {b['argmax_equal']:.2f}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

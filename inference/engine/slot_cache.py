@@ -1,0 +1,207 @@
+"""The engine's key/value store: one fixed slot per sequence, allocated once at start-up.
+
+Why slots, and why fixed:
+
+* **No left padding.** Every sequence's token ``t`` lives at column ``t`` of its own slot, so
+  a sequence joining the batch copies nothing and moves nothing else; a decode step writes
+  each row's new key/value at that row's own position (one ``index_copy_`` per layer).
+* **Static addresses.** CUDA graphs replay kernels on the addresses they were captured
+  with. The store is allocated once (``[slots, max_model_len + 1, kv_heads, head_dim]`` per
+  layer) and never reallocated, so a decode step captured at start-up stays valid for the
+  life of the process. The last column of every slot is a *trash column*: writes for the
+  rows that only pad a batch up to its captured size land there and are never read.
+* **Reads bounded by the batch's longest row, not by the capacity.** A decode step reads
+  the first ``W`` columns of the first ``B`` slots as a view (no copy), where ``W`` is the
+  longest live row rounded up to a width bucket; columns past each row's own length are
+  masked. So a batch pays for its longest row (rounded), not for ``max_model_len``; within
+  one batch a short row still reads as far as the longest one. A paged layout would avoid
+  that last cost only with an attention kernel that walks block tables, which torch does
+  not ship for eager or graph-captured use (FlexAttention needs ``torch.compile``).
+* **Contiguous decode rows.** Decoding sequences occupy slots ``0 … n-1`` (a finished row's
+  slot is filled by the last row, one row copy), so the step's reads are plain views;
+  sequences still being prefilled hold slots above ``n``.
+
+The layout ``[slot, column, head, dim]`` is what the attention kernels read natively (the
+``[batch, heads, seq, dim]`` view handed to the model is a transpose, no copy).
+
+Memory is zero at allocation: a masked key must still be finite, since attention adds the
+mask to ``q·k`` and a NaN would survive it. On the CPU the zeroed memory comes from
+``calloc`` (numpy), so untouched slots cost no resident memory.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:  # transformers' base class, so model code that checks for a Cache accepts ours
+    from transformers.cache_utils import Cache as _CacheBase
+except ImportError:  # pragma: no cover - transformers is a dependency of this package
+    _CacheBase = object
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    n = int(np.prod(shape)) * torch.tensor([], dtype=dtype).element_size()
+    return torch.from_numpy(np.zeros(n, dtype=np.uint8)).view(dtype).view(shape)
+
+
+def kv_geometry(config) -> tuple[int, int, int]:
+    """``(layers, kv_heads, head_dim)`` of a transformers config (grouped-query heads respected)."""
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.num_hidden_layers, kv_heads, head_dim
+
+
+def bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Key and value bytes one token takes across all layers."""
+    layers, kv_heads, head_dim = kv_geometry(config)
+    return 2 * layers * kv_heads * head_dim * torch.tensor([], dtype=dtype).element_size()
+
+
+class SlotKVCache:
+    """Per-layer key/value storage: ``slots`` rows of ``max_len`` columns (+1 trash column)."""
+
+    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device, slots: int, max_len: int):
+        self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
+        self.dtype, self.device = dtype, device
+        self.slots, self.max_len = slots, max_len
+        self.stride = max_len + 1          # columns per slot, the trash column included
+        self.trash = max_len               # column index of the trash column
+        shape = (slots, self.stride, kv_heads, head_dim)
+        self.keys = [_zeros(shape, dtype, device) for _ in range(num_layers)]
+        self.values = [_zeros(shape, dtype, device) for _ in range(num_layers)]
+        self.columns = torch.arange(max_len, device=device)
+        self.slot_base = torch.arange(slots, device=device) * self.stride
+        self.mask_min = torch.finfo(dtype).min
+
+    @classmethod
+    def for_model(cls, config, dtype: torch.dtype, device: torch.device, slots: int, max_len: int) -> "SlotKVCache":
+        return cls(*kv_geometry(config), dtype, device, slots, max_len)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the store holds (every slot full)."""
+        return self.slots * self.max_len
+
+    # -- row moves (eager, engine thread) ------------------------------------------------
+    def move(self, src: list[int], dst: list[int], width: int) -> None:
+        """Copy slots ``src`` over slots ``dst`` (first ``width`` columns). Sources are read
+        before anything is written, so ``src`` and ``dst`` may overlap (a swap)."""
+        if not src or width <= 0:
+            return
+        s = torch.tensor(src, device=self.device)
+        d = torch.tensor(dst, device=self.device)
+        for t in self.keys + self.values:
+            t[d, :width] = t[s, :width]
+
+    # -- views for one forward pass --------------------------------------------------------
+    def write_index(self, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Flat ``slot × column`` index of each token (``slots`` ``[b]``, ``positions``
+        ``[b, q]``); a negative position (a padding token) goes to its slot's trash column."""
+        cols = torch.where(positions >= 0, positions, torch.full_like(positions, self.trash))
+        return self.slot_base.index_select(0, slots).unsqueeze(1) + cols
+
+    def mask(self, positions: torch.Tensor, width: int) -> torch.Tensor:
+        """Additive attention mask ``[rows, 1, q, width]``: a query at position ``p`` sees the
+        columns ``0 … p`` of its own slot; a padding query (``p < 0``) sees none (its uniform
+        attention over finite values is discarded)."""
+        visible = self.columns[:width] <= positions.unsqueeze(-1)
+        zero = torch.zeros((), dtype=self.dtype, device=self.device)
+        low = torch.full((), self.mask_min, dtype=self.dtype, device=self.device)
+        return torch.where(visible, zero, low).unsqueeze(1)
+
+    def decode_cache(self, rows: int, write_index: torch.Tensor, width: int) -> "SlotCache":
+        """The cache for a step over slots ``0 … rows-1`` (one query token each)."""
+        return SlotCache(self, write_index, width, rows=rows)
+
+    #: Packed prefill rows are padded to a multiple of this many tokens, so the matrix
+    #: shapes repeat from step to step (each new shape costs the GEMM libraries a lookup,
+    #: and start-up warms every one of them).
+    TOKEN_STEP = 64
+
+    def packed(self, chunks: list[tuple[int, int, int]]) -> tuple["SlotCache", torch.Tensor, torch.Tensor]:
+        """Cache, attention mask and positions for prompt chunks packed into one row.
+
+        ``chunks`` are ``(slot, first position, tokens)``. Their tokens are concatenated
+        (no padding: a step costs the tokens it prefills); each token's key/value goes to
+        its own slot, and the keys read are, per chunk, columns ``0 … end`` of its slot,
+        concatenated too. The mask ``[1, 1, tokens, keys]`` lets a token see only its own
+        sequence's keys up to its own position. The row is padded to a multiple of
+        ``TOKEN_STEP`` tokens that see nothing. Returns ``(cache, mask, positions [1, T])``.
+        """
+        q_seq, q_pos, k_seq, k_col, write, read = [], [], [], [], [], []
+        for i, (slot, start, n) in enumerate(chunks):
+            end = start + n
+            base = slot * self.stride
+            q_seq += [i] * n
+            q_pos += range(start, end)
+            write += range(base + start, base + end)
+            k_seq += [i] * end
+            k_col += range(end)
+            read += range(base, base + end)
+        pad = -len(q_seq) % self.TOKEN_STEP  # padding tokens: see nothing, write to slot 0's trash column
+        q_seq += [-2] * pad
+        q_pos += [0] * pad
+        write += [self.trash] * pad
+        pad = -len(read) % 16  # keys padded to a multiple of 16: the aligned attention kernels
+        k_seq += [-1] * pad
+        k_col += [0] * pad
+        read += [self.trash] * pad  # slot 0's trash column, never visible
+        host = torch.tensor([q_seq, q_pos, write], dtype=torch.long)
+        keys = torch.tensor([k_seq, k_col, read], dtype=torch.long)
+        host, keys = host.to(self.device, non_blocking=True), keys.to(self.device, non_blocking=True)
+        visible = (host[0].unsqueeze(1) == keys[0].unsqueeze(0)) & (keys[1].unsqueeze(0) <= host[1].unsqueeze(1))
+        zero = torch.zeros((), dtype=self.dtype, device=self.device)
+        low = torch.full((), self.mask_min, dtype=self.dtype, device=self.device)
+        mask = torch.where(visible, zero, low)[None, None]
+        return SlotCache(self, host[2], keys.shape[1], read_index=keys[2]), mask, host[1].unsqueeze(0)
+
+
+class SlotCache(_CacheBase):
+    """What the model sees for one forward pass: ``update`` writes the new keys/values into
+    the store at the precomputed flat indices and returns, for a decode step, the first
+    ``width`` columns of the first ``rows`` slots as ``[rows, heads, width, dim]`` (a view);
+    for a packed prefill, the listed tokens as ``[1, heads, keys, dim]`` (a gather)."""
+
+    is_compileable = False
+
+    def __init__(self, store: SlotKVCache, write_index: torch.Tensor, width: int, *,
+                 rows: int | None = None, read_index: torch.Tensor | None = None):
+        # Cache.__init__ differs between transformers releases and allocates layers we do not use.
+        self.store = store
+        self.write_index = write_index.reshape(-1)
+        self.width = width
+        self.rows = rows
+        self.read_index = read_index
+        self.layers = []
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        s = self.store
+        k, v = s.keys[layer_idx], s.values[layer_idx]
+        flat = (-1, s.kv_heads, s.head_dim)
+        k.view(flat).index_copy_(0, self.write_index, key_states.transpose(1, 2).reshape(flat).to(s.dtype))
+        v.view(flat).index_copy_(0, self.write_index, value_states.transpose(1, 2).reshape(flat).to(s.dtype))
+        if self.read_index is None:  # decode: the first `rows` slots, as a view
+            keys, values = k[:self.rows, :self.width], v[:self.rows, :self.width]
+        else:  # packed prefill: the listed tokens, gathered into one row
+            keys = k.view(flat).index_select(0, self.read_index).unsqueeze(0)
+            values = v.view(flat).index_select(0, self.read_index).unsqueeze(0)
+        return keys.transpose(1, 2), values.transpose(1, 2)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.width
+
+    def get_max_cache_shape(self, layer_idx: int = 0) -> int:
+        return self.store.max_len
+
+    def get_mask_sizes(self, *args, **kwargs):
+        return self.width, 0
+
+    @property
+    def is_sliding(self) -> list[bool]:
+        return [False] * self.store.num_layers
+
+    def __len__(self) -> int:
+        return self.store.num_layers

@@ -1,0 +1,216 @@
+"""The engine's slot KV store, chunked prefill and bucketed decode, on the CPU.
+
+The CUDA-graph path replays exactly the step that runs here with ``bucketed=True`` (rows
+padded to a batch bucket, reads padded to a width bucket; only the capture itself needs
+CUDA), so these tests pin its arithmetic: greedy tokens must equal ``model.generate`` on the
+plain model, token for token, for a request alone and inside a mixed batch, on the node's
+DeepSeek (Llama) layout and on the two R1-distill layouts (Qwen2, Llama 3). The engine runs
+in-process (no HTTP), in float32.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.decode_check import make_variant
+from inference.engine.base import GenerationRequest, SamplingParams
+from inference.engine.slot_cache import SlotKVCache
+from inference.engine.transformers_cb import TransformersEngine, bucket_for, buckets
+
+PROMPTS = ["请帮我生成本月销售报告摘要。", "退货" * 30, "How do I reset my password? " * 9, "订单 12345 的状态？"]
+NEW_TOKENS = [12, 20, 7, 16]
+
+
+@pytest.fixture(scope="module", params=["tiny", "qwen2-r1", "llama3-r1"])
+def model_dir(request, tiny_model_dir, tmp_path_factory) -> Path:
+    if request.param == "tiny":
+        return tiny_model_dir
+    return make_variant(tiny_model_dir, tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir) -> list[list[int]]:
+    """Greedy tokens from transformers' own ``generate`` on the plain model, one prompt at a time."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = []
+    for prompt, n in zip(PROMPTS, NEW_TOKENS):
+        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        ids = torch.tensor([tok.encode(text, add_special_tokens=False)])
+        with torch.inference_mode():
+            gen = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                 do_sample=False, pad_token_id=tok.pad_token_id)
+        out.append(gen[0, ids.shape[1]:].tolist())
+    return out
+
+
+def _run(engine: TransformersEngine, prompts, new_tokens, together: bool) -> list[list[int]]:
+    async def one(i):
+        req = GenerationRequest(f"r{i}-{together}", "m", [{"role": "user", "content": prompts[i]}],
+                                SamplingParams(temperature=0.0, max_tokens=new_tokens[i], ignore_eos=True))
+        async for _ in await engine.generate(req):
+            pass
+        return engine.last_tokens.pop(req.request_id)
+
+    async def main():
+        await engine.start()
+        try:
+            if together:
+                return list(await asyncio.gather(*(one(i) for i in range(len(prompts)))))
+            return [await one(i) for i in range(len(prompts))]
+        finally:
+            await engine.stop()
+
+    return asyncio.run(main())
+
+
+def _engine(model_dir, **kw) -> TransformersEngine:
+    engine = TransformersEngine(model_dir, device="cpu", max_model_len=kw.pop("max_model_len", 512), **kw)
+    engine.record_tokens = True
+    return engine
+
+
+@pytest.mark.parametrize("bucketed", [True, False], ids=["graph-shapes", "exact-shapes"])
+def test_greedy_tokens_equal_generate_alone_and_in_a_mixed_batch(model_dir, reference, bucketed):
+    """A 16-token prefill budget splits every prompt over several steps, and with 3 slots the
+    fourth request waits for one: joins, leaves, slot moves and chunking all happen."""
+    alone = _run(_engine(model_dir, max_batch=3, bucketed=bucketed, max_prefill_tokens=16), PROMPTS, NEW_TOKENS, False)
+    assert alone == reference
+    together = _run(_engine(model_dir, max_batch=3, bucketed=bucketed, max_prefill_tokens=16), PROMPTS, NEW_TOKENS, True)
+    assert together == reference
+
+
+def test_buckets_cover_every_size_with_the_smallest_fit():
+    assert buckets(256) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert buckets(100) == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert buckets(832, 256) == [256, 512, 832]
+    assert buckets(200, 256) == [200]
+    sizes = buckets(100)
+    assert [bucket_for(n, sizes) for n in (1, 3, 64, 65, 100)] == [1, 4, 64, 100, 100]
+    with pytest.raises(ValueError):
+        bucket_for(101, sizes)
+
+
+def test_slot_moves_and_swaps_keep_each_slots_tokens():
+    rng = random.Random(0)
+    store = SlotKVCache(2, 2, 4, torch.float32, torch.device("cpu"), slots=5, max_len=16)
+    for t in store.keys + store.values:
+        t.copy_(torch.randn_like(t))
+    for _ in range(30):
+        before = [t.clone() for t in store.keys + store.values]
+        a, b = rng.sample(range(5), 2)
+        width = rng.randint(1, 16)
+        if rng.random() < 0.5:
+            store.move([a, b], [b, a], width)  # swap
+            for old, new in zip(before, store.keys + store.values):
+                assert torch.equal(new[a, :width], old[b, :width]) and torch.equal(new[b, :width], old[a, :width])
+        else:
+            store.move([a], [b], width)
+            for old, new in zip(before, store.keys + store.values):
+                assert torch.equal(new[b, :width], old[a, :width]) and torch.equal(new[a], old[a])
+                assert torch.equal(new[b, width:], old[b, width:])  # past the width: untouched
+
+
+def test_padding_rows_write_only_the_trash_column():
+    store = SlotKVCache(1, 1, 2, torch.float32, torch.device("cpu"), slots=3, max_len=8)
+    idx = store.write_index(torch.arange(3), torch.tensor([[5], [-1], [-1]]))
+    assert idx.view(-1).tolist() == [5, 9 + 8, 18 + 8]
+    mask = store.mask(torch.tensor([[5], [-1], [-1]]), 8)
+    assert mask.shape == (3, 1, 1, 8)
+    assert (mask[0, 0, 0, :6] == 0).all() and (mask[0, 0, 0, 6:] < -1e30).all()
+    assert (mask[1:] < -1e30).all()
+
+
+def test_a_burst_beyond_the_store_queues_and_completes(tiny_model_dir):
+    """Two slots, eight requests: all complete with their full length, never more than two
+    hold a slot at once."""
+    engine = _engine(tiny_model_dir, max_batch=8, kv_cache_tokens=2 * 512 + 100)
+    held = []
+    admit = engine._admit
+
+    def watching_admit():
+        admit()
+        held.append(len(engine._running) + len(engine._prefilling))
+
+    engine._admit = watching_admit
+    prompts = [f"订单 {i} " * (1 + i) for i in range(8)]
+    out = _run(engine, prompts, [5 + i for i in range(8)], True)
+    assert [len(t) for t in out] == [5 + i for i in range(8)]
+    assert engine._kv.slots == 2 and max(held) == 2
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_while_a_stream_keeps_decoding(tiny_model_dir):
+    """Chunked prefill: while a long prompt is prefilled 16 tokens per step, the running
+    stream gets a token in every one of those steps (counted in the engine thread's order)."""
+    engine = _engine(tiny_model_dir, max_batch=4, max_prefill_tokens=16)
+    order: list[tuple[str, int]] = []
+    after_token = engine._after_token
+    engine._after_token = lambda seq, *a: (order.append((seq.request_id, len(seq.generated))), after_token(seq, *a))
+    long_prompt = "退货 订单 " * 60
+
+    async def main():
+        await engine.start()
+        try:
+            first = GenerationRequest("stream", "m", [{"role": "user", "content": "hi"}],
+                                      SamplingParams(temperature=0, max_tokens=400, ignore_eos=True))
+            stream = await engine.generate(first)
+            await stream.__anext__()  # the stream is decoding
+            second = GenerationRequest("long", "m", [{"role": "user", "content": long_prompt}],
+                                       SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
+            async for _ in await engine.generate(second):
+                pass
+            await stream.aclose()
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
+    prompt_tokens = len(engine.encode_prompt([{"role": "user", "content": long_prompt}]))
+    chunks = -(-prompt_tokens // 16)
+    start = next(i for i, (rid, _) in enumerate(order) if rid == "stream")
+    long_first = next(i for i, (rid, _) in enumerate(order) if rid == "long")
+    during = sum(1 for rid, _ in order[start + 1:long_first] if rid == "stream")
+    assert chunks >= 10
+    assert during >= chunks - 1
+
+
+def test_sliding_window_models_are_capped_at_their_window():
+    from inference.engine.transformers_cb import sliding_window
+
+    class Cfg:  # the attributes transformers configs carry
+        def __init__(self, **kw):
+            self.__dict__.update(kw)
+
+    assert sliding_window(Cfg(sliding_window=4096, use_sliding_window=True)) == 4096
+    assert sliding_window(Cfg(sliding_window=4096, use_sliding_window=False)) is None
+    assert sliding_window(Cfg(sliding_window=4096, layer_types=["full_attention"] * 4)) is None
+    assert sliding_window(Cfg(sliding_window=512, layer_types=["sliding_attention", "full_attention"])) == 512
+    assert sliding_window(Cfg(sliding_window=None)) is None
+
+
+def test_packed_prefill_sees_only_its_own_sequence_up_to_its_position():
+    store = SlotKVCache(1, 1, 2, torch.float32, torch.device("cpu"), slots=4, max_len=8)
+    # slot 2: tokens at positions 3, 4 (0-2 prefilled earlier); slot 0: positions 0, 1, 2
+    cache, mask, positions = store.packed([(2, 3, 2), (0, 0, 3)])
+    assert positions[0, :5].tolist() == [3, 4, 0, 1, 2]
+    assert cache.write_index[:5].tolist() == [2 * 9 + 3, 2 * 9 + 4, 0, 1, 2]
+    assert set(cache.write_index[5:].tolist()) == {8}  # padding tokens write to slot 0's trash column
+    keys = cache.read_index.tolist()
+    assert len(keys) % 16 == 0 and keys[:8] == [18, 19, 20, 21, 22, 0, 1, 2]
+    assert positions.shape[1] == 64 and cache.write_index.shape[0] == 64  # padded to TOKEN_STEP
+    assert set(keys[8:]) == {8}  # padding keys: slot 0's trash column
+    visible = (mask[0, 0] == 0).int().tolist()
+    assert [row[:8] for row in visible[:5]] == [
+        [1, 1, 1, 1, 0, 0, 0, 0],  # slot 2, position 3: its columns 0-3
+        [1, 1, 1, 1, 1, 0, 0, 0],  # position 4
+        [0, 0, 0, 0, 0, 1, 0, 0],  # slot 0, position 0
+        [0, 0, 0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 1, 1, 1],
+    ]
+    assert not any(any(row[8:]) for row in visible)
+    assert not any(any(row) for row in visible[5:])  # padding tokens see nothing
