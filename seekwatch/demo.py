@@ -770,7 +770,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
     p = subparsers.add_parser(name, help=help_text, description=(
         help_text + ": makes the tiny model if absent, starts a node, alertd and the dashboard on local "
-        "logs, prints their URLs and drives realistic multi-turn traffic. Ctrl-C stops everything."))
+        "logs, prints their URLs and drives healthy multi-turn traffic; at --incident-at it stages a load "
+        "spike that fires the P99 alert, which resolves after it. Ctrl-C stops everything."))
     p.add_argument("--duration", type=_seconds, metavar="SECONDS",
                    help="stop after SECONDS of traffic and exit (0 when every part worked); default: until Ctrl-C")
     p.add_argument("--workdir", default="var/demo", help="model, logs, configs and state (default ./var/demo)")
