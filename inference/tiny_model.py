@@ -272,10 +272,14 @@ def _cache_key(seed: int) -> str:
 
     from inference.model_cache import content_key
 
-    code = [inspect.getsource(f) for f in (_fill_values, _table_values, conversations, corpus_texts,
-                                           train_tokenizer, _build, encode_conversation, train_support_model)]
+    code = [inspect.getsource(f) for f in _TRAINING_CODE]
     return content_key(CORPUS_FILE, DATA / "tiny_corpus.txt", CHAT_TEMPLATE, *code,
                        extra=[json.dumps(TRAINING, sort_keys=True), json.dumps(TINY, sort_keys=True), f"seed={seed}"])
+
+
+#: The functions the trained model is made by (their source is part of the cache key).
+_TRAINING_CODE = (_fill_values, _table_values, conversations, corpus_texts, train_tokenizer, _build,
+                  encode_conversation, train_support_model)
 
 
 def trained_model_path(seed: int = 0) -> Path:
