@@ -223,7 +223,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="overhead-"))
     model = Path(args.model) if args.model else tmp / "tiny"
     if not args.model:
-        subprocess.run([sys.executable, "-m", "seekwatch", "make-tiny-model", str(model)], check=True,
+        subprocess.run([sys.executable, "-m", "seekwatch", "make-tiny-model", str(model), "--weights", "random"], check=True,
                        stdout=subprocess.DEVNULL)
     from transformers import AutoTokenizer
 

@@ -433,7 +433,8 @@ def main() -> int:
     model_dir = Path(args.model) if args.model else tmp / f"{args.size}-model"
     if not args.model:
         subprocess.run([sys.executable, "-m", "seekwatch", "make-tiny-model", str(model_dir), "--size", args.size,
-                        "--device", "cuda" if cuda else "cpu"], check=True, stdout=subprocess.DEVNULL)
+                        "--weights", "random", "--device", "cuda" if cuda else "cpu"],
+                       check=True, stdout=subprocess.DEVNULL)
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)

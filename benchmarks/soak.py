@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model
         if not model:
             model = str(tmp / "tiny")
-            subprocess.run([sys.executable, "-m", "seekwatch", "make-tiny-model", model], check=True,
+            subprocess.run([sys.executable, "-m", "seekwatch", "make-tiny-model", model, "--weights", "random"], check=True,
                            stdout=subprocess.DEVNULL)
         node = start_node(tmp, "--model", model, "--device", args.device, "--max-batch", str(args.max_batch),
                           "--max-queue", str(args.max_queue), "--log-level", "warning")

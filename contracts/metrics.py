@@ -21,6 +21,7 @@ FEEDBACK_TOTAL = PREFIX + "feedback_total"
 PII_REDACTIONS_TOTAL = PREFIX + "pii_redactions_total"
 LOG_RECORDS_TOTAL = PREFIX + "log_records_total"
 LOG_DROPPED_TOTAL = PREFIX + "log_dropped_total"
+AUTH_FAILURES_TOTAL = PREFIX + "auth_failures_total"
 #: Completed chat turns that drew a thumbs-down (once per turn): turn completion's subtrahend.
 COMPLETED_TURNS_RATED_DOWN_TOTAL = PREFIX + "completed_turns_rated_down_total"
 #: Conversations that ended (idle for the node's --conversation-idle), by ``outcome``:
@@ -42,6 +43,15 @@ STATUSES = ("completed", "error", "aborted", "truncated", "refused", "rejected")
 #: Statuses that end a turn abnormally; a turn is *completed* only when its status is
 #: ``completed`` and it drew no negative feedback.
 INCOMPLETE_STATUSES = ("error", "aborted", "truncated", "refused", "rejected")
+#: Values of the ``request_kind`` label of the turn and token counters and of the log record's
+#: ``request_kind``: the user's turn (``chat``), a client's background request (NextChat's
+#: conversation ``title`` and memory ``summary``), or anything else (``other``: a request
+#: refused before the node could read it). Records written before the field existed have none:
+#: readers treat a missing ``request_kind`` as ``chat``. Completion and dialogue completion
+#: count ``chat`` only; tokens and cost count every kind.
+REQUEST_KINDS = ("chat", "title", "summary", "other")
+#: The kind a record without the field is read as.
+DEFAULT_REQUEST_KIND = "chat"
 FEEDBACK_RATINGS = ("up", "down")
 PII_KINDS = ("phone", "email", "id", "card", "ip", "secret")
 

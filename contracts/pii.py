@@ -14,8 +14,8 @@ kind        placeholder   rule
                           values after ``api_key=``, ``token:``, ``password=``, 密码：…
 ``email``   ``[EMAIL]``   ``local@domain.tld``
 ``id``      ``[ID]``      18-digit resident ID, date plausible, GB 11643 checksum
-``card``    ``[CARD]``    13–19 digits (spaces/dashes allowed), card-like first digit,
-                          Luhn-valid
+``card``    ``[CARD]``    13–19 digits (spaces/dashes allowed) whose prefix and length
+                          a card network issues (``CARD_NETWORKS``), Luhn-valid
 ``phone``   ``[PHONE]``   mainland mobile ``1[3-9]x xxxx xxxx``, optional +86/0086/86
 ``ip``      ``[IP]``      dotted IPv4 with valid octets, not part of a longer dotted run
 ==========  ============  =========================================================
@@ -28,7 +28,7 @@ Design points:
 * Digit boundaries are explicit ``(?<![0-9])`` / ``(?![0-9])`` look-arounds instead of
   ``\\b``: Python's ``\\b`` treats CJK characters as word characters, so ``手机13812345678``
   would have no boundary before the number.
-* Validators (checksum, Luhn, card prefix) run in the substitution callback: a candidate
+* Validators (checksum, Luhn, card network) run in the substitution callback: a candidate
   that fails is left exactly as it was, which keeps near-misses (order numbers,
   timestamps, invalid IDs) intact.
 * Placeholders contain no digits and none of the characters the patterns consume, so
@@ -99,16 +99,77 @@ def luhn_check_digit(partial: str) -> str:
     raise AssertionError("unreachable")
 
 
-def card_prefix_ok(digits: str) -> bool:
-    """Issuer-prefix plausibility: UnionPay/Discover 6, Visa 4, Mastercard 5 and
-    2221–2720, Amex/JCB/Diners 3, Chinese domestic 9. This keeps Luhn-passing timestamps
-    (``2025…``, ``1762…``) and order numbers starting with 1/2/7/8/0 out."""
-    first = digits[0]
-    if first in "34569":
-        return True
-    if first == "2":
-        return 2221 <= int(digits[:4]) <= 2720
-    return False
+@dataclass(frozen=True)
+class CardNetwork:
+    """One card network's issuer ranges and number lengths.
+
+    ``ranges`` are inclusive ``(low, high)`` pairs of issuer-number prefixes of equal digit
+    count (``("2221", "2720")``; a single prefix is ``("4", "4")``)."""
+
+    name: str
+    ranges: tuple[tuple[str, str], ...]
+    lengths: frozenset[int]
+
+    def issues(self, digits: str) -> bool:
+        """True when this network could have issued ``digits`` (length and prefix)."""
+        if len(digits) not in self.lengths:
+            return False
+        return any(lo <= digits[:len(lo)] <= hi for lo, hi in self.ranges)
+
+
+def _net(name: str, prefixes: str, lengths: Iterable[int]) -> CardNetwork:
+    """``prefixes`` is a comma list of ``P`` or ``LOW-HIGH`` (same digit count)."""
+    ranges = []
+    for part in prefixes.split(","):
+        lo, _, hi = part.strip().partition("-")
+        ranges.append((lo, hi or lo))
+    return CardNetwork(name, tuple(ranges), frozenset(lengths))
+
+
+#: Which issuer prefixes and number lengths each card network uses (the ISO/IEC 7812
+#: issuer ranges the networks publish). A Luhn-valid number that no network could have
+#: issued (an 18-digit number starting with 4, a 15-digit one starting with 62) is an
+#: order number, a tracking number or a timestamp, not a card. Lengths below 13 are not
+#: looked for (``_CARD_RE``): a 12-digit Maestro number stays unmasked.
+CARD_NETWORKS: tuple[CardNetwork, ...] = (
+    _net("Visa", "4", (13, 16, 19)),
+    _net("Mastercard", "51-55, 2221-2720", (16,)),
+    _net("American Express", "34, 37", (15,)),
+    _net("China UnionPay", "62, 81", range(16, 20)),
+    _net("China T-Union", "31", (19,)),
+    _net("China domestic (pre-UnionPay bank BINs)", "9558, 95595-95599", (19,)),
+    _net("JCB", "3528-3589", range(16, 20)),
+    _net("Diners Club International", "300-305, 3095, 36, 38-39", range(14, 20)),
+    _net("Discover", "6011, 644-649, 65, 622126-622925", range(16, 20)),
+    _net("Maestro", "5018, 5020, 5038, 5893, 6304, 6759, 6761-6763", range(13, 20)),
+    _net("Dankort", "5019", (16,)),
+    _net("Mir", "2200-2204", range(16, 20)),
+    _net("BORICA", "2205", (16,)),
+    _net("RuPay", "60, 65, 81, 82, 508, 353, 356", (16,)),
+    _net("InterPayment", "636", range(16, 20)),
+    _net("InstaPayment", "637-639", (16,)),
+    _net("Verve", "506099-506198, 507865-507964, 650002-650027", (16, 18, 19)),
+    _net("GPN", "1946, 50, 56, 58, 60-63", (16, 18, 19)),
+    _net("Troy", "9792", (16,)),
+    _net("UzCard", "8600", (16,)),
+    _net("Humo", "9860", (16,)),
+    _net("LankaPay", "357111", (16,)),
+    _net("UkrCard", "60400100-60420099", range(16, 20)),
+)
+
+
+def card_network(digits: str) -> str | None:
+    """The name of the first network in :data:`CARD_NETWORKS` whose prefixes and lengths
+    admit ``digits``, or ``None`` (no network could have issued it). Luhn is separate."""
+    for network in CARD_NETWORKS:
+        if network.issues(digits):
+            return network.name
+    return None
+
+
+def is_card_number(digits: str) -> bool:
+    """A card network could have issued ``digits`` and its Luhn check digit is right."""
+    return card_network(digits) is not None and luhn_ok(digits)
 
 
 # --------------------------------------------------------------------------- patterns
@@ -348,14 +409,14 @@ class PiiMasker:
         s = m.group(0)
         tag = PLACEHOLDERS["card"]
         if s.isdigit():
-            return tag if (card_prefix_ok(s) and luhn_ok(s)) else None
+            return tag if is_card_number(s) else None
         # Grouped form: the whole run, or a leading run of groups (a grouped card may be
         # followed by an unrelated number), must be a valid card.
         groups = re.split(r"[ \-]", s)
         seps = re.findall(r"[ \-]", s)
         for end in range(len(groups), 0, -1):
             digits = "".join(groups[:end])
-            if 13 <= len(digits) <= 19 and card_prefix_ok(digits) and luhn_ok(digits):
+            if is_card_number(digits):
                 rest = "".join(seps[i] + groups[i + 1] for i in range(end - 1, len(groups) - 1))
                 return tag + rest
         return None

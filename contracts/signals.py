@@ -50,7 +50,7 @@ def turn_completed(status: str | None, rated_down: bool) -> bool:
 
 
 @dataclass
-class Conversation:
+class ConversationSpan:
     session_id: str
     started_at: float            # end of its first turn (epoch seconds)
     last_at: float               # end of its last turn
@@ -67,17 +67,17 @@ class Conversation:
         return turn_completed(self.last_status, t is not None and t < self.ends_at(idle_s))
 
 
-def conversations(turns: Iterable[tuple[str, float, str | None, str | None]], idle_s: float) -> list[Conversation]:
+def conversations(turns: Iterable[tuple[str, float, str | None, str | None]], idle_s: float) -> list[ConversationSpan]:
     """Split chat turns ``(session_id, ended_at, request_id, status)`` into conversations."""
-    open_: dict[str, Conversation] = {}
-    out: list[Conversation] = []
+    open_: dict[str, ConversationSpan] = {}
+    out: list[ConversationSpan] = []
     for sid, t, rid, status in sorted(turns, key=lambda x: x[1]):
         c = open_.get(sid)
         if c is not None and t - c.last_at < idle_s:
             c.last_at, c.last_request_id, c.last_status = t, rid, status
             c.turns += 1
             continue
-        c = open_[sid] = Conversation(sid, t, t, rid, status)
+        c = open_[sid] = ConversationSpan(sid, t, t, rid, status)
         out.append(c)
     return out
 

@@ -27,10 +27,16 @@ from inference.config import NodeConfig
 from inference.engine.base import Engine, EngineError
 from inference.http_errors import InvalidRequest, engine_error_response, error_response
 from inference.limits import BodySizeLimit, BodyTooLarge
+from inference.system_router import models_router
 from inference.system_router import router as system_router
 from inference.turns import NullObserver, TurnObserver
 
 log = logging.getLogger("seekwatch.node")
+
+#: Paths whose body is a chat request (a refused one is recorded with its kind).
+CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions", "/chat"})
+#: The most of a refused request's body the node reads to tell its kind; a larger one is "other".
+UNAUTHORIZED_BODY_BYTES = 256 * 1024
 
 
 def build_engine(config: NodeConfig) -> Engine:
@@ -98,7 +104,27 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
 
     async def require_key(request: Request) -> None:
         if not keys.check(request.headers.get("authorization")):
-            raise HTTPException(401, "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.")
+            message = "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'."
+            await _record_unauthorized(request, 401, message)
+            raise HTTPException(401, message)
+
+    async def _record_unauthorized(request: Request, status: int, message: str) -> None:
+        """Record a 401/403 like any other rejection (a record without text, a metric)."""
+        body = None
+        if request.method == "POST" and request.url.path in CHAT_PATHS:
+            try:  # at most UNAUTHORIZED_BODY_BYTES: an unknown caller gets no more parsing than that
+                chunks, size = [], 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > UNAUTHORIZED_BODY_BYTES:
+                        chunks = None
+                        break
+                    chunks.append(chunk)
+                body = b"".join(chunks) if chunks is not None else None
+            except Exception:  # too large, or the client went away: recorded as "other"
+                body = None
+        observer.on_unauthorized(app.state.chat.unauthorized(
+            request.url.path, request.headers, body, getattr(request.state, "arrival", None), status, message))
 
     app = FastAPI(title="seekwatch node", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible DeepSeek chat node with Prometheus metrics and masked session logs.")
@@ -112,12 +138,16 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     app.state.load_error = None
     app.state.started_at = int(time.time())
     app.state.chat = ChatService(engine, config.model_names(), observer,
-                                 default_temperature=config.default_temperature)
+                                 default_temperature=config.default_temperature,
+                                 default_max_tokens=config.default_max_tokens)
 
     protected = [Depends(require_key)]
     app.include_router(chat_router, dependencies=protected)
     app.include_router(feedback_router, dependencies=protected)
     app.include_router(billing_router, dependencies=protected)
+    # the model list needs the key as on OpenAI and vLLM; the probes and /metrics only with
+    # --auth-probes (Kubernetes probes and Prometheus scrape them)
+    app.include_router(models_router, dependencies=protected)
     app.include_router(system_router, dependencies=protected if config.auth_probes else [])
 
     @app.exception_handler(InvalidRequest)
@@ -138,6 +168,9 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     async def _http(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 401:
             return error_response(401, str(exc.detail), "invalid_request_error", "invalid_api_key")
+        if exc.status_code == 403:  # recorded here; a 401 was recorded where the key was checked
+            await _record_unauthorized(request, 403, str(exc.detail))
+            return error_response(403, str(exc.detail), "permission_error", "forbidden")
         if exc.status_code == 404:
             return error_response(404, f"No route {request.method} {request.url.path}.", code="not_found")
         if exc.status_code == 405:

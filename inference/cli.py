@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from contracts.cli_types import positive_duration
+from contracts.cli_types import positive_duration, positive_int
 from contracts.config import ConfigError
 
 
@@ -34,6 +34,9 @@ def add_parser(subparsers, name: str, help_text: str, argv=()) -> None:
                    help="the generation engine; `serve --engine NAME --help` lists its flags")
     p.add_argument("--max-batch", type=int, default=32, help="requests decoded together")
     p.add_argument("--max-queue", type=int, default=128, help="requests allowed to wait; more get 429")
+    p.add_argument("--default-max-tokens", type=positive_int("a whole number of tokens"), metavar="N",
+                   help="reply length limit for requests that send no max_tokens (NextChat sends none); "
+                        "default: the room left in the context")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request bodies over this get 413")
     p.add_argument("--api-key-file", metavar="F", help="file with one API key per line; also $SEEKWATCH_API_KEYS (comma-separated)")
     p.add_argument("--auth-probes", action="store_true",
@@ -49,8 +52,11 @@ def add_parser(subparsers, name: str, help_text: str, argv=()) -> None:
                    help="a conversation has ended after this long without a chat turn (dialogue completion; "
                         "default 5m, e.g. 90s, 10m)")
     p.add_argument("--cost-config", metavar="FILE", help="cost model YAML (default: contracts/defaults/cost.yaml, DeepSeek-7B on 2x T4, on-premises $1,200/month)")
-    p.add_argument("--no-instrumentation", dest="instrumentation", action="store_false",
-                   help="no metrics, no session log (for the overhead benchmark)")
+    # default=SUPPRESS keeps ArgumentDefaultsHelpFormatter from printing "(default: True)",
+    # which reads as "off by default"; config_from_args reads a missing value as on.
+    p.add_argument("--no-instrumentation", dest="instrumentation", action="store_false", default=argparse.SUPPRESS,
+                   help="turn off metrics and the session log (instrumentation is on by default; "
+                        "used by the overhead benchmark)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     plugin = registry.get(chosen_engine(argv))
     plugin.add_arguments(p.add_argument_group(f"--engine {plugin.name}", plugin.help))
@@ -75,11 +81,11 @@ def config_from_args(args: argparse.Namespace):
     return NodeConfig(
         served_model_names=args.served_model_name, model_version=args.model_version,
         host=args.host, port=args.port, engine=args.engine, engine_options=engine_options,
-        max_batch=args.max_batch, max_queue=args.max_queue,
+        max_batch=args.max_batch, max_queue=args.max_queue, default_max_tokens=args.default_max_tokens,
         max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file, auth_probes=args.auth_probes,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
         cors_origins=args.cors_origins or ["*"], log_dir=args.log_dir, log_retention_days=args.log_retention_days,
-        instrumentation=args.instrumentation, cost_config=args.cost_config,
+        instrumentation=getattr(args, "instrumentation", True), cost_config=args.cost_config,
         conversation_idle_s=args.conversation_idle,
     )
 

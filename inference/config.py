@@ -19,6 +19,8 @@ class NodeConfig:
     engine_options: Any = None               # that engine's own options (its plug-in's dataclass)
     max_batch: int = 32
     max_queue: int = 128
+    #: max_tokens for requests that send none (NextChat sends none); None: the room left in the context
+    default_max_tokens: int | None = None
     max_body_bytes: int = 4 * 1024 * 1024
     api_key_file: str | None = None
     api_keys_env: str = "SEEKWATCH_API_KEYS"

@@ -105,9 +105,9 @@ class NodeInstrumentation:
         if turn.ttft_s is not None and turn.completion_tokens > 1:
             tpot = (turn.e2e_s - turn.ttft_s) / (turn.completion_tokens - 1)
         self.metrics.observe_turn(status, turn.e2e_s, turn.ttft_s, tpot, turn.queue_s,
-                                  turn.prompt_tokens, turn.completion_tokens)
+                                  turn.prompt_tokens, turn.completion_tokens, turn.request_kind)
         self.conversations.on_turn(turn.session_id, turn.request_id, status, turn.started_at + turn.e2e_s,
-                                   getattr(turn, "request_kind", None))
+                                   turn.request_kind)
         self._log(lambda: self._session_record(turn, status))
 
     def _log(self, build: Callable[[], dict]) -> None:
@@ -153,7 +153,7 @@ class NodeInstrumentation:
             finish_reason=turn.finish_reason, queue_s=turn.queue_s, reasoning=turn.reasoning or None,
             user=turn.user, request_model=turn.model, temperature=turn.temperature, top_p=turn.top_p,
             max_tokens=turn.max_tokens, stream=turn.stream, endpoint=turn.endpoint, error=error,
-            ended_at=turn.started_at + turn.e2e_s,
+            ended_at=turn.started_at + turn.e2e_s, request_kind=turn.request_kind,
         )
         self.metrics.observe_redactions(record["pii"]["redactions"])
         return record
@@ -175,7 +175,16 @@ class NodeInstrumentation:
         self._log(build)
 
     def on_invalid_request(self, http_status: int) -> None:
-        self.metrics.observe_turn("rejected", None, None, None, None, 0, 0)
+        """A body the node could not read (400, 413): a metric, no record (there is no turn to
+        describe); its kind is unknown, so ``other``."""
+        self.metrics.observe_turn("rejected", None, None, None, None, 0, 0, "other")
+
+    def on_unauthorized(self, turn: TurnRecord) -> None:
+        """A 401/403: counted like any rejection (``requests_total{status="rejected"}`` with the
+        kind when the body could be read), in ``auth_failures_total``, and logged as a record
+        without prompt or reply text, so a burst of bad keys shows in the log and can alert."""
+        self.metrics.observe_auth_failure()
+        self.on_turn(turn)
 
     def close(self) -> None:
         dropped = self.writer.close()

@@ -5,8 +5,10 @@ one process) and the demo each need their own registry, and a module-level defau
 registry would leak series between them. Every name comes from ``contracts.metrics`` so
 alert rules and dashboards cannot drift from the exposition.
 
-Cardinality rule: the only labels are ``status`` (6 values), ``rating`` (2), ``kind`` (6),
-``outcome`` (2) and, on the GPU collector, ``gpu`` (one per device). A session id, user id or prompt never
+Cardinality rule: the only labels are ``status`` (6 values), ``request_kind`` (4: the user's
+turn or a client's background request, on the turn and token counters), ``rating`` (2),
+``kind`` (6, PII kinds), ``outcome`` (2) and, on the GPU collector, ``gpu`` (one per device).
+A session id, user id or prompt never
 becomes a label. All label values are pre-initialised so each series exists at 0 from the
 first scrape — ``rate()`` and ``increase()`` then see the first event, and an alert on
 ``log_dropped_total > 0`` has a series to evaluate.
@@ -22,7 +24,7 @@ from contracts import metrics as m
 from contracts.signals import CONVERSATION_OUTCOMES
 
 #: Every label name the node's exposition may carry (the test asserts this).
-ALLOWED_LABELS = frozenset({"status", "rating", "kind", "gpu", "le", "outcome"})
+ALLOWED_LABELS = frozenset({"status", "request_kind", "rating", "kind", "gpu", "le", "outcome"})
 
 
 def _base(name: str, suffix: str) -> str:
@@ -53,11 +55,19 @@ class NodeMetrics:
             m.REQUEST_QUEUE, "Time a request waited for a batch slot before generation began.",
             buckets=m.LATENCY_BUCKETS, registry=r)
         self.requests = Counter(
-            _base(m.REQUESTS_TOTAL, "_total"), "Chat turns by final status.", ["status"], registry=r)
+            _base(m.REQUESTS_TOTAL, "_total"),
+            "Chat requests by final status and request kind (chat = the user's turns).",
+            ["status", "request_kind"], registry=r)
         self.prompt_tokens = Counter(
-            _base(m.PROMPT_TOKENS_TOTAL, "_total"), "Prompt (input) tokens processed.", registry=r)
+            _base(m.PROMPT_TOKENS_TOTAL, "_total"),
+            "Prompt (input) tokens counted, by request kind (rejected prompts included when counted).",
+            ["request_kind"], registry=r)
         self.generation_tokens = Counter(
-            _base(m.GENERATION_TOKENS_TOTAL, "_total"), "Tokens generated (output).", registry=r)
+            _base(m.GENERATION_TOKENS_TOTAL, "_total"), "Tokens generated (output), by request kind.",
+            ["request_kind"], registry=r)
+        self.auth_failures = Counter(
+            _base(m.AUTH_FAILURES_TOTAL, "_total"),
+            "Requests refused with 401/403 (missing or wrong API key), any endpoint.", registry=r)
         self.feedback = Counter(
             _base(m.FEEDBACK_TOTAL, "_total"), "User feedback on turns, by rating.", ["rating"], registry=r)
         self.pii_redactions = Counter(
@@ -81,7 +91,10 @@ class NodeMetrics:
             m.REQUESTS_WAITING, "Requests queued for a batch slot.", registry=r)
 
         # Pre-bind children: series exist at 0 and the hot path skips label lookup.
-        self._by_status = {s: self.requests.labels(status=s) for s in m.STATUSES}
+        self._by_status = {(s, k): self.requests.labels(status=s, request_kind=k)
+                           for s in m.STATUSES for k in m.REQUEST_KINDS}
+        self._prompt_by_kind = {k: self.prompt_tokens.labels(request_kind=k) for k in m.REQUEST_KINDS}
+        self._gen_by_kind = {k: self.generation_tokens.labels(request_kind=k) for k in m.REQUEST_KINDS}
         self._by_rating = {r_: self.feedback.labels(rating=r_) for r_ in m.FEEDBACK_RATINGS}
         self._by_kind = {k: self.pii_redactions.labels(kind=k) for k in m.PII_KINDS}
 
@@ -89,23 +102,26 @@ class NodeMetrics:
 
     def observe_turn(self, status: str, e2e_s: float | None, ttft_s: float | None,
                      tpot_s: float | None, queue_s: float | None, prompt_tokens: int,
-                     gen_tokens: int) -> None:
+                     gen_tokens: int, request_kind: str = m.DEFAULT_REQUEST_KIND) -> None:
         """Record one finished turn.
 
-        ``status`` must be one of ``contracts.metrics.STATUSES`` (ValueError otherwise —
-        an unknown status would silently create a new series). Latency histograms are not
+        ``status`` must be one of ``contracts.metrics.STATUSES`` and ``request_kind`` one of
+        ``contracts.metrics.REQUEST_KINDS`` (ValueError otherwise — an unknown value would
+        silently create a new series). Latency histograms are not
         observed for ``rejected`` turns: they never reached the model, and their ~0 ms
         would pull the P99 the alert reads downwards. ``None`` timings are skipped
         (no token → no TTFT; one token → no TPOT).
         """
-        counter = self._by_status.get(status)
+        counter = self._by_status.get((status, request_kind))
         if counter is None:
-            raise ValueError(f"unknown status {status!r}; expected one of {m.STATUSES}")
+            if status not in m.STATUSES:
+                raise ValueError(f"unknown status {status!r}; expected one of {m.STATUSES}")
+            raise ValueError(f"unknown request kind {request_kind!r}; expected one of {m.REQUEST_KINDS}")
         counter.inc()
         if prompt_tokens:
-            self.prompt_tokens.inc(prompt_tokens)
+            self._prompt_by_kind[request_kind].inc(prompt_tokens)
         if gen_tokens:
-            self.generation_tokens.inc(gen_tokens)
+            self._gen_by_kind[request_kind].inc(gen_tokens)
         if status == "rejected":
             return
         if e2e_s is not None:
@@ -116,6 +132,10 @@ class NodeMetrics:
             self.time_per_output_token.observe(tpot_s)
         if queue_s is not None:
             self.request_queue.observe(queue_s)
+
+    def observe_auth_failure(self) -> None:
+        """One request refused for its key (401/403); the turn itself goes through observe_turn."""
+        self.auth_failures.inc()
 
     def observe_feedback(self, rating: str) -> None:
         """Count one feedback (``up`` / ``down``); ValueError for anything else."""

@@ -1,12 +1,12 @@
 """Quality signals of a turn: the refusal / negative-answer detector and the turn status.
 
-Why: the dialogue completion rate (alerts below 90 %) needs to know
-whether a turn *helped*. A 200 OK that says "抱歉，我无法帮助您" is not a completed dialogue;
-that is what 否定回答检测 (negative-answer detection) is for. The detector is phrase/regex based on purpose: it
-runs on every turn in the node, must be cheap (microseconds), explainable (which rule
-fired) and tunable by ops without a model — the phrase lists live in YAML
-(``contracts/defaults/refusals.yaml``, or ``--refusals FILE``), checked against a JSON
-Schema at load so a typo is one clear line, not a silent no-op.
+Why: turn completion needs to know whether a turn *helped*. A 200 OK that says
+"抱歉，我无法帮助您" is not a completed turn (否定回答检测). The detector runs on every
+turn in the node, so it must be cheap (microseconds) and explainable (which rule fired):
+phrase/regex rules first, tunable by ops in YAML (``contracts/defaults/refusals.yaml``),
+checked against a JSON Schema at load so a typo is one clear line, not a silent no-op;
+then, for the refusals no phrase list names, a small trained classifier
+(``inference.refusal_classifier``, character and word n-grams of the opening, ~20 µs).
 
 :func:`classify_status` maps how a turn ended onto ``contracts.metrics.STATUSES``; the
 node uses the result for ``requests_total{status}`` and the log record's ``status``.
@@ -47,6 +47,15 @@ REFUSALS_SCHEMA: dict[str, Any] = {
         "start": {"type": "array", "items": _RULE_SCHEMA},
         "anywhere": {"type": "array", "items": _RULE_SCHEMA},
         "exclude": {"type": "array", "items": _RULE_SCHEMA},
+        "classifier": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["enabled"],
+            "properties": {
+                "enabled": {"type": "boolean"},
+                "threshold": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            },
+        },
     },
 }
 
@@ -132,6 +141,12 @@ class RefusalDetector:
         self.start = self._compile("start", config.get("start", []), source)
         self.anywhere = self._compile("anywhere", config.get("anywhere", []), source)
         self.exclude = self._compile("exclude", config.get("exclude", []), source)
+        clf = config.get("classifier") or {}
+        self.classifier = None
+        if clf.get("enabled"):
+            from inference.refusal_classifier import load_or_train
+
+            self.classifier = load_or_train(threshold=float(clf.get("threshold", 0.5)))
 
     @staticmethod
     def _compile(section: str, rules: list[Mapping[str, Any]], source: str) -> list[Rule]:
@@ -190,13 +205,14 @@ class RefusalDetector:
             m = self._first_unquoted(rule, window)
             if m:
                 return RefusalMatch(rule.name, m.group(0))
-        if not self.anywhere:
-            return None
-        text = _light_normalise(response)
-        for rule in self._applicable(self.anywhere, text):
-            m = self._first_unquoted(rule, text)
-            if m:
-                return RefusalMatch(rule.name, m.group(0))
+        if self.anywhere:
+            text = _light_normalise(response)
+            for rule in self._applicable(self.anywhere, text):
+                m = self._first_unquoted(rule, text)
+                if m:
+                    return RefusalMatch(rule.name, m.group(0))
+        if self.classifier is not None and self.classifier.is_refusal(response):
+            return RefusalMatch("classifier", " ".join(self.classifier.strongest(response)))
         return None
 
     def is_refusal(self, response: str | None) -> bool:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from contracts.log_schema import ECS_VERSION, FEEDBACK_DATASET, SESSION_DATASET
-from contracts.metrics import FEEDBACK_RATINGS, STATUSES
+from contracts.metrics import DEFAULT_REQUEST_KIND, FEEDBACK_RATINGS, REQUEST_KINDS, STATUSES
 from contracts.pii import DEFAULT_MASKER, PiiMasker, merge_counts
 
 SERVICE_NAME = "seekwatch-node"
@@ -89,6 +89,7 @@ def build_session_record(
     endpoint: str | None = None,
     error: Mapping[str, Any] | None = None,
     ended_at: datetime | float | None = None,
+    request_kind: str = DEFAULT_REQUEST_KIND,
     service_name: str = SERVICE_NAME,
     service_version: str | None = None,
     host_name: str | None = None,
@@ -99,11 +100,14 @@ def build_session_record(
 
     ``duration_s`` is end-to-end (request received → last byte), ``ttft_s`` None when no
     token was produced. ``prompt`` is the last user message (not the whole history).
-    ``ended_at`` defaults to now; it becomes ``@timestamp``. Raises ValueError for a status
-    outside ``contracts.metrics.STATUSES``.
+    ``ended_at`` defaults to now; it becomes ``@timestamp``. ``request_kind`` says whether the
+    record is the user's turn (``chat``) or a client's background request. Raises ValueError for a status outside
+    ``contracts.metrics.STATUSES`` or a kind outside ``REQUEST_KINDS``.
     """
     if status not in STATUSES:
         raise ValueError(f"unknown status {status!r}")
+    if request_kind not in REQUEST_KINDS:
+        raise ValueError(f"unknown request kind {request_kind!r}")
     p = masker.mask(prompt)
     r = masker.mask(response)
     parts = [p.counts, r.counts]
@@ -126,6 +130,7 @@ def build_session_record(
         "model_version": model_version,
         # ours
         "request_id": request_id,
+        "request_kind": request_kind,
         "turn_index": int(turn_index),
         "ttft_ms": None if ttft_s is None else round(max(0.0, ttft_s) * 1000.0, 3),
         "status": status,

@@ -1,4 +1,8 @@
-"""Routes for clients and operators that are not chat: model list, health, readiness, metrics."""
+"""Routes for clients and operators that are not chat: model list, health, readiness, metrics.
+
+Two routers because they are protected differently: the model list needs the API key when
+keys are configured (as on OpenAI and vLLM); the probes and ``/metrics`` only with
+``--auth-probes``."""
 from __future__ import annotations
 
 import time
@@ -7,9 +11,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 router = APIRouter()
+models_router = APIRouter()
 
 
-@router.get("/v1/models")
+@models_router.get("/v1/models")
 async def list_models(request: Request):
     """OpenAI's model list: every served alias of the loaded model."""
     created = request.app.state.started_at

@@ -39,6 +39,7 @@ class TurnRecord:
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
+    request_kind: str = "chat"             # contracts.metrics.REQUEST_KINDS
     extra: dict = field(default_factory=dict)
 
 
@@ -59,6 +60,8 @@ class TurnObserver(Protocol):
 
     def on_invalid_request(self, http_status: int) -> None: ...
 
+    def on_unauthorized(self, turn: TurnRecord) -> None: ...
+
 
 class NullObserver:
     """``--no-instrumentation``: nothing is measured or logged."""
@@ -70,4 +73,7 @@ class NullObserver:
         pass
 
     def on_invalid_request(self, http_status: int) -> None:
+        pass
+
+    def on_unauthorized(self, turn: TurnRecord) -> None:
         pass

@@ -1,22 +1,29 @@
 """``seekwatch demo``: the whole stack on one machine, with nothing else installed.
 
-It makes the tiny random-weight model (``./var/demo/model``) if absent, then starts, each as
-its own process (``python -m seekwatch ...``) in its own process group:
+It makes the tiny model (``./var/demo/model``: DeepSeek-LLM's architecture, trained for a
+few minutes on a bundled support corpus the first time, then taken from the cache) if absent,
+then starts, each as its own process (``python -m seekwatch ...``) in its own process group:
 
 * a node (``seekwatch serve``) writing session logs to ``./var/demo/log``;
 * the dashboard (``seekwatch dashboard``) on those logs;
-* alertd (``seekwatch alertd``) with a demo config of short windows, so the dialogue-completion
-  alert fires within a minute (the random model's answers are mostly cut by ``max_tokens``),
-  a console receiver and, with ``--webhook URL``, an Alertmanager-format webhook;
+* alertd (``seekwatch alertd``) with a demo config of short windows, a console receiver and,
+  with ``--webhook URL``, an Alertmanager-format webhook;
 * optionally Debian's Prometheus scraping the node (``--with-prometheus``; alertd then
   evaluates through PromQL and the dashboard reads GPU series from it) and the bundled
   OpenSearch with ``es-setup`` and ``seekwatch ship`` (``--with-search-engine``; the dashboard
   then reads the search engine);
 
-and drives the node with ``seekwatch loadgen``'s conversations in-process. Ctrl-C or SIGTERM
-stops everything (traffic, then the parts in reverse order: SIGTERM to each process group,
-SIGKILL after a grace period, and any stray descendant too). ``--duration S`` stops after S
-seconds of traffic and exits 0 when every part came up, stayed up and the node answered.
+and drives the node with ``seekwatch loadgen``'s conversations in-process: healthy traffic
+(turn completion around 93 %), and one incident on purpose. At ``--incident-at`` seconds a
+load spike -- ``--incident-concurrency`` customers at once pasting long sales tables
+(``seekwatch/data/incident.yaml``) -- queues the node's prefill work and truly pushes TTFT P99
+over the 500 ms threshold; the P99 alert fires (console, webhook, dashboard), and resolves
+once the spike has been over for a latency window. The demo says what is about to happen.
+
+Ctrl-C or SIGTERM stops everything (traffic, then the parts in reverse order: SIGTERM to each
+process group, SIGKILL after a grace period, and any stray descendant too). ``--duration S``
+stops after S seconds of traffic and exits 0 when every part came up, stayed up and the node
+answered.
 """
 from __future__ import annotations
 
@@ -36,8 +43,18 @@ from contracts.supervisor import start as start_process
 ALERT_MARK = "── seekwatch alert ──"
 #: the folder holding the seekwatch, inference, monitor, dashboards and contracts packages
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
-#: traffic a laptop CPU serves on the tiny model with answers in well under a second
-DEMO_TRAFFIC = {"sessions_per_second": 0.5, "turns": [2, 4], "max_tokens": [16, 128], "think_time": [0.5, 2.0]}
+#: Healthy traffic a laptop CPU serves on the tiny model with answers in well under a second:
+#: replies end on their own long before max_tokens, few users stop a reply or rate it down
+#: (turn completion around 93 %: ~2 % stopped, ~2 % thumbs-down, ~1-2 % refused answers).
+DEMO_TRAFFIC = {"sessions_per_second": 0.5, "turns": [2, 4], "max_tokens": [200, 400], "think_time": [0.5, 2.0],
+                "feedback_ratio": 0.08, "negative_ratio": 0.25, "abort_ratio": 0.02}
+#: A demo conversation has ended when it has been idle this long (the demo's users think for
+#: at most 2 s between turns), so dialogue completion shows within the first minutes instead
+#: of after the node's default 5 min. Node and dashboard use the same value.
+CONVERSATION_IDLE = "30s"
+#: The incident: when, how long, how many customers at once (long prompts, one turn each).
+INCIDENT = {"at": 60.0, "duration": 45.0, "concurrency": 48}
+INCIDENT_SCENARIOS = Path(__file__).with_name("data") / "incident.yaml"
 
 
 class DemoError(RuntimeError):
@@ -121,6 +138,16 @@ def spawn(name: str, args: list[str], workdir: Path, *, env: dict[str, str] | No
 # --------------------------------------------------------------------------------------------
 # the demo
 # --------------------------------------------------------------------------------------------
+def _clock(seconds: float) -> str:
+    """Elapsed traffic time as m:ss (what the demo's timeline lines use)."""
+    seconds = max(0, int(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _ms(v: Any) -> str:
+    return "–" if v is None else f"{v:.0f} ms"
+
+
 def _py(*args: str) -> list[str]:
     return [sys.executable, "-m", "seekwatch", *args]
 
@@ -133,7 +160,10 @@ def has_display() -> bool:
 
 def demo_alert_config(node_url: str, state_path: Path, dashboard_url: str, *, webhook: str | None,
                       prometheus_url: str | None, capacity: int) -> dict[str, Any]:
-    """The threshold matrix with demo-sized windows: a minute of traffic is enough to decide."""
+    """The threshold matrix with demo-sized windows. Latency decides on 30 s (the spike shows
+    within seconds and clears half a minute after it ends); completion on minutes and tens of
+    samples held for a minute (dialogue: 3 min, 40 ended conversations; turn: 2 min, 60
+    turns), so a few unlucky turns in a row on healthy traffic (~93 %) page nobody."""
     receivers: list[dict[str, Any]] = [{"type": "console", "name": "console"}]
     if webhook:
         receivers.append({"type": "webhook", "name": "webhook", "url": webhook})
@@ -148,7 +178,8 @@ def demo_alert_config(node_url: str, state_path: Path, dashboard_url: str, *, we
         "rules": {
             "p99_latency": {"window": "30s", "for": "10s"},
             "gpu_utilization": {"for": "30s"},
-            "completion_rate": {"window": "30s", "min_samples": 10, "for": "0s"},
+            "completion_rate": {"window": "3m", "min_samples": 40, "for": "60s"},
+            "turn_completion": {"enabled": True, "window": "2m", "min_samples": 60, "for": "60s"},
             "no_data": {"for": "20s"},
             "scaling": {"capacity": capacity, "window": "30s", "for": "30s"},
         },
@@ -176,7 +207,8 @@ class Demo:
         self.node_target = ""
         self.es_baseline = 0
         self.alertd_reader: threading.Thread | None = None
-
+        self.spike_summary: dict[str, Any] | None = None
+        self.traffic_started: float | None = None   # wall clock, for the alert history
     # -- output ------------------------------------------------------------------------------
     def say(self, text: str) -> None:
         with self.out_lock:
@@ -301,7 +333,17 @@ class Demo:
             from seekwatch.loadgen import format_summary
 
             self.say(format_summary(self.summary))
+        if self.spike_summary:
+            sp = self.spike_summary
+            self.say(f"incident (load spike): {sp['turns_sent']} long-prompt turns sent, "
+                     f"{sp['turns_answered']} answered; client-side TTFT p50 {_ms(sp['ttft_ms']['p50'])}, "
+                     f"p99 {_ms(sp['ttft_ms']['p99'])}")
         self.say("alerts sent to the console: " + (", ".join(dict.fromkeys(self.alerts)) if self.alerts else "none"))
+        history = self.alert_history()
+        if history:
+            self.say("alert history (alertd's state, as on the dashboard's Alerts page):")
+            for line in history:
+                self.say(line)
         took = time.monotonic() - started
         if self.failures:
             self.say(f"seekwatch demo: FAILED after {took:.0f} s: " + "; ".join(f.splitlines()[0] for f in self.failures))
@@ -335,7 +377,7 @@ class Demo:
         model = Path(args.model_dir).resolve() if args.model_dir else wd / "model"
         steps = 4 + bool(args.with_prometheus) + bool(args.with_search_engine)
         n = iter(range(1, steps + 1))
-        self.say(f"seekwatch demo — the whole stack on a tiny random-weight DeepSeek-architecture model "
+        self.say(f"seekwatch demo — the whole stack serving a tiny DeepSeek-architecture support model "
                  f"(files in {wd}; Ctrl-C stops everything)")
 
         # 1. model
@@ -349,9 +391,14 @@ class Demo:
             for stale in [model, *model.parent.glob(model.name + ".partial-*")]:
                 shutil.rmtree(stale, ignore_errors=True)  # an interrupted earlier run's leftovers
             t0 = time.monotonic()
-            self.say(f"  [{next(n)}/{steps}] model      making the tiny model in {model} …")
+            from inference.tiny_model import trained_model_path
+
+            first = not (trained_model_path() / "config.json").exists()
+            self.say(f"  [{next(n)}/{steps}] model      making the tiny model in {model} "
+                     + ("(training it on the bundled support corpus: a few minutes, once; later runs take it from "
+                        f"{trained_model_path().parent}) …" if first else "(trained earlier, from the cache) …"))
             partial = model.with_name(model.name + f".partial-{os.getpid()}")
-            self.run_step("make-tiny-model", _py("make-tiny-model", str(partial)), timeout=600)
+            self.run_step("make-tiny-model", _py("make-tiny-model", str(partial)), timeout=900)
             os.replace(partial, model)  # only a complete model ever sits at the final path
             self.say(f"                    made in {time.monotonic() - t0:.0f} s")
         else:
@@ -366,7 +413,8 @@ class Demo:
         self.node_target = f"127.0.0.1:{node_port}"
         node = self.start("node", _py("serve", "--model", str(model), "--port", str(node_port),
                                       "--log-dir", str(log_dir), "--max-batch", str(args.max_batch),
-                                      "--model-version", "deepseek-tiny-demo"))
+                                      "--model-version", "deepseek-tiny-demo",
+                                      "--conversation-idle", CONVERSATION_IDLE))
         engine = None
         es_url = None
         if args.with_search_engine:
@@ -402,6 +450,7 @@ class Demo:
         # no login: the demo's conversations are synthetic and it listens on 127.0.0.1 only;
         # a real dashboard takes --auth-config (docs/dashboard.md, docs/security.md)
         dash_args.append("--insecure-no-auth")
+        dash_args += ["--conversation-idle", CONVERSATION_IDLE]
         dashboard = self.start("dashboard", _py(*dash_args))
 
         self.wait_ready(node, node_url)
@@ -454,6 +503,38 @@ class Demo:
 
         path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
 
+    def _incident_config(self, cfg):
+        """The spike: one-turn conversations pasting a long sales table, as many at once as
+        ``--incident-concurrency``, arriving faster than they finish, for ``--incident-duration``."""
+        from dataclasses import replace
+
+        n = self.args.incident_concurrency
+        return replace(cfg, sessions_per_second=max(4.0, n / 2.0), turns=(1, 1), stream_ratio=1.0,
+                       feedback_ratio=0.0, abort_ratio=0.0, pii_ratio=0.0, think_time=(0.0, 0.0),
+                       max_tokens=(200, 400), max_concurrency=n, duration=None, drain=5.0,
+                       scenarios_file=INCIDENT_SCENARIOS, seed=None if cfg.seed is None else cfg.seed + 1)
+
+    def _say_plan(self, cfg) -> None:
+        args = self.args
+        dur = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
+        self.say(f"Traffic {dur}: {cfg.sessions_per_second:g} conversations/s, {cfg.turns[0]}-{cfg.turns[1]} turns, "
+                 f"{cfg.stream_ratio:.0%} streamed, {cfg.abort_ratio:.0%} stopped midway, "
+                 f"{cfg.feedback_ratio:.0%} rated ({cfg.negative_ratio:.0%} of them thumbs-down)")
+        at, length = args.incident_at, args.incident_duration
+        if args.no_incident:
+            self.say("What to expect: healthy traffic only (--no-incident): turn completion around 93 %, "
+                     "TTFT P99 well under 500 ms, no alert.")
+        elif args.duration and at >= args.duration:
+            self.say(f"What to expect: healthy traffic only: the incident is planned at {_clock(at)}, "
+                     f"after this run's {args.duration:g} s (--incident-at).")
+        else:
+            self.say(f"What to expect: {_clock(0)}-{_clock(at)} healthy traffic (turn completion around 93 %, "
+                     f"TTFT P99 well under 500 ms). At {_clock(at)} an incident on purpose: a load spike of "
+                     f"{args.incident_concurrency} customers at once pasting long sales tables, for {length:g} s. "
+                     f"Their prefill work queues up and TTFT P99 rises over 500 ms: the alert "
+                     f"\"P99 latency high\" fires within seconds (console below, dashboard Alerts). The spike ends "
+                     f"at {_clock(at + length)}; the alert resolves about 30 s later.")
+
     def traffic(self) -> None:
         import asyncio
 
@@ -465,25 +546,40 @@ class Demo:
         cfg.drain = 5.0
         gen = LoadGenerator(cfg)
         self.gen = gen
-        box: dict[str, Any] = {}
-        loop_box: dict[str, Any] = {}
+        self._say_plan(cfg)
+        threads: list[tuple[LoadGenerator, threading.Thread, dict[str, Any], dict[str, Any]]] = []
 
-        def runner() -> None:
-            async def main():
-                loop_box["loop"] = asyncio.get_running_loop()
-                return await gen.run()
+        def launch(g: LoadGenerator, name: str) -> None:
+            box: dict[str, Any] = {}
+            loop_box: dict[str, Any] = {}
 
-            try:
-                box["summary"] = asyncio.run(main())
-            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-                box["error"] = exc
+            def runner() -> None:
+                async def main():
+                    loop_box["loop"] = asyncio.get_running_loop()
+                    return await g.run()
 
-        dur = f"for {args.duration:g} s" if args.duration else "until Ctrl-C"
-        self.say(f"Traffic {dur}: {cfg.sessions_per_second:g} conversations/s, {cfg.turns[0]}-{cfg.turns[1]} turns, "
-                 f"{cfg.stream_ratio:.0%} streamed, {cfg.abort_ratio:.0%} stopped midway, "
-                 f"{cfg.feedback_ratio:.0%} rated (mostly thumbs-down)")
-        t = threading.Thread(target=runner, name="loadgen", daemon=True)
-        t.start()
+                try:
+                    box["summary"] = asyncio.run(main())
+                except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                    box["error"] = exc
+
+            t = threading.Thread(target=runner, name=name, daemon=True)
+            t.start()
+            threads.append((g, t, box, loop_box))
+
+        def stop(g: LoadGenerator, t: threading.Thread, loop_box: dict[str, Any]) -> None:
+            loop = loop_box.get("loop")
+            if loop is not None:
+                try:
+                    loop.call_soon_threadsafe(g.stop)
+                except RuntimeError:
+                    pass
+
+        self.traffic_started = time.time()
+        launch(gen, "loadgen")
+        t = threads[0][1]
+        spike: LoadGenerator | None = None
+        spike_started = spike_ended = None
         t0 = time.monotonic()
         last_progress = 0.0
         last_check = time.monotonic()
@@ -492,8 +588,22 @@ class Demo:
                 if self.stop_event.is_set():
                     break
                 now = time.monotonic()
-                if args.duration and now - t0 >= args.duration:
+                el = now - t0
+                if args.duration and el >= args.duration:
                     break
+                if spike is None and not args.no_incident and el >= args.incident_at:
+                    spike = LoadGenerator(self._incident_config(cfg))
+                    spike_started = now
+                    launch(spike, "incident")
+                    self.say(f"[{_clock(el)}] INCIDENT: load spike starts now: {args.incident_concurrency} customers "
+                             f"at once paste long sales tables for {args.incident_duration:g} s; watch TTFT P99 and "
+                             f"the alert \"P99 latency high\"")
+                if spike is not None and spike_ended is None and now - spike_started >= args.incident_duration:
+                    stop(spike, *[(x[1], x[3]) for x in threads if x[0] is spike][0])
+                    spike_ended = now
+                    self.say(f"[{_clock(el)}] INCIDENT over: the spike ended after {spike.stats.turns_sent} "
+                             f"long-prompt turns; the P99 alert resolves once its 30 s window holds no slow "
+                             f"first tokens")
                 if now - last_check >= 1.0:
                     last_check = now
                     for c in self.children:
@@ -503,21 +613,24 @@ class Demo:
                         c.remember_descendants()
                 if now - last_progress >= (1.0 if self.tty else 5.0):
                     last_progress = now
-                    self.progress(gen.stats.progress_line().replace("loadgen", "demo", 1)
-                                  + f"  alerts {len(self.alerts)}")
+                    mark = "  INCIDENT" if spike is not None and spike_ended is None else ""
+                    self.progress(f"[{_clock(el)}] " + gen.stats.progress_line().replace("loadgen", "demo", 1)
+                                  + f"  alerts {len(self.alerts)}{mark}")
                 self.stop_event.wait(0.2)
         finally:
-            loop = loop_box.get("loop")
-            if loop is not None:
-                try:
-                    loop.call_soon_threadsafe(gen.stop)
-                except RuntimeError:
-                    pass
-            t.join(cfg.drain + 10)
+            for g, th, _box, loop_box in threads:
+                stop(g, th, loop_box)
+            for g, th, _box, _loop_box in threads:
+                th.join(cfg.drain + 10)
+            box = threads[0][2]
             self.summary = box.get("summary") or gen.stats.summary()
+            if spike is not None:
+                sbox = [x[2] for x in threads if x[0] is spike][0]
+                self.spike_summary = sbox.get("summary") or spike.stats.summary()
             self.say("")
-        if "error" in box:
-            raise DemoError(f"traffic generator failed: {box['error']!r}")
+        errors = [x[2]["error"] for x in threads if "error" in x[2]]
+        if errors:
+            raise DemoError(f"traffic generator failed: {errors[0]!r}")
         s = self.summary
         ok_turns = s["turns_answered"] + s["aborted_by_user"]
         if not self.stop_event.is_set() and ok_turns == 0:
@@ -533,6 +646,36 @@ class Demo:
         except httpx.HTTPError as exc:
             if not self.stop_event.is_set():
                 raise DemoError(f"the dashboard stopped answering: {exc}") from None
+
+    def alert_history(self) -> list[str]:
+        """What alertd recorded (its state database): each alert's firing and resolution,
+        the same history the dashboard's Alerts page shows."""
+        import json
+        import sqlite3
+
+        path = self.workdir / "alertd.sqlite"
+        if not path.exists():
+            return []
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            try:
+                rows = conn.execute("SELECT t, labels, event, value, threshold FROM events "
+                                    "WHERE event IN ('firing', 'resolved') ORDER BY id").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            return []
+        from monitor.alerting.messages import RULE_TITLES
+
+        out = []
+        for t, labels, event, value, threshold in rows:
+            rule = json.loads(labels).get("rule", "?")
+            title = RULE_TITLES.get(rule, (rule, rule))[1]
+            el = t - self.traffic_started if self.traffic_started else None
+            when = _clock(el) if el is not None and el >= 0 else time.strftime("%H:%M:%S", time.localtime(t))
+            val = "" if value is None else f" (value {value:.3g}, threshold {threshold:.3g})"
+            out.append(f"  [{when}] {title}: {event}{val}")
+        return out
 
     def verify_extras(self) -> None:
         """With the real services in: Prometheus scraped the node, the engine holds the turns."""
@@ -627,7 +770,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
     p = subparsers.add_parser(name, help=help_text, description=(
         help_text + ": makes the tiny model if absent, starts a node, alertd and the dashboard on local "
-        "logs, prints their URLs and drives realistic multi-turn traffic. Ctrl-C stops everything."))
+        "logs, prints their URLs and drives healthy multi-turn traffic; at --incident-at it stages a load "
+        "spike that fires the P99 alert, which resolves after it. Ctrl-C stops everything."))
     p.add_argument("--duration", type=_seconds, metavar="SECONDS",
                    help="stop after SECONDS of traffic and exit (0 when every part worked); default: until Ctrl-C")
     p.add_argument("--workdir", default="var/demo", help="model, logs, configs and state (default ./var/demo)")
@@ -647,6 +791,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="how long each part may take to come up (default 180)")
     p.add_argument("--no-browser", action="store_true",
                    help="never open a browser (none opens without a display, or when stdout is not a terminal)")
+    inc = p.add_argument_group("the incident (a load spike that fires the P99 alert, then clears)")
+    inc.add_argument("--incident-at", type=_seconds, default=INCIDENT["at"], metavar="SECONDS",
+                     help=f"start the load spike SECONDS into the traffic (default {INCIDENT['at']:g})")
+    inc.add_argument("--incident-duration", type=_seconds, default=INCIDENT["duration"], metavar="SECONDS",
+                     help=f"how long the spike lasts (default {INCIDENT['duration']:g})")
+    inc.add_argument("--incident-concurrency", type=int, default=INCIDENT["concurrency"], metavar="N",
+                     help=f"customers pasting long prompts at once during the spike (default {INCIDENT['concurrency']})")
+    inc.add_argument("--no-incident", action="store_true", help="healthy traffic only")
     tr = p.add_argument_group("traffic (the same flags as seekwatch loadgen)")
     add_arguments(tr, url_required=False, defaults=DEMO_TRAFFIC)
     p.set_defaults(run=run, timeout=60.0)
@@ -658,6 +810,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_batch < 1:
         raise ConfigError(f"--max-batch {args.max_batch}: must be at least 1")
+    if args.incident_concurrency < 1:
+        raise ConfigError(f"--incident-concurrency {args.incident_concurrency}: must be at least 1")
     from seekwatch.loadgen import config_from_args
 
     config_from_args(args, url="http://127.0.0.1:1")  # flag errors: one line, exit 2, before starting

@@ -71,7 +71,12 @@ class LoadConfig:
 def load_scenarios(path: Path | str = DATA_FILE, lang: str = "both") -> dict[str, Any]:
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(data, dict) or not data.get("scenarios") or not data.get("clients"):
         raise ValueError(f"{path}: expected 'clients' and 'scenarios'")
     scenarios = [s for s in data["scenarios"] if lang == "both" or s["lang"] == lang]
@@ -80,6 +85,14 @@ def load_scenarios(path: Path | str = DATA_FILE, lang: str = "both") -> dict[str
     for s in scenarios:
         if not s.get("opening") or not s.get("follow_up"):
             raise ValueError(f"{path}: scenario {s.get('id')!r} needs 'opening' and 'follow_up'")
+    # every placeholder must have a value: a typo fails here, in one line, not mid-run
+    sample = _values(random.Random(0), data)
+    for s in scenarios:
+        for text in [*s["opening"], *s["follow_up"], *(s.get("pii") or [])]:
+            try:
+                text.format(**sample)
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"{path}: scenario {s.get('id')!r}: {text[:40]!r}…: unknown placeholder {exc}") from None
     data["scenarios"] = scenarios
     return data
 
@@ -210,7 +223,7 @@ def _values(rng: random.Random, data: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class Conversation:
+class ScriptedConversation:
     """One customer's session: the user messages it will send, in order."""
 
     scenario: str
@@ -220,7 +233,7 @@ class Conversation:
     pii_index: int | None   # which user message carries personal data, if any
 
 
-def plan_conversation(rng: random.Random, data: dict[str, Any], turns: tuple[int, int], pii_ratio: float) -> Conversation:
+def plan_conversation(rng: random.Random, data: dict[str, Any], turns: tuple[int, int], pii_ratio: float) -> ScriptedConversation:
     sc = _weighted(rng, data["scenarios"])
     client = _weighted(rng, data["clients"])
     values = _values(rng, data)
@@ -237,7 +250,7 @@ def plan_conversation(rng: random.Random, data: dict[str, Any], turns: tuple[int
         sep = " " if sc["lang"] == "en" else ""
         msgs[pos] = msgs[pos] + sep + pii_msg if pos == 0 else pii_msg + sep + msgs[pos]
     msgs = [m.format(**values) for m in msgs]
-    return Conversation(sc["id"], sc["lang"], client, msgs, pos)
+    return ScriptedConversation(sc["id"], sc["lang"], client, msgs, pos)
 
 
 @dataclass
@@ -376,10 +389,11 @@ class LoadGenerator:
         finally:
             st.sessions_finished += 1
 
-    def _body(self, rng: random.Random, conv: Conversation, messages: list[dict[str, str]], stream: bool) -> dict[str, Any]:
+    def _body(self, rng: random.Random, conv: ScriptedConversation, messages: list[dict[str, str]], stream: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
             "messages": list(messages), "stream": stream, "model": self.cfg.model,
-            "temperature": round(rng.choice([0.3, 0.5, 0.7, 0.7, 1.0]), 2), "presence_penalty": 0,
+            # NextChat's default temperature is 0.5; its built-in masks use 0.3-0.5; some users raise it
+            "temperature": round(rng.choice([0.3, 0.5, 0.5, 0.5, 0.7]), 2), "presence_penalty": 0,
             "frequency_penalty": 0, "top_p": 1, "max_tokens": rng.randint(*self.cfg.max_tokens),
         }
         if stream:
@@ -388,7 +402,7 @@ class LoadGenerator:
             body["stop"] = conv.client["stop"]
         return body
 
-    async def _turn(self, rng: random.Random, conv: Conversation, messages: list[dict[str, str]]) -> TurnResult:
+    async def _turn(self, rng: random.Random, conv: ScriptedConversation, messages: list[dict[str, str]]) -> TurnResult:
         import httpx
 
         from contracts.sse import aiter_data
@@ -475,7 +489,7 @@ class LoadGenerator:
             self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
             self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
 
-    async def _feedback(self, rng: random.Random, request_id: str, conv: Conversation) -> None:
+    async def _feedback(self, rng: random.Random, request_id: str, conv: ScriptedConversation) -> None:
         import httpx
 
         rating = "down" if rng.random() < self.cfg.negative_ratio else "up"
@@ -565,6 +579,9 @@ def add_arguments(p: argparse.ArgumentParser, *, url_required: bool = True,
     p.add_argument("--api-key", metavar="KEY", help="bearer key, when the node has keys configured")
     p.add_argument("--model", default="deepseek-chat", help="model name to ask for (default deepseek-chat)")
     p.add_argument("--lang", choices=["zh", "en", "both"], default="both", help="conversation language (default both)")
+    p.add_argument("--scenarios", type=Path, default=DATA_FILE, metavar="FILE",
+                   help="conversations to send: a YAML file in the format of the bundled seekwatch/data/scenarios.yaml "
+                        "(seekwatch/data/incident.yaml holds the demo's long-prompt spike)")
     p.add_argument("--seed", type=int, help="random seed, for a repeatable mix of conversations")
     p.add_argument("--max-concurrency", type=_pos_int, default=d["max_concurrency"], metavar="N",
                    help=f"conversations open at once; arrivals wait beyond (default {show('max_concurrency')})")
@@ -600,6 +617,13 @@ def config_from_args(args: argparse.Namespace, url: str | None = None) -> LoadCo
     url = url or args.url
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"--url {url!r}: not an http(s) URL")
+    scenarios = Path(getattr(args, "scenarios", None) or DATA_FILE)
+    try:
+        load_scenarios(scenarios, args.lang)
+    except OSError as exc:
+        raise ConfigError(f"--scenarios {scenarios}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--scenarios: {str(exc).splitlines()[0]}") from None
     return LoadConfig(
         url=url, sessions_per_second=args.sessions_per_second, turns=tuple(args.turns),
         stream_ratio=args.stream_ratio, duration=getattr(args, "duration", None),
@@ -607,7 +631,7 @@ def config_from_args(args: argparse.Namespace, url: str | None = None) -> LoadCo
         negative_ratio=args.negative_ratio, abort_ratio=args.abort_ratio, pii_ratio=args.pii_ratio,
         think_time=tuple(args.think_time), max_tokens=tuple(args.max_tokens), api_key=args.api_key,
         model=args.model, seed=args.seed, lang=args.lang, max_concurrency=args.max_concurrency,
-        timeout=getattr(args, "timeout", 120.0))
+        timeout=getattr(args, "timeout", 120.0), scenarios_file=scenarios)
 
 
 class ProgressPrinter:

@@ -67,3 +67,28 @@ def test_one_name_for_one_thing():
                 if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
                     where[node.name].append(str(path.relative_to(ROOT)))
     assert {n: p for n, p in where.items() if len(p) > 1} == {}
+
+
+def test_no_sideways_import_by_name():
+    """import-linter sees import statements; an ``importlib.import_module("monitor...")`` from
+    the dashboard would hide a sideways dependency from it. None of the three middle packages
+    names another one in a dynamic import."""
+    import ast
+
+    middle = ("inference", "monitor", "dashboards")
+    found = []
+    for pkg in middle:
+        others = tuple(o for o in middle if o != pkg)
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                        "import_module", "__import__"):
+                    for arg in ast.walk(node):
+                        if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and \
+                                arg.value.split(".")[0] in others:
+                            found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {arg.value}")
+                if isinstance(node, (ast.Tuple, ast.List)) and any(
+                        isinstance(e, ast.Constant) and isinstance(e.value, str) and e.value.split(".")[0] in others
+                        and "." in e.value and e.value.replace(".", "").replace("_", "").isalnum() for e in node.elts):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: module names of another part")
+    assert found == []

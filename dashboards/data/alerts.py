@@ -1,11 +1,11 @@
 """Alerts for the Alerts page and the Overview banner, from alertd's state.
 
 alertd owns its SQLite schema (``monitor/alerting/state.py`` documents ``alerts`` — one row
-per pending/firing alert — and ``events`` — the history — as stable for the dashboard). When ``monitor.alerting`` exposes a reader
-(``read_alerts(path) -> {"firing": [...], "history": [...]}``, or ``firing_alerts(path)`` and
-``alert_history(path)``), it is used. Otherwise the file is opened **read-only** and read
-defensively: tables whose names mention alert/firing/state/history/event are listed as they
-are, and a row counts as firing when a ``state``/``status`` column says ``firing``.
+per pending/firing alert — and ``events`` — the history — as stable for the dashboard). The
+file is that interface: the dashboard never imports the monitor (the layering rule,
+docs/architecture.md). It is opened **read-only** and read defensively: tables whose names
+mention alert/firing/state/history/event are listed as they are, and a row counts as firing
+when a ``state``/``status`` column says ``firing``.
 """
 from __future__ import annotations
 
@@ -14,30 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-
-def _via_alertd(path: str) -> dict[str, pd.DataFrame] | None:
-    try:
-        import importlib
-
-        mod = None
-        for name in ("monitor.alerting.state", "monitor.alerting"):
-            try:
-                m = importlib.import_module(name)
-            except ImportError:
-                continue
-            if hasattr(m, "read_alerts") or hasattr(m, "firing_alerts"):
-                mod = m
-                break
-        if mod is None:
-            return None
-        if hasattr(mod, "read_alerts"):
-            got = mod.read_alerts(path)
-            return {"firing": pd.DataFrame(got.get("firing", [])), "history": pd.DataFrame(got.get("history", []))}
-        return {"firing": pd.DataFrame(mod.firing_alerts(path)),
-                "history": pd.DataFrame(mod.alert_history(path) if hasattr(mod, "alert_history") else [])}
-    except Exception:  # noqa: BLE001 - fall back to reading the file
-        return None
 
 
 def _labels(v: Any) -> dict:
@@ -57,9 +33,6 @@ def read_alerts(path: str | None, history_limit: int = 500) -> dict[str, Any]:
         return {"firing": empty, "history": empty, "how": "no alertd state file configured (--alerts-db)", "error": None}
     if not Path(path).exists():
         return {"firing": empty, "history": empty, "how": f"{path}", "error": f"{path}: no such file"}
-    got = _via_alertd(path)
-    if got is not None:
-        return {**got, "how": f"alertd reader, {path}", "error": None}
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
     except sqlite3.Error as exc:
@@ -91,7 +64,7 @@ def read_alerts(path: str | None, history_limit: int = 500) -> dict[str, Any]:
                 history.append(df)
         f = pd.concat(firing, ignore_index=True) if firing else empty
         h = pd.concat(history, ignore_index=True) if history else empty
-        return {"firing": f, "history": h, "how": f"read-only SQLite, {path} (alertd's documented tables; no reader function in monitor.alerting)", "error": None}
+        return {"firing": f, "history": h, "how": f"read-only SQLite, {path} (alertd's documented tables)", "error": None}
     except sqlite3.Error as exc:
         return {"firing": empty, "history": empty, "how": path, "error": str(exc)}
     finally:

@@ -27,7 +27,7 @@ TITLES = {
 
 
 @dataclass(frozen=True)
-class Rule:
+class AlertThreshold:
     name: str
     threshold: float          # ms for latency rules, a ratio for completion rules
     below: bool               # the alert fires below the threshold (completion) or above it (latency)
@@ -53,11 +53,11 @@ class Rule:
 
 @dataclass
 class Thresholds:
-    rules: dict[str, Rule] = field(default_factory=dict)
+    rules: dict[str, AlertThreshold] = field(default_factory=dict)
     source: str = ""
     error: str | None = None
 
-    def latency(self, metric: str, quantile: float = 0.99) -> Rule | None:
+    def latency(self, metric: str, quantile: float = 0.99) -> AlertThreshold | None:
         """The rule on ``metric`` (ttft | e2e) at ``quantile``, if one is enabled."""
         for r in self.rules.values():
             if r.metric == metric and abs(r.quantile - quantile) < 1e-9:
@@ -65,11 +65,11 @@ class Thresholds:
         return None
 
     @property
-    def dialogue(self) -> Rule | None:
+    def dialogue(self) -> AlertThreshold | None:
         return self.rules.get("completion_rate")
 
     @property
-    def turn(self) -> Rule | None:
+    def turn(self) -> AlertThreshold | None:
         return self.rules.get("turn_completion")
 
     @classmethod
@@ -87,13 +87,13 @@ class Thresholds:
                     rules[k] = {**rules.get(k, {}), **(v or {})}
             except (OSError, ValueError, yaml.YAMLError) as exc:
                 error = f"{path}: {exc}; using the built-in thresholds"
-        out: dict[str, Rule] = {}
+        out: dict[str, AlertThreshold] = {}
         for name, r in rules.items():
             if name not in TITLES or not r.get("enabled", True):
                 continue
             if name in ("p99_latency", "p99_e2e_latency"):
                 metric = "e2e" if name == "p99_e2e_latency" else r.get("metric", "ttft")
-                out[name] = Rule(name, float(r["threshold_ms"]), False, metric, float(r.get("quantile", 0.99)))
+                out[name] = AlertThreshold(name, float(r["threshold_ms"]), False, metric, float(r.get("quantile", 0.99)))
             else:
-                out[name] = Rule(name, float(r["threshold"]), True)
+                out[name] = AlertThreshold(name, float(r["threshold"]), True)
         return cls(out, str(path or default), error)

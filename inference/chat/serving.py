@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Mapping, Sequence
 
 from contracts.jsonline import dumps_line
-from inference.chat.protocol import ChatCompletionRequest, error_body, usage
+from inference.chat.protocol import ChatCompletionRequest, ChatMessage, PromptRequest, error_body, usage
 from inference.chat.reasoning import ReasoningSplitter
 from inference.engine.base import Engine, EngineError, EngineOutput, GenerationRequest, SamplingParams
-from inference.session_ids import new_request_id, session_id_for, turn_index
+from inference.request_kinds import CHAT, OTHER, SUMMARY, RequestKinds, default_request_kinds
+from inference.session_ids import ConversationLinks, identify, new_request_id, session_id_for, turn_index
 from inference.turns import TurnObserver, TurnRecord
 
 
@@ -38,6 +39,11 @@ class TurnContext:
     started_mono: float
     started_wall: float
     endpoint: str
+    request_kind: str = CHAT
+    #: the request's last message, and the assistant message before it: the reply is
+    #: remembered with them (conversation linkage)
+    answered: str = ""
+    previous_reply: str = ""
 
 
 def _sse(obj: dict) -> str:
@@ -46,8 +52,14 @@ def _sse(obj: dict) -> str:
 
 class ChatService:
     def __init__(self, engine: Engine, served_model_names: Sequence[str], observer: TurnObserver,
-                 default_temperature: float = 0.7, default_top_p: float = 1.0):
+                 default_temperature: float = 0.7, default_top_p: float = 1.0,
+                 request_kinds: RequestKinds | None = None, links: ConversationLinks | None = None,
+                 default_max_tokens: int | None = None):
         self.engine = engine
+        #: for requests that send no max_tokens (NextChat sends none); None: the context's room
+        self.default_max_tokens = default_max_tokens
+        self.request_kinds = request_kinds or default_request_kinds()
+        self.links = links if links is not None else ConversationLinks()
         self.served_model_names = list(served_model_names)
         self.observer = observer
         self.default_temperature = default_temperature
@@ -65,21 +77,30 @@ class ChatService:
         """``arrival`` is (monotonic, wall) time the request reached the server; now if unknown."""
         pairs = [(m.role, m.text()) for m in req.messages]
         mono, wall = arrival or (time.monotonic(), time.time())
+        ident = identify(headers, req.user, pairs, self.request_kinds, self.links)
+        if ident.request_kind == CHAT:
+            self.links.note_turn(ident.session_id, ident.turn_index)
         return TurnContext(
             request_id=new_request_id(),
-            session_id=session_id_for(headers, req.user, pairs),
-            turn_index=turn_index(pairs),
+            session_id=ident.session_id,
+            turn_index=ident.turn_index,
             created=int(time.time()),
             started_mono=mono,
             started_wall=wall,
             endpoint=endpoint,
+            request_kind=ident.request_kind,
+            answered=pairs[-1][1] if pairs else "",
+            previous_reply=pairs[-2][1] if len(pairs) >= 2 and pairs[-2][0] == "assistant" else "",
         )
+
+    def max_tokens(self, req: ChatCompletionRequest) -> int | None:
+        return req.effective_max_tokens() or self.default_max_tokens
 
     def _generation_request(self, req: ChatCompletionRequest, ctx: TurnContext) -> GenerationRequest:
         sp = SamplingParams(
             temperature=self.default_temperature if req.temperature is None else req.temperature,
             top_p=self.default_top_p if req.top_p is None else req.top_p,
-            max_tokens=req.effective_max_tokens(),
+            max_tokens=self.max_tokens(req),
             stop=tuple(req.stop or ()),
             presence_penalty=req.presence_penalty or 0.0,
             frequency_penalty=req.frequency_penalty or 0.0,
@@ -99,7 +120,7 @@ class ChatService:
             endpoint=ctx.endpoint, stream=req.stream, model=req.model,
             model_version=self.engine.model_version, prompt=last_user, started_at=ctx.started_wall,
             user=req.user, temperature=req.temperature, top_p=req.top_p,
-            max_tokens=req.effective_max_tokens(),
+            max_tokens=self.max_tokens(req), request_kind=ctx.request_kind,
         )
 
     def reject(self, req: ChatCompletionRequest, ctx: TurnContext, exc: EngineError) -> None:
@@ -108,7 +129,53 @@ class ChatService:
         turn.rejected = True
         turn.http_status = exc.status_code
         turn.error_type, turn.error_message, turn.error_code = exc.error_type, str(exc), exc.code
+        turn.prompt_tokens = exc.prompt_tokens
         turn.e2e_s = time.monotonic() - ctx.started_mono
+        self.observer.on_turn(turn)
+
+    def unauthorized(self, endpoint: str, headers: Mapping[str, str], body: bytes | None,
+                     arrival: tuple[float, float] | None, status: int, message: str) -> TurnRecord:
+        """The record of a request refused for its key (401/403), before anything else.
+
+        It carries no prompt or reply text (whoever sent it is not a known user), is not
+        linked to a conversation (the session id it would get must not tell an unknown caller
+        whether a text was a reply of this node), and is tokenised by nobody. When the body of
+        a chat request parses, its kind (a NextChat user's turn or a background request), model
+        and stand-alone session id are kept, so a client with a wrong key shows up as failing
+        chat turns in completion; any other request is ``other`` in session ``unauthenticated``."""
+        mono, wall = arrival or (time.monotonic(), time.time())
+        kind, session, turn_no, model, stream = OTHER, "unauthenticated", 0, "", False
+        if body is not None:
+            try:
+                if endpoint == "/chat":  # the minimal endpoint: one prompt, a user turn
+                    prompt = PromptRequest.model_validate_json(body)
+                    req = ChatCompletionRequest(model=self.served_model_names[0],
+                                                messages=[ChatMessage(role="user", content=prompt.prompt)])
+                else:
+                    req = ChatCompletionRequest.model_validate_json(body)
+                pairs = [(m.role, m.text()) for m in req.messages]
+                kind = self.request_kinds.classify(pairs)
+                session, turn_no = session_id_for(headers, req.user, pairs), turn_index(pairs)
+                model, stream = req.model, req.stream
+            except Exception:  # not a chat request the node can read: stays "other"
+                pass
+        return TurnRecord(
+            request_id=new_request_id(), session_id=session, turn_index=turn_no, endpoint=endpoint,
+            stream=stream, model=model or self.served_model_names[0], model_version=self.engine.model_version,
+            prompt="", started_at=wall, rejected=True, http_status=status,
+            error_type="invalid_request_error" if status == 401 else "permission_error",
+            error_message=message, error_code="invalid_api_key" if status == 401 else "forbidden",
+            e2e_s=time.monotonic() - mono, request_kind=kind)
+
+    def _finish(self, turn: TurnRecord, ctx: TurnContext) -> None:
+        """A turn that reached the model ended: remember its reply for conversation linkage
+        (a chat reply comes back in the client's history, a summary inside its memory
+        message; a title never comes back), then hand the turn to the observer."""
+        if ctx.request_kind == CHAT:
+            self.links.remember_reply(ctx.answered, turn.response, ctx.session_id, ctx.turn_index,
+                                      ctx.previous_reply)
+        elif ctx.request_kind == SUMMARY:
+            self.links.remember_summary(turn.response, ctx.session_id, ctx.turn_index)
         self.observer.on_turn(turn)
 
     async def start(self, req: ChatCompletionRequest, ctx: TurnContext) -> AsyncIterator[EngineOutput]:
@@ -141,7 +208,7 @@ class ChatService:
             raise
         turn.response, turn.reasoning = "".join(content), "".join(reasoning)
         turn.e2e_s = time.monotonic() - ctx.started_mono
-        self.observer.on_turn(turn)
+        self._finish(turn, ctx)
         message = {"role": "assistant", "content": turn.response}
         if turn.reasoning:
             message["reasoning_content"] = turn.reasoning
@@ -204,10 +271,10 @@ class ChatService:
                 turn.aborted = True
                 turn.http_status = 499
                 turn.e2e_s = time.monotonic() - ctx.started_mono
-                self.observer.on_turn(turn)
+                self._finish(turn, ctx)
             await _aclose(outputs)
         turn.e2e_s = time.monotonic() - ctx.started_mono
-        self.observer.on_turn(turn)
+        self._finish(turn, ctx)
 
     # -- shared ------------------------------------------------------------------------
     @staticmethod
@@ -229,7 +296,7 @@ class ChatService:
         else:  # cancelled: the client went away
             turn.aborted = True
             turn.http_status = 499
-        self.observer.on_turn(turn)
+        self._finish(turn, ctx)
 
 
 async def _aclose(it) -> None:

@@ -57,6 +57,9 @@ class EngineError(Exception):
     status_code = 500
     error_type = "server_error"
     code: str | None = None
+    #: prompt tokens the engine counted before refusing (0 when it did not get that far), so a
+    #: rejected record says how long the refused prompt was
+    prompt_tokens: int = 0
 
 
 class EngineNotReady(EngineError):

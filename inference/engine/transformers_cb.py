@@ -458,9 +458,11 @@ class TransformersEngine(Engine):
         prompt_ids = self.encode_prompt(request.messages)
         limit = self._max_model_len
         if len(prompt_ids) >= limit:
-            raise ContextLengthExceeded(
+            exc = ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens, but the messages "
                 f"take {len(prompt_ids)} tokens. Shorten the conversation or start a new one.")
+            exc.prompt_tokens = len(prompt_ids)
+            raise exc
         room = limit - len(prompt_ids)
         sp = request.sampling
         max_new = min(sp.max_tokens, room) if sp.max_tokens else room
@@ -468,7 +470,9 @@ class TransformersEngine(Engine):
                         asyncio.get_running_loop(), asyncio.Queue())
         with self._lock:
             if len(self._incoming) + len(self._waiting) >= self.max_queue:
-                raise QueueFull(f"the server is at capacity ({self.max_queue} requests waiting); retry shortly")
+                exc = QueueFull(f"the server is at capacity ({self.max_queue} requests waiting); retry shortly")
+                exc.prompt_tokens = len(prompt_ids)
+                raise exc
             self._incoming.append(seq)
         self._wake.set()
         return self._stream(seq)

@@ -24,7 +24,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from contracts import metrics as M
-from contracts.signals import epoch_s, recount
+from contracts.signals import recount
 
 from .conftest import fast_config
 
@@ -80,7 +80,6 @@ def run():
     scrape_at = [None]
     nm.conversations_ended.before_collect = lambda: tracker.close_idle(scrape_at[0])
     records, scrapes = [], []
-    titles = 0
     events = _traffic()
     i = 0
     for k in range(int(WINDOW_S / SCRAPE_S) + 1):
@@ -89,16 +88,13 @@ def run():
             t, what, p = events[i]
             i += 1
             if what == "turn":
-                if p["kind"] == "chat":
-                    nm.observe_turn(p["status"], 1.0, 0.2 if p["status"] != "error" else None, None, 0.0, 10, 5)
-                else:
-                    titles += 1
+                nm.observe_turn(p["status"], 1.0, 0.2 if p["status"] != "error" else None, None, 0.0, 10, 5,
+                                request_kind=p["kind"])
                 tracker.on_turn(p["sid"], p["rid"], p["status"], t, p["kind"])
                 rec = build_session_record(session_id=p["sid"], request_id=p["rid"], turn_index=p["k"], prompt="q",
                                            response="a", model_version="m1", duration_s=1.0, ttft_s=0.2,
                                            status=p["status"], input_tokens=10, output_tokens=5, cost_usd=0.0,
-                                           ended_at=t, host_name="signals")
-                rec["request_kind"] = p["kind"]
+                                           ended_at=t, host_name="signals", request_kind=p["kind"])
                 records.append(rec)
             else:
                 nm.observe_feedback(p["rating"])
@@ -106,10 +102,7 @@ def run():
                 records.append(build_feedback_record(rating=p["rating"], request_id=p["rid"], session_id=p["sid"],
                                                      comment=p.get("comment"), at=t))
         scrape_at[0] = now
-        # title requests as the node exposes them by kind; its chat series carry no kind label
-        # here, which readers must take as chat (records and series written before kinds)
-        scrapes.append((now, generate_latest(reg).decode() +
-                        f'{M.REQUESTS_TOTAL}{{status="completed",request_kind="title"}} {titles}\n'))
+        scrapes.append((now, generate_latest(reg).decode()))
     assert i == len(events)
     return records, scrapes
 
@@ -166,20 +159,8 @@ def test_exported_rules_under_promtool(run, truth, tmp_path):
             for s in fam.samples:
                 if s.name in (M.REQUESTS_TOTAL, M.COMPLETED_TURNS_RATED_DOWN_TOTAL, M.CONVERSATIONS_ENDED_TOTAL):
                     labels = {"job": "seekwatch", "instance": "signals:8000", **s.labels}
-                    if s.name == M.REQUESTS_TOTAL:   # all kinds here; by kind below
-                        continue
                     key = s.name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
                     series.setdefault(key, []).append(s.value)
-    # seekwatch_requests_total{status, request_kind}: counted from the records at each scrape
-    # (this registry has no request_kind label), titles as their own kind that turn
-    # completion must leave out
-    turns = [r for r in run[0] if r["event"]["dataset"] == "seekwatch.session"]
-    for st in M.STATUSES:
-        for kind in ("chat", "title"):
-            key = (f'{M.REQUESTS_TOTAL}{{instance="signals:8000",job="seekwatch",request_kind="{kind}",'
-                   f'status="{st}"}}')
-            series[key] = [float(sum(1 for r in turns if r["status"] == st and r["request_kind"] == kind
-                                     and epoch_s(r["@timestamp"]) <= t)) for t, _ in run[1]]
     first = len(next(iter(series.values())))
     assert all(len(v) == first for v in series.values())
     exp_lab = '{job="seekwatch",instance="signals:8000"}'
@@ -259,3 +240,61 @@ def test_dashboard_log_store_source(run, truth, log_store_url):
         assert not resp.get("errors"), [i for i in resp["items"] if "error" in next(iter(i.values()))][:3]
     src = LogStoreSource(log_store_url, where={"host.name": f"sig-{tag}"}, conversation_idle_s=IDLE_S)
     _check_kpis(src.kpis(_window()), truth)
+
+
+def test_real_node_counts_what_its_log_recounts(tmp_path):
+    """``seekwatch serve`` (upstream engine) with ``--conversation-idle 1s``: its counters equal
+    the recount from the session log it wrote."""
+    import time
+
+    import httpx
+
+    from tests.fixtures.node import start_node
+
+    from .upstream import SlowUpstream
+
+    up = SlowUpstream(delay=0.0)
+    node = start_node(tmp_path, "--engine", "upstream", "--upstream-url", up.base_url, "--served-model-name",
+                      "deepseek-chat", "--conversation-idle", "1s", ready_timeout=60)
+    base = f"http://127.0.0.1:{node.port}"
+    try:
+        with httpx.Client(timeout=30) as c:
+            def turn(sid: str, reply: str) -> str:
+                up.reply = reply
+                r = c.post(f"{base}/v1/chat/completions", headers={"X-Session-Id": sid},
+                           json={"model": "deepseek-chat", "messages": [{"role": "user", "content": f"问题 {sid}"}]})
+                assert r.status_code == 200, r.text
+                return r.json()["id"]
+
+            ok, refusal = "好的，您的订单已经发货。", "抱歉，我无法帮助您处理这个请求。"
+            a1 = turn("conv-a", ok)
+            c.post(f"{base}/v1/feedback", json={"request_id": a1, "rating": "down"})   # a completed turn rated down
+            c.post(f"{base}/v1/feedback", json={"request_id": a1, "rating": "down", "comment": "again"})
+            b1 = turn("conv-b", refusal)                                               # refused ...
+            c.post(f"{base}/v1/feedback", json={"request_id": b1, "rating": "down"})   # ... and rated down: once
+            turn("conv-c", refusal)
+            turn("conv-c", ok)                                                         # recovered: completed
+            turn("conv-d", ok)
+            time.sleep(1.5)                                                            # every conversation idle
+            text = c.get(f"{base}/metrics").text
+    finally:
+        node.stop()
+        up.stop()
+
+    def sample(name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+    records = [json.loads(line) for p in sorted(node.log_dir.rglob("*.jsonl")) for line in p.read_text().splitlines()
+               if line.strip()]
+    sess = [r for r in records if r["event"]["dataset"] == "seekwatch.session"]
+    fb = [r for r in records if r["event"]["dataset"] == "seekwatch.feedback"]
+    rc = recount(sess, fb, 0, 4e9, idle_s=1.0)
+    assert (rc.turns, rc.turns_completed, rc.conversations_ended, rc.conversations_completed) == (5, 2, 4, 2)
+    assert sample(M.REQUESTS_TOTAL) == rc.turns
+    assert sample(M.REQUESTS_TOTAL, status="completed") - sample(M.COMPLETED_TURNS_RATED_DOWN_TOTAL) == rc.turns_completed
+    assert sample(M.COMPLETED_TURNS_RATED_DOWN_TOTAL) == 1
+    assert sample(M.CONVERSATIONS_ENDED_TOTAL) == rc.conversations_ended
+    assert sample(M.CONVERSATIONS_ENDED_TOTAL, outcome="completed") == rc.conversations_completed

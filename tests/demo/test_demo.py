@@ -1,7 +1,8 @@
 """``seekwatch demo`` end to end, as a newcomer runs it: it makes the model, starts the node,
-alertd and the dashboard, drives traffic, shows an alert within a minute, and stops
-everything — at the end of ``--duration``, on Ctrl-C and on SIGTERM — leaving no process
-behind (every descendant seen while it ran is checked)."""
+alertd and the dashboard, drives healthy traffic with readable replies, stages one load
+spike whose P99 alert fires and resolves, and stops everything — at the end of
+``--duration``, on Ctrl-C and on SIGTERM — leaving no process behind (every descendant
+seen while it ran is checked)."""
 from __future__ import annotations
 
 import json
@@ -21,7 +22,11 @@ import pytest
 
 from contracts.supervisor import alive as _alive, descendants
 
-ALERT_TITLE = "Dialogue completion rate low"
+ALERT_TITLE = "P99 latency high"
+#: the alert as alertd's console receiver prints it (the demo's plan names the title too)
+ALERT_FIRING = r"\[alertd\] .*\[严重 CRITICAL\] P99 延迟过高 / P99 latency high"
+#: the incident's prompts are pasted sales tables (seekwatch/data/incident.yaml)
+INCIDENT_MARK = re.compile(r"^01\. ", re.M)
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 
@@ -169,47 +174,94 @@ def webhook():
     srv.server_close()
 
 
-def test_demo_duration_end_to_end(tmp_path, demo_runs, webhook):
-    """The README's path: no model yet, `seekwatch demo --duration 40`, exit 0."""
+def _chat_records(wd: Path) -> list[dict]:
+    recs = [json.loads(x) for f in (wd / "log").glob("*.jsonl") for x in f.read_text().splitlines() if x]
+    return [r for r in recs if r.get("event", {}).get("dataset", "seekwatch.session") == "seekwatch.session"
+            and "session_id" in r and r.get("request_kind", "chat") == "chat"]
+
+
+def _support_vocabulary() -> set[str]:
+    from inference.tiny_model import corpus_texts, load_corpus
+
+    return {w.lower() for t in corpus_texts(load_corpus()) for w in re.findall(r"[A-Za-z]+", t)}
+
+
+_TEXT_CHARS = re.compile(r"[\u4e00-\u9fff\u3000-\u303f\uff00-\uffefA-Za-z0-9\s.,;:!?'\"“”‘’()%&/+\-]")
+
+
+def _readable(text: str) -> bool:
+    """Text a person can read: made of Chinese, Latin letters, digits and punctuation (no
+    replacement characters, no stray bytes), and its English words are words (the support
+    vocabulary), not fragments."""
+    if "\ufffd" in text or sum(bool(_TEXT_CHARS.match(c)) for c in text) < 0.98 * len(text):
+        return False
+    words = re.findall(r"[A-Za-z]+", text)
+    vocab = _support_vocabulary()
+    return not words or sum(w.lower() in vocab for w in words) >= 0.9 * len(words)
+
+
+def test_demo_duration_end_to_end(tmp_path, support_model_dir, demo_runs, webhook):
+    """The README's path, its timeline shortened: `seekwatch demo --duration 90` with the
+    spike at 8 s for 20 s. The model comes from the cache (``support_model_dir`` trained it
+    once); healthy turns end on their own with readable text; the spike fires the P99 alert,
+    which reaches the console and the webhook and resolves before the end; the alert history
+    printed from alertd's state shows both; exit 0 and nothing left running."""
     url, received = webhook
     wd = tmp_path / "demo"
     t0 = time.monotonic()
-    run = demo_runs("--duration", "40", "--workdir", str(wd), "--port", "0", "--dashboard-port", "0",
-                    "--webhook", url, cwd=tmp_path)
-    rc = run.finish(timeout=200)
+    run = demo_runs("--duration", "90", "--incident-at", "8", "--incident-duration", "20",
+                    "--workdir", str(wd), "--port", "0", "--dashboard-port", "0", "--webhook", url, cwd=tmp_path)
+    rc = run.finish(timeout=300)
     took = time.monotonic() - t0
     out = run.text
     assert rc == 0, out[-5000:]
-    assert (wd / "model" / "config.json").exists()                 # it made the tiny model
+    assert (wd / "model" / "config.json").exists()                 # it made the tiny model…
+    assert "trained earlier, from the cache" in out, out[:2000]     # …from the cache, quickly
     assert run.dashboard_status == 200, out[-3000:]                 # the printed URL answered
     node_url = re.search(r"node\s+(http://\S+)", out).group(1)
-    assert ALERT_TITLE in out                                       # an alert within the run
-    assert any(a["version"] == "4" and a["status"] == "firing" and "completion_rate" in a["groupKey"]
-               for a in received), received
+    # it says what is about to happen, then it happens
+    assert "What to expect:" in out and "INCIDENT: load spike starts now" in out and "INCIDENT over" in out
+    assert re.search(ALERT_FIRING, out) and re.search(r"\[alertd\] .*RESOLVED\] P99 延迟过高", out)
+    p99 = [a for a in received if "p99_latency" in a["groupKey"]]
+    assert [a["status"] for a in p99][:1] == ["firing"] and "resolved" in [a["status"] for a in p99], received
+    history = out[out.index("alert history"):]
+    assert f"{ALERT_TITLE}: firing" in history and f"{ALERT_TITLE}: resolved" in history, history
     assert "nothing left running" in out
     assert run.seen and not run.left_running(), run.left_running()
     with pytest.raises(httpx.HTTPError):
         httpx.get(node_url + "/healthz", timeout=2, trust_env=False)
-    records = [json.loads(x) for f in (wd / "log").glob("*.jsonl") for x in f.read_text().splitlines() if x]
-    assert len({r["session_id"] for r in records if "session_id" in r}) >= 5
-    assert took < 180
+
+    recs = _chat_records(wd)
+    assert len({r["session_id"] for r in recs}) >= 5
+    normal = [r for r in recs if not INCIDENT_MARK.search(r.get("prompt") or "")]
+    spike = [r for r in recs if INCIDENT_MARK.search(r.get("prompt") or "")]
+    assert len(spike) >= 10 and len(normal) >= 20
+    statuses = [r["status"] for r in normal]
+    # healthy: replies end on their own (EOS or a client's stop sequence), not at max_tokens
+    assert statuses.count("truncated") <= 0.05 * len(statuses), statuses
+    assert statuses.count("completed") >= 0.85 * len(statuses), statuses
+    # readable: whole characters, real words, no runaway text
+    answered = [r["response"] for r in normal if r["status"] == "completed"]
+    assert all(0 < len(t) <= 400 for t in answered), max(answered, key=len)
+    assert sum(_readable(t) for t in answered) >= 0.95 * len(answered), [t for t in answered if not _readable(t)]
+    assert took < 240
 
 
-def test_demo_ctrl_c_with_prometheus(tmp_path, tiny_model_dir, demo_runs):
+def test_demo_ctrl_c_with_prometheus(tmp_path, support_model_dir, demo_runs):
     """Ctrl-C in the terminal (SIGINT to the demo's process group) while traffic runs, with
-    the real Prometheus in the stack (alertd evaluates through PromQL): the alert shows, then
-    everything stops."""
-    run = demo_runs("--workdir", str(tmp_path / "demo"), "--model-dir", str(tiny_model_dir), "--port", "0",
+    the real Prometheus in the stack (alertd evaluates through PromQL): the spike's alert
+    shows, on the console and on the dashboard, then everything stops."""
+    run = demo_runs("--workdir", str(tmp_path / "demo"), "--model-dir", str(support_model_dir), "--port", "0",
                     "--dashboard-port", "0", "--with-prometheus", "--prometheus-port", "0",
-                    "--sessions-per-second", "1", cwd=tmp_path)
+                    "--incident-at", "3", "--incident-duration", "60", cwd=tmp_path)
     run.wait_for(r"Traffic until Ctrl-C", 150)
     assert "PromQL on http://127.0.0.1:" in run.text
-    run.wait_for(ALERT_TITLE, 90)
+    run.wait_for(ALERT_FIRING, 90)
     dash = re.search(r"dashboard\s+(http://\S+)", run.text).group(1)
     if shutil.which(CHROMIUM):
         body = _dashboard_body(dash)
         # the dashboard shows this run's traffic and the alert that fired
-        assert "请求数 Requests" in body and "alerts firing" in body and "completion_rate" in body, body[:3000]
+        assert "请求数 Requests" in body and "alerts firing" in body and "p99_latency" in body, body[:3000]
         requests = re.search(r"请求数 Requests\s+([\d,]+)", body)
         assert requests and int(requests.group(1).replace(",", "")) > 0, body[:3000]
     os.killpg(run.proc.pid, signal.SIGINT)
@@ -241,6 +293,8 @@ def test_demo_sigterm_while_starting(tmp_path, tiny_model_dir, demo_runs):
     (["--webhook", "hooks.example"], "not an http(s) URL"),
     (["--port", "70000"], "not a port number"),
     (["--turns", "3", "1"], "MIN is larger than MAX"),
+    (["--incident-at", "-5"], "greater than 0"),
+    (["--incident-concurrency", "0"], "at least 1"),
 ])
 def test_demo_bad_flags(args, needle):
     r = subprocess.run([sys.executable, "-m", "seekwatch", "demo", *args], capture_output=True, text=True, timeout=60,
@@ -248,13 +302,13 @@ def test_demo_bad_flags(args, needle):
     assert r.returncode == 2 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-def test_demo_with_search_engine(tmp_path, tiny_model_dir, demo_runs):
+def test_demo_with_search_engine(tmp_path, support_model_dir, demo_runs):
     """--with-search-engine: OpenSearch (a JVM in a session of its own), es-setup and the
     shipper join the stack; this run's records reach the engine; the JVM is stopped too."""
     from tests.fixtures.log_store import ensure_log_store_built
 
     ensure_log_store_built()  # built by scripts/setup.d/30-search-engine.sh; fails loudly if it cannot be
-    run = demo_runs("--duration", "12", "--workdir", str(tmp_path / "demo"), "--model-dir", str(tiny_model_dir),
+    run = demo_runs("--duration", "12", "--workdir", str(tmp_path / "demo"), "--model-dir", str(support_model_dir),
                     "--port", "0", "--dashboard-port", "0", "--with-search-engine", "--search-engine-port", "0",
                     cwd=tmp_path)
     rc = run.finish(timeout=240)

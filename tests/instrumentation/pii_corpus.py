@@ -28,6 +28,11 @@ CASES: list[tuple[str, str, dict[str, int]]] = [
     ("卡号：6212-2617-0200-1234-566", "卡号：[CARD]", {"card": 1}),
     ("Amex 378282246310005 on file", "Amex [CARD] on file", {"card": 1}),
     ("卡号 5300 0000 0000 0006 转账 200 元", "卡号 [CARD] 转账 200 元", {"card": 1}),
+    ("JCB 3530111333300000 到期", "JCB [CARD] 到期", {"card": 1}),
+    ("Diners 3056 930902 5904 ok", "Diners [CARD] ok", {"card": 1}),
+    ("Discover 6011-0009-9013-9424.", "Discover [CARD].", {"card": 1}),
+    ("Мир 2200123456789019 карта", "Мир [CARD] карта", {"card": 1}),
+    ("工行老卡9558801234567890128", "工行老卡[CARD]", {"card": 1}),
     # --- IPv4
     ("服务器IP是192.168.1.100，端口8080", "服务器IP是[IP]，端口8080", {"ip": 1}),
     ("from 10.0.0.1 to 8.8.8.8.", "from [IP] to [IP].", {"ip": 2}),
@@ -60,6 +65,10 @@ NEAR_MISSES: list[str] = [
     "发布于2025.11.06 14:04，浏览量 0",               # date
     "身份证440308199001015021有误",                   # invalid ID checksum (and fails Luhn)
     "卡号 6222021234567890 校验失败",                 # fails Luhn
+    # Luhn-valid, but no card network issues this length with this prefix
+    "运单号 412345678901234561，不是身份证",           # 18 digits starting with 4 (Visa: 13/16/19)
+    "参考号 622123456789013",                          # 15 digits starting with 62 (UnionPay: 16-19)
+    "流水号 7123456789012342 已入账",                 # no network starts with 7
     "version 1.2.3.4.5 released",                      # dotted version string
     "请升级到 v1.2.3.4",                              # v-prefixed version
     "IP 256.1.1.1 无效",                              # invalid octet

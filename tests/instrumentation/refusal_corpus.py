@@ -5,9 +5,10 @@ Chinese and English, positives and tricky negatives (apologies that are not refu
 
     ~/.cache/seekwatch/venv/bin/python -m tests.instrumentation.refusal_corpus
 
-to print precision / recall of the shipped rules (docs/quality.md quotes the output).
-Note: the rules and this corpus were written together, so the figures are a regression
-floor, not an estimate of accuracy on real traffic.
+to print precision / recall of the shipped detector here and on the held-out set
+(``refusal_heldout.py``). The phrase rules were written with this corpus, and the
+classifier's training data (``inference/data/refusals_train.yaml``) contains it, so its
+figures are a regression floor; the held-out set is the estimate (docs/quality.md).
 """
 from __future__ import annotations
 
@@ -113,22 +114,6 @@ CORPUS: list[tuple[str, bool]] = [
 ]
 
 
-#: Written after the rules were frozen and never used to tune them: a small, honest
-#: check of how the rules generalise. Reported, not asserted.
-HELD_OUT: list[tuple[str, bool]] = [
-    ("Apologies, I can't provide legal advice on this matter.", True),
-    ("抱歉呢，这个我帮不了你。", True),
-    ("I'm sorry — I can't help with requests involving weapons.", True),
-    ("很抱歉，此问题我暂时无法解答。", True),
-    ("Sorry, I cannot provide that.", True),
-    ("I do not feel comfortable writing that content.", True),
-    ("Sorry, I can't believe I missed that. Here's the corrected code:", False),
-    ("我不能确定，但可以试试重启路由器。", False),
-    ("Unfortunately, I cannot help noticing the bug on line 3; here's a fix.", False),
-    ("对不起，我来晚了！下面是今天的总结。", False),
-]
-
-
 def evaluate(detector=None, corpus=None) -> dict[str, float]:
     """Precision, recall and counts of ``detector`` (default: shipped rules) on CORPUS."""
     from inference.quality import default_detector
@@ -155,8 +140,10 @@ def evaluate(detector=None, corpus=None) -> dict[str, float]:
 def _main() -> None:
     from inference.quality import default_detector
 
+    from tests.instrumentation.refusal_heldout import HELD_OUT_EN, HELD_OUT_ZH
+
     det = default_detector()
-    for name, corpus in (("corpus", CORPUS), ("held-out", HELD_OUT)):
+    for name, corpus in (("corpus", CORPUS), ("held-out zh", HELD_OUT_ZH), ("held-out en", HELD_OUT_EN)):
         r = evaluate(det, corpus)
         print(f"{name}: {r['n']} examples ({r['positives']} refusals, {r['negatives']} non-refusals)")
         print(f"  tp={r['tp']} fp={r['fp']} fn={r['fn']} tn={r['tn']}")

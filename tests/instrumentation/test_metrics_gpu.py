@@ -68,7 +68,8 @@ def test_every_contract_metric_present_and_preinitialised():
                  m.LOG_DROPPED_TOTAL, m.REQUESTS_RUNNING, m.REQUESTS_WAITING):
         assert re.search(rf"^{name}[ {{]", text, re.M), name
     for s in m.STATUSES:
-        assert reg.get_sample_value(m.REQUESTS_TOTAL, {"status": s}) == 0.0
+        for k in m.REQUEST_KINDS:
+            assert reg.get_sample_value(m.REQUESTS_TOTAL, {"status": s, "request_kind": k}) == 0.0
     for r in m.FEEDBACK_RATINGS:
         assert reg.get_sample_value(m.FEEDBACK_TOTAL, {"rating": r}) == 0.0
     for k in m.PII_KINDS:
@@ -96,13 +97,13 @@ def test_observe_turn_semantics():
     reg = CollectorRegistry()
     nm = NodeMetrics(reg)
     nm.observe_turn("rejected", 0.001, None, None, None, 0, 0)
-    assert reg.get_sample_value(m.REQUESTS_TOTAL, {"status": "rejected"}) == 1
+    assert reg.get_sample_value(m.REQUESTS_TOTAL, {"status": "rejected", "request_kind": "chat"}) == 1
     assert reg.get_sample_value(m.REQUEST_DURATION + "_count") == 0  # keeps P99 honest
     nm.observe_turn("completed", 0.42, 0.12, 0.02, 0.003, 10, 25)
     assert reg.get_sample_value(m.TIME_TO_FIRST_TOKEN + "_bucket", {"le": "0.15"}) == 1
     assert reg.get_sample_value(m.TIME_TO_FIRST_TOKEN + "_bucket", {"le": "0.1"}) == 0
-    assert reg.get_sample_value(m.PROMPT_TOKENS_TOTAL) == 10
-    assert reg.get_sample_value(m.GENERATION_TOKENS_TOTAL) == 25
+    assert reg.get_sample_value(m.PROMPT_TOKENS_TOTAL, {"request_kind": "chat"}) == 10
+    assert reg.get_sample_value(m.GENERATION_TOKENS_TOTAL, {"request_kind": "chat"}) == 25
     with pytest.raises(ValueError):
         nm.observe_turn("ok", 1, 1, 1, 1, 1, 1)
     with pytest.raises(ValueError):

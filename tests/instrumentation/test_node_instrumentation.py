@@ -45,7 +45,7 @@ def test_in_the_event_loop_the_turn_is_observed_after_the_response(tmp_path):
     follow on the loop's next iteration, after the response has been handed on, and before
     the loop reads anything new (so a scrape after a response sees its turn)."""
     inst, reg = _instrumentation(tmp_path)
-    completed = ("seekwatch_requests_total", {"status": "completed"})
+    completed = ("seekwatch_requests_total", {"status": "completed", "request_kind": "chat"})
 
     async def turn_then_next_iteration() -> tuple[float, int, float, int]:
         inst.on_turn(_turn(1))
@@ -88,7 +88,7 @@ def test_a_record_that_cannot_be_built_is_counted_as_dropped_and_the_next_is_wri
     assert [r.get("request_id") for r in records] == ["chatcmpl-00000000", "chatcmpl-00000002", "chatcmpl-00000002"]
     assert records[-1]["event"]["dataset"] == "seekwatch.feedback" and "someone@example.com" not in records[-1]["comment"]
     assert _sample(reg, "seekwatch_log_dropped_total") == 1
-    assert _sample(reg, "seekwatch_requests_total", {"status": "completed"}) == 3
+    assert _sample(reg, "seekwatch_requests_total", {"status": "completed", "request_kind": "chat"}) == 3
 
 
 def test_without_an_event_loop_the_record_is_built_at_once(tmp_path):

@@ -9,8 +9,8 @@ from hypothesis import given, settings, strategies as st
 
 from contracts.metrics import PII_KINDS
 from contracts.pii import (
-    PLACEHOLDERS, PiiMasker, id_check_char, id_checksum_ok, luhn_check_digit, luhn_ok,
-    mask, merge_counts,
+    CARD_NETWORKS, PLACEHOLDERS, PiiMasker, card_network, id_check_char, id_checksum_ok,
+    is_card_number, luhn_check_digit, luhn_ok, mask, merge_counts,
 )
 from tests.instrumentation.pii_corpus import CASES, NEAR_MISSES, RAW_PII
 
@@ -115,15 +115,68 @@ def valid_phones(draw):
 
 
 @st.composite
+def card_prefixes(draw):
+    """A network, one of its lengths (>= 13, the shortest the masker looks for) and an
+    issuer prefix inside one of its ranges."""
+    network = draw(st.sampled_from(CARD_NETWORKS))
+    length = draw(st.sampled_from(sorted(n for n in network.lengths if n >= 13)))
+    lo, hi = draw(st.sampled_from(network.ranges))
+    prefix = str(draw(st.integers(int(lo), int(hi)))).zfill(len(lo))
+    return network, length, prefix
+
+
+@st.composite
 def valid_cards(draw):
-    prefix = draw(st.sampled_from(["62", "60", "4", "51", "55", "9", "35", "37", "2221", "2720"]))
-    length = draw(st.integers(13, 19))
+    _, length, prefix = draw(card_prefixes())
     body = draw(st.text("0123456789", min_size=length - len(prefix) - 1, max_size=length - len(prefix) - 1))
     number = prefix + body
     number += luhn_check_digit(number)
     if draw(st.booleans()) and length == 16:
         number = " ".join(number[i:i + 4] for i in range(0, 16, 4))
     return number
+
+
+#: Cards alone: an 18-digit number may also be a valid resident ID, which is masked first.
+_CARDS_ONLY = PiiMasker(kinds=["card"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(card_prefixes(), st.data())
+def test_card_only_at_a_length_its_network_issues(picked, data):
+    """The same issuer prefix at every length 13-19: masked exactly when some network
+    issues that prefix at that length (the issue's case: an 18-digit Luhn-valid number
+    starting with 4 is no Visa card and stays)."""
+    _, _, prefix = picked
+    length = data.draw(st.integers(max(13, len(prefix) + 1), 19))
+    body = data.draw(st.text("0123456789", min_size=length - len(prefix) - 1,
+                             max_size=length - len(prefix) - 1))
+    number = prefix + body
+    number += luhn_check_digit(number)
+    issued = any(n.issues(number) for n in CARD_NETWORKS)
+    assert is_card_number(number) == issued
+    text = f"编号 {number} 。"
+    assert _CARDS_ONLY.mask(text).text == ("编号 [CARD] 。" if issued else text)
+
+
+def test_card_networks_by_example():
+    def card(partial: str) -> str:
+        return partial + luhn_check_digit(partial)
+
+    assert card_network("4111111111111111") == "Visa"
+    assert card_network(card("422222222222")) == "Visa"            # 13 digits
+    assert card_network(card("41234567890123456")) is None         # 18 digits, prefix 4
+    assert card_network("378282246310005") == "American Express"
+    assert card_network(card("3782822463100051")) is None          # Amex is 15 digits
+    assert card_network(card("222100000000000")) == "Mastercard"
+    assert card_network(card("272100000000000")) is None           # past 2720
+    assert card_network(card("622123456789012")) == "China UnionPay"   # 16
+    assert card_network(card("62212345678901")) is None             # 15
+    assert card_network(card("812345678901234567")) == "China UnionPay"  # 19, prefix 81
+    assert card_network("3530111333300000") == "JCB"
+    assert card_network("6011000990139424") == "Discover"
+    assert card_network(card("712345678901234")) is None            # no network uses 7
+    assert card_network(card("2025110614051212")) is None          # a timestamp-like 2025...
+    assert not is_card_number("4111111111111112")                  # prefix fine, Luhn wrong
 
 
 def _digits(s: str) -> str:

@@ -1,5 +1,6 @@
-"""Refusal detector (precision/recall on the labelled corpus), its YAML config checks,
-and classify_status precedence."""
+"""Refusal detector (precision/recall on the labelled corpus and, per language, on the
+held-out set), the classifier's cache, its YAML config checks, and classify_status
+precedence."""
 from __future__ import annotations
 
 import pytest
@@ -8,6 +9,7 @@ from contracts.config import ConfigError
 from contracts.metrics import STATUSES
 from inference.quality import RefusalDetector, classify_status, default_detector, normalise
 from tests.instrumentation.refusal_corpus import CORPUS, evaluate
+from tests.instrumentation.refusal_heldout import HELD_OUT, HELD_OUT_EN, HELD_OUT_ZH
 
 
 def test_corpus_is_big_and_bilingual():
@@ -25,6 +27,71 @@ def test_precision_and_recall_on_corpus():
           f"(tp={r['tp']} fp={r['fp']} fn={r['fn']} tn={r['tn']}, n={r['n']})")
     assert r["precision"] >= 0.9
     assert r["recall"] >= 0.9
+
+
+def _is_zh(text: str) -> bool:
+    return any("\u4e00" <= c <= "\u9fff" for c in text)
+
+
+def test_held_out_set_is_big_bilingual_and_apart():
+    """At least 300 replies, each language with both labels, none of them among the
+    rules' own examples (CORPUS) or the classifier's training data."""
+    from inference.refusal_classifier import load_training_set
+
+    assert len(HELD_OUT) >= 300
+    assert all(_is_zh(t) for t, _ in HELD_OUT_ZH) and not any(_is_zh(t) for t, _ in HELD_OUT_EN)
+    for group in (HELD_OUT_ZH, HELD_OUT_EN):
+        assert len(group) >= 150 and {y for _, y in group} == {True, False}
+    texts = [t for t, _ in HELD_OUT]
+    assert len(set(texts)) == len(texts)
+    seen = {t for t, _ in CORPUS} | {t for t, _ in load_training_set()}
+    assert not set(texts) & seen
+
+
+@pytest.mark.parametrize("lang,corpus", [("zh", HELD_OUT_ZH), ("en", HELD_OUT_EN)])
+def test_held_out_precision_and_recall_per_language(lang, corpus):
+    r = evaluate(corpus=corpus)
+    print(f"\nheld-out {lang}: precision={r['precision']:.3f} recall={r['recall']:.3f} "
+          f"(tp={r['tp']} fp={r['fp']} fn={r['fn']} tn={r['tn']}, n={r['n']})")
+    assert r["precision"] >= 0.9
+    assert r["recall"] >= 0.9
+
+
+def test_classifier_catches_what_no_rule_names_and_says_so():
+    d = default_detector()
+    text = "这个我真的帮不了您，您可以拨打人工客服热线。"   # no phrase rule covers 帮不了
+    rules_only = RefusalDetector.from_yaml()
+    rules_only.classifier = None
+    assert not rules_only.is_refusal(text)
+    m = d.match(text)
+    assert m is not None and m.rule == "classifier" and m.matched
+    assert not d.is_refusal("没问题，我这就帮您查询订单状态。")
+    assert not d.is_refusal("当然可以，但我帮不了的部分会转给同事。")   # exclude rules veto it too
+
+
+def test_classifier_is_trained_once_and_cached(tmp_path, monkeypatch):
+    """First use trains and writes the cache entry; later loads read it; training is
+    deterministic (the same weights as the model the shipped detector uses)."""
+    from inference import refusal_classifier as rc
+
+    monkeypatch.setenv("SEEKWATCH_CACHE", str(tmp_path))
+    first = rc.load_or_train(threshold=0.7)
+    files = list((tmp_path / "models").glob("refusal-classifier-*.json"))
+    assert len(files) == 1 and files[0].name == f"refusal-classifier-{rc.model_key()}.json"
+    monkeypatch.setattr(rc.RefusalClassifier, "train", classmethod(lambda *a, **k: pytest.fail("retrained")))
+    again = rc.load_or_train(threshold=0.7)
+    assert again.weights == first.weights and again.bias == first.bias and again.threshold == 0.7
+    assert first.weights == default_detector().classifier.weights
+
+
+def test_classifier_config_is_checked(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("version: 1\nstart: []\nclassifier: {enabled: true, threshold: 1.5}\n")
+    with pytest.raises(ConfigError, match="classifier") as e:
+        RefusalDetector.from_yaml(f)
+    assert "\n" not in str(e.value)
+    f.write_text("version: 1\nstart: []\nclassifier: {enabled: false}\n")
+    assert RefusalDetector.from_yaml(f).classifier is None
 
 
 @pytest.mark.parametrize("text", [

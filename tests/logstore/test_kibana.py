@@ -20,7 +20,10 @@ TAG = "kibana"
 EXPECT = {
     "seekwatch-slow-turns": lambda r: r["event"]["dataset"] == "seekwatch.session"
         and ((r.get("ttft_ms") or 0) > 500 or r["latency_ms"] > 5000),
-    "seekwatch-failed-turns": lambda r: r["event"]["dataset"] == "seekwatch.session" and r["status"] != "completed",
+    "seekwatch-failed-turns": lambda r: r["event"]["dataset"] == "seekwatch.session" and r["status"] != "completed"
+        and r.get("request_kind", "chat") == "chat",
+    "seekwatch-background-requests": lambda r: r["event"]["dataset"] == "seekwatch.session"
+        and r.get("request_kind") in ("title", "summary"),
     "seekwatch-negative-feedback": lambda r: r["event"]["dataset"] == "seekwatch.feedback" and r["rating"] == "down",
     "seekwatch-pii-hits": lambda r: r.get("pii", {}).get("total", 0) > 0 or bool(r.get("pii", {}).get("redactions")),
     "seekwatch-conversation": lambda r: r.get("session_id") == "sess-kibana000007",
@@ -37,6 +40,11 @@ def dataset(tmp_path_factory, log_store_url):
     recs = []
     for i in range(400):
         r = session_record(i, rng, tag=TAG, latency_ms=rng.choice([300, 900, 2500, 7000]))
+        # NextChat's background requests, a refused unreadable request, and records written
+        # before request_kind existed (no field: read as chat)
+        kind = "title" if i % 7 == 3 else "summary" if i % 11 == 5 else "other" if i % 29 == 1 else "chat"
+        if i % 9 != 4:
+            r["request_kind"] = kind
         if i % 13 == 0:
             r["pii"] = {"redactions": {"phone": 1}, "total": 1}
             r["prompt"] = "我的电话是 [PHONE]"
@@ -75,6 +83,29 @@ def test_saved_search_dsl_returns_what_it_means(search, dataset, store):
     assert res["hits"]["total"]["value"] == len(want)
 
 
+@pytest.mark.parametrize("vis", QUERIES["visualizations"], ids=lambda v: v["id"])
+def test_visualisation_by_kind_matches_a_recount(vis, dataset, store):
+    """The table's figures (requests, tokens, cost per request_kind) are the raw records'."""
+    store.refresh()
+    res = store.search(QUERIES["index"], {"query": {"bool": {"filter": [tag_query(TAG), vis["query"]]}},
+                                          "size": 0, "aggs": vis["aggs"]})
+    got = {b["key"]: (b["doc_count"], b["input_tokens"]["value"], b["output_tokens"]["value"], b["cost_usd"]["value"])
+           for b in res["aggregations"]["by_kind"]["buckets"]}
+    want: dict[str, list] = {}
+    for r in dataset:
+        if r["event"]["dataset"] != "seekwatch.session":
+            continue
+        w = want.setdefault(r.get("request_kind", "__missing__"), [0, 0, 0, 0.0])
+        w[0] += 1
+        w[1] += r["gen_ai"]["usage"]["input_tokens"]
+        w[2] += r["gen_ai"]["usage"]["output_tokens"]
+        w[3] += r["cost_usd"]
+    assert set(want) == {"chat", "title", "summary", "other", "__missing__"}
+    assert {k: g[:3] for k, g in got.items()} == {k: tuple(w[:3]) for k, w in want.items()}  # counts: exact
+    for k, w in want.items():  # a sum of doubles in another order: equal to rounding
+        assert got[k][3] == pytest.approx(w[3], rel=1e-9)
+
+
 def test_conversation_is_in_order(dataset, store):
     search = next(s for s in QUERIES["searches"] if s["id"] == "seekwatch-conversation")
     res = store.search(QUERIES["index"], {"query": dsl(search, {"session_id": "sess-kibana000007"}),
@@ -99,7 +130,17 @@ def test_ndjson_saved_objects_match_queries_and_docs():
     dash = by_id["seekwatch-session-logs"]
     panels = json.loads(dash["attributes"]["panelsJSON"])
     refs = {r["name"]: r["id"] for r in dash["references"]}
-    assert len(panels) == len(QUERIES["searches"])
+    assert len(panels) == len(QUERIES["searches"]) + len(QUERIES["visualizations"])
+    for v in QUERIES["visualizations"]:
+        obj = by_id[v["id"]]
+        assert obj["type"] == "visualization" and obj["attributes"]["title"] == v["title"]
+        source = json.loads(obj["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
+        assert source["query"]["query"] == v["kql"] and v["kql"] in docs
+        state = json.loads(obj["attributes"]["visState"])
+        fields = {a["params"].get("field") for a in state["aggs"]} - {None}
+        assert fields <= template_field_paths() and "request_kind" in fields
+        terms = next(a for a in state["aggs"] if a["type"] == "terms")
+        assert terms["params"]["missingBucket"] and terms["params"]["missingBucketLabel"] == v["missing_label"]
     for p in panels:
         assert refs[f"{p['panelIndex']}:{p['panelRefName']}"] in by_id
     for o in NDJSON:

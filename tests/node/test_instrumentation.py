@@ -20,13 +20,15 @@ CHAT = "/v1/chat/completions"
 
 
 def _sample(text: str, name: str, labels: dict | None = None) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels`` (e.g. every
+    ``request_kind`` of one ``status``)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items()):
-                return s.value
-    raise KeyError(name)
+    found = [s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+             if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items())]
+    if not found:
+        raise KeyError(name)
+    return sum(found)
 
 
 async def _stream_ttft(client: httpx.AsyncClient, i: int) -> float:
