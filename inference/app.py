@@ -35,6 +35,8 @@ log = logging.getLogger("seekwatch.node")
 
 #: Paths whose body is a chat request (a refused one is recorded with its kind).
 CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions", "/chat"})
+#: The most of a refused request's body the node reads to tell its kind; a larger one is "other".
+UNAUTHORIZED_BODY_BYTES = 256 * 1024
 
 
 def build_engine(config: NodeConfig) -> Engine:
@@ -110,8 +112,15 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
         """Record a 401/403 like any other rejection (a record without text, a metric)."""
         body = None
         if request.method == "POST" and request.url.path in CHAT_PATHS:
-            try:
-                body = await request.body()
+            try:  # at most UNAUTHORIZED_BODY_BYTES: an unknown caller gets no more parsing than that
+                chunks, size = [], 0
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > UNAUTHORIZED_BODY_BYTES:
+                        chunks = None
+                        break
+                    chunks.append(chunk)
+                body = b"".join(chunks) if chunks is not None else None
             except Exception:  # too large, or the client went away: recorded as "other"
                 body = None
         observer.on_unauthorized(app.state.chat.unauthorized(

@@ -65,7 +65,8 @@ class ConversationTracker:
                 self._turns.popitem(last=False)
             c = self._open.get(session_id)
             if c is not None and ended_at - c.last_at < self.idle_s:
-                c.last_at, c.last_request_id, c.last_status, c.last_down = ended_at, request_id, status, False
+                if ended_at >= c.last_at:   # concurrent turns of one session: the later end is the last turn
+                    c.last_at, c.last_request_id, c.last_status, c.last_down = ended_at, request_id, status, False
             else:
                 if c is not None:  # an idle one not yet closed (turns may arrive slightly out of order)
                     self._end(c)

@@ -266,7 +266,7 @@ def train_support_model(out: Path, *, seed: int = 0, log=print) -> None:
 
 def _cache_key(seed: int) -> str:
     """Hash of everything the trained model is made from: both corpora, the training
-    settings, the shape, the seed and the source of the functions that build it (so an edit
+    settings, the shape, the random seed and the source of the functions that build it (so an edit
     to the command line or to this module's docs does not cost a retraining)."""
     import inspect
 

@@ -23,8 +23,9 @@ def test_both_sources_decide_the_same(tmp_path, metrics_node, prometheus_server)
     bad = metrics_node(gpus=1, running=2)
     prom = prometheus_server([good.target, bad.target], scrape_interval="1s")
     prom.wait_for_series("up == 1", count=2)
-    scfg = load_config(fast_config(tmp_path, nodes=[good.url, bad.url]))
-    pcfg = load_config(fast_config(tmp_path, prometheus_url=prom.url))
+    e2e = {"p99_e2e_latency": {"enabled": True, "threshold_ms": 1000, "window": "8s", "for": "0s"}}
+    scfg = load_config(fast_config(tmp_path, nodes=[good.url, bad.url], rules=e2e))
+    pcfg = load_config(fast_config(tmp_path, prometheus_url=prom.url, rules=e2e))
     scrape, promql = ScrapeSource(scfg), PromQLSource(pcfg)
     try:
         good.gpu_util.labels("0").set(0.95)    # hot GPU on the good node
@@ -52,6 +53,7 @@ def test_both_sources_decide_the_same(tmp_path, metrics_node, prometheus_server)
     assert set(s_obs) == set(p_obs) == {good.target, bad.target}
     for n in s_obs:
         assert s_obs[n].latency == pytest.approx(p_obs[n].latency, rel=0.1), n
+        assert s_obs[n].latency_e2e == pytest.approx(p_obs[n].latency_e2e, rel=0.1), n
         assert s_obs[n].completion.rate == pytest.approx(p_obs[n].completion.rate, abs=0.05), n
         assert s_obs[n].dialogues.rate == pytest.approx(p_obs[n].dialogues.rate, abs=0.05), n
         assert set(s_obs[n].gpu) == set(p_obs[n].gpu)
@@ -62,7 +64,8 @@ def test_both_sources_decide_the_same(tmp_path, metrics_node, prometheus_server)
     pd = _decisions(pcfg, list(p_obs.values()))
     assert sd == pd
     fired = sorted(k for k, v in sd.items() if v)
-    assert fired == sorted([f"p99_latency|{bad.target}", f"completion_rate|{bad.target}", f"turn_completion|{bad.target}",
+    assert fired == sorted([f"p99_latency|{bad.target}", f"p99_e2e_latency|{bad.target}", f"completion_rate|{bad.target}",
+                            f"turn_completion|{bad.target}",
                             f"gpu_utilization|{good.target}|gpu=0"])
 
 

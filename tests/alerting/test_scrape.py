@@ -257,3 +257,14 @@ def test_unset_header_variable_is_a_config_error(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="scrape_headers.Authorization: environment variable NOPE_NOT_SET is not set"):
         load_config(fast_config(tmp_path, nodes=["http://a:1/metrics"],
                                 scrape_headers={"Authorization": "Bearer ${NOPE_NOT_SET}"}))
+
+
+def test_turn_completion_reads_chat_series_and_series_without_a_kind():
+    """NextChat's title/summary requests are not turns of the dialogue; a node older than request
+    kinds exposes no ``request_kind`` label, and its turns were chat turns."""
+    text = ('seekwatch_requests_total{status="completed",request_kind="chat"} 7\n'
+            'seekwatch_requests_total{status="completed",request_kind="title"} 5\n'
+            'seekwatch_requests_total{status="error",request_kind="summary"} 2\n'
+            'seekwatch_requests_total{status="error"} 1\n')
+    s = parse_exposition(text, "seekwatch_time_to_first_token_seconds", 0.0)
+    assert s.requests == {"completed": 7.0, "error": 1.0}

@@ -24,7 +24,7 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from contracts import metrics as M
-from contracts.signals import epoch_s, recount
+from contracts.signals import recount
 
 from .conftest import fast_config
 
@@ -80,7 +80,6 @@ def run():
     scrape_at = [None]
     nm.conversations_ended.before_collect = lambda: tracker.close_idle(scrape_at[0])
     records, scrapes = [], []
-    titles = 0
     events = _traffic()
     i = 0
     for k in range(int(WINDOW_S / SCRAPE_S) + 1):
@@ -89,16 +88,13 @@ def run():
             t, what, p = events[i]
             i += 1
             if what == "turn":
-                if p["kind"] == "chat":
-                    nm.observe_turn(p["status"], 1.0, 0.2 if p["status"] != "error" else None, None, 0.0, 10, 5)
-                else:
-                    titles += 1
+                nm.observe_turn(p["status"], 1.0, 0.2 if p["status"] != "error" else None, None, 0.0, 10, 5,
+                                request_kind=p["kind"])
                 tracker.on_turn(p["sid"], p["rid"], p["status"], t, p["kind"])
                 rec = build_session_record(session_id=p["sid"], request_id=p["rid"], turn_index=p["k"], prompt="q",
                                            response="a", model_version="m1", duration_s=1.0, ttft_s=0.2,
                                            status=p["status"], input_tokens=10, output_tokens=5, cost_usd=0.0,
-                                           ended_at=t, host_name="signals")
-                rec["request_kind"] = p["kind"]
+                                           ended_at=t, host_name="signals", request_kind=p["kind"])
                 records.append(rec)
             else:
                 nm.observe_feedback(p["rating"])
@@ -106,10 +102,7 @@ def run():
                 records.append(build_feedback_record(rating=p["rating"], request_id=p["rid"], session_id=p["sid"],
                                                      comment=p.get("comment"), at=t))
         scrape_at[0] = now
-        # title requests as the node exposes them by kind; its chat series carry no kind label
-        # here, which readers must take as chat (records and series written before kinds)
-        scrapes.append((now, generate_latest(reg).decode() +
-                        f'{M.REQUESTS_TOTAL}{{status="completed",request_kind="title"}} {titles}\n'))
+        scrapes.append((now, generate_latest(reg).decode()))
     assert i == len(events)
     return records, scrapes
 
@@ -166,20 +159,8 @@ def test_exported_rules_under_promtool(run, truth, tmp_path):
             for s in fam.samples:
                 if s.name in (M.REQUESTS_TOTAL, M.COMPLETED_TURNS_RATED_DOWN_TOTAL, M.CONVERSATIONS_ENDED_TOTAL):
                     labels = {"job": "seekwatch", "instance": "signals:8000", **s.labels}
-                    if s.name == M.REQUESTS_TOTAL:   # all kinds here; by kind below
-                        continue
                     key = s.name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
                     series.setdefault(key, []).append(s.value)
-    # seekwatch_requests_total{status, request_kind}: counted from the records at each scrape
-    # (this registry has no request_kind label), titles as their own kind that turn
-    # completion must leave out
-    turns = [r for r in run[0] if r["event"]["dataset"] == "seekwatch.session"]
-    for st in M.STATUSES:
-        for kind in ("chat", "title"):
-            key = (f'{M.REQUESTS_TOTAL}{{instance="signals:8000",job="seekwatch",request_kind="{kind}",'
-                   f'status="{st}"}}')
-            series[key] = [float(sum(1 for r in turns if r["status"] == st and r["request_kind"] == kind
-                                     and epoch_s(r["@timestamp"]) <= t)) for t, _ in run[1]]
     first = len(next(iter(series.values())))
     assert all(len(v) == first for v in series.values())
     exp_lab = '{job="seekwatch",instance="signals:8000"}'

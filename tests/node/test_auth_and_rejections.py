@@ -52,25 +52,27 @@ def test_wrong_keys_are_records_and_metrics(keyed_node):
     bad = [("Bearer sk-wrong", {"model": "deepseek-chat", "messages": [{"role": "user", "content": secret}]}),
            ("", {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "stream": True}),
            ("Bearer sk-wrong", b"not json at all")]
-    paths = [CHAT, CHAT, CHAT, "/chat"]
+    paths = [CHAT, CHAT, CHAT, "/chat", CHAT]
     bad.append(("Bearer sk-wrong", {"prompt": "a question to the minimal endpoint"}))
+    # a body over 256 KiB is not parsed for an unknown caller: "other"
+    bad.append(("Bearer sk-wrong", {"model": "deepseek-chat", "messages": [{"role": "user", "content": "x" * 300_000}]}))
     for path, (auth, body) in zip(paths, bad):
         kw = {"content": body} if isinstance(body, bytes) else {"json": body}
         r = httpx.post(n.base_url + path, headers={"Authorization": auth}, timeout=30, **kw)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert "X-Session-Id" not in r.headers
-    recs = _records(n, before + 4)[before:]
-    assert len(recs) == 4
+    recs = _records(n, before + 5)[before:]
+    assert len(recs) == 5
     for rec in recs:
         validate_record(rec)
         assert rec["status"] == "rejected" and rec["error"]["code"] == "invalid_api_key"
         assert rec["prompt"] == "" and rec["response"] == ""  # nothing of an unknown caller is kept
         assert rec["gen_ai"]["usage"] == {"input_tokens": 0, "output_tokens": 0} and rec["cost_usd"] == 0
-    assert [r["request_kind"] for r in recs] == ["chat", "chat", "other", "chat"]
+    assert [r["request_kind"] for r in recs] == ["chat", "chat", "other", "chat", "other"]
     assert secret not in json.dumps(recs)
-    assert _metric(n, "seekwatch_auth_failures_total", {}) == 4
+    assert _metric(n, "seekwatch_auth_failures_total", {}) == 5
     assert _metric(n, "seekwatch_requests_total", {"status": "rejected", "request_kind": "chat"}) == 3
-    assert _metric(n, "seekwatch_requests_total", {"status": "rejected", "request_kind": "other"}) == 1
+    assert _metric(n, "seekwatch_requests_total", {"status": "rejected", "request_kind": "other"}) == 2
 
 
 def test_the_model_list_needs_the_key_when_keys_are_configured(keyed_node):

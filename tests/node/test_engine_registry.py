@@ -45,3 +45,10 @@ def test_an_upstream_node_never_imports_torch():
             "print(type(engine).__name__, 'torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.split() == ["UpstreamEngine", "False"]
+
+
+def test_help_lists_the_chosen_engines_flags():
+    out = subprocess.run([sys.executable, "-m", "seekwatch", "serve", "--engine", "upstream", "--help"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "--engine upstream:" in out and "--upstream-url" in out and "--model DIR" not in out
+    assert "--max-batch" in out  # the node's own flags are there for every engine

@@ -104,6 +104,18 @@ def test_refusal_rules_loader_one_clear_error(broken, tmp_path):
     assert "\n" not in msg.strip() and str(cfg) in msg
 
 
+@pytest.mark.parametrize("broken", list(BROKEN))
+def test_request_kinds_loader_one_clear_error(broken, tmp_path):
+    from inference.request_kinds import RequestKinds
+
+    cfg = tmp_path / f"{broken}.yaml"
+    cfg.write_bytes(BROKEN[broken])
+    with pytest.raises(ConfigError) as e:
+        RequestKinds.from_yaml(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg.strip() and str(cfg) in msg
+
+
 # A YAML alias bomb (9 levels of 9 aliases: 387M references) under a key the schema accepts.
 def _bomb(key: str) -> bytes:
     names = "abcdefghi"
