@@ -1,9 +1,9 @@
 """One process supervisor for every child seekwatch starts: the demo's parts, the node the
-tests and benchmarks start (:mod:`seekwatch.node_process`), the bundled search engine
+tests and benchmarks start (:mod:`seekwatch.node_process`), the bundled log store
 (:mod:`monitor.logstore.launcher`) and the servers the tests start (``tests/fixtures``).
 
 Why one: stopping a process tree correctly is easy to get almost right. A part may spawn
-children, some of which leave its process group (the search engine's JVM, a browser), and a
+children, some of which leave its process group (the log store's JVM, a browser), and a
 PID may be reused once a process is gone. Three hand-written copies had drifted apart; the
 rules now live here, on psutil (which follows children and detects PID reuse):
 
@@ -279,7 +279,7 @@ def stop_all(children: Iterable[Supervised], *, grace: float | None = None, sig:
     its grace (``grace`` overrides it; cut short once ``hurry()`` says so, e.g. a second
     Ctrl-C), then SIGKILL what is left of it. Returns the names that needed SIGKILL.
 
-    Descendants in a session of their own (the search engine's JVM) are stopped by their
+    Descendants in a session of their own (the log store's JVM) are stopped by their
     parent's clean shutdown; the SIGKILL reaches them too when it does not happen."""
     children = list(children)
     for c in children:

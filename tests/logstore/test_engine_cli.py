@@ -52,7 +52,7 @@ def test_search_engine_start_prints_url_and_stops_cleanly(tmp_path):
                 lines.append(line)
             return any("data stream seekwatch-feedback" in l for l in lines) or proc.poll() is not None
         wait_until(ready, 90, interval=0, what="engine up")
-        assert lines[0].startswith("search engine listening on http://127.0.0.1:"), lines
+        assert lines[0].startswith("log store listening on http://127.0.0.1:"), lines
         url = lines[0].split()[4]
         with urllib.request.urlopen(url + "/") as resp:
             assert json.load(resp)["version"]["distribution"] == "opensearch"
@@ -63,6 +63,6 @@ def test_search_engine_start_prints_url_and_stops_cleanly(tmp_path):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    assert "search engine stopped" in out
+    assert "log store stopped" in out
     # the node released its lock: a second start on the same data directory works
     assert not (tmp_path / "engine" / "engine.url").exists()

@@ -58,7 +58,7 @@ def test_engine_restart_midway_loses_and_doubles_nothing(tmp_path):
         assert stalled_at < total
         assert summary["outages"] >= 1, (summary, err)
         assert summary["dead_lettered"] == 0, err
-        assert "engine unreachable" in err and "resuming" in err
+        assert "log store unreachable" in err and "resuming" in err
         with StoreClient(url) as client:
             assert count_tag(client, TAG) == N
             body = {"size": 0, "query": tag_query(TAG),
