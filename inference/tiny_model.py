@@ -320,9 +320,8 @@ def make_tiny_model(out_dir: str | Path, *, seed: int = 0, size: str = "tiny", w
                 os.replace(tmp, cached)
             except OSError:  # another process finished first: use its copy
                 shutil.rmtree(tmp, ignore_errors=True)
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(cached, out)
+        # into the folder, next to whatever is there (the random variant writes the same way)
+        shutil.copytree(cached, out, dirs_exist_ok=True)
         return out
 
     import torch  # noqa: F401  (fail early with a clear ImportError)

@@ -264,6 +264,9 @@ def test_demo_ctrl_c_with_prometheus(tmp_path, support_model_dir, demo_runs):
         assert "请求数 Requests" in body and "alerts firing" in body and "p99_latency" in body, body[:3000]
         requests = re.search(r"请求数 Requests\s+([\d,]+)", body)
         assert requests and int(requests.group(1).replace(",", "")) > 0, body[:3000]
+        # healthy replies: the Overview's turn completion is in the healthy range
+        completion = re.search(r"完成率 Completion rate\s+([\d.]+) %", body)
+        assert completion and float(completion.group(1)) >= 85.0, body[:3000]
     os.killpg(run.proc.pid, signal.SIGINT)
     rc = run.finish(timeout=60)
     assert rc == 0, run.text[-4000:]
