@@ -50,6 +50,9 @@ class ProcessSpec:
     cwd: Path | None = None
     #: added to the parent's environment
     env: Mapping[str, str] = field(default_factory=dict)
+    #: names removed from the parent's environment (a child that must not see a setting at all,
+    #: where an empty value would mean something else)
+    unset_env: Sequence[str] = ()
     #: seconds between SIGTERM and SIGKILL
     grace: float = 15.0
     #: stdout to a pipe the parent reads (``Supervised.proc.stdout``)
@@ -261,12 +264,13 @@ def start(spec: ProcessSpec) -> Supervised:
     """Start ``spec`` in a session of its own (see the module docstring)."""
     out = open(spec.output, "ab") if spec.output is not None else None  # noqa: SIM115 - closed below
     pin = (lambda: os.sched_setaffinity(0, spec.cpus)) if spec.cpus else None
+    env = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
     try:
         proc = subprocess.Popen(
             list(spec.argv), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if spec.pipe_stdout else out,
             stderr=out if out is not None else None,
-            cwd=spec.cwd, env={**os.environ, **spec.env}, start_new_session=True, preexec_fn=pin)
+            cwd=spec.cwd, env={**env, **spec.env}, start_new_session=True, preexec_fn=pin)
     finally:
         if out is not None:
             out.close()  # the child holds its own descriptor
