@@ -71,6 +71,21 @@ def _alert(name: str, expr: str, for_s: float, labels: dict[str, str], summary: 
     return a
 
 
+def _rate_alert(name: str, r: dict[str, Any], rate: str, samples: str, severity: str, what_zh: str, what_en: str,
+                dash: str) -> dict[str, Any]:
+    """A completion-rate rule (dialogue or turn): the recorded ``rate`` below the threshold
+    while the recorded ``samples`` reach ``min_samples``, as alertd itself evaluates it."""
+    w = fd(r["window"])
+    zh, en = messages.RULE_TITLES[name]
+    return _alert(
+        ALERTNAMES[name], f"{rate} < {r['threshold']:g} and {samples} >= {r['min_samples']}", r["for"],
+        {"severity": r.get("severity", severity), "rule": name},
+        f"{zh} / {en}: {{{{ $labels.instance }}}}",
+        f"{w} {what_zh} {{{{ $value | humanizePercentage }}}}，阈值 < {r['threshold'] * 100:g}%\n"
+        f"{what_en} over {w} = {{{{ $value | humanizePercentage }}}}, threshold < {r['threshold'] * 100:g}%{dash}",
+        {"value": "{{ $value }}", "threshold": f"{r['threshold']:g}", "window_seconds": f"{r['window']:g}"})
+
+
 def prometheus_rules(cfg: AlertdConfig) -> dict[str, Any]:
     sel = f'job="{cfg.prometheus_job}"'
     by = "job, instance"
@@ -111,15 +126,8 @@ def prometheus_rules(cfg: AlertdConfig) -> dict[str, Any]:
              "expr": f'sum by ({by}) (increase({M.CONVERSATIONS_ENDED_TOTAL}{{{sel}, outcome="completed"}}[{w}]))'},
             {"record": n["dialogue"], "expr": f"{n['conv_completed']} / {n['conv_ended']}"},
         ]
-        alerts.append(_alert(
-            ALERTNAMES["completion_rate"],
-            f"{n['dialogue']} < {c['threshold']:g} and {n['conv_ended']} >= {c['min_samples']}", c["for"],
-            {"severity": c.get("severity", "critical"), "rule": "completion_rate"},
-            "对话完成率过低 / Dialogue completion rate low: {{ $labels.instance }}",
-            f"{w} 内结束的对话中对话完成率 {{{{ $value | humanizePercentage }}}}，阈值 < {c['threshold'] * 100:g}%\n"
-            f"dialogue completion (per conversation) over {w} = {{{{ $value | humanizePercentage }}}}, "
-            f"threshold < {c['threshold'] * 100:g}%{dash}",
-            {"value": "{{ $value }}", "threshold": f"{c['threshold']:g}", "window_seconds": f"{c['window']:g}"}))
+        alerts.append(_rate_alert("completion_rate", c, n["dialogue"], n["conv_ended"], "critical",
+                                  "内结束的对话中对话完成率", "dialogue completion (per conversation)", dash))
 
     t = cfg.rule("turn_completion")
     if t:
@@ -134,15 +142,8 @@ def prometheus_rules(cfg: AlertdConfig) -> dict[str, Any]:
             {"record": n["turn"],
              "expr": f"clamp_min({n['turns_completed']} - ({n['down']} or {n['turns_completed']} * 0), 0) / {n['turns']}"},
         ]
-        alerts.append(_alert(
-            ALERTNAMES["turn_completion"],
-            f"{n['turn']} < {t['threshold']:g} and {n['turns']} >= {t['min_samples']}", t["for"],
-            {"severity": t.get("severity", "warning"), "rule": "turn_completion"},
-            "轮次完成率过低 / Turn completion rate low: {{ $labels.instance }}",
-            f"{w} 轮次完成率 {{{{ $value | humanizePercentage }}}}，阈值 < {t['threshold'] * 100:g}%\n"
-            f"turn completion (per chat turn) over {w} = {{{{ $value | humanizePercentage }}}}, "
-            f"threshold < {t['threshold'] * 100:g}%{dash}",
-            {"value": "{{ $value }}", "threshold": f"{t['threshold']:g}", "window_seconds": f"{t['window']:g}"}))
+        alerts.append(_rate_alert("turn_completion", t, n["turn"], n["turns"], "warning",
+                                  "轮次完成率", "turn completion (per chat turn)", dash))
 
     g = cfg.rule("gpu_utilization")
     if g:
