@@ -6,6 +6,7 @@ everything, while the upstream does the generating.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -27,8 +28,20 @@ _CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")
 def estimate_tokens(text: str) -> int:
     """Rough token count when the upstream reports no usage: one per CJK character, one per
     four other characters. Only used as a fallback, and documented as such."""
-    cjk = len(_CJK.findall(text))
-    return cjk + (len(text) - cjk + 3) // 4
+    return _TokenEstimate().add(text)
+
+
+class _TokenEstimate:
+    """:func:`estimate_tokens` of a growing text, kept as running counts: re-counting the
+    whole reply at every streamed token made relaying quadratic in the reply's length."""
+
+    def __init__(self):
+        self.cjk = self.chars = 0
+
+    def add(self, text: str) -> int:
+        self.cjk += len(_CJK.findall(text))
+        self.chars += len(text)
+        return self.cjk + (self.chars - self.cjk + 3) // 4
 
 
 class UpstreamEngine(Engine):
@@ -129,13 +142,42 @@ class UpstreamEngine(Engine):
         return self._stream(resp, request, t0)
 
     async def _stream(self, resp: httpx.Response, request: GenerationRequest, t0: float) -> AsyncIterator[EngineOutput]:
+        """Relay the upstream's events. A reader task queues them as they are decoded; each
+        output carries every event that piled up since the last one (as the in-process
+        engine sends a stream's queued tokens as one chunk). A fast upstream delivers many
+        events per network read, and one relayed chunk per event cost the node a JSON
+        encoding and a socket write per token."""
         first, finish, usage = True, None, None
-        text_all = ""
+        reply = _TokenEstimate()
+        completion_est = 0
         prompt_est = estimate_tokens("".join(m.get("content") or "" for m in request.messages))
         done = False
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                async with aclosing(aiter_data(resp)) as events:
+                    async for data in events:
+                        queue.put_nowait(data)
+            except Exception as exc:  # handed to the consumer, which raises it in the request's context
+                queue.put_nowait(exc)
+                return
+            queue.put_nowait(None)
+
+        reader = asyncio.create_task(read())
         try:
-            async with aclosing(aiter_data(resp)) as events:
-                async for data in events:
+            ended = False
+            while not ended:
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                texts, reasonings = [], []
+                for data in items:
+                    if data is None:
+                        ended = True
+                        break
+                    if isinstance(data, Exception):
+                        raise data
                     chunk = json.loads(data)
                     if "error" in chunk:
                         raise UpstreamError(f"upstream error mid-stream: {chunk['error'].get('message')}", 502)
@@ -143,20 +185,21 @@ class UpstreamEngine(Engine):
                         usage = chunk["usage"]
                     for choice in chunk.get("choices") or []:
                         delta = choice.get("delta") or {}
-                        text = delta.get("content") or ""
-                        reasoning = delta.get("reasoning_content") or ""
-                        text_all += text + reasoning
+                        texts.append(delta.get("content") or "")
+                        reasonings.append(delta.get("reasoning_content") or "")
                         finish = choice.get("finish_reason") or finish
-                        if text or reasoning or first:
-                            yield EngineOutput(text=text, reasoning=reasoning, prompt_tokens=prompt_est,
-                                               completion_tokens=estimate_tokens(text_all),
-                                               queue_s=0.0 if first else None)
-                            first = False
+                text, reasoning = "".join(texts), "".join(reasonings)
+                if text or reasoning:
+                    completion_est = reply.add(text + reasoning)
+                if text or reasoning or (first and texts):
+                    yield EngineOutput(text=text, reasoning=reasoning, prompt_tokens=prompt_est,
+                                       completion_tokens=completion_est, queue_s=0.0 if first else None)
+                    first = False
             prompt = usage.get("prompt_tokens", prompt_est) if usage else prompt_est
             completion = usage.get("completion_tokens") if usage else None
             done = True
             yield EngineOutput(finish_reason=finish or "stop", prompt_tokens=prompt,
-                               completion_tokens=completion if completion is not None else estimate_tokens(text_all))
+                               completion_tokens=completion if completion is not None else completion_est)
         except httpx.HTTPError as exc:  # the stream broke, or the 200 was no event stream (contracts.sse)
             raise UpstreamError(f"upstream stream failed: {exc.__class__.__name__}: {exc}", 502) from None
         finally:
@@ -165,6 +208,11 @@ class UpstreamEngine(Engine):
                 self._finished += 1
             else:
                 self._cancelled += 1
+            reader.cancel()
+            try:
+                await reader
+            except BaseException:  # its cancellation, or an error already handed over
+                pass
             await resp.aclose()
 
 

@@ -1,0 +1,254 @@
+"""What the node adds in front of another engine (``--engine upstream``), on the CPU.
+
+A fast streaming fake upstream (an OpenAI-compatible ``/v1/chat/completions`` that streams a
+fixed token as fast as the socket takes it, in its own process on loopback) is measured
+directly and through the node, in one run:
+
+* **1 stream**: requests alternate between direct and through the node; the added time to
+  first token is the difference of the two medians (and the median of paired differences);
+* **256 concurrent streams**: aggregate tokens/s direct and through the node, and the node
+  process's CPU time (all threads, from the kernel's accounting) per relayed token.
+
+    python benchmarks/relay_bench.py                    # 1 and 256 streams, 200 tokens each
+    python benchmarks/relay_bench.py --write-docs       # also into docs/benchmarks.md
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+CHUNK = (b'data: {"id":"relay","object":"chat.completion.chunk","created":0,"model":"fake",'
+         b'"choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n')
+
+
+def _frame(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def _serve_upstream(port: int) -> None:
+    """HTTP/1.1 with keep-alive and chunked SSE: what vLLM's server sends, minus the model."""
+    token = _frame(CHUNK)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    return
+                length = 0
+                while True:
+                    header = await reader.readline()
+                    if header in (b"\r\n", b""):
+                        break
+                    name, _, value = header.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                body = json.loads(await reader.readexactly(length)) if length else {}
+                n = int(body.get("max_tokens") or 200)
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                             b"transfer-encoding: chunked\r\n\r\n")
+                for i in range(n):
+                    writer.write(token)
+                    if i % 8 == 7:
+                        await writer.drain()
+                end = {"id": "relay", "object": "chat.completion.chunk", "created": 0, "model": "fake",
+                       "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                       "usage": {"prompt_tokens": 10, "completion_tokens": n, "total_tokens": 10 + n}}
+                writer.write(_frame(b"data: " + json.dumps(end).encode() + b"\n\n"))
+                writer.write(_frame(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+async def one_stream(client, url: str, max_tokens: int) -> dict:
+    body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hello"}],
+            "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.perf_counter()
+    ttft, tokens = None, 0
+    async with client.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            return {"error": r.status_code}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                ttft = time.perf_counter() - t0
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    return {"ttft": ttft, "e2e": time.perf_counter() - t0, "tokens": tokens}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and all its threads, from /proc (clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def single(direct: str, node: str, requests: int, tokens: int) -> dict:
+    import httpx
+
+    pairs = []
+    async with httpx.AsyncClient(timeout=60) as client:
+        for _ in range(10):  # warm-up: connections, first-request paths
+            await one_stream(client, direct, tokens)
+            await one_stream(client, node, tokens)
+        for i in range(requests):
+            first, second = (direct, node) if i % 2 == 0 else (node, direct)
+            a = await one_stream(client, first, tokens)
+            b = await one_stream(client, second, tokens)
+            d, n = (a, b) if first == direct else (b, a)
+            pairs.append((d, n))
+    td = [d["ttft"] for d, _ in pairs]
+    tn = [n["ttft"] for _, n in pairs]
+    return {"requests": requests, "tokens": tokens,
+            "ttft_p50_direct_ms": statistics.median(td) * 1e3, "ttft_p50_node_ms": statistics.median(tn) * 1e3,
+            "added_ttft_p50_ms": (statistics.median(tn) - statistics.median(td)) * 1e3,
+            "added_ttft_paired_median_ms": statistics.median(n - d for d, n in zip(td, tn)) * 1e3,
+            "e2e_p50_direct_ms": statistics.median(d["e2e"] for d, _ in pairs) * 1e3,
+            "e2e_p50_node_ms": statistics.median(n["e2e"] for _, n in pairs) * 1e3}
+
+
+async def concurrent(url: str, streams: int, requests: int, tokens: int, pid: int | None) -> dict:
+    import httpx
+
+    limits = httpx.Limits(max_connections=streams + 8, max_keepalive_connections=streams + 8)
+    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+        sem = asyncio.Semaphore(streams)
+
+        async def guarded():
+            async with sem:
+                try:
+                    return await one_stream(client, url, tokens)
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    # a pooled connection the server closed after its keep-alive timeout
+                    # (uvicorn: 5 s) while the warm-up's slowest streams ran: one retry
+                    return await one_stream(client, url, tokens)
+
+        await asyncio.gather(*(guarded() for _ in range(streams)))  # warm-up: open the connections
+        cpu0 = cpu_seconds(pid) if pid else 0.0
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(guarded() for _ in range(requests)))
+        wall = time.perf_counter() - t0
+        cpu = cpu_seconds(pid) - cpu0 if pid else None
+    ok = [r for r in results if "error" not in r]
+    total = sum(r["tokens"] for r in ok)
+    out = {"streams": streams, "requests": requests, "errors": len(results) - len(ok), "tokens": total,
+           "aggregate_tok_s": total / wall, "wall_s": wall,
+           "ttft_p50_ms": statistics.median(r["ttft"] for r in ok) * 1e3}
+    if cpu is not None:
+        out.update(node_cpu_s=cpu, node_cpu_us_per_token=cpu / total * 1e6)
+    return out
+
+
+def markdown(r: dict) -> str:
+    s, c = r["single"], r["concurrent"]
+    lines = [
+        f"Measured {r['date']} on {r['device']} ({r['machine']}), Python {r['python']}; fake upstream: "
+        f"{r['tokens']} tokens per request, streamed as fast as the socket takes them, in its own process.",
+        f"Command: `{r['command']}`", "",
+        "| | direct | through the node | added | target |",
+        "|---|---|---|---|---|",
+        f"| 1 stream, TTFT p50 ({s['requests']} alternating pairs) | {s['ttft_p50_direct_ms']:.2f} ms | "
+        f"{s['ttft_p50_node_ms']:.2f} ms | {s['added_ttft_p50_ms']:+.2f} ms (paired median "
+        f"{s['added_ttft_paired_median_ms']:+.2f} ms) | ≤ 1 ms |",
+        f"| 1 stream, E2E p50 | {s['e2e_p50_direct_ms']:.2f} ms | {s['e2e_p50_node_ms']:.2f} ms | "
+        f"{s['e2e_p50_node_ms'] - s['e2e_p50_direct_ms']:+.2f} ms | – |",
+    ]
+    d, n = c["direct"], c["node"]
+    lines += [
+        f"| {n['streams']} streams, aggregate tok/s ({n['requests']} requests) | {d['aggregate_tok_s']:,.0f} | "
+        f"{n['aggregate_tok_s']:,.0f} | – | – |",
+        f"| {n['streams']} streams, node CPU per relayed token | – | {n['node_cpu_us_per_token']:.1f} µs "
+        f"({n['node_cpu_s']:.1f} s for {n['tokens']:,} tokens) | – | ≤ 20 µs |",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--tokens", type=int, default=200, help="tokens per request")
+    ap.add_argument("--single-requests", type=int, default=100, help="alternating pairs at 1 stream")
+    ap.add_argument("--streams", type=int, default=256)
+    ap.add_argument("--requests", type=int, default=1024, help="requests at --streams concurrency")
+    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--out", help="JSON results (default benchmarks/results/relay-<date>.json)")
+    args = ap.parse_args()
+    if args.serve_upstream:
+        asyncio.run(_serve_upstream(args.serve_upstream))
+        return 0
+
+    from seekwatch.node_process import start_node
+    from contracts.supervisor import free_port
+
+    tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    port = free_port()
+    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port)])
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"max_tokens": 1}, timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        base = f"http://127.0.0.1:{port}/v1"
+        node = start_node(tmp, "--engine", "upstream", "--upstream-url", base, "--served-model-name", "deepseek-chat",
+                          "--max-batch", str(args.streams), "--max-queue", str(args.requests + args.streams))
+        try:
+            direct_url, node_url = base + "/chat/completions", node.openai_base + "/chat/completions"
+            single_r = asyncio.run(single(direct_url, node_url, args.single_requests, args.tokens))
+            print(json.dumps({"single": single_r}), flush=True)
+            conc = {"direct": asyncio.run(concurrent(direct_url, args.streams, args.requests, args.tokens, None)),
+                    "node": asyncio.run(concurrent(node_url, args.streams, args.requests, args.tokens, node.process.pid))}
+            print(json.dumps({"concurrent": conc}), flush=True)
+        finally:
+            node.stop()
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+    date = dt.date.today().isoformat()
+    result = {"date": date, "device": f"CPU ({os.cpu_count()} cores)", "machine": platform.machine(),
+              "python": platform.python_version(), "tokens": args.tokens,
+              "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
+              "load_average": os.getloadavg(), "single": single_r, "concurrent": conc}
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"relay-{date}.json"
+    out.write_text(json.dumps(result, indent=2), "utf-8")
+    table = markdown(result)
+    print(table)
+    if args.write_docs:
+        from benchmarks.serve_bench import write_docs
+
+        write_docs("relay", table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
