@@ -1,9 +1,9 @@
 """One process supervisor for every child seekwatch starts: the demo's parts, the node the
-tests and benchmarks start (:mod:`seekwatch.node_process`), the bundled search engine
+tests and benchmarks start (:mod:`seekwatch.node_process`), the bundled log store
 (:mod:`monitor.logstore.launcher`) and the servers the tests start (``tests/fixtures``).
 
 Why one: stopping a process tree correctly is easy to get almost right. A part may spawn
-children, some of which leave its process group (the search engine's JVM, a browser), and a
+children, some of which leave its process group (the log store's JVM, a browser), and a
 PID may be reused once a process is gone. Three hand-written copies had drifted apart; the
 rules now live here, on psutil (which follows children and detects PID reuse):
 
@@ -50,6 +50,9 @@ class ProcessSpec:
     cwd: Path | None = None
     #: added to the parent's environment
     env: Mapping[str, str] = field(default_factory=dict)
+    #: names removed from the parent's environment (a child that must not see a setting at all,
+    #: where an empty value would mean something else)
+    unset_env: Sequence[str] = ()
     #: seconds between SIGTERM and SIGKILL
     grace: float = 15.0
     #: stdout to a pipe the parent reads (``Supervised.proc.stdout``)
@@ -261,12 +264,13 @@ def start(spec: ProcessSpec) -> Supervised:
     """Start ``spec`` in a session of its own (see the module docstring)."""
     out = open(spec.output, "ab") if spec.output is not None else None  # noqa: SIM115 - closed below
     pin = (lambda: os.sched_setaffinity(0, spec.cpus)) if spec.cpus else None
+    env = {k: v for k, v in os.environ.items() if k not in spec.unset_env}
     try:
         proc = subprocess.Popen(
             list(spec.argv), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if spec.pipe_stdout else out,
             stderr=out if out is not None else None,
-            cwd=spec.cwd, env={**os.environ, **spec.env}, start_new_session=True, preexec_fn=pin)
+            cwd=spec.cwd, env={**env, **spec.env}, start_new_session=True, preexec_fn=pin)
     finally:
         if out is not None:
             out.close()  # the child holds its own descriptor
@@ -279,7 +283,7 @@ def stop_all(children: Iterable[Supervised], *, grace: float | None = None, sig:
     its grace (``grace`` overrides it; cut short once ``hurry()`` says so, e.g. a second
     Ctrl-C), then SIGKILL what is left of it. Returns the names that needed SIGKILL.
 
-    Descendants in a session of their own (the search engine's JVM) are stopped by their
+    Descendants in a session of their own (the log store's JVM) are stopped by their
     parent's clean shutdown; the SIGKILL reaches them too when it does not happen."""
     children = list(children)
     for c in children:

@@ -2,7 +2,7 @@
 
 The feedback id is derived from what was rated, how, and the comment, so a client that
 retries the same feedback (a flaky network, a double click) is counted and logged once, and
-the search engine, which uses the id as document id, keeps one copy.
+the log store, which uses the id as document id, keeps one copy.
 """
 from __future__ import annotations
 

@@ -1,1 +1,1 @@
-"""Monitoring side: the alerting daemon, the log store (search engine, shipper) and the cost model."""
+"""Monitoring side: the alerting daemon, the log store (its launcher, setup, shipper) and the cost model."""

@@ -29,7 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "dashboard": ("dashboards.cli", "run the Streamlit ops dashboard"),
     "ship": ("monitor.logstore.ship_cli", "ship session logs to Elasticsearch/OpenSearch, losslessly"),
     "es-setup": ("monitor.logstore.setup_cli", "install index template, ingest pipeline and retention"),
-    "es-retention": ("monitor.logstore.retention_cli", "enforce log retention where the engine has no ILM/ISM"),
+    "es-retention": ("monitor.logstore.retention_cli", "enforce log retention where the log store has no ILM/ISM"),
     "search-engine": ("monitor.logstore.launcher_cli", "run a local single-node OpenSearch for the local stack"),
 }
 

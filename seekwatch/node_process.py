@@ -3,7 +3,7 @@
 Used by the tests and the benchmarks, so both run the node
 exactly as users start it (``python -m seekwatch serve``), with the real HTTP stack and
 shutdown. Starting, readiness and stopping go through :mod:`contracts.supervisor`, like the
-demo's parts and the search engine.
+demo's parts and the log store.
 """
 from __future__ import annotations
 

@@ -2,12 +2,12 @@
 written (the demo for a short scripted duration; ``make test`` is what CI itself runs)."""
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import signal
 import subprocess
 from pathlib import Path
+
+from contracts.supervisor import ProcessSpec, start
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,15 +30,15 @@ def test_readme_demo_command_runs_as_written(tmp_path):
     """``make demo`` exactly as the README gives it, with ``DEMO_ARGS`` asking for a short
     scripted run; it must set up, run the whole stack and exit 0."""
     demo = quickstart_commands()[0]
-    env = {**os.environ, "DEMO_ARGS": "--duration 25", "PYTHONUNBUFFERED": "1"}
-    env.pop("DISPLAY", None)
-    proc = subprocess.Popen(shlex.split(demo), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out_path = tmp_path / "demo.out"
+    proc = start(ProcessSpec(name="make demo", argv=shlex.split(demo), cwd=ROOT, output=out_path, grace=60.0,
+                             env={"DEMO_ARGS": "--duration 25", "PYTHONUNBUFFERED": "1"}, unset_env=("DISPLAY",)))
     try:
-        out, _ = proc.communicate(timeout=420)
+        proc.wait(420)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        raise AssertionError("make demo did not finish:\n" + out[-3000:])
+        raise AssertionError("make demo did not finish:\n" + proc.tail(3000)) from None
+    finally:
+        proc.kill()  # the one supervisor: nothing the demo started outlives the test
+    out = out_path.read_text(errors="replace")
     assert proc.returncode == 0, out[-3000:]
     assert "http://127.0.0.1" in out  # it printed the URLs of what it started

@@ -66,3 +66,13 @@ def test_not_ready_in_time_leaves_it_running_for_the_caller_to_stop(tmp_path):
     finally:
         p.stop()
     assert not p.running and p.leftovers() == []
+
+
+def test_env_is_added_to_the_parents_and_unset_names_are_gone(tmp_path, monkeypatch):
+    monkeypatch.setenv("SW_TEST_KEEP", "kept")
+    monkeypatch.setenv("SW_TEST_DROP", "dropped")
+    code = "import os; print(os.environ.get('SW_TEST_KEEP'), os.environ.get('SW_TEST_DROP'), os.environ.get('SW_TEST_ADD'))"
+    p = start(ProcessSpec(name="env", argv=[sys.executable, "-c", code], env={"SW_TEST_ADD": "added"},
+                          unset_env=("SW_TEST_DROP",), pipe_stdout=True))
+    assert p.wait(60) == 0
+    assert p.proc.stdout.read().decode().split() == ["kept", "None", "added"]

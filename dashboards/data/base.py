@@ -12,7 +12,7 @@ Definitions (contracts.signals, docs/quality.md):
 - dialogue completion is over conversations that *ended* in the range (``idle_s`` after their
   last chat turn): completed when that last turn is, with no thumbs-down before the end;
 - percentiles are numpy's linear interpolation between samples; see docs/dashboard.md for
-  the search engine's bound;
+  the log store's bound;
 - time buckets start at multiples of the interval since the Unix epoch (UTC).
 """
 from __future__ import annotations

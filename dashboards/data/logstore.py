@@ -19,7 +19,7 @@ Two numbers need more than an aggregation can say, and read a bounded set of val
   depends on the next turn of its session, so the (session, time, status, request id, model)
   keys of the chat turns in ``[start - idle, end)`` are read with a paged ``composite``
   aggregation and the conversations are cut in Python — exact, one page per 10,000 turns;
-* percentiles: the engines' HDR and t-digest percentiles do not interpolate between samples
+* percentiles: the stores' HDR and t-digest percentiles do not interpolate between samples
   the way numpy does (HDR returns the next sample up: +16 % on a P99 of a few hundred
   samples). A window (or series) with at most ``EXACT_MAX`` latencies has them read back and
   is computed exactly (numpy's linear interpolation); above that the HDR histogram (3
@@ -31,16 +31,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Mapping
-
-import pandas as pd
+from typing import Any, Iterator, Mapping
 
 import numpy as np
+import pandas as pd
 
 from contracts.log_schema import FEEDBACK_DATASET, SESSION_DATASET
 from contracts.logstore import StoreClient, StoreError, StoreUnavailable
-
-from contracts.log_schema import FEEDBACK_DATASET, SESSION_DATASET
 from contracts.signals import CHAT, DEFAULT_CONVERSATION_IDLE_S
 
 from .base import KIND_COLUMNS, QUALITY_COLUMNS, SERIES_COLUMNS, TURN_COLUMNS, Kpis, Window, histogram_edges_ms, with_dialogues
@@ -50,9 +47,13 @@ PCTS = [50.0, 95.0, 99.0]
 #: HDR histogram percentiles: 3 significant digits (within 0.1 % of the sample value), and much
 #: cheaper than t-digest at high compression on millions of latencies.
 PCT_METHOD = {"hdr": {"number_of_significant_value_digits": 3}}
-TERMS_CHUNK = 60000  # below the engines' default index.max_terms_count (65536)
+TERMS_CHUNK = 60000  # below the stores' default index.max_terms_count (65536)
+#: buckets per page of a ``composite`` aggregation (the stores' default search.max_buckets is larger)
+COMPOSITE_PAGE = 10000
+#: one composite source: the request id (feedback names the turn it rates by it)
+RID_SOURCE = [{"rid": {"terms": {"field": "request_id"}}}]
 #: At most this many latency samples in a window: exact percentiles from the values themselves
-#: (the engines' default index.max_result_window is 10,000).
+#: (the stores' default index.max_result_window is 10,000).
 EXACT_MAX = 10000
 #: chat turns (records without ``request_kind`` predate kinds and were chat turns)
 CHAT_FILTER = {"bool": {"should": [{"term": {"request_kind": CHAT}},
@@ -112,6 +113,26 @@ class LogStoreSource:
                                     {"range": {"@timestamp": {"gte": _ms(w.start), "lt": _ms(w.end), "format": "epoch_millis"}}},
                                     *self._tags(), *extra]}}
 
+    def _composite(self, query: dict, sources: list[dict], aggs: dict | None = None) -> Iterator[dict]:
+        """Every bucket of a ``composite`` aggregation over ``query``, page after page
+        (``after_key``): the one way this source reads more keys than one response holds."""
+        after = None
+        while True:
+            comp: dict[str, Any] = {"size": COMPOSITE_PAGE, "sources": sources}
+            if after:
+                comp["after"] = after
+            body = {"size": 0, "query": query, "aggs": {"c": {"composite": comp, **({"aggs": aggs} if aggs else {})}}}
+            agg = self._search(body)["aggregations"]["c"]
+            yield from agg["buckets"]
+            after = agg.get("after_key")
+            if len(agg["buckets"]) < COMPOSITE_PAGE or not after:
+                return
+
+    def _feedback_query(self, rating: str, since_ms: int) -> dict:
+        return {"bool": {"filter": [{"term": {"event.dataset": FEEDBACK_DATASET}}, {"term": {"rating": rating}},
+                                    {"range": {"@timestamp": {"gte": since_ms, "format": "epoch_millis"}}},
+                                    *self._tags()]}}
+
     def _rated(self, rating: str, since) -> set[str]:
         key = (rating, _ms(since))
         now = time.monotonic()
@@ -121,21 +142,7 @@ class LogStoreSource:
             for (r, s), (at, ids) in self._fb_cache.items():
                 if r == rating and s <= key[1] and now - at < self.feedback_ttl_s:
                     return ids
-        ids: set[str] = set()
-        after = None
-        while True:
-            comp: dict[str, Any] = {"size": 10000, "sources": [{"rid": {"terms": {"field": "request_id"}}}]}
-            if after:
-                comp["after"] = after
-            body = {"size": 0, "query": {"bool": {"filter": [
-                {"term": {"event.dataset": FEEDBACK_DATASET}}, {"term": {"rating": rating}},
-                {"range": {"@timestamp": {"gte": _ms(since), "format": "epoch_millis"}}}, *self._tags()]}},
-                "aggs": {"ids": {"composite": comp}}}
-            agg = self._search(body)["aggregations"]["ids"]
-            ids.update(b["key"]["rid"] for b in agg["buckets"])
-            after = agg.get("after_key")
-            if len(agg["buckets"]) < comp["size"] or not after:
-                break
+        ids = {b["key"]["rid"] for b in self._composite(self._feedback_query(rating, _ms(since)), RID_SOURCE)}
         with self._lock:
             self._fb_cache[key] = (now, ids)
         return ids
@@ -224,21 +231,9 @@ class LogStoreSource:
 
     def _down_at(self, since_ms: int) -> dict[str, int]:
         """request_id -> epoch ms of its first thumbs-down, for thumbs-downs since ``since_ms``."""
-        out: dict[str, int] = {}
-        after = None
-        while True:
-            comp: dict[str, Any] = {"size": 10000, "sources": [{"rid": {"terms": {"field": "request_id"}}}]}
-            if after:
-                comp["after"] = after
-            body = {"size": 0, "query": {"bool": {"filter": [
-                {"term": {"event.dataset": FEEDBACK_DATASET}}, {"term": {"rating": "down"}},
-                {"range": {"@timestamp": {"gte": since_ms, "format": "epoch_millis"}}}, *self._tags()]}},
-                "aggs": {"ids": {"composite": comp, "aggs": {"first": {"min": {"field": "@timestamp"}}}}}}
-            agg = self._search(body)["aggregations"]["ids"]
-            out.update({b["key"]["rid"]: int(b["first"]["value"]) for b in agg["buckets"]})
-            after = agg.get("after_key")
-            if len(agg["buckets"]) < comp["size"] or not after:
-                return out
+        return {b["key"]["rid"]: int(b["first"]["value"])
+                for b in self._composite(self._feedback_query("down", since_ms), RID_SOURCE,
+                                         {"first": {"min": {"field": "@timestamp"}}})}
 
     def _ended_conversations(self, w: Window, with_ends: bool = False):
         """(model_version of the last turn, completed?) per conversation that ended in ``w``
@@ -246,21 +241,11 @@ class LogStoreSource:
         idle = int(round(self.conversation_idle_s * 1000))
         start, end = _ms(w.start), _ms(w.end)
         q = self._turns_query(Window(pd.Timestamp(start - idle, unit="ms", tz="UTC").to_pydatetime(), w.end), CHAT_FILTER)
-        rows: list[tuple] = []
-        after = None
-        while True:
-            comp: dict[str, Any] = {"size": 10000, "sources": [
-                {"s": {"terms": {"field": "session_id"}}}, {"t": {"terms": {"field": "@timestamp"}}},
-                {"r": {"terms": {"field": "request_id"}}}, {"st": {"terms": {"field": "status"}}},
-                {"m": {"terms": {"field": "model_version"}}}]}
-            if after:
-                comp["after"] = after
-            agg = self._search({"size": 0, "query": q, "aggs": {"c": {"composite": comp}}})["aggregations"]["c"]
-            rows += [(b["key"]["s"], int(b["key"]["t"]), b["key"]["r"], b["key"]["st"], b["key"]["m"])
-                     for b in agg["buckets"]]
-            after = agg.get("after_key")
-            if len(agg["buckets"]) < comp["size"] or not after:
-                break
+        sources = [{"s": {"terms": {"field": "session_id"}}}, {"t": {"terms": {"field": "@timestamp"}}},
+                   {"r": {"terms": {"field": "request_id"}}}, {"st": {"terms": {"field": "status"}}},
+                   {"m": {"terms": {"field": "model_version"}}}]
+        rows: list[tuple] = [(b["key"]["s"], int(b["key"]["t"]), b["key"]["r"], b["key"]["st"], b["key"]["m"])
+                             for b in self._composite(q, sources)]
         if not rows:
             empty = (np.array([], dtype=object), np.array([], dtype=bool))
             return (*empty, np.array([], dtype=np.int64)) if with_ends else empty

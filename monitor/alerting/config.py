@@ -19,10 +19,9 @@ from contracts.config import ConfigError, load_yaml_config
 from contracts.defaults import default_config_path
 
 from .durations import parse_duration
+from .rules import RULE_NAMES
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.json")
-RULE_NAMES = ("p99_latency", "p99_e2e_latency", "gpu_utilization", "completion_rate", "turn_completion", "no_data",
-              "scaling")
 _DURATION_KEYS = ("for", "window")
 
 

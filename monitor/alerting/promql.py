@@ -125,27 +125,21 @@ class PromQLSource:
             if o.up and inst not in present:
                 o.up, o.error = False, f"{inst} exposes no seekwatch_ series"
         live = {k: o for k, o in nodes.items() if o.up}
+
         def enough(key: str) -> set[str]:
             return {i["metric"].get("instance") for i in res.get(key, []) if self._val(i) >= 2}
 
-        if "latency" in res:
-            ok = enough("latency_n")
+        for key in ("latency", "latency_e2e"):   # the observation's attribute of the same name
+            if key not in res:
+                continue
+            ok = enough(f"{key}_n")
             for inst, o in live.items():
-                o.latency = None if inst in ok else UNKNOWN
-            for item in res["latency"]:
+                setattr(o, key, None if inst in ok else UNKNOWN)
+            for item in res[key]:
                 o = live.get(item["metric"].get("instance"))
-                if o is not None and o.latency is not UNKNOWN:
+                if o is not None and getattr(o, key) is not UNKNOWN:
                     v = self._val(item)
-                    o.latency = None if math.isnan(v) else v
-        if "latency_e2e" in res:
-            ok = enough("latency_e2e_n")
-            for inst, o in live.items():
-                o.latency_e2e = None if inst in ok else UNKNOWN
-            for item in res["latency_e2e"]:
-                o = live.get(item["metric"].get("instance"))
-                if o is not None and o.latency_e2e is not UNKNOWN:
-                    v = self._val(item)
-                    o.latency_e2e = None if math.isnan(v) else v
+                    setattr(o, key, None if math.isnan(v) else v)
         if "requests" in res:
             per: dict[str, dict[str, float]] = {}
             for item in res["requests"]:

@@ -7,12 +7,31 @@ source itself failed — the alert keeps its current state).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import AlertdConfig
 from .model import UNKNOWN, Completion, Dialogues, NodeObservation
 
+if TYPE_CHECKING:  # the config module names its rules from here, so no import at run time
+    from .config import AlertdConfig
+
 FLEET = "fleet"
+
+#: every rule of the threshold matrix, by the name its config key and ``rule`` label carry
+RULE_NAMES = ("p99_latency", "p99_e2e_latency", "gpu_utilization", "completion_rate", "turn_completion", "no_data",
+              "scaling")
+
+#: rule name -> ``alertname``: what Alertmanager, its webhook payload and the exported
+#: Prometheus rules call the alert. CamelCase with a ``Seekwatch`` prefix, as Prometheus
+#: alert names are, so one rule has the same name in alertd's webhook and in Alertmanager.
+ALERTNAMES = {
+    "p99_latency": "SeekwatchP99LatencyHigh",
+    "p99_e2e_latency": "SeekwatchE2eP99LatencyHigh",
+    "gpu_utilization": "SeekwatchGpuUtilizationHigh",
+    "completion_rate": "SeekwatchCompletionRateLow",
+    "turn_completion": "SeekwatchTurnCompletionLow",
+    "no_data": "SeekwatchNoData",
+    "scaling": "SeekwatchScalingRecommended",
+}
 
 
 @dataclass

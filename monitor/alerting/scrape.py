@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from contracts import metrics as M
 from contracts.signals import CHAT
@@ -197,50 +197,47 @@ class NodeHistory:
         return bool(self.samples) and self.samples[0].t <= now - seconds + slack
 
 
+def _increase(win: list[Sample], attr: str) -> dict[Any, float]:
+    """Per key, how much the reset-adjusted counters ``attr`` grew from the window's first
+    sample to its last (a key first seen inside the window counts from 0)."""
+    first, last = getattr(win[0], attr), getattr(win[-1], attr)
+    return {k: c - first.get(k, 0.0) for k, c in last.items()}
+
+
 def observe(h: NodeHistory, cfg: AlertdConfig, now: float) -> NodeObservation:
     """Compute every rule's input for one node from its history."""
     obs = NodeObservation(node=h.node, up=h.error is None, error=h.error)
     if not obs.up:
         return obs
     ev = cfg.evaluation_interval
-    p99 = cfg.rule("p99_latency")
-    if p99:
-        win = h.window(now, p99["window"])
-        if len(win) >= 2:
-            first, last = win[0].cb, win[-1].cb
-            inc = [(le, c - first.get(le, 0.0)) for le, c in last.items()]
-            q = histogram_quantile(p99.get("quantile", 0.99), inc)
-            obs.latency = None if math.isnan(q) else q
-            if not h.covers(now, p99["window"], ev):
-                obs.partial.add("latency")
-    p99e = cfg.rule("p99_e2e_latency")
-    if p99e:
-        win = h.window(now, p99e["window"])
-        if len(win) >= 2:
-            first, last = win[0].ce, win[-1].ce
-            q = histogram_quantile(p99e.get("quantile", 0.99), [(le, c - first.get(le, 0.0)) for le, c in last.items()])
-            obs.latency_e2e = None if math.isnan(q) else q
-            if not h.covers(now, p99e["window"], ev):
-                obs.partial.add("latency_e2e")
+
+    def window(rule: dict[str, Any], part: str) -> list[Sample] | None:
+        """The samples of ``rule``'s window, or None with fewer than two (no increase yet);
+        ``part`` is marked partial while the history is shorter than the window."""
+        win = h.window(now, rule["window"])
+        if len(win) < 2:
+            return None
+        if not h.covers(now, rule["window"], ev):
+            obs.partial.add(part)
+        return win
+
+    for name, attr, part in (("p99_latency", "cb", "latency"), ("p99_e2e_latency", "ce", "latency_e2e")):
+        rule = cfg.rule(name)
+        win = window(rule, part) if rule else None
+        if win:
+            q = histogram_quantile(rule.get("quantile", 0.99), list(_increase(win, attr).items()))
+            setattr(obs, part, None if math.isnan(q) else q)
     comp = cfg.rule("turn_completion")
-    if comp:
-        win = h.window(now, comp["window"])
-        if len(win) >= 2:
-            first, last = win[0].cr, win[-1].cr
-            per = {st: c - first.get(st, 0.0) for st, c in last.items()}
-            obs.completion = Completion(total=sum(per.values()), completed=per.get("completed", 0.0),
-                                        down=win[-1].cd - win[0].cd)
-            if not h.covers(now, comp["window"], ev):
-                obs.partial.add("completion")
+    win = window(comp, "completion") if comp else None
+    if win:
+        per = _increase(win, "cr")
+        obs.completion = Completion(total=sum(per.values()), completed=per.get("completed", 0.0),
+                                    down=win[-1].cd - win[0].cd)
     dial = cfg.rule("completion_rate")
-    if dial:
-        win = h.window(now, dial["window"])
-        if len(win) >= 2:
-            first, last = win[0].cc, win[-1].cc
-            per = {o: c - first.get(o, 0.0) for o, c in last.items()}
-            obs.dialogues = Dialogues(ended=sum(per.values()), completed=per.get("completed", 0.0))
-            if not h.covers(now, dial["window"], ev):
-                obs.partial.add("dialogues")
+    win = window(dial, "dialogues") if dial else None
+    if win:
+        per = _increase(win, "cc")
+        obs.dialogues = Dialogues(ended=sum(per.values()), completed=per.get("completed", 0.0))
     gpu = cfg.rule("gpu_utilization")
     if gpu and h.samples:
         span = max(gpu["for"], ev)

@@ -7,9 +7,10 @@ request a single document makes the store refuse): refused documents come back a
 dead-letter entries in ``SendResult.refused``; the caller writes them with the batch's
 other dead letters, in file order.
 
-Retries: a connection error, 429 and 5xx wait with the one retry policy
-(:class:`contracts.retry.Backoff`: capped exponential, jittered) and try again; per-item
-429/5xx are retried alone. A batch that may have reached the store before
+Retries: a connection error and a transient status (408, 429, 5xx: the one rule,
+:func:`contracts.retry.transient_http_status`, shared with alertd's delivery) wait with the
+one retry policy (:class:`contracts.retry.Backoff`: capped exponential, jittered) and try
+again; per-item transient statuses (and an item without a status) are retried alone. A batch that may have reached the store before
 (``ambiguous``: the first batch of a file after a start, a resend after a broken
 connection) is first checked with an ``ids`` query over ``seekwatch-*``, so a rollover in
 between cannot turn the re-send into a second copy. 413 and a whole-request 4xx split the
@@ -25,13 +26,11 @@ from dataclasses import dataclass, field
 
 from contracts.logstore import INDEX_PATTERN, StoreClient, StoreError, StoreUnavailable, iter_bulk_items
 from contracts.logtail import RawLine
-from contracts.retry import Backoff
+from contracts.retry import Backoff, transient_http_status
 from monitor.logstore.dead_letters import dead_letter
 from monitor.logstore.ship_errors import ShipperError
 
 log = logging.getLogger("seekwatch.ship")
-
-RETRYABLE_ITEM_STATUS = {429, 500, 502, 503, 504}
 
 
 @dataclass
@@ -79,11 +78,11 @@ class BulkSender:
         if self._down_since is None:
             self._down_since = time.monotonic()
             result.outages += 1
-            log.warning("search engine unreachable (%s): waiting and retrying", exc)
+            log.warning("log store unreachable (%s): waiting and retrying", exc)
 
     def _note_up(self) -> None:
         if self._down_since is not None:
-            log.warning("search engine reachable again after %.1fs: resuming", time.monotonic() - self._down_since)
+            log.warning("log store reachable again after %.1fs: resuming", time.monotonic() - self._down_since)
             self._down_since = None
 
     # -- sending --------------------------------------------------------------------------------
@@ -110,7 +109,7 @@ class BulkSender:
         except StoreError as exc:
             if exc.status == 404:  # no such index yet: nothing can be there
                 return pending
-            if exc.status in RETRYABLE_ITEM_STATUS:
+            if transient_http_status(exc.status):
                 self._note_down(exc, result)
                 return None
             raise
@@ -152,7 +151,7 @@ class BulkSender:
                 attempt += 1
                 continue
             except StoreError as exc:
-                if exc.status in RETRYABLE_ITEM_STATUS:
+                if transient_http_status(exc.status):
                     self._note_down(exc, result)
                     result.retries += 1
                     self._wait(attempt)
@@ -162,7 +161,7 @@ class BulkSender:
                     raise ShipperError(f"log store refused the credentials: {exc}") from None
                 if len(pending) == 1:
                     d = pending[0]
-                    result.refused.append(dead_letter(d.path, d.line.offset, f"engine refused the request: {exc}",
+                    result.refused.append(dead_letter(d.path, d.line.offset, f"log store refused the request: {exc}",
                                                       d.line.raw))
                     return result
                 # 413, or a whole-request 4xx: isolate the culprit by halving
@@ -182,11 +181,11 @@ class BulkSender:
                     result.shipped += 1
                 elif status == 409:
                     result.duplicates += 1
-                elif status in RETRYABLE_ITEM_STATUS or status == 0:
+                elif transient_http_status(status) or status == 0:
                     retry.append(d)
                 else:
                     err = item.get("error") or {}
-                    reason = f"engine refused the document ({status}): {err.get('type')}: {err.get('reason')}"
+                    reason = f"log store refused the document ({status}): {err.get('type')}: {err.get('reason')}"
                     cause = err.get("caused_by")
                     if isinstance(cause, dict):
                         reason += f" (caused by {cause.get('type')}: {cause.get('reason')})"

@@ -63,7 +63,7 @@ def classpath(build_dir: Path | None = None, flavor: str = "opensearch") -> str:
     lib = build / "lib"
     if not jar.exists() or not lib.is_dir():
         raise LaunchError(
-            f"search engine not built ({jar} missing): run scripts/setup.d/30-search-engine.sh"
+            f"log store not built ({jar} missing): run scripts/setup.d/30-search-engine.sh"
         )
     return f"{jar}{os.pathsep}{lib}/*"
 
@@ -92,7 +92,7 @@ class LogStoreServer:
         flavor: str = "opensearch",
     ) -> None:
         if flavor not in FLAVORS:
-            raise LaunchError(f"unknown engine flavor {flavor!r}")
+            raise LaunchError(f"unknown log store flavor {flavor!r}")
         self.flavor = flavor
         self.data_dir = Path(data_dir).resolve()
         self.port = int(port)
@@ -137,11 +137,11 @@ class LogStoreServer:
         """Start the node and block until it answers ``GET /`` and the cluster is at least
         yellow. Returns the base URL."""
         if self.process is not None and self.process.running:
-            raise LaunchError("engine already running")
+            raise LaunchError("log store already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         # its own session (the supervisor's rule): a Ctrl-C in the terminal reaches us, and we stop it cleanly
-        self.process = start_process(ProcessSpec(name="search engine", argv=self.command(), output=self.log_path,
+        self.process = start_process(ProcessSpec(name="log store", argv=self.command(), output=self.log_path,
                                                  grace=30.0))
 
         def ready() -> bool:
@@ -156,11 +156,11 @@ class LogStoreServer:
         try:
             self.process.wait_ready(ready, timeout, what="healthy")
         except ProcessExited:
-            raise LaunchError(f"search engine exited with status {self.process.returncode} during start; "
+            raise LaunchError(f"log store exited with status {self.process.returncode} during start; "
                               f"last log lines:\n{self.tail_log()}") from None
         except NotReady:
             self.stop()
-            raise LaunchError(f"search engine not healthy within {timeout:.0f}s; log:\n{self.tail_log()}") from None
+            raise LaunchError(f"log store not healthy within {timeout:.0f}s; log:\n{self.tail_log()}") from None
         return self.url
 
     def _healthy(self, url: str) -> bool:

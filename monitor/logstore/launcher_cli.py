@@ -15,7 +15,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
     actions.required = True
-    start = actions.add_parser("start", help="start the search engine in the foreground and print its URL",
+    start = actions.add_parser("start", help="start the log store in the foreground and print its URL",
                                description="Start a single-node OpenSearch 2.19 (search-engine/) in "
                                "the foreground. Ctrl-C or SIGTERM stops it cleanly.")
     start.add_argument("--port", type=int, default=9200, help="HTTP port on 127.0.0.1 (default 9200; 0 = any free port)")
@@ -36,7 +36,7 @@ def run_start(args: argparse.Namespace) -> int:
     except LaunchError as exc:
         print(f"seekwatch search-engine: error: {exc}", file=sys.stderr)
         return 1
-    print(f"search engine listening on {url} (data in {store.data_dir}; Ctrl-C to stop)", flush=True)
+    print(f"log store listening on {url} (data in {store.data_dir}; Ctrl-C to stop)", flush=True)
     if args.setup:
         from contracts.logstore import StoreClient
         from monitor.logstore.setup import install
@@ -54,9 +54,9 @@ def run_start(args: argparse.Namespace) -> int:
     try:
         while not stop.wait(1.0):
             if store.proc is None or store.proc.poll() is not None:
-                print(f"seekwatch search-engine: the search engine exited; log:\n{store.tail_log()}", file=sys.stderr)
+                print(f"seekwatch search-engine: the log store exited; log:\n{store.tail_log()}", file=sys.stderr)
                 return 1
     finally:
         store.stop()
-    print("search engine stopped", flush=True)
+    print("log store stopped", flush=True)
     return 0

@@ -1,4 +1,4 @@
-"""``seekwatch es-retention --url URL``: enforce the log retention on an engine without
+"""``seekwatch es-retention --url URL``: enforce the log retention on a log store without
 ILM/ISM (roll the data streams over, delete backing indices past the retention). Run it
 daily; see :mod:`monitor.logstore.retention` for the rules."""
 from __future__ import annotations
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with client_from_args(args) as client:
             if client.retention_supported():
-                print(f"note: this engine has {client.info().retention_api.upper()}; the policy es-setup "
+                print(f"note: this log store has {client.info().retention_api.upper()}; the policy es-setup "
                       "installed already enforces retention, so es-retention is not needed here", file=sys.stderr)
             report = enforce_retention(client, days=args.retention_days, dry_run=args.dry_run,
                                        rollover_age=timedelta(hours=args.rollover_hours))

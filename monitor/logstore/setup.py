@@ -1,4 +1,4 @@
-"""Install what the session logs need in the search engine, idempotently:
+"""Install what the session logs need in the log store, idempotently:
 
 1. the retention policy (ILM on Elasticsearch, ISM on OpenSearch; 180 days by default),
 2. the ingest pipeline ``seekwatch-logs`` (timestamp parsing, a second PII-masking pass,
@@ -102,7 +102,7 @@ class Report:
         return any(o in ("created", "updated") for _, o in self.actions)
 
     def lines(self) -> list[str]:
-        out = [f"engine: {self.store}"]
+        out = [f"log store: {self.store}"]
         out += [f"{what}: {outcome}" for what, outcome in self.actions]
         out += [f"warning: {w}" for w in self.warnings]
         return out

@@ -21,7 +21,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     add_connection_args(parser)
     add_retention_days_arg(parser, "delete logs this many days old (default 180)")
     parser.add_argument("--require-retention", action="store_true",
-                        help="fail (exit 2) when the engine has no ILM/ISM instead of warning")
+                        help="fail (exit 2) when the log store has no ILM/ISM instead of warning")
     parser.set_defaults(run=run)
 
 

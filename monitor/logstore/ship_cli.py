@@ -27,7 +27,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     parser.add_argument("--batch-mb", type=float, default=5.0, help="max MiB per _bulk request (default 5)")
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between looks for new lines (default 0.5)")
     parser.add_argument("--max-backoff", type=float, default=30.0,
-                        help="longest wait between retries while the engine is down (default 30 s)")
+                        help="longest wait between retries while the log store is down (default 30 s)")
     parser.add_argument("--torn-after", type=float, default=30.0, metavar="SECONDS",
                         help="dead-letter a last line without newline once its file has been idle this "
                              "long while a newer file in the same directory was written (default 30)")

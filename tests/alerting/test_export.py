@@ -149,3 +149,12 @@ def test_end_to_end_p99_rule_exports_beside_the_ttft_one(tmp_path):
     p.write_text(text)
     r = subprocess.run([PROMTOOL, "check", "rules", str(p)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_rule_has_one_alertname():
+    """The rules module owns both the rule names and their Alertmanager names: a rule added
+    without its ``alertname`` would reach the webhook and the exported rules as a raw key."""
+    from monitor.alerting.rules import ALERTNAMES, RULE_NAMES
+
+    assert list(ALERTNAMES) == list(RULE_NAMES)
+    assert len(set(ALERTNAMES.values())) == len(ALERTNAMES)

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import fast_config
+from .conftest import fast_config, seekwatch_cmd
 from .upstream import SlowUpstream
 
 
@@ -116,30 +116,27 @@ def test_node_with_auth_probes_needs_scrape_headers(tmp_path, monkeypatch):
     from monitor.alerting.config import load_config
     from monitor.alerting.scrape import ScrapeSource
 
-    import os
-    import subprocess
-    import sys
-
+    from contracts.supervisor import ProcessSpec, start
     from tests.fixtures.ports import free_port
 
     up = SlowUpstream(delay=0.01)
     # tests.fixtures.node.start_node polls /readyz without a key (a 401 here), so start it directly
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "seekwatch", "serve", "--port", str(port), "--log-dir",
-                             str(tmp_path / "log"), "--engine", "upstream", "--upstream-url", up.base_url,
-                             "--served-model-name", "deepseek-chat", "--auth-probes"],
-                            env={**os.environ, "SEEKWATCH_API_KEYS": "sk-alertd-test"},
-                            stdout=open(tmp_path / "node.out", "wb"), stderr=subprocess.STDOUT)
+    node = start(ProcessSpec(
+        name="node", argv=seekwatch_cmd("serve", "--port", str(port), "--log-dir", str(tmp_path / "log"),
+                                        "--engine", "upstream", "--upstream-url", up.base_url,
+                                        "--served-model-name", "deepseek-chat", "--auth-probes"),
+        env={"SEEKWATCH_API_KEYS": "sk-alertd-test"}, output=tmp_path / "node.out", grace=20.0))
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/readyz", headers={"Authorization": "Bearer sk-alertd-test"},
+                             timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", headers={"Authorization": "Bearer sk-alertd-test"},
-                             timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        node.wait_ready(ready, 60)
         url = f"http://127.0.0.1:{port}/metrics"
         bare = load_config(fast_config(tmp_path, nodes=[url]))
         src = ScrapeSource(bare)
@@ -153,6 +150,5 @@ def test_node_with_auth_probes_needs_scrape_headers(tmp_path, monkeypatch):
         src.close()
         assert o.up, o.error
     finally:
-        proc.terminate()
-        proc.wait(20)
+        node.stop()
         up.stop()

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from contracts.supervisor import ProcessSpec, start
 from tests.fixtures.ports import free_port, wait_for_port
-from tests.fixtures.processes import stop_process_group
 
 from .conftest import END
 
@@ -46,18 +45,16 @@ def gpu_node():
 def dashboard(fixture_logs, tmp_path_factory, gpu_node):
     tmp = tmp_path_factory.mktemp("browser")
     port = free_port()
-    log = open(tmp / "streamlit.log", "w")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEKWATCH_DASHBOARD_")}
-    proc = subprocess.Popen([sys.executable, "-m", "seekwatch", "dashboard", "--logs", str(fixture_logs), "--port", str(port),
-                             "--now", END.isoformat(), "--cache-dir", str(tmp / "cache"), "--node", gpu_node,
-                             "--insecure-no-auth"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-                            start_new_session=True)
+    proc = start(ProcessSpec(
+        name="dashboard", argv=[sys.executable, "-m", "seekwatch", "dashboard", "--logs", str(fixture_logs),
+                                "--port", str(port), "--now", END.isoformat(), "--cache-dir", str(tmp / "cache"),
+                                "--node", gpu_node, "--insecure-no-auth"],
+        output=tmp / "streamlit.log", cwd=ROOT, unset_env=[k for k in os.environ if k.startswith("SEEKWATCH_DASHBOARD_")]))
     try:
         wait_for_port(port, timeout=60)
         yield f"http://127.0.0.1:{port}"
     finally:
-        stop_process_group(proc)  # nothing of the dashboard may outlive the test
-        log.close()
+        proc.stop()  # the one supervisor: nothing of the dashboard may outlive the test
 
 
 @pytest.fixture(scope="module")

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from contracts.supervisor import ProcessSpec, Supervised, start
 
 PY = sys.executable
 
@@ -60,7 +61,10 @@ def wait_until(pred, timeout: float, interval: float = 0.05, what: str = "condit
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def seekwatch_env() -> dict:
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
+def start_ship(logs: Path, url: str, *extra: str, output: Path, pipe_stdout: bool = False) -> Supervised:
+    """``seekwatch ship`` as a long-running child, through the one process supervisor
+    (:mod:`contracts.supervisor`): its own session, its stderr (and stdout unless
+    ``pipe_stdout``) appended to ``output``, and ``.stop()`` / ``.kill()`` end it and anything
+    it started."""
+    return start(ProcessSpec(name="seekwatch ship", argv=ship_cmd(logs, url, *extra), output=output,
+                             env={"PYTHONUNBUFFERED": "1"}, grace=30.0, pipe_stdout=pipe_stdout))

@@ -3,13 +3,13 @@ URL and stops cleanly on SIGTERM; the CLI modules import nothing heavy."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import urllib.request
 
 import pytest
 
+from contracts.supervisor import ProcessSpec, start
 from tests.fixtures.log_store import ensure_log_store_built
 from tests.logstore.conftest import wait_until
 
@@ -41,28 +41,27 @@ def test_bad_port_is_one_line_exit_2():
 @pytest.mark.slow
 def test_search_engine_start_prints_url_and_stops_cleanly(tmp_path):
     ensure_log_store_built()
-    proc = subprocess.Popen([sys.executable, "-m", "seekwatch", "search-engine", "start", "--port", "0",
-                             "--data", str(tmp_path / "engine"), "--heap", "384m", "--setup"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(ProcessSpec(name="seekwatch search-engine",
+                             argv=[sys.executable, "-m", "seekwatch", "search-engine", "start", "--port", "0",
+                                   "--data", str(tmp_path / "engine"), "--heap", "384m", "--setup"],
+                             output=tmp_path / "launcher.err", pipe_stdout=True, grace=60.0))
     lines = []
     try:
         def ready():
-            line = proc.stdout.readline()
+            line = proc.proc.stdout.readline().decode()
             if line:
                 lines.append(line)
             return any("data stream seekwatch-feedback" in l for l in lines) or proc.poll() is not None
         wait_until(ready, 90, interval=0, what="engine up")
-        assert lines[0].startswith("search engine listening on http://127.0.0.1:"), lines
+        assert lines[0].startswith("log store listening on http://127.0.0.1:"), lines
         url = lines[0].split()[4]
         with urllib.request.urlopen(url + "/") as resp:
             assert json.load(resp)["version"]["distribution"] == "opensearch"
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        returncode = proc.stop()  # SIGTERM, then up to 60 s for a clean shutdown
+        out = proc.proc.stdout.read().decode()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, err
-    assert "search engine stopped" in out
+        proc.kill()
+    assert returncode == 0, proc.tail()
+    assert "log store stopped" in out
     # the node released its lock: a second start on the same data directory works
     assert not (tmp_path / "engine" / "engine.url").exists()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from contracts.logstore import StoreClient
 from monitor.logstore.launcher import LogStoreServer
 from tests.fixtures.log_store import ensure_log_store_built
-from tests.logstore.conftest import checkpoint_offsets, count_tag, run_ship, seekwatch_env, ship_cmd, tag_query, wait_until
+from tests.logstore.conftest import checkpoint_offsets, count_tag, run_ship, start_ship, tag_query, wait_until
 from tests.logstore.gen import append_lines, feedback_record, records
 
 pytestmark = pytest.mark.slow
@@ -82,14 +81,12 @@ def shipped(es, es_core, tmp_path_factory):
     append_lines(logs / "session.jsonl", recs)
     append_lines(logs / "feedback.jsonl", fbs)
     total = sum(p.stat().st_size for p in logs.glob("*.jsonl"))
-    proc = subprocess.Popen(ship_cmd(logs, es_core, "--once", "--quiet", "--batch-size", "100"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=seekwatch_env())
+    proc = start_ship(logs, es_core, "--once", "--quiet", "--batch-size", "100", output=logs.parent / "ship.out")
     try:
         wait_until(lambda: checkpoint_offsets(logs / ".seekwatch-ship") >= 0.4 * total or proc.poll() is not None,
                    60, interval=0.01, what="40% shipped")
-        proc.send_signal(signal.SIGKILL)
     finally:
-        proc.wait(10)
+        proc.kill()
     summary = run_ship(logs, es_core)
     return {"recs": recs, "fbs": fbs, "summary": summary, "logs": logs}
 

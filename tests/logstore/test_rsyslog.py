@@ -4,13 +4,13 @@ into the session engine through the same ingest pipeline."""
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from contracts.supervisor import ProcessSpec, start
 from tests.fixtures.tools import require_tool
 from tests.logstore.conftest import count_tag, tag_query, wait_until
 from tests.logstore.gen import append_lines, append_partial, records
@@ -50,21 +50,22 @@ class Rsyslogd:
         self.tmp, self.conf, self.proc = tmp, conf, None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(self.conf), "-i", str(self.tmp / "rsyslogd.pid")],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        """rsyslogd in the foreground (``-n``) through the one process supervisor, its output
+        appended to ``rsyslogd.out``, one run after another."""
+        self.out = self.tmp / "rsyslogd.out"
+        self.out.write_bytes(b"")
+        self.proc = start(ProcessSpec(name="rsyslogd", argv=[RSYSLOGD, "-n", "-f", str(self.conf),
+                                                              "-i", str(self.tmp / "rsyslogd.pid")],
+                                      output=self.out, grace=20.0))
 
     def stop(self) -> str:
+        """SIGTERM (rsyslogd saves its queues and imfile offsets), SIGKILL after 20 s; returns
+        this run's output."""
         if self.proc is None:
             return ""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, _ = self.proc.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
+        self.proc.stop()
         self.proc = None
-        return out or ""
+        return self.out.read_text(errors="replace")
 
 
 def test_rsyslog_config_is_valid(tmp_path, log_store_url):

@@ -86,7 +86,7 @@ def test_es_setup_cli_is_idempotent(log_store_url):
     first = seekwatch("es-setup", "--url", log_store_url)  # the fixture already ran it once
     assert first.returncode == 0, first.stderr
     lines = first.stdout.strip().splitlines()
-    assert lines[0].startswith("engine: opensearch 2.19")
+    assert lines[0].startswith("log store: opensearch 2.19")
     assert all(l.endswith(("unchanged", "skipped: ISM unavailable")) for l in lines[1:]), lines
     assert "retention is NOT active" in first.stderr  # said plainly, not hidden
 

@@ -3,14 +3,12 @@ and the percentiles aggregation's P99 of latency_ms agrees with numpy on the sam
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 
 import numpy as np
 import pytest
 
 from tests.logstore.conftest import (
-    checkpoint_offsets, count_tag, run_ship, seekwatch_env, ship_cmd, tag_query, wait_until,
+    checkpoint_offsets, count_tag, run_ship, start_ship, tag_query, wait_until,
 )
 from tests.logstore.gen import append_lines, records
 
@@ -31,15 +29,14 @@ def shipped_after_kills(tmp_path_factory, store, log_store_url):
     state = logs / ".seekwatch-ship"
     kills = []
     for fraction in (0.2, 0.55):
-        proc = subprocess.Popen(ship_cmd(logs, log_store_url, "--once", "--quiet", "--batch-size", "100"),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=seekwatch_env())
+        proc = start_ship(logs, log_store_url, "--once", "--quiet", "--batch-size", "100",
+                          output=logs.parent / f"ship-{fraction}.out")
         try:
             wait_until(lambda: checkpoint_offsets(state) >= fraction * total_bytes or proc.poll() is not None,
                        timeout=120, interval=0.01, what=f"{fraction:.0%} shipped")
-            assert proc.poll() is None, f"shipper finished before it could be killed: {proc.communicate()}"
-            proc.send_signal(signal.SIGKILL)
+            assert proc.poll() is None, f"shipper finished before it could be killed: {proc.tail()}"
         finally:
-            proc.wait(10)
+            proc.kill()
         kills.append(checkpoint_offsets(state))
     summary = run_ship(logs, log_store_url)
     return {"recs": recs, "kills": kills, "total_bytes": total_bytes, "summary": summary, "logs": logs}

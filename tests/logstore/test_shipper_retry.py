@@ -109,7 +109,7 @@ def test_whole_request_400_is_split_to_the_culprit(tmp_path):
     s.run(once=True)
     assert s.stats.shipped == 7 and s.stats.dead_lettered == 1
     dead = json.loads((tmp_path / ".seekwatch-ship" / "dead-letter.ndjson").read_text())
-    assert victim in dead["line"] and "engine refused the request" in dead["reason"]
+    assert victim in dead["line"] and "log store refused the request" in dead["reason"]
 
 
 def test_413_splits_the_batch(tmp_path):

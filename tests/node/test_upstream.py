@@ -1,8 +1,35 @@
 """The upstream engine, tested against a second real node as its upstream."""
 from __future__ import annotations
 
+import contextlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Iterator
+
 import httpx
 import openai
+
+
+@contextlib.contextmanager
+def loopback_upstream(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real HTTP server on loopback standing in for an upstream that misbehaves in a way a
+    second node cannot (``handler`` answers ``POST``); yields its ``/v1`` base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def ask_through(node_factory, upstream_url: str) -> httpx.Response:
+    """One non-streamed chat turn through a node whose upstream is ``upstream_url``."""
+    front = node_factory("--engine", "upstream", "--upstream-url", upstream_url,
+                         "--served-model-name", "deepseek-chat", with_model=False)
+    return httpx.post(front.openai_base + "/chat/completions", timeout=30,
+                      json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]})
 
 
 def test_upstream_engine_streams_through(node, node_factory):
@@ -35,10 +62,7 @@ def test_upstream_errors_pass_through_in_openai_shape(node, node_factory):
 def test_unreachable_upstream_is_502(node_factory):
     from tests.fixtures.ports import free_port
 
-    front = node_factory("--engine", "upstream", "--upstream-url", f"http://127.0.0.1:{free_port()}/v1",
-                         "--served-model-name", "deepseek-chat", with_model=False)
-    r = httpx.post(front.openai_base + "/chat/completions", timeout=30,
-                   json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]})
+    r = ask_through(node_factory, f"http://127.0.0.1:{free_port()}/v1")
     assert r.status_code == 502
     assert "unreachable" in r.json()["error"]["message"]
 
@@ -46,10 +70,6 @@ def test_unreachable_upstream_is_502(node_factory):
 def test_upstream_stream_with_raw_unicode_line_separators_stays_whole(node_factory):
     """An upstream that sends U+2028 raw inside its JSON (legal; vLLM-like servers may) must
     not have its events cut in two: a real loopback SSE server stands in for that upstream."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     class Upstream(BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
@@ -65,26 +85,15 @@ def test_upstream_stream_with_raw_unicode_line_separators_stays_whole(node_facto
         def log_message(self, *a):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        front = node_factory("--engine", "upstream", "--upstream-url", f"http://127.0.0.1:{server.server_port}/v1",
-                             "--served-model-name", "deepseek-chat", with_model=False)
-        r = httpx.post(front.openai_base + "/chat/completions", timeout=30,
-                       json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]})
-        assert r.status_code == 200, r.text
-        assert r.json()["choices"][0]["message"]["content"] == "第一行\u2028第二行\u2029end"
-    finally:
-        server.shutdown()
+    with loopback_upstream(Upstream) as url:
+        r = ask_through(node_factory, url)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "第一行\u2028第二行\u2029end"
 
 
 def test_upstream_answering_200_without_an_event_stream_is_502(node_factory):
     """An upstream that ignores ``stream: true`` and answers 200 with JSON is refused by the one
     SSE reader (contracts.sse): a clear 502, not an empty answer."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     class Upstream(BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
@@ -99,14 +108,7 @@ def test_upstream_answering_200_without_an_event_stream_is_502(node_factory):
         def log_message(self, *a):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        front = node_factory("--engine", "upstream", "--upstream-url", f"http://127.0.0.1:{server.server_port}/v1",
-                             "--served-model-name", "deepseek-chat", with_model=False)
-        r = httpx.post(front.openai_base + "/chat/completions", timeout=30,
-                       json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "x"}]})
-        assert r.status_code == 502, r.text
-        assert "text/event-stream" in r.json()["error"]["message"]
-    finally:
-        server.shutdown()
+    with loopback_upstream(Upstream) as url:
+        r = ask_through(node_factory, url)
+    assert r.status_code == 502, r.text
+    assert "text/event-stream" in r.json()["error"]["message"]

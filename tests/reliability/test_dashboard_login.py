@@ -17,10 +17,10 @@ import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
 
+from contracts.supervisor import ProcessSpec, start
 from dashboards import auth
 from tests.dashboard.gen import generate, write_logs
 from tests.fixtures.ports import free_port, wait_for_port
-from tests.fixtures.processes import stop_process_group
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "dashboards" / "app.py"
@@ -175,9 +175,9 @@ def test_cli_hash_password_refuses_a_short_password():
 def _serve(argv: list[str], tmp_path: Path):
     port = free_port()
     out = tmp_path / f"dash-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEKWATCH_DASHBOARD_")}
-    proc = subprocess.Popen([sys.executable, "-m", "seekwatch", "dashboard", "--port", str(port), *argv],
-                            cwd=ROOT, env=env, stdout=out.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start(ProcessSpec(name="dashboard", argv=[sys.executable, "-m", "seekwatch", "dashboard", "--port", str(port),
+                                                     *argv],
+                             cwd=ROOT, output=out, unset_env=[k for k in os.environ if k.startswith("SEEKWATCH_DASHBOARD_")]))
     return proc, port, out
 
 
@@ -190,7 +190,7 @@ def test_cli_insecure_no_auth_is_logged_loudly_and_auth_config_starts(logs, tmp_
         text = out.read_text(errors="replace")
         assert "WARNING" in text and "NO LOGIN" in text and "--insecure-no-auth" in text
     finally:
-        stop_process_group(proc)
+        proc.stop()
     cfg = write_config(tmp_path / "auth.yaml", {"users": {"ops": password_hash}})
     proc, port, out = _serve(["--logs", str(logs), "--auth-config", str(cfg), "--cache-dir", "off"], tmp_path)
     try:
@@ -198,4 +198,4 @@ def test_cli_insecure_no_auth_is_logged_loudly_and_auth_config_starts(logs, tmp_
         assert "NO LOGIN" not in out.read_text(errors="replace")
         assert proc.poll() is None
     finally:
-        stop_process_group(proc)
+        proc.stop()

@@ -11,17 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import messages
+from ..rules import ALERTNAMES
 from .base import URL, ExportContext, Receiver, Request
 
-ALERTNAMES = {
-    "p99_latency": "SeekwatchP99LatencyHigh",
-    "p99_e2e_latency": "SeekwatchE2eP99LatencyHigh",
-    "gpu_utilization": "SeekwatchGpuUtilizationHigh",
-    "completion_rate": "SeekwatchCompletionRateLow",
-    "turn_completion": "SeekwatchTurnCompletionLow",
-    "no_data": "SeekwatchNoData",
-    "scaling": "SeekwatchScalingRecommended",
-}
 
 
 def am_alert(a: dict[str, Any], status: str, dashboard_url: str | None) -> dict[str, Any]:
