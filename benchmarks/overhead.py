@@ -43,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from benchmarks.report import write_block  # noqa: E402
 from benchmarks.serve_bench import make_prompt, one_stream, run_scenario  # noqa: E402
 from seekwatch.node_process import start_node  # noqa: E402
 
@@ -330,15 +331,7 @@ def main() -> int:
             "isolated": [dict(zip(("on_ms", "off_ms", "index", "first"), x)) for x in iso]}),
             separators=(",", ":")))
     if args.write_docs:
-        path = ROOT / "docs" / "benchmarks.md"
-        begin, end = "<!-- overhead -->", "<!-- /overhead -->"
-        doc = path.read_text("utf-8") if path.exists() else "# Benchmarks\n"
-        block = f"{begin}\n{table}\n{end}"
-        if begin in doc:
-            doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-        else:
-            doc = doc.rstrip("\n") + f"\n\n## Instrumentation overhead\n\n{block}\n"
-        path.write_text(doc, "utf-8")
+        write_block("overhead", "Instrumentation overhead", table)
     return 0
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import write_block  # noqa: E402
 from inference.quality import RefusalDetector, default_detector  # noqa: E402
 from tests.instrumentation.refusal_heldout import HELD_OUT_EN, HELD_OUT_ZH  # noqa: E402
 
@@ -89,15 +90,7 @@ def main() -> int:
              + "\n\n" + "\n".join(timing))
     print(table)
     if args.write_docs:
-        path = ROOT / "docs" / "benchmarks.md"
-        begin, end = "<!-- refusal_bench -->", "<!-- /refusal_bench -->"
-        doc = path.read_text("utf-8")
-        block = f"{begin}\n{table}\n{end}"
-        if begin in doc:
-            doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-        else:
-            doc = doc.rstrip("\n") + f"\n\n## Refusal detector\n\n{block}\n"
-        path.write_text(doc, "utf-8")
+        write_block("refusal_bench", "Refusal detector", table)
     return 0
 
 

@@ -244,9 +244,9 @@ def main() -> int:
     table = markdown(result)
     print(table)
     if args.write_docs:
-        from benchmarks.serve_bench import write_docs
+        from benchmarks.report import write_block
 
-        write_docs("relay", table)
+        write_block("serve_bench:relay", "Serving (relay)", table)
     return 0
 
 

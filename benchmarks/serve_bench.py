@@ -38,6 +38,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import write_block  # noqa: E402
 from seekwatch.node_process import start_node  # noqa: E402  (the same launcher the tests use)
 
 CORPUS = (ROOT / "inference" / "data" / "tiny_corpus.txt").read_text("utf-8").splitlines()
@@ -360,18 +361,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_docs(section: str, text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    begin, end = f"<!-- serve_bench:{section} -->", f"<!-- /serve_bench:{section} -->"
-    doc = path.read_text("utf-8") if path.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{text}\n{end}"
-    if begin in doc and end in doc:
-        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip("\n") + f"\n\n## Serving ({section})\n\n{block}\n"
-    path.write_text(doc, "utf-8")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model folder (default: a fresh tiny model)")
@@ -512,7 +501,7 @@ def main() -> int:
     print(table)
     save()
     if args.write_docs:
-        write_docs(args.write_docs, table)
+        write_block(f"serve_bench:{args.write_docs}", f"Serving ({args.write_docs})", table)
     return 0
 
 

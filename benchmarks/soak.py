@@ -16,7 +16,7 @@ Pass criteria (exit status 1 when one fails):
     python benchmarks/soak.py --minutes 1 --write-docs # short run, section into docs/reliability.md
 
 Results: stdout, ``benchmarks/results/soak-<date>.json`` and, with ``--write-docs``, the section
-between the ``soak:begin``/``soak:end`` markers of ``docs/reliability.md``.
+between the ``<!-- soak -->`` markers of ``docs/reliability.md``.
 """
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import write_block  # noqa: E402
 from seekwatch.node_process import start_node  # noqa: E402  (the launcher the tests use)
 
 CORPUS = [ln for ln in (ROOT / "inference" / "data" / "tiny_corpus.txt").read_text("utf-8").splitlines() if ln.strip()]
 DOC = ROOT / "docs" / "reliability.md"
-BEGIN, END = "<!-- soak:begin -->", "<!-- soak:end -->"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -276,15 +276,6 @@ def markdown(res: dict) -> str:
     return "\n".join(lines)
 
 
-def write_docs(text: str) -> None:
-    doc = DOC.read_text("utf-8")
-    if BEGIN not in doc or END not in doc:
-        raise SystemExit(f"{DOC} lacks the {BEGIN} / {END} markers")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    DOC.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", "utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10.0)
@@ -325,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(res, indent=1, default=str), "utf-8")
     print(f"\nresults: {out}", file=sys.stderr)
     if args.write_docs:
-        write_docs(text)
+        write_block("soak", "Soak", text, DOC)
     return 0 if res["passed"] else 1
 
 

@@ -40,6 +40,11 @@ class Completion:
     down: float         # completed chat turns that drew a thumbs-down in the window (once per turn)
 
     @property
+    def samples(self) -> float:
+        """What the rule's ``min_samples`` counts: chat turns."""
+        return self.total
+
+    @property
     def rate(self) -> float | None:
         if self.total <= 0:
             return None
@@ -53,6 +58,11 @@ class Dialogues:
 
     ended: float
     completed: float
+
+    @property
+    def samples(self) -> float:
+        """What the rule's ``min_samples`` counts: ended conversations."""
+        return self.ended
 
     @property
     def rate(self) -> float | None:

@@ -6,6 +6,7 @@ source itself failed — the alert keeps its current state).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -111,38 +112,25 @@ def evaluate(cfg: AlertdConfig, observations: list[NodeObservation],
                                     value=None if lat is UNKNOWN else lat, threshold=thr, for_s=r["for"],
                                     detail={"metric": metric, "quantile": r.get("quantile", 0.99),
                                             "window": r["window"]}))
-        r = cfg.rule("completion_rate")      # 对话完成率: per conversation
-        if r:
-            d = o.dialogues
-            if d is UNKNOWN:
+        # 对话完成率 (per conversation) and 轮次完成率 (per chat turn): the same rule over
+        # different counts; the observation's own fields are the alert's detail
+        for name, x, part in (("completion_rate", o.dialogues, "dialogues"), ("turn_completion", o.completion, "completion")):
+            r = cfg.rule(name)
+            if not r:
+                continue
+            if x is UNKNOWN:
                 active, value, detail = None, None, {}
             else:
-                assert isinstance(d, Dialogues)
-                enough = d.ended >= r["min_samples"]
-                active = bool(enough and d.rate is not None and d.rate < r["threshold"])
-                if not active and "dialogues" in o.partial:
-                    active = None
-                value = d.rate
-                detail = {"ended": d.ended, "completed": d.completed}
-            detail.update(window=r["window"], min_samples=r["min_samples"])
-            evals.append(Evaluation(_labels("completion_rate", o.node, r), active, value=value,
-                                    threshold=r["threshold"], for_s=r["for"], detail=detail))
-        r = cfg.rule("turn_completion")      # 轮次完成率: per chat turn
-        if r:
-            c = o.completion
-            if c is UNKNOWN:
-                active, value, detail = None, None, {}
-            else:
-                assert isinstance(c, Completion)
-                rate = c.rate
-                enough = c.total >= r["min_samples"]
+                assert isinstance(x, (Dialogues, Completion))
+                rate = x.rate
+                enough = x.samples >= r["min_samples"]
                 active = bool(enough and rate is not None and rate < r["threshold"])
-                if not active and "completion" in o.partial:
+                if not active and part in o.partial:
                     active = None
                 value = rate
-                detail = {"total": c.total, "completed": c.completed, "down": c.down}
+                detail = dataclasses.asdict(x)
             detail.update(window=r["window"], min_samples=r["min_samples"])
-            evals.append(Evaluation(_labels("turn_completion", o.node, r), active, value=value,
+            evals.append(Evaluation(_labels(name, o.node, r), active, value=value,
                                     threshold=r["threshold"], for_s=r["for"], detail=detail))
         r = cfg.rule("gpu_utilization")
         if r:
