@@ -1,6 +1,6 @@
 """PII masking for everything that leaves the node (session log, feedback comments).
 
-Why: the session log is shipped to a search engine and read by ops people; sensitive
+Why: the session log is shipped to the log store (OpenSearch or Elasticsearch) and read by ops people; sensitive
 data has to be masked (敏感信息脱敏) before anyone can read it. Masking happens *before* a record is queued, so
 no unmasked personal data ever reaches disk, a shipper or Elasticsearch.
 

@@ -16,7 +16,7 @@ Why this shape:
   write error, and at every start (a restarted node never appends to a file a killed
   process may have torn). Names sort in write order.
 * Files whose day is older than ``retention_days`` are deleted at start and once per UTC
-  day (a 180-day GDPR-style retention; the search engine has its own).
+  day (a 180-day GDPR-style retention; the log store has its own).
 * Never lost silently: if the disk is full or the directory unwritable, records stay in a
   bounded in-memory spill (``spill_max`` records, counting the queue), one error is logged
   per failure episode, and writing is retried every ``retry_interval_s``.

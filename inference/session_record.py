@@ -201,7 +201,7 @@ def build_feedback_record(
     """Assemble one ``seekwatch.feedback`` record (``POST /v1/feedback``), comment masked.
 
     Joined to its turn by ``request_id`` (or to a conversation by ``session_id``; at least
-    one is required). ``feedback_id`` is the search-engine document id, so a re-sent
+    one is required). ``feedback_id`` is the log-store document id, so a re-sent
     record never duplicates; pass the client's idempotency key if it has one.
     """
     if rating not in FEEDBACK_RATINGS:

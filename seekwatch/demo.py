@@ -11,7 +11,7 @@ then starts, each as its own process (``python -m seekwatch ...``) in its own pr
 * optionally Debian's Prometheus scraping the node (``--with-prometheus``; alertd then
   evaluates through PromQL and the dashboard reads GPU series from it) and the bundled
   OpenSearch with ``es-setup`` and ``seekwatch ship`` (``--with-search-engine``; the dashboard
-  then reads the search engine);
+  then reads the log store);
 
 and drives the node with ``seekwatch loadgen``'s conversations in-process: healthy traffic
 (turn completion around 93 %), and one incident on purpose. At ``--incident-at`` seconds a
