@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.report import read_stream  # noqa: E402
+
 CHUNK = (b'data: {"id":"relay","object":"chat.completion.chunk","created":0,"model":"fake",'
          b'"choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n')
 
@@ -84,19 +86,11 @@ async def one_stream(client, url: str, max_tokens: int) -> dict:
     body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hello"}],
             "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
-    ttft, tokens = None, 0
     async with client.stream("POST", url, json=body) as r:
         if r.status_code != 200:
             await r.aread()
             return {"error": r.status_code}
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                ttft = time.perf_counter() - t0
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+        ttft, tokens = await read_stream(r, t0)
     return {"ttft": ttft, "e2e": time.perf_counter() - t0, "tokens": tokens}
 
 

@@ -1,8 +1,11 @@
-"""Writing a benchmark's table into the docs: between its ``<!-- NAME -->`` and
+"""What the benchmarks share: one percentile rule, one reader of a streamed reply's timings,
+and one writer of a benchmark's table into the docs (between its ``<!-- NAME -->`` and
 ``<!-- /NAME -->`` markers, so a re-run replaces its own figures and nothing else; a first
-run appends the block under a heading of its own."""
+run appends the block under a heading of its own)."""
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,3 +23,28 @@ def write_block(name: str, heading: str, text: str, path: Path = BENCHMARKS_MD) 
     else:
         doc = doc.rstrip("\n") + f"\n\n## {heading}\n\n{block}\n"
     path.write_text(doc, "utf-8")
+
+
+def pct(values: list[float], q: float) -> float:
+    """numpy's default (linear) percentile, ``q`` in 0..1; NaN for no values."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+async def read_stream(response, t0: float) -> tuple[float | None, int]:
+    """(seconds from ``t0`` to the first content token or None, completion tokens from the
+    usage chunk) of an OpenAI-style stream, read with the one SSE reader of seekwatch."""
+    from contracts.sse import aiter_data
+
+    ttft, tokens = None, 0
+    async for data in aiter_data(response):
+        chunk = json.loads(data)
+        if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+            ttft = time.perf_counter() - t0
+        if chunk.get("usage"):
+            tokens = chunk["usage"]["completion_tokens"]
+    return ttft, tokens

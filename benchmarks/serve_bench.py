@@ -38,19 +38,10 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import write_block  # noqa: E402
+from benchmarks.report import pct, read_stream, write_block  # noqa: E402
 from seekwatch.node_process import start_node  # noqa: E402  (the same launcher the tests use)
 
 CORPUS = (ROOT / "inference" / "data" / "tiny_corpus.txt").read_text("utf-8").splitlines()
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def make_prompt(rng: random.Random, tokenizer, target_tokens: int) -> str:
@@ -68,19 +59,11 @@ async def one_stream(client: httpx.AsyncClient, prompt: str, max_tokens: int) ->
             "max_tokens": max_tokens, "ignore_eos": True, "stream": True, "temperature": 0.7,
             "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
-    ttft, tokens = None, 0
     async with client.stream("POST", "/v1/chat/completions", json=body) as r:
         if r.status_code != 200:
             await r.aread()
             return {"error": r.status_code}
-        async for line in r.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                ttft = time.perf_counter() - t0
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+        ttft, tokens = await read_stream(r, t0)
     e2e = time.perf_counter() - t0
     ttft = ttft if ttft is not None else e2e
     return {"ttft": ttft, "e2e": e2e, "tokens": tokens,

@@ -40,20 +40,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import write_block  # noqa: E402
+from benchmarks.report import pct, write_block  # noqa: E402
 from seekwatch.node_process import start_node  # noqa: E402  (the launcher the tests use)
 
 CORPUS = [ln for ln in (ROOT / "inference" / "data" / "tiny_corpus.txt").read_text("utf-8").splitlines() if ln.strip()]
 DOC = ROOT / "docs" / "reliability.md"
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
 
 
 def proc_stats(pid: int) -> dict:

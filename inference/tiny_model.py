@@ -58,8 +58,10 @@ CORPUS_FILE = DATA / "support_corpus.yaml"
 # --------------------------------------------------------------------------------------------
 # the support corpus
 # --------------------------------------------------------------------------------------------
-def _fill_values(rng: random.Random, values: dict[str, list[Any]]) -> dict[str, Any]:
-    """One customer's values (the same shapes ``seekwatch loadgen`` sends)."""
+def fill_values(rng: random.Random, values: dict[str, list[Any]]) -> dict[str, Any]:
+    """One customer's values: order number, phone, e-mail, date, amount, and one pick of each
+    list in ``values``. ``seekwatch loadgen`` fills its scenarios with this very function, so
+    the trained model has seen the shapes the demo's customers send."""
     v = {k: rng.choice(opts) for k, opts in values.items()}
     day = rng.randint(1, 28)
     v.update({
@@ -99,7 +101,7 @@ def conversations(corpus: dict[str, Any], n: int, seed: int) -> list[list[dict[s
     out = []
     for _ in range(n):
         topic = rng.choices(topics, weights=[float(t.get("weight", 1)) for t in topics])[0]
-        values = _fill_values(rng, corpus.get("values") or {})
+        values = fill_values(rng, corpus.get("values") or {})
         table = tables.get(topic["lang"])
         if table:
             values["table"] = "\n".join(
@@ -278,7 +280,7 @@ def _cache_key(seed: int) -> str:
 
 
 #: The functions the trained model is made by (their source is part of the cache key).
-_TRAINING_CODE = (_fill_values, _table_values, conversations, corpus_texts, train_tokenizer, _build,
+_TRAINING_CODE = (fill_values, _table_values, conversations, corpus_texts, train_tokenizer, _build,
                   encode_conversation, train_support_model)
 
 

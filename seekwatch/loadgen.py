@@ -209,17 +209,9 @@ def _weighted(rng: random.Random, items: list[dict[str, Any]]) -> dict[str, Any]
 
 
 def _values(rng: random.Random, data: dict[str, Any]) -> dict[str, Any]:
-    v = {k: rng.choice(opts) for k, opts in (data.get("values") or {}).items()}
-    day = rng.randint(1, 28)
-    v.update({
-        "order": f"SW{rng.randint(2025, 2026)}{rng.randint(1, 12):02d}{day:02d}{rng.randint(0, 10**6 - 1):06d}",
-        "phone": f"1{rng.choice('3456789')}{rng.randint(0, 10**9 - 1):09d}",
-        "email": f"{rng.choice(['li.wei', 'zhang.min', 'wang_fang', 'j.smith', 'maria.g', 'chen88'])}"
-                 f"{rng.randint(1, 999)}@{rng.choice(['example.com', 'mail.example.cn', 'corp.example.org'])}",
-        "date": f"{rng.randint(1, 12)}月{day}日" if rng.random() < 0.5 else f"2026-{rng.randint(1, 12):02d}-{day:02d}",
-        "amount": rng.randint(100, 9999),
-    })
-    return v
+    from inference.tiny_model import fill_values  # the shapes the trained tiny model has seen
+
+    return fill_values(rng, data.get("values") or {})
 
 
 @dataclass
