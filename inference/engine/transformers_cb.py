@@ -28,6 +28,7 @@ sampling settings and run on the CPU for CI and the demo. The loop below:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import logging
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from inference.engine.base import (
     ContextLengthExceeded, Engine, EngineError, EngineNotReady, EngineOutput, EngineState,
@@ -161,6 +163,22 @@ def _pick_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+#: SDPA kernels a prefill step may use on CUDA: every one but cuDNN's. cuDNN's attention
+#: builds an execution plan for each new (query, key) length pair and caches it; a packed
+#: prefill step's key count differs from step to step (prompts continue at other
+#: positions), so nearly every step paid for a new plan. On an H200 with the
+#: DeepSeek-LLM-7B shape that was about 75 ms per step whatever its size (a 384-token step:
+#: 116 ms with a new key count, 39 ms with the memory-efficient kernel;
+#: ``benchmarks/prefill_probe.py``). Decode steps keep cuDNN: their shapes are the captured
+#: buckets, planned once.
+PREFILL_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+
+
+def prefill_attention(device: torch.device) -> contextlib.AbstractContextManager:
+    """The attention kernels for a prefill forward on ``device`` (see ``PREFILL_SDPA_BACKENDS``)."""
+    return sdpa_kernel(list(PREFILL_SDPA_BACKENDS)) if device.type == "cuda" else contextlib.nullcontext()
 
 
 class TransformersEngine(Engine):
@@ -350,8 +368,9 @@ class TransformersEngine(Engine):
         ids = torch.tensor(flat).to(self.device, non_blocking=True)
         ends = torch.tensor(list(itertools.accumulate(len(c) for _, c, _ in chunks))) - 1
         keep = {"logits_to_keep": ends.to(self.device, non_blocking=True)} if self._keep_kw else {}
-        out = self.model(input_ids=ids.unsqueeze(0), position_ids=positions, attention_mask=mask,
-                         use_cache=True, **{self._cache_kw: cache}, **keep)
+        with prefill_attention(self.device):
+            out = self.model(input_ids=ids.unsqueeze(0), position_ids=positions, attention_mask=mask,
+                             use_cache=True, **{self._cache_kw: cache}, **keep)
         logits = out.logits[0]
         return logits if keep else logits.index_select(0, ends.to(self.device))
 
