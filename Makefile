@@ -1,6 +1,7 @@
 # seekwatch — the two commands of the README:
 #   make demo   set up whatever is missing, then run `seekwatch demo` (the embedded default)
-#   make test   set up whatever is missing, then run the whole test suite
+#   make test   set up whatever is missing, build the trained tiny model and NextChat once
+#               (tests/prebuild.py, cached), then run the whole test suite
 # Setup is idempotent: each scripts/setup.d/*.sh installs one part only when it is missing.
 VENV ?= $(HOME)/.cache/seekwatch/venv
 export SEEKWATCH_VENV := $(VENV)
@@ -19,4 +20,5 @@ demo: setup
 	$(VENV)/bin/seekwatch demo $(DEMO_ARGS)
 
 test: setup
+	$(PY) -m tests.prebuild
 	$(PY) -m pytest $(PYTEST_ARGS)
