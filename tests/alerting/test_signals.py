@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from contracts import metrics as M
 from contracts.signals import recount
+from tests.fixtures.metrics import metric_sum
 
 from .conftest import fast_config
 
@@ -282,10 +283,7 @@ def test_real_node_counts_what_its_log_recounts(tmp_path):
         up.stop()
 
     def sample(name: str, **labels: str) -> float:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-                   if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+        return metric_sum(text, name, labels)
 
     records = [json.loads(line) for p in sorted(node.log_dir.rglob("*.jsonl")) for line in p.read_text().splitlines()
                if line.strip()]

@@ -21,9 +21,6 @@ from tests.fixtures.ports import free_port, wait_for_port
 from .conftest import END
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -55,21 +52,6 @@ def dashboard(fixture_logs, tmp_path_factory, gpu_node):
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.stop()  # the one supervisor: nothing of the dashboard may outlive the test
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from tests.fixtures.tools import require_tool
-
-    require_tool(CHROMIUM)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def test_screenshot(dashboard, browser, expected, tmp_path):

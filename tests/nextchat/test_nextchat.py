@@ -26,6 +26,7 @@ import yaml
 from contracts.defaults import default_config_path
 from contracts.log_schema import validate_record
 from tests.fixtures.node import start_node
+from tests.fixtures.metrics import node_metric
 from tests.fixtures.ports import free_port, wait_for_port
 from tests.fixtures.processes import stop_process_group
 from tests.fixtures.tools import require_tool
@@ -33,10 +34,7 @@ from tests.fixtures.tools import require_tool
 from .build import BuildError, build
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 KEY = "sk-nextchat-e2e"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -130,19 +128,6 @@ def servers(standalone, node, tmp_path_factory):
             s.stop()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    require_tool(CHROMIUM)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
 def _only_loopback(route):
     if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:")):
         route.continue_()
@@ -214,12 +199,7 @@ def wait_records(n, since: int, pred, what: str, page, timeout: float = 60) -> l
         page.wait_for_timeout(200)
 
 
-def metric(n, name: str, labels: dict) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(n.base_url + "/metrics", timeout=10).text
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+metric = node_metric
 
 
 def chats(recs):

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from contracts.log_schema import validate_record
+from tests.fixtures.metrics import node_metric
 from tests.fixtures.node import start_node
 
 KEY = "sk-test-key"
@@ -37,12 +38,7 @@ def _records(n, wait_for: int, timeout: float = 10) -> list[dict]:
         time.sleep(0.1)
 
 
-def _metric(n, name: str, labels: dict) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = httpx.get(n.base_url + "/metrics", timeout=10).text
-    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+_metric = node_metric
 
 
 def test_wrong_keys_are_records_and_metrics(keyed_node):

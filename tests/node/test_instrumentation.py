@@ -14,21 +14,14 @@ import httpx
 from contracts import metrics as names
 from contracts.log_schema import FEEDBACK_DATASET, SESSION_DATASET, validate_record
 from contracts.logfiles import JsonlLogReader
+from tests.fixtures.metrics import metric_sum
 from tests.instrumentation.pii_corpus import CASES, NEAR_MISSES, RAW_PII
 
 CHAT = "/v1/chat/completions"
 
 
 def _sample(text: str, name: str, labels: dict | None = None) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels`` (e.g. every
-    ``request_kind`` of one ``status``)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    found = [s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-             if s.name == name and all(s.labels.get(k) == v for k, v in (labels or {}).items())]
-    if not found:
-        raise KeyError(name)
-    return sum(found)
+    return metric_sum(text, name, labels, required=True)
 
 
 async def _stream_ttft(client: httpx.AsyncClient, i: int) -> float:
