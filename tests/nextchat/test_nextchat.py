@@ -15,7 +15,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,11 +23,11 @@ import pytest
 import yaml
 
 from contracts.defaults import default_config_path
+from contracts.supervisor import ProcessSpec, start
 from contracts.log_schema import validate_record
 from tests.fixtures.node import start_node
 from tests.fixtures.metrics import node_metric
 from tests.fixtures.ports import free_port, wait_for_port
-from tests.fixtures.processes import stop_process_group
 from tests.fixtures.tools import require_tool
 
 from .build import BuildError, build
@@ -84,18 +83,16 @@ class NextChatServer:
     def __init__(self, standalone: Path, env: dict[str, str], log: Path):
         self.port = free_port()
         # only what the recipe sets: no variable of this machine may leak into NextChat's config
-        base = {k: os.environ[k] for k in ("PATH", "HOME", "LANG") if k in os.environ}
-        self.log = open(log, "w")
-        self.proc = subprocess.Popen(
-            ["node", "server.js"], cwd=standalone, stdout=self.log, stderr=subprocess.STDOUT,
-            env={**base, **env, "HOSTNAME": "127.0.0.1", "PORT": str(self.port), "NEXT_TELEMETRY_DISABLED": "1"},
-            start_new_session=True)
+        keep = ("PATH", "HOME", "LANG")
+        self.proc = start(ProcessSpec(
+            name="nextchat", argv=["node", "server.js"], output=log, cwd=standalone,
+            env={**env, "HOSTNAME": "127.0.0.1", "PORT": str(self.port), "NEXT_TELEMETRY_DISABLED": "1"},
+            unset_env=[k for k in os.environ if k not in keep and k not in env]))
         wait_for_port(self.port, timeout=60)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self):
-        stop_process_group(self.proc)
-        self.log.close()
+        self.proc.stop()  # the one supervisor: nothing of NextChat may outlive the test
 
 
 def readme_recipe(name: str, node_url: str) -> dict[str, str]:
