@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -29,46 +28,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-#: The published config.json of each R1-distill family, shrunk (4 layers, width 256).
-VARIANTS = {
-    "qwen2-r1": {  # DeepSeek-R1-Distill-Qwen-{1.5B,7B,14B,32B}
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 256,
-        "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
-        "max_position_embeddings": 131072, "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu",
-        "sliding_window": 4096, "use_sliding_window": False, "max_window_layers": 4, "tie_word_embeddings": False,
-    },
-    "llama3-r1": {  # DeepSeek-R1-Distill-Llama-{8B,70B}
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
-        "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
-        "max_position_embeddings": 131072, "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu",
-        "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
-    },
-}
+from inference.tiny_model import VARIANTS, make_variant  # noqa: E402
 
 PROMPTS = ["请帮我生成本月销售报告摘要。", "退货" * 40, "How do I reset my password? " * 12,
            "订单 12345 的物流状态是什么？请详细说明每一步。" * 6]
-
-
-def make_variant(tiny_dir: Path, out: Path, arch: str, *, seed: int = 0) -> Path:
-    """A random-weight model of an R1-distill shape, with the tiny model's tokenizer."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_dir)
-    spec = dict(VARIANTS[arch], vocab_size=len(tok), bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    for name in ("generation_config.json",):
-        if (tiny_dir / name).exists():
-            shutil.copy(tiny_dir / name, out / name)
-    return out
 
 
 async def greedy(engine, prompts: list[str], max_tokens: int, together: bool) -> list[list[int]]:

@@ -51,6 +51,25 @@ DEEPSEEK_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=
                    num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
 
 
+#: The published config.json of each R1-distill family, shrunk (4 layers, width 256).
+VARIANTS = {
+    "qwen2-r1": {  # DeepSeek-R1-Distill-Qwen-{1.5B,7B,14B,32B}
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 256,
+        "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
+        "max_position_embeddings": 131072, "rope_theta": 10000.0, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+        "sliding_window": 4096, "use_sliding_window": False, "max_window_layers": 4, "tie_word_embeddings": False,
+    },
+    "llama3-r1": {  # DeepSeek-R1-Distill-Llama-{8B,70B}
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+        "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 8, "num_key_value_heads": 2,
+        "max_position_embeddings": 131072, "rope_theta": 500000.0, "rms_norm_eps": 1e-5, "hidden_act": "silu",
+        "rope_scaling": {"factor": 8.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+    },
+}
+
+
 DATA = Path(__file__).parent / "data"
 CORPUS_FILE = DATA / "support_corpus.yaml"
 
@@ -282,6 +301,27 @@ def _cache_key(seed: int) -> str:
 #: The functions the trained model is made by (their source is part of the cache key).
 _TRAINING_CODE = (fill_values, _table_values, conversations, corpus_texts, train_tokenizer, _build,
                   encode_conversation, train_support_model)
+
+
+def make_variant(tiny_dir: Path, out: Path, arch: str, *, seed: int = 0) -> Path:
+    """A random-weight model of an R1-distill shape (``VARIANTS``), with the tiny model's
+    tokenizer: the serving tests and ``benchmarks/decode_check.py`` check the engine on it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    spec = dict(VARIANTS[arch], vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    for name in ("generation_config.json",):
+        if (tiny_dir / name).exists():
+            shutil.copy(tiny_dir / name, out / name)
+    return out
 
 
 def trained_model_path(seed: int = 0) -> Path:

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.decode_check import make_variant
 from inference.engine.base import GenerationRequest, SamplingParams
 from inference.engine.slot_cache import SlotKVCache
 from inference.engine.transformers_cb import TransformersEngine, bucket_for, buckets
+from inference.tiny_model import make_variant
 
 PROMPTS = ["请帮我生成本月销售报告摘要。", "退货" * 30, "How do I reset my password? " * 9, "订单 12345 的状态？"]
 NEW_TOKENS = [12, 20, 7, 16]
