@@ -31,9 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 
 
-def _dashboard_body(url: str, want: str = "p99_latency") -> str:
+def _dashboard_body(url: str, want: tuple[str, ...] = ("p99_latency", "请求数 Requests", "完成率 Completion rate")) -> str:
     """The overview page's text, rendered by headless Debian Chromium (Playwright), once it
-    names ``want`` (or after 45 s)."""
+    holds every text of ``want`` (or after 45 s)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -45,13 +45,14 @@ def _dashboard_body(url: str, want: str = "p99_latency") -> str:
             page.goto(url + "/", wait_until="domcontentloaded", timeout=60_000)
             # The page reads alertd's state once per render; a render that came before the state
             # file showed the alert is repeated ("no alerts firing" also contains "alerts
-            # firing": wait for the rule's name).
+            # firing": wait for the rule's name). So is a render read while Streamlit was
+            # still drawing it (under load, a text once came without its first row of cards).
             deadline = time.monotonic() + 45
             while True:
                 page.wait_for_selector("[data-testid=stMetricValue]", timeout=60_000)
                 page.wait_for_function("document.body.innerText.includes('alerts firing')", timeout=30_000)
                 body = page.inner_text("body")
-                if want in body or time.monotonic() > deadline:
+                if all(w in body for w in want) or time.monotonic() > deadline:
                     return body
                 time.sleep(2)
                 page.reload(wait_until="domcontentloaded", timeout=60_000)
