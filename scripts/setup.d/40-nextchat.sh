@@ -4,12 +4,10 @@
 # by the tests into ~/.cache/seekwatch/nextchat/<source-hash>/ and reused while the source is
 # unchanged. Idempotent: installs only what is missing.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/apt.sh"
 need=()
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
-  echo "setup: installing Debian packages: ${need[*]} (NextChat end-to-end tests)"
-  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  apt_install "NextChat end-to-end tests" "${need[@]}"
 fi
