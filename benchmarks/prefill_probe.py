@@ -56,6 +56,14 @@ def build(size: str, device: torch.device, dtype: torch.dtype):
     return model.eval()
 
 
+def packed_chunks(n: int, prompts: int) -> list[tuple[int, list[int], int]]:
+    """``n`` tokens split over ``min(prompts, n)`` prompts from position 0, one slot each
+    (the last prompt takes the rest), as ``_prefill_forward`` takes them."""
+    k = min(prompts, n)
+    sizes = [n // k] * (k - 1) + [n - (n // k) * (k - 1)]
+    return [(slot, [7] * size, 0) for slot, size in enumerate(sizes)]
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -105,9 +113,8 @@ def main() -> int:
     rows = []
     with torch.inference_mode():
         for n in args.tokens:
-            k = min(args.prompts, n)
-            sizes = [n // k] * (k - 1) + [n - (n // k) * (k - 1)]
-            chunks = [(slot, [7] * s, 0) for slot, s in enumerate(sizes)]
+            chunks = packed_chunks(n, args.prompts)
+            k = len(chunks)
             ids = torch.full((1, n), 7, device=device)
             packed = timed(lambda: prefill(chunks), device, args.repeat)
             causal = timed(lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1), device, args.repeat)
@@ -131,10 +138,7 @@ def main() -> int:
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 
-            n = longest
-            k = min(args.prompts, n)
-            sizes = [n // k] * (k - 1) + [n - (n // k) * (k - 1)]
-            chunks = [(slot, [7] * s, 0) for slot, s in enumerate(sizes)]
+            chunks = packed_chunks(longest, args.prompts)
             acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
             with profile(activities=acts) as prof:
                 for _ in range(3):

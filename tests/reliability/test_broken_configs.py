@@ -92,26 +92,25 @@ def test_serve_broken_cost_config_one_line_exit_2(broken, tiny_model_dir, tmp_pa
     assert_one_line_exit_2(r, cfg)
 
 
-@pytest.mark.parametrize("broken", list(BROKEN))
-def test_refusal_rules_loader_one_clear_error(broken, tmp_path):
+def _refusal_rules(path):
     from inference.quality import RefusalDetector
 
-    cfg = tmp_path / f"{broken}.yaml"
-    cfg.write_bytes(BROKEN[broken])
-    with pytest.raises(ConfigError) as e:
-        RefusalDetector.from_yaml(cfg)
-    msg = str(e.value)
-    assert "\n" not in msg.strip() and str(cfg) in msg
+    return RefusalDetector.from_yaml(path)
 
 
-@pytest.mark.parametrize("broken", list(BROKEN))
-def test_request_kinds_loader_one_clear_error(broken, tmp_path):
+def _request_kinds(path):
     from inference.request_kinds import RequestKinds
 
+    return RequestKinds.from_yaml(path)
+
+
+@pytest.mark.parametrize("load", [_refusal_rules, _request_kinds], ids=["refusal_rules", "request_kinds"])
+@pytest.mark.parametrize("broken", list(BROKEN))
+def test_inference_yaml_loader_one_clear_error(load, broken, tmp_path):
     cfg = tmp_path / f"{broken}.yaml"
     cfg.write_bytes(BROKEN[broken])
     with pytest.raises(ConfigError) as e:
-        RequestKinds.from_yaml(cfg)
+        load(cfg)
     msg = str(e.value)
     assert "\n" not in msg.strip() and str(cfg) in msg
 
