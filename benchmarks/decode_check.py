@@ -1,8 +1,9 @@
 """Decode-path check: the captured CUDA graphs against the eager step, on the architectures
 the node must serve, and the time of one decode step per bucket.
 
-For each model: one engine with CUDA graphs and one decoding eagerly with exact shapes (no
-bucket padding) run the same greedy requests, each alone and all together in one batch; the
+For each model: one engine with CUDA graphs (and, on CUDA, the variable-length attention
+and fused RMSNorms) and one decoding eagerly with exact shapes (no bucket padding, masked
+SDPA, transformers' own RMSNorm) run the same greedy requests, each alone and all together in one batch; the
 check reports how many of the tokens agree, position by position, and the largest relative
 logit difference between a graph replay and the eager step, per (batch, width) bucket, on
 rows holding real prompts. Also runs on the CPU (no capture: the bucketed eager step against
@@ -108,12 +109,14 @@ async def check_model(model_dir: Path, device: str, max_tokens: int, max_batch: 
     kw = dict(device=device, max_batch=max_batch, max_model_len=max_model_len,
               kv_cache_tokens=max_batch * max_model_len, max_prefill_tokens=256)
     fast = TransformersEngine(model_dir, cuda_graphs=device == "cuda", bucketed=True, **kw)
-    exact = TransformersEngine(model_dir, cuda_graphs=False, bucketed=False, **kw)
+    # the reference: eager, exact shapes, masked SDPA, transformers' own RMSNorm
+    exact = TransformersEngine(model_dir, cuda_graphs=False, bucketed=False, attention="masked", fuse_norms=False, **kw)
     for e in (fast, exact):
         e.record_tokens = True
         await e.start()
     try:
-        result = {"model": model_dir.name, "decode_path": fast.decode_path, "eager_path": exact.decode_path}
+        result = {"model": model_dir.name, "decode_path": fast.decode_path, "eager_path": exact.decode_path,
+                  "attention_path": fast.attention_path, "fused_norms": fast.fused_norms}
         ref_alone = await greedy(exact, PROMPTS, max_tokens, together=False)
         fast_alone = await greedy(fast, PROMPTS, max_tokens, together=False)
         fast_batch = await greedy(fast, PROMPTS, max_tokens, together=True)

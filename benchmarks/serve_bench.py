@@ -294,7 +294,7 @@ def markdown(result: dict) -> str:
         f"prompts ≈{result['prompt_tokens']} tokens, {result['max_tokens_range']} new tokens (EOS ignored); "
         f"torch {result['torch']}, transformers {result.get('transformers', '?')}.",
         f"Command: `{result['command']}`", "",
-        f"Node decode path: {result.get('decode_path', '?')}", "",
+        f"Node decode path: {result.get('decode_path', '?')}; attention: {result.get('attention_path') or 'masked SDPA'}", "",
         "| scenario | requests | aggregate tok/s | TTFT p50 / p99 (ms) | TPOT p50 (ms) | E2E p50 / p99 (ms) |",
         "|---|---|---|---|---|---|",
     ]
@@ -360,6 +360,8 @@ def main() -> int:
     ap.add_argument("--baseline-requests", type=int, default=8, help="plain generate() requests, in turn (at least 4)")
     ap.add_argument("--no-engine-direct", action="store_true",
                     help="skip driving the engine directly with the same workloads (the server-overhead reference)")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip the sequential baseline and the anchors (a quick look, not a table for the docs)")
     ap.add_argument("--anchors", action="store_true",
                     help="also run transformers' generate_batch and static-cache generate on the same prompts")
     ap.add_argument("--max-batch", type=int, default=256)
@@ -421,8 +423,9 @@ def main() -> int:
                       "--max-queue", "4096", *len_args, *args.node_arg, ready_timeout=240)
     workloads: dict[int, tuple[list[str], list[int]]] = {}
     try:
-        result["decode_path"] = node.readyz().get("decode_path")
-        print(f"node decode path: {result['decode_path']}", flush=True)
+        ready = node.readyz()
+        result["decode_path"], result["attention_path"] = ready.get("decode_path"), ready.get("attention_path")
+        print(f"node decode path: {result['decode_path']}; attention: {result['attention_path']}", flush=True)
         prompts, maxes = workload(8)
         asyncio.run(run_scenario(node.base_url, prompts, maxes, 8))  # warm-up
         for c in args.concurrency:
@@ -450,7 +453,7 @@ def main() -> int:
         result["engine_direct"] = asyncio.run(engine_direct(model_dir, args.device, args.max_batch, args.max_model_len,
                                                             workloads))
         save()
-    if not late("baseline"):
+    if not args.no_baseline and not late("baseline"):
         model, tok_ref, dev = load_reference_model(model_dir, args.device)
         prompts, maxes = workload(args.baseline_requests)
         result["baseline"] = sequential_baseline(model, tok_ref, dev, prompts, maxes)

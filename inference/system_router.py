@@ -39,6 +39,8 @@ async def readyz(request: Request):
             "cancelled_total": state.cancelled_total, "finished_total": state.finished_total}
     if state.decode_path is not None:
         body["decode_path"] = state.decode_path
+    if state.attention_path is not None:
+        body["attention_path"] = state.attention_path
     if request.app.state.load_error:
         body["error"] = request.app.state.load_error
     return JSONResponse(body, status_code=200 if state.ready else 503)

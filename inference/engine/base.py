@@ -109,6 +109,9 @@ class EngineState:
     #: How decode steps run, for engines that have a choice (``cuda-graphs (…)`` or
     #: ``eager (why)``); None for engines that do not decode themselves.
     decode_path: str | None = None
+    #: Which attention kernel reads the KV store (``FlashAttention (variable length)`` or
+    #: ``masked SDPA (why)``); None for engines that do not decode themselves.
+    attention_path: str | None = None
 
 
 class Engine(abc.ABC):

@@ -23,8 +23,17 @@ def sample_next_tokens(
     generated: Sequence[Sequence[int]],
     eos_token_ids: Sequence[int],
     generator: torch.Generator | None = None,
+    *,
+    pending: Sequence[int] | None = None,
+    to_host: bool = True,
 ) -> torch.Tensor:
-    """Pick one next token per row of ``logits`` ([batch, vocab]); returns a CPU LongTensor."""
+    """Pick one next token per row of ``logits`` ([batch, vocab]); returns a CPU LongTensor,
+    or with ``to_host=False`` the tensor on the logits' device (no synchronisation).
+
+    ``pending`` counts, per row, tokens already chosen on the device but not yet in
+    ``generated`` (a decode step still in flight): they count towards ``min_tokens``. Rows
+    with presence/frequency penalties need their full history, so the engine never passes
+    pending tokens for them."""
     logits = logits.float()
     batch, vocab = logits.shape
     device = logits.device
@@ -33,14 +42,16 @@ def sample_next_tokens(
             ids = torch.tensor(gen, device=device)
             counts = torch.bincount(ids, minlength=vocab).to(logits.dtype)
             logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
-    suppress = [i for i, (p, gen) in enumerate(zip(params, generated))
-                if eos_token_ids and (p.ignore_eos or len(gen) < p.min_tokens)]
+    pending = pending or [0] * batch
+    suppress = [i for i, (p, gen, extra) in enumerate(zip(params, generated, pending))
+                if eos_token_ids and (p.ignore_eos or len(gen) + extra < p.min_tokens)]
     if suppress:
         rows = torch.tensor(suppress, device=device).unsqueeze(1)
         logits[rows, torch.tensor(list(eos_token_ids), device=device)] = float("-inf")
     greedy_rows = [p.temperature <= GREEDY_BELOW for p in params]
+    finish = (lambda t: t.cpu()) if to_host else (lambda t: t)
     if all(greedy_rows):
-        return logits.argmax(dim=-1).cpu()
+        return finish(logits.argmax(dim=-1))
     temps = torch.tensor([max(p.temperature, GREEDY_BELOW) for p in params], dtype=logits.dtype).to(device, non_blocking=True)
     probs = torch.softmax(logits / temps.unsqueeze(1), dim=-1)
     if any(p.top_p < 1.0 for p in params):
@@ -56,4 +67,4 @@ def sample_next_tokens(
     if any(greedy_rows):
         greedy = torch.tensor(greedy_rows).to(device, non_blocking=True)
         sampled = torch.where(greedy, logits.argmax(dim=-1), sampled)
-    return sampled.cpu()
+    return finish(sampled)

@@ -14,9 +14,9 @@ Why slots, and why fixed:
   the first ``W`` columns of the first ``B`` slots as a view (no copy), where ``W`` is the
   longest live row rounded up to a width bucket; columns past each row's own length are
   masked. So a batch pays for its longest row (rounded), not for ``max_model_len``; within
-  one batch a short row still reads as far as the longest one. A paged layout would avoid
-  that last cost only with an attention kernel that walks block tables, which torch does
-  not ship for eager or graph-captured use (FlexAttention needs ``torch.compile``).
+  one batch a short row still reads as far as the longest one. That last cost goes with the
+  variable-length attention (:mod:`inference.engine.slot_attention`, on CUDA): each row
+  reads its own columns in place, and the views and masks below are not used.
 * **Contiguous decode rows.** Decoding sequences occupy slots ``0 … n-1`` (a finished row's
   slot is filled by the last row, one row copy), so the step's reads are plain views;
   sequences still being prefilled hold slots above ``n``.
@@ -74,6 +74,13 @@ class SlotKVCache:
         self.values = [_zeros(shape, dtype, device) for _ in range(num_layers)]
         self.columns = torch.arange(max_len, device=device)
         self.slot_base = torch.arange(slots, device=device) * self.stride
+        # For the variable-length attention: the store as [slots × columns, heads, dim] (views),
+        # each slot's first flat row (int32, one more entry for the end) and 0, 1, 2, …
+        flat = (-1, kv_heads, head_dim)
+        self.flat_keys = [t.view(flat) for t in self.keys]
+        self.flat_values = [t.view(flat) for t in self.values]
+        self.slot_starts = (torch.arange(slots + 1, device=device) * self.stride).to(torch.int32)
+        self.row_starts = torch.arange(slots + 1, device=device, dtype=torch.int32)
         self.mask_min = torch.finfo(dtype).min
 
     @classmethod
@@ -90,6 +97,10 @@ class SlotKVCache:
         """Copy slots ``src`` over slots ``dst`` (first ``width`` columns). Sources are read
         before anything is written, so ``src`` and ``dst`` may overlap (a swap)."""
         if not src or width <= 0:
+            return
+        if len(src) == 1:  # plain slices: no index tensor to copy to the device (that would wait for it)
+            for t in self.keys + self.values:
+                t[dst[0], :width].copy_(t[src[0], :width])
             return
         s = torch.tensor(src, device=self.device)
         d = torch.tensor(dst, device=self.device)
@@ -112,9 +123,21 @@ class SlotKVCache:
         low = torch.full((), self.mask_min, dtype=self.dtype, device=self.device)
         return torch.where(visible, zero, low).unsqueeze(1)
 
-    def decode_cache(self, rows: int, write_index: torch.Tensor, width: int) -> "SlotCache":
-        """The cache for a step over slots ``0 … rows-1`` (one query token each)."""
-        return SlotCache(self, write_index, width, rows=rows)
+    def decode_cache(self, rows: int, write_index: torch.Tensor, width: int, reads: bool = True) -> "SlotCache":
+        """The cache for a step over slots ``0 … rows-1`` (one query token each); with
+        ``reads=False`` it only writes (the variable-length attention reads the store)."""
+        return SlotCache(self, write_index, width, rows=rows, reads=reads)
+
+    def decode_attention(self, kernel, rows: int, positions: torch.Tensor, width: int):
+        """The variable-length description of a decode step over slots ``0 … rows-1``: row
+        ``i`` reads columns ``0 … position`` of slot ``i`` (a padding row, position < 0, one
+        column). Built from device tensors only, so a CUDA graph captures it."""
+        from inference.engine.slot_attention import SlotAttention
+
+        pos = positions.reshape(-1)
+        used = torch.where(pos >= 0, pos + 1, torch.ones_like(pos)).to(torch.int32)
+        return SlotAttention(kernel, self.flat_keys, self.flat_values, self.row_starts[:rows + 1],
+                             self.slot_starts[:rows + 1], used, 1, width, causal=False)
 
     #: Packed prefill rows are padded to a multiple of this many tokens, so the matrix
     #: shapes repeat from step to step (each new shape costs the GEMM libraries a lookup,
@@ -159,6 +182,39 @@ class SlotKVCache:
         return SlotCache(self, host[2], keys.shape[1], read_index=keys[2]), mask, host[1].unsqueeze(0)
 
 
+    def packed_varlen(self, kernel, chunks: list[tuple[int, int, int]]):
+        """Like :meth:`packed`, for the variable-length attention: no mask and no gathered keys.
+        Chunk ``i``'s queries are its own tokens; its keys are columns ``0 … end`` of its slot,
+        read in place. The padding tokens form one more sequence that reads the first columns
+        of slot 0 (finite values; its outputs are discarded). Returns ``(cache, attention,
+        positions [1, T])``."""
+        from inference.engine.slot_attention import SlotAttention
+
+        q_pos, write, cu_q, cu_k, used = [], [], [0], [], []
+        for slot, start, n in chunks:
+            base = slot * self.stride
+            q_pos += range(start, start + n)
+            write += range(base + start, base + start + n)
+            cu_q.append(cu_q[-1] + n)
+            cu_k.append(base)
+            used.append(start + n)
+        pad = -len(q_pos) % self.TOKEN_STEP
+        if pad:
+            q_pos += [0] * pad
+            write += [self.trash] * pad
+            cu_q.append(cu_q[-1] + pad)
+            cu_k.append(0)
+            used.append(min(pad, self.slots * self.stride))
+        cu_k.append(self.slots * self.stride)
+        host = torch.tensor([q_pos, write], dtype=torch.long).to(self.device, non_blocking=True)
+        meta = torch.tensor([*cu_q, *cu_k, *used], dtype=torch.int32).to(self.device, non_blocking=True)
+        b = len(used)
+        attention = SlotAttention(kernel, self.flat_keys, self.flat_values, meta[:b + 1], meta[b + 1:2 * b + 2],
+                                  meta[2 * b + 2:], max(y - x for x, y in zip(cu_q, cu_q[1:])), max(used),
+                                  causal=True)
+        return SlotCache(self, host[1], max(used), reads=False), attention, host[0].unsqueeze(0)
+
+
 class SlotCache(_CacheBase):
     """What the model sees for one forward pass: ``update`` writes the new keys/values into
     the store at the precomputed flat indices and returns, for a decode step, the first
@@ -168,13 +224,14 @@ class SlotCache(_CacheBase):
     is_compileable = False
 
     def __init__(self, store: SlotKVCache, write_index: torch.Tensor, width: int, *,
-                 rows: int | None = None, read_index: torch.Tensor | None = None):
+                 rows: int | None = None, read_index: torch.Tensor | None = None, reads: bool = True):
         # Cache.__init__ differs between transformers releases and allocates layers we do not use.
         self.store = store
         self.write_index = write_index.reshape(-1)
         self.width = width
         self.rows = rows
         self.read_index = read_index
+        self.reads = reads  # False: the variable-length attention reads the store itself
         self.layers = []
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
@@ -183,6 +240,8 @@ class SlotCache(_CacheBase):
         flat = (-1, s.kv_heads, s.head_dim)
         k.view(flat).index_copy_(0, self.write_index, key_states.transpose(1, 2).reshape(flat).to(s.dtype))
         v.view(flat).index_copy_(0, self.write_index, value_states.transpose(1, 2).reshape(flat).to(s.dtype))
+        if not self.reads:
+            return key_states, value_states
         if self.read_index is None:  # decode: the first `rows` slots, as a view
             keys, values = k[:self.rows, :self.width], v[:self.rows, :self.width]
         else:  # packed prefill: the listed tokens, gathered into one row

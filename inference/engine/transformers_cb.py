@@ -49,8 +49,10 @@ from inference.engine.base import (
     GenerationRequest, QueueFull, SamplingParams,
 )
 from inference.engine.detokenizer import StopMatcher, make_detokenizer
+from inference.engine.fused_norm import fuse_rms_norms
+from inference.engine import slot_attention
 from inference.engine.sampling import sample_next_tokens
-from inference.engine.slot_cache import SlotKVCache, bytes_per_token
+from inference.engine.slot_cache import SlotKVCache, bytes_per_token, kv_geometry
 
 log = logging.getLogger("seekwatch.engine")
 
@@ -70,6 +72,18 @@ class _Sequence:
     slot: int = -1          # row of the KV store this sequence holds
     length: int = 0         # tokens whose keys/values are in the slot
     started: float | None = None  # when its first prompt chunk was scheduled
+    pending: int = 0        # tokens chosen by a launched decode step, not yet taken on the host
+
+
+@dataclass(eq=False)
+class _Step:
+    """A launched decode step: its rows (in launch order), the chosen tokens on the device
+    and their copy on the host (filled when ``event`` completes)."""
+
+    seqs: list[_Sequence]
+    tokens: torch.Tensor
+    host: torch.Tensor
+    event: "torch.cuda.Event | None"
 
 
 def _deliver(items: list[tuple[asyncio.Queue, tuple]]) -> None:
@@ -193,7 +207,8 @@ class TransformersEngine(Engine):
                  max_model_len: int | None = None, max_prefill_per_step: int = 16,
                  max_prefill_tokens: int = 2048, kv_cache_tokens: int | None = None,
                  model_version: str | None = None, cuda_graphs: bool | None = None,
-                 bucketed: bool | None = None):
+                 bucketed: bool | None = None, attention: str = "auto", fuse_norms: bool | None = None,
+                 overlap: bool = True):
         self.model_dir = Path(model_dir)
         self.device = _pick_device(device)
         self.dtype_name = dtype or "auto"
@@ -212,6 +227,19 @@ class TransformersEngine(Engine):
         #: CPU it runs the graph path's exact shapes without capture (the tests compare it
         #: with the unpadded step).
         self.bucketed = bucketed
+        #: "auto" (variable-length on CUDA when its kernel checks out, else masked SDPA),
+        #: "varlen" (also on the CPU, with the reference kernel: what the tests use), "masked".
+        if attention not in ("auto", "varlen", "masked"):
+            raise ValueError(f"attention must be auto, varlen or masked, not {attention!r}")
+        self.attention = attention
+        #: Fused RMSNorm kernels (``fused_norm``): None = on CUDA, where launches count.
+        self.fuse_norms = fuse_norms
+        self.fused_norms = 0
+        #: Launch each decode step before taking in the previous one (see ``_decode_step``).
+        self.overlap = overlap
+        self._inflight: _Step | None = None
+        self.attention_path = "not loaded"
+        self._varlen: slot_attention.Kernel | None = None
         self.decode_path = "not loaded"
         self._model_version = model_version or self.model_dir.name
         self.model = None
@@ -271,6 +299,8 @@ class TransformersEngine(Engine):
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device)
         self.model.eval()
+        if self.fuse_norms if self.fuse_norms is not None else self.device.type == "cuda":
+            self.fused_norms = fuse_rms_norms(self.model)
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -291,11 +321,23 @@ class TransformersEngine(Engine):
         self.reasoning = "<think>" in str(template)
         with torch.inference_mode():  # warm-up: first request should not pay for lazy init
             self.model(input_ids=torch.tensor([[self.eos_token_ids[0]]], device=self.device))
+        self._pick_attention()
         self._make_store()
         self._io = torch.zeros((2, self._kv.slots), dtype=torch.long, device=self.device)
         self._rows = torch.arange(self._kv.slots, device=self.device)
+        # Two of each host buffer, used in turn by consecutive steps: one step's inputs are
+        # still being copied (or its tokens read) while the next one's are written. Pinned
+        # memory on CUDA, so the copies are asynchronous.
+        pin = self.device.type == "cuda"
+        self._stage_in = [torch.zeros((3, self._kv.slots), dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._stage_out = [torch.zeros(self._kv.slots, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._staged = torch.zeros((3, self._kv.slots), dtype=torch.long, device=self.device)
+        self._events = [torch.cuda.Event() for _ in range(2)] if pin else []
+        self._flip = 0
         self.batch_buckets = buckets(self._kv.slots)
-        self.width_buckets = buckets(self._max_model_len, min(256, self._max_model_len))
+        # The variable-length kernel reads each row's own length: one width serves all.
+        self.width_buckets = ([self._max_model_len] if self._varlen is not None
+                              else buckets(self._max_model_len, min(256, self._max_model_len)))
         use_graphs = self.cuda_graphs if self.cuda_graphs is not None else self.device.type == "cuda"
         if self.bucketed is None:
             self.bucketed = use_graphs
@@ -309,9 +351,42 @@ class TransformersEngine(Engine):
             else:
                 self.decode_path = "eager" + (" (bucketed shapes)" if self.bucketed else "")
         log.info("loaded %s on %s (%s) in %.1fs; KV store %d tokens: %d slots of %d tokens; max batch %d; "
-                 "prefill %d tokens per step; decode path: %s", self.model_dir, self.device, dtype,
-                 time.monotonic() - t0, self._kv.tokens, self._kv.slots, self._kv.max_len, self._kv.slots,
-                 self.max_prefill_tokens, self.decode_path)
+                 "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; decode path: %s", self.model_dir,
+                 self.device, dtype, time.monotonic() - t0, self._kv.tokens, self._kv.slots, self._kv.max_len,
+                 self._kv.slots, self.max_prefill_tokens, self.attention_path, self.fused_norms, self.decode_path)
+
+    #: Largest relative difference allowed between the fast kernel and the reference at start-up.
+    VARLEN_TOLERANCE = 2e-2
+
+    def _pick_attention(self) -> None:
+        """Use the variable-length attention where its kernel runs and agrees with the
+        reference on this device; otherwise the masked SDPA path. ``attention_path`` (in
+        ``/readyz`` with the decode path) says which, and why."""
+        if self.attention == "masked":
+            self.attention_path = "masked SDPA (--attention masked)"
+            return
+        kernel, why = slot_attention.kernel_for(self.device, self.dtype)
+        if kernel is None and self.attention == "varlen":
+            kernel, why = slot_attention.reference_varlen, "variable length, reference kernel (SDPA per sequence)"
+        if kernel is None:
+            self.attention_path = f"masked SDPA ({why})"
+            return
+        cfg = self.model.config
+        _, kv_heads, head_dim = kv_geometry(cfg)
+        try:
+            err = slot_attention.check_kernel(kernel, self.device, self.dtype, cfg.num_attention_heads,
+                                              kv_heads, head_dim)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the masked path
+            self.attention_path = f"masked SDPA ({why} failed its check: {exc.__class__.__name__}: {exc})"
+            log.warning("variable-length attention unavailable: %s", self.attention_path)
+            return
+        if not err < self.VARLEN_TOLERANCE:
+            self.attention_path = f"masked SDPA ({why} disagreed with the reference: relative error {err:.3g})"
+            log.warning("variable-length attention unavailable: %s", self.attention_path)
+            return
+        slot_attention.use_on(self.model)
+        self._varlen = kernel
+        self.attention_path = why
 
     def _make_store(self) -> None:
         """Size the KV store: ``kv_cache_tokens`` if given, else on CUDA a share of the free
@@ -362,7 +437,13 @@ class TransformersEngine(Engine):
         """One forward over prompt chunks ``(slot, token ids, first position)``, packed into
         one row (no padding: the step costs exactly the tokens it prefills); returns the
         logits of each chunk's last token ``[chunks, vocab]``."""
-        cache, mask, positions = self._kv.packed([(slot, start, len(chunk)) for slot, chunk, start in chunks])
+        spans = [(slot, start, len(chunk)) for slot, chunk, start in chunks]
+        extra = {}
+        if self._varlen is not None:
+            cache, extra["slot_attention"], positions = self._kv.packed_varlen(self._varlen, spans)
+            mask = None
+        else:
+            cache, mask, positions = self._kv.packed(spans)
         flat = [t for _, chunk, _ in chunks for t in chunk]
         flat += [0] * (positions.shape[1] - len(flat))
         ids = torch.tensor(flat).to(self.device, non_blocking=True)
@@ -370,7 +451,7 @@ class TransformersEngine(Engine):
         keep = {"logits_to_keep": ends.to(self.device, non_blocking=True)} if self._keep_kw else {}
         with prefill_attention(self.device):
             out = self.model(input_ids=ids.unsqueeze(0), position_ids=positions, attention_mask=mask,
-                             use_cache=True, **{self._cache_kw: cache}, **keep)
+                             use_cache=True, **{self._cache_kw: cache}, **keep, **extra)
         logits = out.logits[0]
         return logits if keep else logits.index_select(0, ends.to(self.device))
 
@@ -381,9 +462,14 @@ class TransformersEngine(Engine):
         kv = self._kv
         ids = self._io[0, :rows].unsqueeze(1)
         pos = self._io[1, :rows].unsqueeze(1)
-        cache = kv.decode_cache(rows, kv.write_index(self._rows[:rows], pos), width)
-        out = self.model(input_ids=ids, position_ids=pos.clamp(min=0), attention_mask=kv.mask(pos, width),
-                         use_cache=True, **{self._cache_kw: cache}, **self._keep_kw)
+        write = kv.write_index(self._rows[:rows], pos)
+        if self._varlen is not None:
+            cache = kv.decode_cache(rows, write, width, reads=False)
+            mask, extra = None, {"slot_attention": kv.decode_attention(self._varlen, rows, pos, width)}
+        else:
+            cache, mask, extra = kv.decode_cache(rows, write, width), kv.mask(pos, width), {}
+        out = self.model(input_ids=ids, position_ids=pos.clamp(min=0), attention_mask=mask,
+                         use_cache=True, **{self._cache_kw: cache}, **self._keep_kw, **extra)
         return out.logits[:, -1]
 
     def _warm_prefill_shapes(self) -> None:
@@ -464,7 +550,7 @@ class TransformersEngine(Engine):
         return EngineState(ready=self._ready, running=len(self._running) + len(self._prefilling), waiting=waiting,
                            max_batch=self.max_batch, max_queue=self.max_queue,
                            cancelled_total=self._cancelled_total, finished_total=self._finished_total,
-                           decode_path=self.decode_path)
+                           decode_path=self.decode_path, attention_path=self.attention_path)
 
     # -- request side (event loop) -----------------------------------------------------
     def encode_prompt(self, messages: list[dict[str, str]]) -> list[int]:
@@ -577,6 +663,7 @@ class TransformersEngine(Engine):
                         seq.done = True
                         self._emit(seq, EngineError(f"generation failed: {exc}"))
                     self._running, self._prefilling = [], []
+                    self._inflight = None
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
         for seq in self._running + self._prefilling + list(self._waiting) + self._incoming:
@@ -670,20 +757,48 @@ class TransformersEngine(Engine):
         self._outbox.append((seq, (token, finish, queue_s)))
 
     def _decode_step(self) -> None:
-        """Feed every running row its last token: one graph replay (or eager forward) over
-        the rows padded to their bucket, then sample all rows at once."""
+        """Launch one decode step over every running row, then take in the step before it.
+
+        The step is launched *before* the previous step's tokens are read on the host: a
+        row's input token is taken on the device from the previous step's output, so the
+        device runs step K+1 while the host hands step K's tokens to the event loop, moves
+        finished rows out and admits new ones (vLLM schedules asynchronously for the same
+        reason). The price: a row that finished at step K was computed once more in step
+        K+1, and that token is dropped. Rows whose sampling needs their full history
+        (presence/frequency penalties) take the previous step in first, as does
+        ``overlap=False``.
+        """
         t0 = time.perf_counter()
+        prev = self._inflight
+        if prev is not None and (not self.overlap or any(
+                s.pending and (s.sampling.presence_penalty or s.sampling.frequency_penalty) for s in self._running)):
+            self._inflight = None
+            self._take(prev)
+            prev = None
+            if not self._running:
+                return
         running = self._running
         n = len(running)
-        longest = max(s.length for s in running) + 1
+        longest = max(s.length + s.pending for s in running) + 1
         if self.bucketed:
             rows, width = bucket_for(n, self.batch_buckets), bucket_for(longest, self.width_buckets)
         else:
             rows, width = n, longest
         pad = rows - n
-        inputs = torch.tensor([[s.generated[-1] for s in running] + [0] * pad,
-                               [s.length for s in running] + [-1] * pad])
-        self._io[:, :rows].copy_(inputs)
+        index = {id(q): i for i, q in enumerate(prev.seqs)} if prev is not None else {}
+        src = [index[id(q)] if q.pending else -1 for q in running]
+        staged = self._stage_in[self._flip]
+        staged[:, :rows].copy_(torch.tensor([[0 if q.pending else q.generated[-1] for q in running] + [0] * pad,
+                                             [q.length + q.pending for q in running] + [-1] * pad,
+                                             src + [-1] * pad]))
+        inputs = self._staged[:, :rows]
+        inputs.copy_(staged[:, :rows], non_blocking=True)
+        if prev is not None:
+            from_prev = prev.tokens.index_select(0, inputs[2].clamp(min=0))
+            self._io[0, :rows] = torch.where(inputs[2] >= 0, from_prev, inputs[0])
+        else:
+            self._io[0, :rows] = inputs[0]
+        self._io[1, :rows] = inputs[1]
         captured = self._graphs.get((rows, width))
         if captured is not None:
             captured[0].replay()
@@ -691,21 +806,46 @@ class TransformersEngine(Engine):
         else:
             logits = self._decode_forward(rows, width)[:n]
         t1 = time.perf_counter()
-        tokens = sample_next_tokens(logits, [s.sampling for s in running], [s.generated for s in running],
-                                    self.eos_token_ids).tolist()
+        tokens = sample_next_tokens(logits, [q.sampling for q in running], [q.generated for q in running],
+                                    self.eos_token_ids, pending=[q.pending for q in running], to_host=False)
+        host = self._stage_out[self._flip][:n]
+        host.copy_(tokens, non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = self._events[self._flip]
+            event.record()
+        self._flip ^= 1
+        for q in running:
+            q.pending += 1
+        step = _Step(list(running), tokens, host, event)
         t2 = time.perf_counter()
-        finished = []
-        for i, (seq, token) in enumerate(zip(running, tokens)):
-            seq.length += 1
-            self._after_token(seq, token)
-            if seq.done:
-                finished.append(i)
-        if finished:
-            self._remove_rows(finished)
+        if prev is not None:
+            self._take(prev)
+        if self.overlap and self._running:
+            self._inflight = step
+        else:
+            self._take(step)
         now = time.perf_counter()
         self.step_stats.add_decode(n, rows, t1 - t0, t2 - t1, now - t2)
         if now - self._stats_since >= StepStats.LOG_EVERY_S:
             self._log_step_stats(now)
+
+    def _take(self, step: "_Step") -> None:
+        """Read a launched step's tokens on the host (waiting for the device if it is still
+        running) and hand them out; rows that finished leave the batch. A row that finished
+        or was cancelled after the step was launched gets nothing from it."""
+        if step.event is not None:
+            step.event.synchronize()
+        tokens = step.host.tolist()
+        for seq, token in zip(step.seqs, tokens):
+            seq.pending -= 1
+            if seq.done:
+                continue
+            seq.length += 1
+            self._after_token(seq, token)
+        finished = [i for i, q in enumerate(self._running) if q.done]
+        if finished:
+            self._remove_rows(finished)
 
     def _log_step_stats(self, now: float) -> None:
         """Log the interval's account (``serve_bench`` reads these lines) and start a new one."""
@@ -731,7 +871,8 @@ class TransformersEngine(Engine):
             last = len(self._running) - 1
             if i != last:
                 moved = self._running[last]
-                self._kv.move([last], [i], moved.length)
+                # with a step in flight, the column it is writing moves too
+                self._kv.move([last], [i], moved.length + moved.pending)
                 moved.slot = i
                 self._running[i] = moved
             self._running.pop()
@@ -751,6 +892,7 @@ class TransformersOptions:
     dtype: str = "auto"
     max_model_len: int | None = None
     kv_cache_tokens: int | None = None  # KV store size in tokens; default: from free GPU memory
+    attention: str = "auto"           # auto, varlen, masked
 
 
 def _add_arguments(g) -> None:
@@ -761,6 +903,10 @@ def _add_arguments(g) -> None:
     g.add_argument("--kv-cache-tokens", type=int, metavar="N",
                    help="tokens the KV store holds (one slot of --max-model-len tokens per running sequence); "
                         "default: 90%% of the GPU memory free after loading, --max-batch slots on CPU")
+    g.add_argument("--attention", default="auto", choices=["auto", "varlen", "masked"],
+                   help="how attention reads the KV store: varlen (each row its own length; FlashAttention on "
+                        "CUDA, a slow reference on the CPU), masked (one SDPA call over the longest row), "
+                        "auto (varlen on CUDA when its kernel passes the start-up check, else masked)")
 
 
 def _options_from_args(args) -> TransformersOptions:
@@ -775,14 +921,15 @@ def _options_from_args(args) -> TransformersOptions:
     if args.kv_cache_tokens is not None and args.kv_cache_tokens < 1:
         raise ConfigError("--kv-cache-tokens must be at least 1")
     return TransformersOptions(model=args.model, device=args.device, dtype=args.dtype,
-                               max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens)
+                               max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
+                               attention=args.attention)
 
 
 def _build(options: TransformersOptions, config) -> TransformersEngine:
     return TransformersEngine(options.model, device=options.device, dtype=options.dtype,
                               max_batch=config.max_batch, max_queue=config.max_queue,
                               max_model_len=options.max_model_len, kv_cache_tokens=options.kv_cache_tokens,
-                              model_version=config.model_version)
+                              model_version=config.model_version, attention=options.attention)
 
 
 register(EnginePlugin(

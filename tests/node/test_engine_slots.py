@@ -76,13 +76,25 @@ def _engine(model_dir, **kw) -> TransformersEngine:
     return engine
 
 
-@pytest.mark.parametrize("bucketed", [True, False], ids=["graph-shapes", "exact-shapes"])
-def test_greedy_tokens_equal_generate_alone_and_in_a_mixed_batch(model_dir, reference, bucketed):
+@pytest.mark.parametrize("bucketed,attention,overlap", [(True, "masked", True), (False, "masked", True),
+                                                        (False, "masked", False), (True, "varlen", True)],
+                         ids=["graph-shapes", "exact-shapes", "exact-shapes-no-overlap", "varlen-graph-shapes"])
+def test_greedy_tokens_equal_generate_alone_and_in_a_mixed_batch(model_dir, reference, bucketed, attention, overlap):
     """A 16-token prefill budget splits every prompt over several steps, and with 3 slots the
-    fourth request waits for one: joins, leaves, slot moves and chunking all happen."""
-    alone = _run(_engine(model_dir, max_batch=3, bucketed=bucketed, max_prefill_tokens=16), PROMPTS, NEW_TOKENS, False)
+    fourth request waits for one: joins, leaves, slot moves and chunking all happen, with
+    each decode step launched before the previous one is taken in (and without). The
+    variable-length case runs the CUDA path's bookkeeping with the reference kernel, and the
+    fused RMSNorms."""
+    kw = dict(max_batch=3, bucketed=bucketed, max_prefill_tokens=16, attention=attention, overlap=overlap,
+              fuse_norms=attention == "varlen")  # the CUDA defaults, on the CPU
+    engine = _engine(model_dir, **kw)
+    alone = _run(engine, PROMPTS, NEW_TOKENS, False)
+    assert engine.attention_path.startswith("variable length" if attention == "varlen" else "masked SDPA")
+    assert engine.width_buckets == ([512] if attention == "varlen" else [256, 512])
+    layers = engine.model.config.num_hidden_layers
+    assert engine.fused_norms == (2 * layers + 1 if attention == "varlen" else 0)
     assert alone == reference
-    together = _run(_engine(model_dir, max_batch=3, bucketed=bucketed, max_prefill_tokens=16), PROMPTS, NEW_TOKENS, True)
+    together = _run(_engine(model_dir, **kw), PROMPTS, NEW_TOKENS, True)
     assert together == reference
 
 
@@ -214,3 +226,87 @@ def test_packed_prefill_sees_only_its_own_sequence_up_to_its_position():
     ]
     assert not any(any(row[8:]) for row in visible)
     assert not any(any(row) for row in visible[5:])  # padding tokens see nothing
+
+
+def test_varlen_prefill_describes_each_chunk_in_place():
+    """The variable-length description of a packed prefill: each chunk's queries, where its
+    slot starts in the flat store and how many of its columns it reads; padding tokens form
+    one more sequence and write to slot 0's trash column."""
+    from inference.engine.slot_attention import reference_varlen
+
+    store = SlotKVCache(1, 1, 2, torch.float32, torch.device("cpu"), slots=4, max_len=8)
+    cache, att, positions = store.packed_varlen(reference_varlen, [(2, 3, 2), (0, 0, 3)])
+    assert positions[0, :5].tolist() == [3, 4, 0, 1, 2] and positions.shape[1] == 64
+    assert cache.write_index[:5].tolist() == [2 * 9 + 3, 2 * 9 + 4, 0, 1, 2]
+    assert set(cache.write_index[5:].tolist()) == {8}
+    assert att.cu_q.tolist() == [0, 2, 5, 64]
+    assert att.cu_k.tolist() == [18, 0, 0, 36]
+    assert att.used_k.tolist() == [5, 3, 36]  # padding: 59 tokens, at most the whole store (36 rows)
+    assert (att.max_q, att.max_k, att.causal) == (59, 36, True)
+    assert not cache.reads
+
+
+def test_varlen_decode_rows_read_their_own_length():
+    from inference.engine.slot_attention import reference_varlen
+
+    store = SlotKVCache(1, 1, 2, torch.float32, torch.device("cpu"), slots=4, max_len=8)
+    att = store.decode_attention(reference_varlen, 3, torch.tensor([[5], [0], [-1]]), 8)
+    assert att.cu_q.tolist() == [0, 1, 2, 3] and att.cu_k.tolist() == [0, 9, 18, 27]
+    assert att.used_k.tolist() == [6, 1, 1]  # a padding row reads one column
+    assert (att.max_q, att.max_k, att.causal) == (1, 8, False)
+
+
+def test_reference_kernel_matches_dense_attention_with_a_bottom_right_causal_mask():
+    """The contract the CUDA kernel is checked against at start-up, checked itself against a
+    dense masked SDPA over the same keys (grouped-query heads included)."""
+    import torch.nn.functional as F
+
+    from inference.engine.slot_attention import check_kernel, reference_varlen
+
+    g = torch.Generator().manual_seed(0)
+    heads, kv_heads, dim, stride = 4, 2, 8, 16
+    k = torch.randn(3 * stride, kv_heads, dim, generator=g)
+    v = torch.randn(3 * stride, kv_heads, dim, generator=g)
+    q = torch.randn(7, heads, dim, generator=g)
+    # sequence 0: 3 queries, slot 1, 10 keys used; sequence 1: 4 queries, slot 0, 4 keys used
+    i32 = dict(dtype=torch.int32)
+    out = reference_varlen(q, k, v, torch.tensor([0, 3, 7], **i32), torch.tensor([stride, 0, 48], **i32),
+                           torch.tensor([10, 4], **i32), 4, 10, True, dim ** -0.5)
+    for (q0, q1), (k0, n) in zip([(0, 3), (3, 7)], [(stride, 10), (0, 4)]):
+        kk = k[k0:k0 + n].repeat_interleave(2, 1).transpose(0, 1)
+        vv = v[k0:k0 + n].repeat_interleave(2, 1).transpose(0, 1)
+        rows = q1 - q0
+        mask = torch.tensor([[j <= i + n - rows for j in range(n)] for i in range(rows)])
+        want = F.scaled_dot_product_attention(q[q0:q1].transpose(0, 1), kk, vv, attn_mask=mask).transpose(0, 1)
+        assert torch.allclose(out[q0:q1], want, atol=1e-5)
+    assert check_kernel(reference_varlen, torch.device("cpu"), torch.float32, 4, 2, 8) == 0.0
+
+
+def test_penalised_rows_see_every_token_before_the_next_step(tiny_model_dir):
+    """A presence penalty needs the full history, so such rows never run a step ahead: with
+    and without overlapping steps the same greedy, penalised tokens come out, and a row
+    finishing at its limit gets exactly its tokens (the step computed past it is dropped)."""
+    def run(overlap: bool):
+        engine = _engine(tiny_model_dir, max_batch=4, overlap=overlap)
+
+        async def one(i, penalty):
+            req = GenerationRequest(f"p{i}", "m", [{"role": "user", "content": PROMPTS[i]}],
+                                    SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS[i], ignore_eos=True,
+                                                   presence_penalty=penalty))
+            async for _ in await engine.generate(req):
+                pass
+            return engine.last_tokens.pop(req.request_id)
+
+        async def main():
+            await engine.start()
+            try:
+                return await asyncio.gather(*(one(i, 1.5 if i % 2 else 0.0) for i in range(4)))
+            finally:
+                await engine.stop()
+
+        return asyncio.run(main())
+
+    overlapped, plain = run(True), run(False)
+    assert overlapped == plain
+    assert [len(t) for t in overlapped] == NEW_TOKENS
+    assert len(set(overlapped[1])) == len(overlapped[1])  # the penalty acted: no token twice in row 1

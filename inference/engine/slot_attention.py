@@ -1,0 +1,150 @@
+"""Attention that reads only each sequence's live tokens out of the slot store.
+
+Why: with one dense SDPA call a decode step reads every row up to the batch's longest row
+(rounded up to a width bucket), and a packed prefill step gathers every chunk's keys into
+one row and masks a square of ``tokens × keys``. For the DeepSeek-LLM-7B shape a token's
+keys and values are 480 KiB, so at 256 rows of mixed lengths the padding alone is several
+gigabytes of reads per step. FlashAttention's variable-length kernel, which PyTorch ships as
+``aten::_flash_attention_forward``, walks each sequence's own keys: ``cu_seq_k`` gives where
+a sequence's keys start in the flat ``[slots × columns, heads, dim]`` store (its slot's first
+column) and ``seqused_k`` how many of them it uses (its length). No mask is built, no key is
+gathered or copied, and a row reads its own length, not the longest one.
+
+How it plugs in: the model's attention implementation is switched to ``seekwatch_slots``
+(registered with transformers' ``AttentionInterface``). A forward that passes a
+:class:`SlotAttention` (keyword ``slot_attention``, which transformers hands down to every
+attention call) runs the kernel over the store; any other forward (a plain forward at
+start-up) runs transformers' own SDPA. The store's keys/values for the step are written by
+the cache's ``update`` before the kernel reads them.
+
+Kernels: on CUDA, PyTorch's FlashAttention (bf16/fp16, head dim up to 256); anywhere,
+:func:`reference_varlen`, the same contract in plain SDPA, one sequence at a time. The CPU
+tests run the engine with the reference, so the bookkeeping (offsets, lengths, causal
+alignment) is tested token for token against the masked path; on CUDA the engine checks the
+kernel against the reference at start-up and keeps the masked path if they disagree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+NAME = "seekwatch_slots"
+
+#: ``kernel(q [Tq, H, D], k [N, Hk, D], v, cu_q [B+1], cu_k [B+1], used_k [B], max_q, max_k,
+#: causal, scale) -> [Tq, H, D]``. Sequence ``i``'s queries are ``q[cu_q[i]:cu_q[i+1]]``, its
+#: keys ``k[cu_k[i] : cu_k[i] + used_k[i]]``; with ``causal``, query ``j`` of ``n`` sees keys
+#: up to ``j + used_k[i] - n`` (the queries are the sequence's last tokens).
+Kernel = Callable[..., torch.Tensor]
+
+
+def flash_varlen(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float) -> torch.Tensor:
+    """PyTorch's FlashAttention, variable-length form with ``seqused_k`` (CUDA only)."""
+    out = torch.ops.aten._flash_attention_forward(
+        q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False, scale=scale, seqused_k=used_k)
+    return out[0]
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float) -> torch.Tensor:
+    """The kernel's contract in plain SDPA, a sequence at a time (reads offsets on the host)."""
+    out = torch.empty_like(q)
+    groups = q.shape[1] // k.shape[1]
+    for i, (q0, q1, k0, n) in enumerate(zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), cu_k[:-1].tolist(),
+                                            used_k.tolist())):
+        if q1 == q0:
+            continue
+        qi = q[q0:q1].transpose(0, 1)                                  # [H, n_q, D]
+        ki = k[k0:k0 + n].transpose(0, 1).repeat_interleave(groups, 0)  # [H, n_k, D]
+        vi = v[k0:k0 + n].transpose(0, 1).repeat_interleave(groups, 0)
+        mask = None
+        if causal:
+            rows = torch.arange(q1 - q0, device=q.device).unsqueeze(1)
+            mask = torch.arange(n, device=q.device).unsqueeze(0) <= rows + (n - (q1 - q0))
+        out[q0:q1] = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale).transpose(0, 1)
+    return out
+
+
+@dataclass
+class SlotAttention:
+    """One forward's variable-length description (device tensors; int32 where the kernel asks)."""
+
+    kernel: Kernel
+    keys: list[torch.Tensor]     # per layer, the store's keys as [slots × columns, kv_heads, dim]
+    values: list[torch.Tensor]
+    cu_q: torch.Tensor
+    cu_k: torch.Tensor
+    used_k: torch.Tensor
+    max_q: int
+    max_k: int
+    causal: bool
+
+
+def slot_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
+                           slot_attention: SlotAttention | None = None, **kwargs):
+    """transformers attention function: ``query`` ``[B, H, q, D]``; returns ``[B, q, H, D]``."""
+    if slot_attention is None:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
+                                      dropout=dropout, **kwargs)
+    s = slot_attention
+    b, h, n, d = query.shape
+    q = query.transpose(1, 2).reshape(b * n, h, d)
+    scale = scaling if scaling is not None else d ** -0.5
+    layer = module.layer_idx
+    out = s.kernel(q, s.keys[layer], s.values[layer], s.cu_q, s.cu_k, s.used_k, s.max_q, s.max_k, s.causal, scale)
+    return out.view(b, n, h, d), None
+
+
+def register() -> str:
+    """Register the attention function with transformers (idempotent); returns its name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, slot_attention_forward)
+    return NAME
+
+
+def use_on(model) -> None:
+    """Switch a loaded model's attention to :data:`NAME`."""
+    register()
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(NAME)
+    else:  # pragma: no cover - older transformers
+        model.config._attn_implementation = NAME
+
+
+def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
+                 head_dim: int) -> float:
+    """Largest relative difference between ``kernel`` and :func:`reference_varlen` on random
+    data shaped like one decode step and one packed prefill step over a small store."""
+    g = torch.Generator(device="cpu").manual_seed(2)
+    stride, slots = 40, 4
+    store_k = torch.randn(slots * stride, kv_heads, head_dim, generator=g).to(device, dtype)
+    store_v = torch.randn(slots * stride, kv_heads, head_dim, generator=g).to(device, dtype)
+    i32 = dict(device=device, dtype=torch.int32)
+    cases = [  # (query tokens per sequence, slots, keys used, causal)
+        ([1, 1, 1], [0, 1, 2], [7, 33, 1], False),
+        ([5, 12, 3], [2, 0, 3], [5, 30, 20], True),
+    ]
+    worst = 0.0
+    for nq, slot, used, causal in cases:
+        q = torch.randn(sum(nq), heads, head_dim, generator=g).to(device, dtype)
+        cu_q = torch.tensor([0, *torch.tensor(nq).cumsum(0).tolist()], **i32)
+        cu_k = torch.tensor([s * stride for s in slot] + [slots * stride], **i32)
+        used_k = torch.tensor(used, **i32)
+        args = (q, store_k, store_v, cu_q, cu_k, used_k, max(nq), max(used), causal, head_dim ** -0.5)
+        want = reference_varlen(*args).float()
+        got = kernel(*args).float()
+        worst = max(worst, float((got - want).abs().max() / want.abs().max().clamp(min=1e-6)))
+    return worst
+
+
+def kernel_for(device: torch.device, dtype: torch.dtype) -> tuple[Kernel | None, str]:
+    """The fast kernel for ``device``/``dtype``, or None and why not."""
+    if device.type != "cuda":
+        return None, "FlashAttention needs a CUDA device"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return None, f"FlashAttention needs bf16 or fp16, not {dtype}"
+    return flash_varlen, "FlashAttention (variable length)"
