@@ -1,13 +1,15 @@
 """Decode-path check: the captured CUDA graphs against the eager step, on the architectures
 the node must serve, and the time of one decode step per bucket.
 
-For each model: one engine with CUDA graphs (and, on CUDA, the variable-length attention
-and fused RMSNorms) and one decoding eagerly with exact shapes (no bucket padding, masked
-SDPA, transformers' own RMSNorm) run the same greedy requests, each alone and all together in one batch; the
-check reports how many of the tokens agree, position by position, and the largest relative
-logit difference between a graph replay and the eager step, per (batch, width) bucket, on
-rows holding real prompts. Also runs on the CPU (no capture: the bucketed eager step against
-the exact one), which is what the test suite does on the tiny models.
+For each model, three engines run the same greedy requests, each alone and all together in
+one batch: the fast path (CUDA graphs and, on CUDA, the variable-length attention and fused
+RMSNorms), the same kernels run eagerly with exact shapes (what the graphs must reproduce
+token for token), and transformers' own kernels (masked SDPA, its RMSNorm). The check
+reports how many tokens agree position by position; since free-running greedy output parts
+for good at the first near-tie, it also feeds the same tokens to the fast path and to
+transformers' forward and compares the logits at every position (teacher-forced). Per
+captured (batch, width) bucket: the replay against the eager step on rows holding real
+prompts, and the time of each. Also runs on the CPU (no capture), as the test suite does.
 
     python benchmarks/decode_check.py --device cuda --models deepseek-7b qwen2-r1 llama3-r1 --out check.json
 
@@ -29,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from inference.engine.transformers_cb import bucket_for  # noqa: E402
 from inference.tiny_model import VARIANTS, make_variant  # noqa: E402
 
 PROMPTS = ["请帮我生成本月销售报告摘要。", "退货" * 40, "How do I reset my password? " * 12,
@@ -103,31 +106,69 @@ def bucket_logits_and_times(engine, reps: int = 10) -> list[dict]:
     return out
 
 
+def teacher_forced(engine, reference_model, prompt_ids: list[int], tokens: list[int]) -> dict:
+    """Feed the same tokens to the engine's fast path (prefill, then one decode step per
+    token as the running node does it: graph replay where captured) and to transformers'
+    own forward over the whole sequence; compare the logits at every position. Free-running
+    greedy output diverges for good at the first near-tie, so this is the per-step measure."""
+    import torch
+
+    with torch.inference_mode():
+        n = len(prompt_ids)
+        fast = [engine._prefill_forward([(0, prompt_ids, 0)])[0].float()]
+        for i, token in enumerate(tokens[:-1]):
+            engine._io[0, 0], engine._io[1, 0] = token, n + i
+            width = bucket_for(n + i + 1, engine.width_buckets)
+            captured = engine._graphs.get((1, width))
+            if captured is not None:
+                captured[0].replay()
+                fast.append(captured[1][0].float().clone())
+            else:
+                fast.append(engine._decode_forward(1, width)[0].float())
+        got = torch.stack(fast)
+        ids = torch.tensor([prompt_ids + tokens[:-1]], device=engine.device)
+        want = reference_model(input_ids=ids).logits[0, n - 1:].float()
+    rel = ((got - want).abs().amax(-1) / want.abs().amax(-1).clamp(min=1e-6))
+    return {"positions": len(tokens), "argmax_equal": float((got.argmax(-1) == want.argmax(-1)).float().mean()),
+            "rel_max_logit_diff_median": float(rel.median()), "rel_max_logit_diff_max": float(rel.max())}
+
+
 async def check_model(model_dir: Path, device: str, max_tokens: int, max_batch: int, max_model_len: int) -> dict:
     from inference.engine.transformers_cb import TransformersEngine
 
-    kw = dict(device=device, max_batch=max_batch, max_model_len=max_model_len,
-              kv_cache_tokens=max_batch * max_model_len, max_prefill_tokens=256)
-    fast = TransformersEngine(model_dir, cuda_graphs=device == "cuda", bucketed=True, **kw)
-    # the reference: eager, exact shapes, masked SDPA, transformers' own RMSNorm
-    exact = TransformersEngine(model_dir, cuda_graphs=False, bucketed=False, attention="masked", fuse_norms=False, **kw)
-    for e in (fast, exact):
+    kw = dict(device=device, max_model_len=max_model_len, max_prefill_tokens=256)
+    small = dict(max_batch=8, kv_cache_tokens=8 * max_model_len)
+    # the fast path: CUDA graphs and, on CUDA, the variable-length attention and fused norms
+    fast = TransformersEngine(model_dir, cuda_graphs=device == "cuda", bucketed=True, max_batch=max_batch,
+                              kv_cache_tokens=max_batch * max_model_len, **kw)
+    # the same kernels, eagerly, with exact shapes: what the graphs must reproduce
+    same = TransformersEngine(model_dir, cuda_graphs=False, bucketed=False, **small, **kw)
+    # transformers' own kernels: masked SDPA and its RMSNorm (what a user would run)
+    plain = TransformersEngine(model_dir, cuda_graphs=False, bucketed=False, attention="masked", fuse_norms=False,
+                               **small, **kw)
+    engines = (fast, same, plain)
+    for e in engines:
         e.record_tokens = True
         await e.start()
     try:
-        result = {"model": model_dir.name, "decode_path": fast.decode_path, "eager_path": exact.decode_path,
+        result = {"model": model_dir.name, "decode_path": fast.decode_path, "eager_path": same.decode_path,
                   "attention_path": fast.attention_path, "fused_norms": fast.fused_norms}
-        ref_alone = await greedy(exact, PROMPTS, max_tokens, together=False)
+        same_alone = await greedy(same, PROMPTS, max_tokens, together=False)
         fast_alone = await greedy(fast, PROMPTS, max_tokens, together=False)
         fast_batch = await greedy(fast, PROMPTS, max_tokens, together=True)
-        result["alone"] = agreement(fast_alone, ref_alone)
-        result["in_a_batch"] = agreement(fast_batch, ref_alone)
+        result["alone"] = agreement(fast_alone, same_alone)
+        result["in_a_batch"] = agreement(fast_batch, same_alone)
         # the eager step in a batch, against itself alone: how much of a batch's difference
         # is the batch's own arithmetic (bf16 results depend on the batch shape), not the graphs
-        result["eager_in_a_batch"] = agreement(await greedy(exact, PROMPTS, max_tokens, together=True), ref_alone)
+        result["eager_in_a_batch"] = agreement(await greedy(same, PROMPTS, max_tokens, together=True), same_alone)
+        plain_alone = await greedy(plain, PROMPTS, max_tokens, together=False)
+        result["against_transformers_kernels"] = agreement(fast_alone, plain_alone)
+        result["teacher_forced"] = [
+            teacher_forced(fast, plain.model, fast.encode_prompt([{"role": "user", "content": p}]), toks)
+            for p, toks in zip(PROMPTS, plain_alone)]
         result["buckets"] = bucket_logits_and_times(fast) if device == "cuda" else []
     finally:
-        for e in (fast, exact):
+        for e in engines:
             await e.stop()
     return result
 
@@ -179,9 +220,15 @@ def main() -> int:
             print(f"{r['model']}: FAILED {r['error']}")
             continue
         worst = max((b["rel_max_logit_diff"] for b in r["buckets"]), default=float("nan"))
-        print(f"{r['model']}: {r['decode_path'][:40]}; greedy tokens equal alone {r['alone']['fraction']:.3f}, "
-              f"in a batch {r['in_a_batch']['fraction']:.3f} (eager in a batch: {r['eager_in_a_batch']['fraction']:.3f}); "
-              f"worst bucket logit diff {worst:.3g}")
+        tf = r["teacher_forced"]
+        print(f"{r['model']}: {r['decode_path'][:40]}; {r['attention_path']}; greedy tokens equal alone "
+              f"{r['alone']['fraction']:.3f}, in a batch {r['in_a_batch']['fraction']:.3f} (eager in a batch: "
+              f"{r['eager_in_a_batch']['fraction']:.3f}; against transformers' kernels "
+              f"{r['against_transformers_kernels']['fraction']:.3f}); worst bucket logit diff {worst:.3g}; "
+              f"teacher-forced against transformers' forward: argmax equal "
+              f"{min(t['argmax_equal'] for t in tf):.3f} (worst prompt), logit diff median "
+              f"{statistics.median(t['rel_max_logit_diff_median'] for t in tf):.3g}, max "
+              f"{max(t['rel_max_logit_diff_max'] for t in tf):.3g}")
         for b in r["buckets"]:
             print(f"  batch {b['rows']:>3} width {b['width']:>5}: replay {b['replay_ms']:.2f} ms "
                   f"(host {b['replay_host_ms']:.2f}), eager {b['eager_ms']:.2f} ms (host {b['eager_host_ms']:.2f}), "

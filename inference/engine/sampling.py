@@ -3,8 +3,9 @@
 Runs on the device the logits are on, vectorised over the batch for temperature and top-p;
 penalties and EOS suppression only touch the rows that asked for them, so a batch of plain
 requests pays nothing for them. Which branches run is decided from the settings on the host,
-never by reading a device tensor, so a step synchronises with the device once: when the
-chosen tokens are copied back.
+never by reading a device tensor, and the per-row settings reach the device through pinned
+memory (``host_copy.upload``), so nothing here waits for the device: the engine reads the
+chosen tokens when it needs them.
 """
 from __future__ import annotations
 
@@ -13,8 +14,18 @@ from typing import Sequence
 import torch
 
 from inference.engine.base import SamplingParams
+from inference.engine.host_copy import upload
 
 GREEDY_BELOW = 1e-5  # a temperature this low means greedy decoding
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row, drawn with probability ``probs`` (unnormalised is fine):
+    ``argmax(p / q)`` with ``q ~ Exp(1)``, the draw ``torch.multinomial`` makes for one
+    sample, without its validity check, which reads a device value on the host (a wait for
+    the device at every step)."""
+    q = torch.empty_like(probs).exponential_(1.0, generator=generator)
+    return (probs / q).argmax(dim=-1)
 
 
 def sample_next_tokens(
@@ -39,32 +50,32 @@ def sample_next_tokens(
     device = logits.device
     for i, (p, gen) in enumerate(zip(params, generated)):
         if (p.presence_penalty or p.frequency_penalty) and gen:
-            ids = torch.tensor(gen, device=device)
+            ids = upload(gen, torch.long, device)
             counts = torch.bincount(ids, minlength=vocab).to(logits.dtype)
             logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
     pending = pending or [0] * batch
     suppress = [i for i, (p, gen, extra) in enumerate(zip(params, generated, pending))
                 if eos_token_ids and (p.ignore_eos or len(gen) + extra < p.min_tokens)]
     if suppress:
-        rows = torch.tensor(suppress, device=device).unsqueeze(1)
-        logits[rows, torch.tensor(list(eos_token_ids), device=device)] = float("-inf")
+        rows = upload(suppress, torch.long, device).unsqueeze(1)
+        logits[rows, upload(list(eos_token_ids), torch.long, device)] = float("-inf")
     greedy_rows = [p.temperature <= GREEDY_BELOW for p in params]
     finish = (lambda t: t.cpu()) if to_host else (lambda t: t)
     if all(greedy_rows):
         return finish(logits.argmax(dim=-1))
-    temps = torch.tensor([max(p.temperature, GREEDY_BELOW) for p in params], dtype=logits.dtype).to(device, non_blocking=True)
+    temps = upload([max(p.temperature, GREEDY_BELOW) for p in params], logits.dtype, device)
     probs = torch.softmax(logits / temps.unsqueeze(1), dim=-1)
     if any(p.top_p < 1.0 for p in params):
-        top_p = torch.tensor([p.top_p for p in params], dtype=probs.dtype).to(device, non_blocking=True)
+        top_p = upload([p.top_p for p in params], probs.dtype, device)
         sorted_probs, sorted_idx = probs.sort(dim=-1, descending=True)
         cum = sorted_probs.cumsum(dim=-1)
         drop = (cum - sorted_probs) > top_p.unsqueeze(1)
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        choice = torch.multinomial(sorted_probs, 1, generator=generator).squeeze(1)
+        choice = _draw(sorted_probs, generator)
         sampled = sorted_idx.gather(1, choice.unsqueeze(1)).squeeze(1)
     else:
-        sampled = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        sampled = _draw(probs, generator)
     if any(greedy_rows):
-        greedy = torch.tensor(greedy_rows).to(device, non_blocking=True)
+        greedy = upload(greedy_rows, torch.bool, device)
         sampled = torch.where(greedy, logits.argmax(dim=-1), sampled)
     return finish(sampled)

@@ -33,6 +33,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from inference.engine.host_copy import upload
+
 try:  # transformers' base class, so model code that checks for a Cache accepts ours
     from transformers.cache_utils import Cache as _CacheBase
 except ImportError:  # pragma: no cover - transformers is a dependency of this package
@@ -102,8 +104,7 @@ class SlotKVCache:
             for t in self.keys + self.values:
                 t[dst[0], :width].copy_(t[src[0], :width])
             return
-        s = torch.tensor(src, device=self.device)
-        d = torch.tensor(dst, device=self.device)
+        s, d = upload(src, torch.long, self.device), upload(dst, torch.long, self.device)
         for t in self.keys + self.values:
             t[d, :width] = t[s, :width]
 
@@ -172,9 +173,8 @@ class SlotKVCache:
         k_seq += [-1] * pad
         k_col += [0] * pad
         read += [self.trash] * pad  # slot 0's trash column, never visible
-        host = torch.tensor([q_seq, q_pos, write], dtype=torch.long)
-        keys = torch.tensor([k_seq, k_col, read], dtype=torch.long)
-        host, keys = host.to(self.device, non_blocking=True), keys.to(self.device, non_blocking=True)
+        host = upload([q_seq, q_pos, write], torch.long, self.device)
+        keys = upload([k_seq, k_col, read], torch.long, self.device)
         visible = (host[0].unsqueeze(1) == keys[0].unsqueeze(0)) & (keys[1].unsqueeze(0) <= host[1].unsqueeze(1))
         zero = torch.zeros((), dtype=self.dtype, device=self.device)
         low = torch.full((), self.mask_min, dtype=self.dtype, device=self.device)
@@ -206,8 +206,8 @@ class SlotKVCache:
             cu_k.append(0)
             used.append(min(pad, self.slots * self.stride))
         cu_k.append(self.slots * self.stride)
-        host = torch.tensor([q_pos, write], dtype=torch.long).to(self.device, non_blocking=True)
-        meta = torch.tensor([*cu_q, *cu_k, *used], dtype=torch.int32).to(self.device, non_blocking=True)
+        host = upload([q_pos, write], torch.long, self.device)
+        meta = upload([*cu_q, *cu_k, *used], torch.int32, self.device)
         b = len(used)
         attention = SlotAttention(kernel, self.flat_keys, self.flat_values, meta[:b + 1], meta[b + 1:2 * b + 2],
                                   meta[2 * b + 2:], max(y - x for x, y in zip(cu_q, cu_q[1:])), max(used),

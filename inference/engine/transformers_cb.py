@@ -50,6 +50,7 @@ from inference.engine.base import (
 )
 from inference.engine.detokenizer import StopMatcher, make_detokenizer
 from inference.engine.fused_norm import fuse_rms_norms
+from inference.engine.host_copy import upload
 from inference.engine import slot_attention
 from inference.engine.sampling import sample_next_tokens
 from inference.engine.slot_cache import SlotKVCache, bytes_per_token, kv_geometry
@@ -446,14 +447,14 @@ class TransformersEngine(Engine):
             cache, mask, positions = self._kv.packed(spans)
         flat = [t for _, chunk, _ in chunks for t in chunk]
         flat += [0] * (positions.shape[1] - len(flat))
-        ids = torch.tensor(flat).to(self.device, non_blocking=True)
-        ends = torch.tensor(list(itertools.accumulate(len(c) for _, c, _ in chunks))) - 1
-        keep = {"logits_to_keep": ends.to(self.device, non_blocking=True)} if self._keep_kw else {}
+        ids = upload(flat, torch.long, self.device)
+        ends = upload([n - 1 for n in itertools.accumulate(len(c) for _, c, _ in chunks)], torch.long, self.device)
+        keep = {"logits_to_keep": ends} if self._keep_kw else {}
         with prefill_attention(self.device):
             out = self.model(input_ids=ids.unsqueeze(0), position_ids=positions, attention_mask=mask,
                              use_cache=True, **{self._cache_kw: cache}, **keep, **extra)
         logits = out.logits[0]
-        return logits if keep else logits.index_select(0, ends.to(self.device))
+        return logits if keep else logits.index_select(0, ends)
 
     def _decode_forward(self, rows: int, width: int) -> torch.Tensor:
         """One decode step over slots ``0 … rows-1`` reading ``width`` columns; inputs come

@@ -310,3 +310,15 @@ def test_penalised_rows_see_every_token_before_the_next_step(tiny_model_dir):
     assert overlapped == plain
     assert [len(t) for t in overlapped] == NEW_TOKENS
     assert len(set(overlapped[1])) == len(overlapped[1])  # the penalty acted: no token twice in row 1
+
+
+def test_sampling_draws_what_multinomial_draws_without_reading_the_device():
+    """The draw is ``torch.multinomial``'s own one-sample draw (same generator, same picks),
+    minus its validity check, which would make every decode step wait for the device."""
+    from inference.engine.sampling import _draw
+
+    probs = torch.softmax(torch.randn(64, 300, generator=torch.Generator().manual_seed(1)), -1)
+    a, b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    assert torch.equal(_draw(probs, a), torch.multinomial(probs, 1, generator=b).squeeze(1))
+    many = _draw(torch.tensor([[0.2, 0.5, 0.3]]).repeat(40000, 1), torch.Generator().manual_seed(0))
+    assert torch.allclose(torch.bincount(many, minlength=3) / 40000, torch.tensor([0.2, 0.5, 0.3]), atol=0.01)

@@ -1,0 +1,123 @@
+"""Decode attention over the slot store: one dense masked SDPA call against the
+variable-length kernel, per batch size, on rows of mixed lengths.
+
+Why: the engine's decode step used to read every row up to the batch's longest row (rounded
+up to a width bucket) through one masked SDPA call; the variable-length kernel
+(``inference/engine/slot_attention.py``) reads each row's own length. This probe times one
+layer's attention both ways on the same store and the same rows, so the docs can say what
+the choice is worth, and checks that both give the same output.
+
+    python benchmarks/attention_probe.py --device cuda --out r.json   # DeepSeek-LLM-7B head shape
+
+Rows: lengths drawn uniformly from ``--lengths`` (prompts of 64-512 tokens with up to 256
+generated, as in ``serve_bench``); ``masked``: the engine's masked path (a view of the first
+``width`` columns, additive mask; SDPA picks its kernel, cuDNN included, as decode steps
+do); ``varlen``: the variable-length kernel (FlashAttention on CUDA, the SDPA reference on
+the CPU). ``live_gb_s``: the live keys and values read, per second of the varlen kernel.
+Median of ``--repeat`` timed calls (device events on CUDA) after a warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from inference.engine import slot_attention  # noqa: E402
+from inference.engine.slot_cache import SlotKVCache  # noqa: E402
+from inference.engine.transformers_cb import bucket_for, buckets  # noqa: E402
+
+
+def timed(fn, device: torch.device, repeat: int) -> float:
+    fn()
+    samples = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            samples.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=32)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--max-model-len", type=int, default=832)
+    ap.add_argument("--lengths", type=int, nargs=2, default=[64, 768])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    kernel, why = slot_attention.kernel_for(device, dtype)
+    if kernel is None:
+        kernel, why = slot_attention.reference_varlen, "reference (SDPA per sequence)"
+    slots = max(args.batches)
+    store = SlotKVCache(1, args.kv_heads, args.head_dim, dtype, device, slots, args.max_model_len)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    for t in store.keys + store.values:
+        t.copy_(torch.randn(t.shape, generator=g).to(device, dtype))
+    rng = random.Random(0)
+    widths = buckets(args.max_model_len, min(256, args.max_model_len))
+    bytes_per_token = 2 * args.kv_heads * args.head_dim * store.keys[0].element_size()
+    rows_out = []
+    for b in args.batches:
+        lengths = [rng.randint(*args.lengths) for _ in range(b)]
+        pos = torch.tensor(lengths, device=device).unsqueeze(1) - 1  # the query is each row's last token
+        width = bucket_for(max(lengths), widths)
+        q = torch.randn(b, args.heads, 1, args.head_dim, generator=g).to(device, dtype)
+        scale = args.head_dim ** -0.5
+        k = store.keys[0][:b, :width].transpose(1, 2)
+        v = store.values[0][:b, :width].transpose(1, 2)
+        mask = store.mask(pos, width)
+        groups = args.heads // args.kv_heads
+
+        def masked():
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
+
+        att = store.decode_attention(kernel, b, pos, args.max_model_len)
+        flat_q = q.transpose(1, 2).reshape(b, args.heads, args.head_dim)
+
+        def varlen():
+            return att.kernel(flat_q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k,
+                              att.max_q, att.max_k, att.causal, scale)
+
+        with torch.inference_mode():
+            err = float((varlen().float() - masked().transpose(1, 2).reshape(b, args.heads, -1).float()).abs().max())
+            t_masked, t_varlen = timed(masked, device, args.repeat), timed(varlen, device, args.repeat)
+        live = sum(lengths) * bytes_per_token
+        row = {"batch": b, "width": width, "mean_length": sum(lengths) / b, "masked_ms": t_masked,
+               "varlen_ms": t_varlen, "speedup": t_masked / t_varlen, "live_gb_s": live / t_varlen / 1e6,
+               "padded_read_share": 1 - sum(lengths) / (b * width), "max_abs_diff": err}
+        print(json.dumps(row), flush=True)
+        rows_out.append(row)
+    result = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "kernel": why,
+              "torch": torch.__version__, "shape": vars(args), "rows": rows_out}
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2), "utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
