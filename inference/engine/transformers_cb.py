@@ -241,6 +241,7 @@ class TransformersEngine(Engine):
         self._inflight: _Step | None = None
         self.attention_path = "not loaded"
         self._varlen: slot_attention.Kernel | None = None
+        self._decode_kernels: dict[int, slot_attention.Kernel] = {}
         self.decode_path = "not loaded"
         self._model_version = model_version or self.model_dir.name
         self.model = None
@@ -336,6 +337,7 @@ class TransformersEngine(Engine):
         self._events = [torch.cuda.Event() for _ in range(2)] if pin else []
         self._flip = 0
         self.batch_buckets = buckets(self._kv.slots)
+        self._pick_decode_kernels()
         # The variable-length kernel reads each row's own length: one width serves all.
         self.width_buckets = ([self._max_model_len] if self._varlen is not None
                               else buckets(self._max_model_len, min(256, self._max_model_len)))
@@ -388,6 +390,44 @@ class TransformersEngine(Engine):
         slot_attention.use_on(self.model)
         self._varlen = kernel
         self.attention_path = why
+
+    def _pick_decode_kernels(self) -> None:
+        """Per batch bucket, the faster variable-length kernel for decode steps: the one
+        prefill uses (FlashAttention) or the Triton split-K kernel, timed here on the store
+        with rows of mixed lengths. A kernel that fails its check against the reference is
+        not a candidate; the choice is logged and shown in ``attention_path``."""
+        self._decode_kernels: dict[int, slot_attention.Kernel] = {}
+        if self._varlen is None:
+            return
+        cfg = self.model.config
+        _, kv_heads, head_dim = kv_geometry(cfg)
+        kernel, why = slot_attention.decode_kernel_for(self.device, self.dtype, head_dim)
+        if kernel is not None:
+            try:
+                err = slot_attention.check_kernel(kernel, self.device, self.dtype, cfg.num_attention_heads,
+                                                  kv_heads, head_dim, decode_only=True)
+                if not err < self.VARLEN_TOLERANCE:
+                    why, kernel = f"{why} disagreed with the reference (relative error {err:.3g})", None
+            except Exception as exc:  # noqa: BLE001 - the prefill kernel still decodes
+                why, kernel = f"{why} failed its check ({exc.__class__.__name__}: {exc})", None
+        if kernel is None:
+            log.info("decode attention: %s (%s)", self.attention_path, why)
+            return
+        g = torch.Generator().manual_seed(4)
+        timings, fast = [], []
+        for rows in self.batch_buckets:
+            lengths = torch.randint(max(1, self._max_model_len // 8), self._max_model_len + 1, (rows,), generator=g)
+            att = self._kv.decode_attention(None, rows, (lengths - 1).unsqueeze(1).to(self.device), self._max_model_len)
+            q = torch.randn(rows, cfg.num_attention_heads, head_dim, generator=g).to(self.device, self.dtype)
+            t_prefill_kernel = slot_attention.time_kernel(self._varlen, att, q)
+            t_decode_kernel = slot_attention.time_kernel(kernel, att, q)
+            timings.append(f"{rows}: {t_prefill_kernel * 1e3:.0f}/{t_decode_kernel * 1e3:.0f} us")
+            if t_decode_kernel < t_prefill_kernel:
+                self._decode_kernels[rows] = kernel
+                fast.append(rows)
+        log.info("decode attention per layer, %s / %s, by batch: %s", self.attention_path, why, ", ".join(timings))
+        if fast:
+            self.attention_path += f"; decode at batch {fast}: {why}"
 
     def _make_store(self) -> None:
         """Size the KV store: ``kv_cache_tokens`` if given, else on CUDA a share of the free
@@ -466,7 +506,8 @@ class TransformersEngine(Engine):
         write = kv.write_index(self._rows[:rows], pos)
         if self._varlen is not None:
             cache = kv.decode_cache(rows, write, width, reads=False)
-            mask, extra = None, {"slot_attention": kv.decode_attention(self._varlen, rows, pos, width)}
+            kernel = self._decode_kernels.get(rows, self._varlen)
+            mask, extra = None, {"slot_attention": kv.decode_attention(kernel, rows, pos, width)}
         else:
             cache, mask, extra = kv.decode_cache(rows, write, width), kv.mask(pos, width), {}
         out = self.model(input_ids=ids, position_ids=pos.clamp(min=0), attention_mask=mask,
