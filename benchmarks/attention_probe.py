@@ -104,21 +104,21 @@ def main() -> int:
             return att.kernel(flat_q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k,
                               att.max_q, att.max_k, att.causal, scale)
 
-        decode_kernel, _ = slot_attention.decode_kernel_for(device, dtype, args.head_dim)
-
-        def split_k():
-            return decode_kernel(flat_q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k,
-                                 att.max_q, att.max_k, att.causal, scale)
+        variants, _ = slot_attention.decode_kernels_for(device, dtype, args.head_dim)
 
         with torch.inference_mode():
             want = masked().transpose(1, 2).reshape(b, args.heads, -1).float()
             err = float((varlen().float() - want).abs().max())
             t_masked, t_varlen = timed(masked, device, args.repeat), timed(varlen, device, args.repeat)
             extra = {}
-            if decode_kernel is not None:
-                extra = {"triton_ms": timed(split_k, device, args.repeat),
-                         "triton_max_abs_diff": float((split_k().float() - want).abs().max())}
-                extra["triton_live_gb_s"] = sum(lengths) * bytes_per_token / extra["triton_ms"] / 1e6
+            for kernel in variants:
+                def split_k(kernel=kernel):
+                    return kernel(flat_q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k,
+                                  att.max_q, att.max_k, att.causal, scale)
+
+                ms = timed(split_k, device, args.repeat)
+                extra[kernel.label] = {"ms": ms, "live_gb_s": sum(lengths) * bytes_per_token / ms / 1e6,
+                                       "max_abs_diff": float((split_k().float() - want).abs().max())}
         live = sum(lengths) * bytes_per_token
         row = {"batch": b, "width": width, "mean_length": sum(lengths) / b, "masked_ms": t_masked,
                "varlen_ms": t_varlen, "speedup": t_masked / t_varlen, "live_gb_s": live / t_varlen / 1e6,

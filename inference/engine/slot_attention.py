@@ -151,17 +151,18 @@ def kernel_for(device: torch.device, dtype: torch.dtype) -> tuple[Kernel | None,
     return flash_varlen, "FlashAttention (variable length)"
 
 
-def decode_kernel_for(device: torch.device, dtype: torch.dtype, head_dim: int) -> tuple[Kernel | None, str]:
-    """The Triton decode kernel where it can run, or None and why not."""
+def decode_kernels_for(device: torch.device, dtype: torch.dtype, head_dim: int) -> tuple[list[Kernel], str]:
+    """The Triton decode kernel's variants where they can run (each with a ``label``), or
+    an empty list and why not."""
     if device.type != "cuda":
-        return None, "Triton kernels need a CUDA device here"
+        return [], "Triton kernels need a CUDA device here"
     if head_dim & (head_dim - 1):
-        return None, f"head dim {head_dim} is not a power of two"
+        return [], f"head dim {head_dim} is not a power of two"
     try:
-        from inference.engine.triton_decode import triton_decode
+        from inference.engine.triton_decode import VARIANTS
     except ImportError as exc:  # triton ships with PyTorch's CUDA wheels
-        return None, f"triton is not importable ({exc})"
-    return triton_decode, "Triton split-K decode"
+        return [], f"triton is not importable ({exc})"
+    return list(VARIANTS), "Triton split-K decode"
 
 
 def time_kernel(kernel: Kernel, attention: "SlotAttention", q: torch.Tensor, repeat: int = 5) -> float:

@@ -90,28 +90,39 @@ def _merge(ACC, ML, OUT, H, S, BLOCK_S: tl.constexpr, D: tl.constexpr):
     tl.store(OUT + (b * H + h) * D + offs_d, out.to(OUT.dtype.element_ty))
 
 
-def splits_for(rows: int, kv_heads: int, max_k: int) -> int:
+def splits_for(rows: int, kv_heads: int, max_k: int, block_n: int = BLOCK_N) -> int:
     """Key ranges per sequence: enough programs to fill the card, each at least one block."""
     want = -(-TARGET_PROGRAMS // max(rows * kv_heads, 1))
-    return max(1, min(want, -(-max_k // BLOCK_N)))
+    return max(1, min(want, -(-max_k // block_n)))
 
 
-def triton_decode(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float) -> torch.Tensor:
-    """``slot_attention.Kernel`` for decode steps (one query per sequence)."""
-    if max_q != 1 or causal:
-        raise ValueError("the Triton decode kernel serves decode steps only (one query per sequence)")
-    rows, heads, dim = q.shape
-    kv_heads = k.shape[1]
-    groups = heads // kv_heads
-    block_g = 1 if groups == 1 else max(16, triton.next_power_of_2(groups))
-    s = splits_for(rows, kv_heads, max_k)
-    split_len = -(-max_k // s)
-    split_len = -(-split_len // BLOCK_N) * BLOCK_N
-    acc = torch.empty((rows, heads, s, dim), dtype=torch.float32, device=q.device)
-    ml = torch.empty((rows, heads, s, 2), dtype=torch.float32, device=q.device)
-    _partial[(rows, kv_heads, s)](q, k, v, cu_k, used_k, acc, ml, scale, split_len,
-                                  q.stride(0), q.stride(1), k.stride(0), k.stride(1), H=heads, S=s,
-                                  GROUPS=groups, BLOCK_G=block_g, BLOCK_N=BLOCK_N, D=dim)
-    out = torch.empty_like(q)
-    _merge[(rows, heads)](acc, ml, out, H=heads, S=s, BLOCK_S=triton.next_power_of_2(s), D=dim)
-    return out
+def make_decode_kernel(block_n: int = BLOCK_N, num_warps: int = 4):
+    """A ``slot_attention.Kernel`` for decode steps (one query per sequence) with this tile
+    of keys and this many warps per program (the engine times a few and keeps the fastest)."""
+
+    def triton_decode(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float) -> torch.Tensor:
+        if max_q != 1 or causal:
+            raise ValueError("the Triton decode kernel serves decode steps only (one query per sequence)")
+        rows, heads, dim = q.shape
+        kv_heads = k.shape[1]
+        groups = heads // kv_heads
+        block_g = 1 if groups == 1 else max(16, triton.next_power_of_2(groups))
+        s = splits_for(rows, kv_heads, max_k, block_n)
+        split_len = -(-max_k // s)
+        split_len = -(-split_len // block_n) * block_n
+        acc = torch.empty((rows, heads, s, dim), dtype=torch.float32, device=q.device)
+        ml = torch.empty((rows, heads, s, 2), dtype=torch.float32, device=q.device)
+        _partial[(rows, kv_heads, s)](q, k, v, cu_k, used_k, acc, ml, scale, split_len,
+                                      q.stride(0), q.stride(1), k.stride(0), k.stride(1), heads, s,
+                                      GROUPS=groups, BLOCK_G=block_g, BLOCK_N=block_n, D=dim, num_warps=num_warps)
+        out = torch.empty_like(q)
+        _merge[(rows, heads)](acc, ml, out, heads, s, BLOCK_S=triton.next_power_of_2(s), D=dim)
+        return out
+
+    triton_decode.label = f"Triton split-K decode ({block_n}-key tiles, {num_warps} warps)"
+    return triton_decode
+
+
+#: The variants the engine times at start-up.
+VARIANTS = [make_decode_kernel(32, 4), make_decode_kernel(64, 4), make_decode_kernel(128, 8)]
+triton_decode = VARIANTS[1]
