@@ -446,7 +446,8 @@ def main() -> int:
         # the engine's own account of each interval (forward host time, sampling, prefills)
         node_log = node.output.read_text("utf-8", "replace").splitlines()
         result["engine_log"] = [ln.split("engine: ", 1)[1] for ln in node_log if "seekwatch.engine: engine: " in ln]
-        result["node_start_log"] = [ln for ln in node_log if "seekwatch.engine: loaded" in ln or "KV memory" in ln]
+        result["node_start_log"] = [ln for ln in node_log if any(
+            key in ln for key in ("seekwatch.engine: loaded", "KV memory", "decode attention"))]
         save()
     print("\n".join(result["engine_log"]), flush=True)
     if not args.no_engine_direct and workloads and not late("engine driven directly"):
