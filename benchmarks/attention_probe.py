@@ -13,8 +13,7 @@ Rows: lengths drawn uniformly from ``--lengths`` (prompts of 64-512 tokens with 
 generated, as in ``serve_bench``); ``masked``: the engine's masked path (a view of the first
 ``width`` columns, additive mask; SDPA picks its kernel, cuDNN included, as decode steps
 do); ``varlen``: the variable-length kernel (FlashAttention on CUDA, the SDPA reference on
-the CPU); ``triton``: the split-K decode kernel (``inference/engine/triton_decode.py``, CUDA
-only). ``live_gb_s``: the live keys and values read, per second of the varlen kernel.
+the CPU). ``live_gb_s``: the live keys and values read, per second of the varlen kernel.
 Median of ``--repeat`` timed calls (device events on CUDA) after a warm-up.
 """
 from __future__ import annotations
@@ -104,25 +103,15 @@ def main() -> int:
             return att.kernel(flat_q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k,
                               att.max_q, att.max_k, att.causal, scale)
 
-        variants, _ = slot_attention.decode_kernels_for(device, dtype, args.head_dim)
 
         with torch.inference_mode():
             want = masked().transpose(1, 2).reshape(b, args.heads, -1).float()
             err = float((varlen().float() - want).abs().max())
             t_masked, t_varlen = timed(masked, device, args.repeat), timed(varlen, device, args.repeat)
-            extra = {}
-            for kernel in variants:
-                def split_k(kernel=kernel):
-                    return kernel(flat_q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k,
-                                  att.max_q, att.max_k, att.causal, scale)
-
-                ms = timed(split_k, device, args.repeat)
-                extra[kernel.label] = {"ms": ms, "live_gb_s": sum(lengths) * bytes_per_token / ms / 1e6,
-                                       "max_abs_diff": float((split_k().float() - want).abs().max())}
         live = sum(lengths) * bytes_per_token
         row = {"batch": b, "width": width, "mean_length": sum(lengths) / b, "masked_ms": t_masked,
                "varlen_ms": t_varlen, "speedup": t_masked / t_varlen, "live_gb_s": live / t_varlen / 1e6,
-               "padded_read_share": 1 - sum(lengths) / (b * width), "max_abs_diff": err, **extra}
+               "padded_read_share": 1 - sum(lengths) / (b * width), "max_abs_diff": err}
         print(json.dumps(row), flush=True)
         rows_out.append(row)
     result = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "kernel": why,

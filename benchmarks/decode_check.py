@@ -31,7 +31,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from inference.engine.transformers_cb import bucket_for  # noqa: E402
 from inference.tiny_model import VARIANTS, make_variant  # noqa: E402
 
 PROMPTS = ["请帮我生成本月销售报告摘要。", "退货" * 40, "How do I reset my password? " * 12,
@@ -73,7 +72,7 @@ def bucket_logits_and_times(engine, reps: int = 10) -> list[dict]:
     kv, out = engine._kv, []
     g = torch.Generator().manual_seed(3)
     with torch.inference_mode():
-        for (rows, width), (graph, logits) in sorted(engine._graphs.items()):
+        for (rows, width, varlen), (graph, logits) in sorted(engine._graphs.items()):
             if width > kv.max_len or rows > kv.slots:
                 continue
             length = min(width - 1, max(1, width // 2 + 7))
@@ -82,13 +81,13 @@ def bucket_logits_and_times(engine, reps: int = 10) -> list[dict]:
                 engine._prefill_forward([(r, ids, 0)])
             engine._io[0, :rows] = torch.randint(0, engine.model.config.vocab_size, (rows,), generator=g).to(engine.device)
             engine._io[1, :rows] = length
-            eager = engine._decode_forward(rows, width).float()
+            eager = engine._decode_forward(rows, width, varlen).float()
             graph.replay()
             replay = logits.float()
             err = float((replay - eager).abs().max() / eager.abs().max().clamp(min=1e-6))
             argmax = float((replay.argmax(-1) == eager.argmax(-1)).float().mean())
             times = {}
-            for name, fn in (("replay_ms", graph.replay), ("eager_ms", lambda: engine._decode_forward(rows, width))):
+            for name, fn in (("replay_ms", graph.replay), ("eager_ms", lambda: engine._decode_forward(rows, width, varlen))):
                 samples = []
                 for _ in range(reps):
                     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -101,7 +100,8 @@ def bucket_logits_and_times(engine, reps: int = 10) -> list[dict]:
                     samples.append((a.elapsed_time(b), host * 1e3))
                 times[name] = statistics.median(s[0] for s in samples)
                 times[name.replace("_ms", "_host_ms")] = statistics.median(s[1] for s in samples)
-            out.append({"rows": rows, "width": width, "prompt_tokens": length, "rel_max_logit_diff": err,
+            out.append({"rows": rows, "width": width, "attention": "variable-length" if varlen else "masked",
+                        "prompt_tokens": length, "rel_max_logit_diff": err,
                         "argmax_equal": argmax, **times})
     return out
 
@@ -118,13 +118,13 @@ def teacher_forced(engine, reference_model, prompt_ids: list[int], tokens: list[
         fast = [engine._prefill_forward([(0, prompt_ids, 0)])[0].float()]
         for i, token in enumerate(tokens[:-1]):
             engine._io[0, 0], engine._io[1, 0] = token, n + i
-            width = bucket_for(n + i + 1, engine.width_buckets)
-            captured = engine._graphs.get((1, width))
+            rows, width, varlen = engine._decode_shape(1, n + i + 1, n + i + 1)
+            captured = engine._graphs.get((rows, width, varlen))
             if captured is not None:
                 captured[0].replay()
                 fast.append(captured[1][0].float().clone())
             else:
-                fast.append(engine._decode_forward(1, width)[0].float())
+                fast.append(engine._decode_forward(rows, width, varlen)[0].float())
         got = torch.stack(fast)
         ids = torch.tensor([prompt_ids + tokens[:-1]], device=engine.device)
         want = reference_model(input_ids=ids).logits[0, n - 1:].float()
@@ -230,7 +230,7 @@ def main() -> int:
               f"{statistics.median(t['rel_max_logit_diff_median'] for t in tf):.3g}, max "
               f"{max(t['rel_max_logit_diff_max'] for t in tf):.3g}")
         for b in r["buckets"]:
-            print(f"  batch {b['rows']:>3} width {b['width']:>5}: replay {b['replay_ms']:.2f} ms "
+            print(f"  batch {b['rows']:>3} width {b['width']:>5} {b['attention']:>15}: replay {b['replay_ms']:.2f} ms "
                   f"(host {b['replay_host_ms']:.2f}), eager {b['eager_ms']:.2f} ms (host {b['eager_host_ms']:.2f}), "
                   f"diff {b['rel_max_logit_diff']:.2g}, argmax equal {b['argmax_equal']:.2f}")
     return 1 if any("error" in r for r in results) else 0

@@ -116,10 +116,9 @@ def use_on(model) -> None:
 
 
 def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
-                 head_dim: int, decode_only: bool = False) -> float:
+                 head_dim: int) -> float:
     """Largest relative difference between ``kernel`` and :func:`reference_varlen` on random
-    data shaped like one decode step and (unless ``decode_only``) one packed prefill step
-    over a small store."""
+    data shaped like one decode step and one packed prefill step over a small store."""
     g = torch.Generator(device="cpu").manual_seed(2)
     stride, slots = 40, 4
     store_k = torch.randn(slots * stride, kv_heads, head_dim, generator=g).to(device, dtype)
@@ -130,7 +129,7 @@ def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, heads
         ([5, 12, 3], [2, 0, 3], [5, 30, 20], True),
     ]
     worst = 0.0
-    for nq, slot, used, causal in cases[:1] if decode_only else cases:
+    for nq, slot, used, causal in cases:
         q = torch.randn(sum(nq), heads, head_dim, generator=g).to(device, dtype)
         cu_q = torch.tensor([0, *torch.tensor(nq).cumsum(0).tolist()], **i32)
         cu_k = torch.tensor([s * stride for s in slot] + [slots * stride], **i32)
@@ -149,33 +148,3 @@ def kernel_for(device: torch.device, dtype: torch.dtype) -> tuple[Kernel | None,
     if dtype not in (torch.bfloat16, torch.float16):
         return None, f"FlashAttention needs bf16 or fp16, not {dtype}"
     return flash_varlen, "FlashAttention (variable length)"
-
-
-def decode_kernels_for(device: torch.device, dtype: torch.dtype, head_dim: int) -> tuple[list[Kernel], str]:
-    """The Triton decode kernel's variants where they can run (each with a ``label``), or
-    an empty list and why not."""
-    if device.type != "cuda":
-        return [], "Triton kernels need a CUDA device here"
-    if head_dim & (head_dim - 1):
-        return [], f"head dim {head_dim} is not a power of two"
-    try:
-        from inference.engine.triton_decode import VARIANTS
-    except ImportError as exc:  # triton ships with PyTorch's CUDA wheels
-        return [], f"triton is not importable ({exc})"
-    return list(VARIANTS), "Triton split-K decode"
-
-
-def time_kernel(kernel: Kernel, attention: "SlotAttention", q: torch.Tensor, repeat: int = 5) -> float:
-    """Median milliseconds of one call on the device (after one call that compiles/warms)."""
-    args = (q, attention.keys[0], attention.values[0], attention.cu_q, attention.cu_k, attention.used_k,
-            attention.max_q, attention.max_k, attention.causal, q.shape[-1] ** -0.5)
-    kernel(*args)
-    times = []
-    for _ in range(repeat):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        kernel(*args)
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return sorted(times)[len(times) // 2]

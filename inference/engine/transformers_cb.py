@@ -126,6 +126,7 @@ class StepStats:
     LOG_EVERY_S = 10.0
 
     steps: int = 0
+    varlen_steps: int = 0
     rows: int = 0
     padded_rows: int = 0
     forward_s: float = 0.0
@@ -135,8 +136,10 @@ class StepStats:
     prefill_tokens: int = 0
     prefill_s: float = 0.0
 
-    def add_decode(self, rows: int, padded_rows: int, forward_s: float, sample_s: float, emit_s: float) -> None:
+    def add_decode(self, rows: int, padded_rows: int, forward_s: float, sample_s: float, emit_s: float,
+                   varlen: bool = False) -> None:
         self.steps += 1
+        self.varlen_steps += varlen
         self.rows += rows
         self.padded_rows += padded_rows
         self.forward_s += forward_s
@@ -150,11 +153,56 @@ class StepStats:
 
     def summary(self) -> str:
         n = max(self.steps, 1)
-        return (f"{self.steps} decode steps, {self.rows / n:.1f} rows per step ({self.padded_rows / n:.1f} with "
+        return (f"{self.steps} decode steps ({self.varlen_steps} variable-length), {self.rows / n:.1f} rows per step ({self.padded_rows / n:.1f} with "
                 f"bucket padding); per step: forward {self.forward_s / n * 1e3:.2f} ms (host), sample + device wait "
                 f"{self.sample_s / n * 1e3:.2f} ms, emit {self.emit_s / n * 1e3:.2f} ms; {self.prefills} prefill "
                 f"chunks of {self.prefill_tokens / max(self.prefills, 1):.0f} tokens, "
                 f"{self.prefill_s / max(self.prefills, 1) * 1e3:.1f} ms each")
+
+
+def _time_call(fn, device: torch.device, repeat: int = 5) -> float:
+    """Median milliseconds of ``fn`` (device events on CUDA), after one call to warm it."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+@dataclass
+class DecodeCost:
+    """One layer's decode attention at one batch bucket, as measured at start-up: the
+    variable-length kernel as ``base + per_token × live tokens``, the masked call by width."""
+
+    base: float
+    per_token: float
+    masked: dict[int, float]
+
+    @classmethod
+    def fit(cls, points: list[tuple[int, float]], masked: dict[int, float]) -> "DecodeCost":
+        (l1, t1), (l2, t2) = sorted(points)
+        per = max((t2 - t1) / max(l2 - l1, 1), 0.0)
+        return cls(max(t1 - per * l1, 0.0), per, masked)
+
+    def varlen_ms(self, live: int) -> float:
+        return self.base + self.per_token * live
+
+    def masked_ms(self, width: int) -> float:
+        return self.masked[width]
+
+    def __str__(self) -> str:
+        masked = "/".join(f"{w}: {ms * 1e3:.0f}" for w, ms in self.masked.items())
+        return f"variable-length {self.base * 1e3:.0f} us + {self.per_token * 1e6:.2f} ns/token, masked {masked} us"
 
 
 class _Shutdown(EngineError):
@@ -241,7 +289,7 @@ class TransformersEngine(Engine):
         self._inflight: _Step | None = None
         self.attention_path = "not loaded"
         self._varlen: slot_attention.Kernel | None = None
-        self._decode_kernels: dict[int, slot_attention.Kernel] = {}
+        self._decode_costs: dict[int, DecodeCost] | None = None
         self.decode_path = "not loaded"
         self._model_version = model_version or self.model_dir.name
         self.model = None
@@ -337,10 +385,13 @@ class TransformersEngine(Engine):
         self._events = [torch.cuda.Event() for _ in range(2)] if pin else []
         self._flip = 0
         self.batch_buckets = buckets(self._kv.slots)
-        self._pick_decode_kernels()
-        # The variable-length kernel reads each row's own length: one width serves all.
-        self.width_buckets = ([self._max_model_len] if self._varlen is not None
-                              else buckets(self._max_model_len, min(256, self._max_model_len)))
+        self.width_buckets = buckets(self._max_model_len, min(256, self._max_model_len))
+        if self.device.type in self.TIMED_DEVICES:
+            try:
+                with torch.inference_mode():
+                    self._decode_costs = self._time_decode_attention()
+            except Exception:  # noqa: BLE001 - without timings every decode step is variable-length
+                log.exception("timing the decode attention failed; decode steps use the variable-length kernel")
         use_graphs = self.cuda_graphs if self.cuda_graphs is not None else self.device.type == "cuda"
         if self.bucketed is None:
             self.bucketed = use_graphs
@@ -357,6 +408,10 @@ class TransformersEngine(Engine):
                  "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; decode path: %s", self.model_dir,
                  self.device, dtype, time.monotonic() - t0, self._kv.tokens, self._kv.slots, self._kv.max_len,
                  self._kv.slots, self.max_prefill_tokens, self.attention_path, self.fused_norms, self.decode_path)
+
+    #: Devices on which start-up times the two decode attentions (elsewhere: variable-length
+    #: where forced, masked otherwise).
+    TIMED_DEVICES = ("cuda",)
 
     #: Largest relative difference allowed between the fast kernel and the reference at start-up.
     VARLEN_TOLERANCE = 2e-2
@@ -391,48 +446,54 @@ class TransformersEngine(Engine):
         self._varlen = kernel
         self.attention_path = why
 
-    def _pick_decode_kernels(self) -> None:
-        """Per batch bucket, the faster variable-length kernel for decode steps: the one
-        prefill uses (FlashAttention) or the Triton split-K kernel, timed here on the store
-        with rows of mixed lengths. A kernel that fails its check against the reference is
-        not a candidate; the choice is logged and shown in ``attention_path``."""
-        self._decode_kernels: dict[int, slot_attention.Kernel] = {}
+    def _time_decode_attention(self) -> dict[int, "DecodeCost"] | None:
+        """Measure, per batch bucket, one layer's decode attention both ways on the store:
+        the variable-length kernel on rows of short and of long lengths (a line through the
+        two points: cost by live tokens), and the masked SDPA call at every width bucket
+        (its cost does not depend on the lengths: it reads the width). The decode step then
+        takes whichever costs less for its actual rows. Run on CUDA at start-up (on the CPU
+        the masked path is the only fast one)."""
         if self._varlen is None:
-            return
+            return None
         cfg = self.model.config
         _, kv_heads, head_dim = kv_geometry(cfg)
-        candidates, why = slot_attention.decode_kernels_for(self.device, self.dtype, head_dim)
-        checked = []
-        for kernel in candidates:
-            try:
-                err = slot_attention.check_kernel(kernel, self.device, self.dtype, cfg.num_attention_heads,
-                                                  kv_heads, head_dim, decode_only=True)
-            except Exception as exc:  # noqa: BLE001 - the prefill kernel still decodes
-                log.warning("%s failed its check (%s: %s)", kernel.label, exc.__class__.__name__, exc)
-                continue
-            if err < self.VARLEN_TOLERANCE:
-                checked.append(kernel)
-            else:
-                log.warning("%s disagreed with the reference (relative error %.3g)", kernel.label, err)
-        if not checked:
-            log.info("decode attention: %s (%s)", self.attention_path, why if not candidates else "no candidate passed")
-            return
-        g = torch.Generator().manual_seed(4)
-        timings, picked = [], {}
+        heads, kv, g = cfg.num_attention_heads, self._kv, torch.Generator().manual_seed(4)
+        scale, costs = head_dim ** -0.5, {}
         for rows in self.batch_buckets:
-            lengths = torch.randint(max(1, self._max_model_len // 8), self._max_model_len + 1, (rows,), generator=g)
-            att = self._kv.decode_attention(None, rows, (lengths - 1).unsqueeze(1).to(self.device), self._max_model_len)
-            q = torch.randn(rows, cfg.num_attention_heads, head_dim, generator=g).to(self.device, self.dtype)
-            times = [(slot_attention.time_kernel(k, att, q), i) for i, k in enumerate([self._varlen] + checked)]
-            best, i = min(times)
-            timings.append(f"{rows}: " + "/".join(f"{t * 1e3:.0f}" for t, _ in times))
-            if i > 0:
-                self._decode_kernels[rows] = checked[i - 1]
-                picked.setdefault(checked[i - 1].label, []).append(rows)
-        log.info("decode attention per layer in us, by batch (%s, then %s): %s", self.attention_path,
-                 ", ".join(k.label for k in checked), "; ".join(timings))
-        for label, rows in picked.items():
-            self.attention_path += f"; decode at batch {rows}: {label}"
+            q = torch.randn(rows, heads, head_dim, generator=g).to(self.device, self.dtype)
+            points = []
+            for top in (max(1, self._max_model_len // 4), self._max_model_len):
+                lengths = torch.randint(1, top + 1, (rows,), generator=g)
+                att = kv.decode_attention(self._varlen, rows, (lengths - 1).unsqueeze(1).to(self.device),
+                                          self._max_model_len)
+                args = (q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k, 1, self._max_model_len,
+                        False, scale)
+                points.append((int(lengths.sum()), _time_call(lambda: self._varlen(*args), self.device)))
+            masked = {}
+            for width in self.width_buckets:
+                pos = torch.full((rows, 1), width - 1, device=self.device)
+                k, v = kv.keys[0][:rows, :width].transpose(1, 2), kv.values[0][:rows, :width].transpose(1, 2)
+                mask, q4 = kv.mask(pos, width), q.unsqueeze(2)
+                masked[width] = _time_call(lambda: torch.nn.functional.scaled_dot_product_attention(
+                    q4, k, v, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads), self.device)
+            costs[rows] = DecodeCost.fit(points, masked)
+        log.info("decode attention per layer, by batch: %s",
+                 "; ".join(f"{rows}: {c}" for rows, c in costs.items()))
+        return costs
+
+    def _decode_shape(self, n: int, longest: int, live: int) -> tuple[int, int, bool]:
+        """``(rows, width, varlen)`` of a decode step over ``n`` rows whose longest row is
+        ``longest`` tokens and whose rows hold ``live`` tokens together: the padded shapes
+        (graph buckets) and which attention reads the store, the cheaper by the start-up
+        timings (variable-length where there are no timings)."""
+        rows = bucket_for(n, self.batch_buckets) if self.bucketed else n
+        width = bucket_for(longest, self.width_buckets) if self.bucketed else longest
+        if self._varlen is None:
+            return rows, width, False
+        cost = (self._decode_costs or {}).get(rows)
+        if cost is not None and cost.masked_ms(bucket_for(width, self.width_buckets)) <= cost.varlen_ms(live):
+            return rows, width, False
+        return rows, (self._max_model_len if self.bucketed else width), True
 
     def _make_store(self) -> None:
         """Size the KV store: ``kv_cache_tokens`` if given, else on CUDA a share of the free
@@ -468,9 +529,9 @@ class TransformersEngine(Engine):
         self._io[0, 0], self._io[1, 0] = ids[0, 11], 11
         if slot != 0:
             self._kv.move([slot], [0], 11)
-        step = self._decode_forward(1, 12)
-        got = torch.stack([first[0], second[0], step[0]]).float()
-        want = ref[[6, 10, 11]]
+        steps = [self._decode_forward(1, 12, varlen)[0] for varlen in self._decode_kinds()]
+        got = torch.stack([first[0], second[0], *steps]).float()
+        want = ref[[6, 10] + [11] * len(steps)]
         err = float((got - want).abs().max() / want.abs().max().clamp(min=1e-6))
         # float32 agrees to rounding; in half precision the two paths use different
         # attention kernels, so only a gross disagreement (a cache the model ignored) fails.
@@ -501,18 +562,23 @@ class TransformersEngine(Engine):
         logits = out.logits[0]
         return logits if keep else logits.index_select(0, ends)
 
-    def _decode_forward(self, rows: int, width: int) -> torch.Tensor:
-        """One decode step over slots ``0 … rows-1`` reading ``width`` columns; inputs come
-        from ``self._io`` (token ids, positions; position -1 marks a padding row). The exact
-        code a CUDA graph captures. Returns the logits ``[rows, vocab]``."""
+    def _decode_kinds(self) -> list[bool]:
+        """The attentions a decode step may use: ``True`` variable-length, ``False`` masked."""
+        return [True, False] if self._varlen is not None else [False]
+
+    def _decode_forward(self, rows: int, width: int, varlen: bool = False) -> torch.Tensor:
+        """One decode step over slots ``0 … rows-1``; inputs come from ``self._io`` (token
+        ids, positions; position -1 marks a padding row). With ``varlen`` each row reads its
+        own columns (``width`` is only the kernel's bound); else one masked SDPA call reads
+        ``width`` columns of every row. The exact code a CUDA graph captures. Returns the
+        logits ``[rows, vocab]``."""
         kv = self._kv
         ids = self._io[0, :rows].unsqueeze(1)
         pos = self._io[1, :rows].unsqueeze(1)
         write = kv.write_index(self._rows[:rows], pos)
-        if self._varlen is not None:
+        if varlen:
             cache = kv.decode_cache(rows, write, width, reads=False)
-            kernel = self._decode_kernels.get(rows, self._varlen)
-            mask, extra = None, {"slot_attention": kv.decode_attention(kernel, rows, pos, width)}
+            mask, extra = None, {"slot_attention": kv.decode_attention(self._varlen, rows, pos, width)}
         else:
             cache, mask, extra = kv.decode_cache(rows, write, width), kv.mask(pos, width), {}
         out = self.model(input_ids=ids, position_ids=pos.clamp(min=0), attention_mask=mask,
@@ -541,15 +607,18 @@ class TransformersEngine(Engine):
             self._io[1].fill_(-1)  # every row a padding row: writes go to the trash column
             side = torch.cuda.Stream(self.device)
             for rows in reversed(self.batch_buckets):
-                for width in reversed(self.width_buckets):
+                shapes = [(w, False) for w in reversed(self.width_buckets)]
+                if self._varlen is not None:
+                    shapes.insert(0, (self._max_model_len, True))
+                for width, varlen in shapes:
                     side.wait_stream(torch.cuda.current_stream(self.device))
                     with torch.cuda.stream(side):
-                        self._decode_forward(rows, width)  # warm-up outside the capture
+                        self._decode_forward(rows, width, varlen)  # warm-up outside the capture
                     torch.cuda.current_stream(self.device).wait_stream(side)
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph, pool=pool):
-                        logits = self._decode_forward(rows, width)
-                    self._graphs[(rows, width)] = (graph, logits)
+                        logits = self._decode_forward(rows, width, varlen)
+                    self._graphs[(rows, width, varlen)] = (graph, logits)
             torch.cuda.synchronize(self.device)
             err = self._check_replay()
         except Exception as exc:  # the eager step still serves
@@ -563,8 +632,9 @@ class TransformersEngine(Engine):
             self.decode_path = f"eager (graph replay disagreed with the eager step: {err})"
             log.error("CUDA graph replay disagreed with the eager step (%s); decoding eagerly", err)
             return
+        kinds = " + variable-length" if self._varlen is not None else ""
         self.decode_path = (f"cuda-graphs ({len(self._graphs)} captured in {time.monotonic() - t0:.1f}s: "
-                            f"batch {self.batch_buckets} × width {self.width_buckets})")
+                            f"batch {self.batch_buckets} × (masked at width {self.width_buckets}{kinds}))")
 
     def _check_replay(self) -> str | None:
         """Replay against eager on a random prompt in slot 0 (two rows, one of them padding)."""
@@ -572,14 +642,16 @@ class TransformersEngine(Engine):
         ids = torch.randint(0, self.model.config.vocab_size, (20,), generator=g).tolist()
         self._prefill_forward([(0, ids[:19], 0)])
         self._io[:, :2] = torch.tensor([[ids[19], 0], [19, -1]], device=self.device)
-        width = bucket_for(20, self.width_buckets)
-        eager = self._decode_forward(2, width)[0].float()
-        graph, logits = self._graphs[(2, width)] if (2, width) in self._graphs else self._graphs[(self.batch_buckets[-1], width)]
-        graph.replay()
-        replay = logits[0].float()
-        err = float((replay - eager).abs().max() / eager.abs().max().clamp(min=1e-6))
-        if not err < 2e-2:  # the same kernels on the same inputs: any real difference is a capture bug
-            return f"relative error {err:.3g}"
+        rows = 2 if 2 in self.batch_buckets else self.batch_buckets[-1]
+        for varlen in self._decode_kinds():
+            width = self._max_model_len if varlen else bucket_for(20, self.width_buckets)
+            eager = self._decode_forward(rows, width, varlen)[0].float()
+            graph, logits = self._graphs[(rows, width, varlen)]
+            graph.replay()
+            replay = logits[0].float()
+            err = float((replay - eager).abs().max() / eager.abs().max().clamp(min=1e-6))
+            if not err < 2e-2:  # the same kernels on the same inputs: any real difference is a capture bug
+                return f"relative error {err:.3g} ({'variable-length' if varlen else 'masked'} attention)"
         return None
 
     async def stop(self) -> None:
@@ -826,11 +898,8 @@ class TransformersEngine(Engine):
                 return
         running = self._running
         n = len(running)
-        longest = max(s.length + s.pending for s in running) + 1
-        if self.bucketed:
-            rows, width = bucket_for(n, self.batch_buckets), bucket_for(longest, self.width_buckets)
-        else:
-            rows, width = n, longest
+        longest = max(q.length + q.pending for q in running) + 1
+        rows, width, varlen = self._decode_shape(n, longest, sum(q.length + q.pending + 1 for q in running))
         pad = rows - n
         index = {id(q): i for i, q in enumerate(prev.seqs)} if prev is not None else {}
         src = [index[id(q)] if q.pending else -1 for q in running]
@@ -846,12 +915,12 @@ class TransformersEngine(Engine):
         else:
             self._io[0, :rows] = inputs[0]
         self._io[1, :rows] = inputs[1]
-        captured = self._graphs.get((rows, width))
+        captured = self._graphs.get((rows, width, varlen))
         if captured is not None:
             captured[0].replay()
             logits = captured[1][:n]
         else:
-            logits = self._decode_forward(rows, width)[:n]
+            logits = self._decode_forward(rows, width, varlen)[:n]
         t1 = time.perf_counter()
         tokens = sample_next_tokens(logits, [q.sampling for q in running], [q.generated for q in running],
                                     self.eos_token_ids, pending=[q.pending for q in running], to_host=False)
@@ -873,7 +942,7 @@ class TransformersEngine(Engine):
         else:
             self._take(step)
         now = time.perf_counter()
-        self.step_stats.add_decode(n, rows, t1 - t0, t2 - t1, now - t2)
+        self.step_stats.add_decode(n, rows, t1 - t0, t2 - t1, now - t2, varlen)
         if now - self._stats_since >= StepStats.LOG_EVERY_S:
             self._log_step_stats(now)
 

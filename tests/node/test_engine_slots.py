@@ -90,7 +90,7 @@ def test_greedy_tokens_equal_generate_alone_and_in_a_mixed_batch(model_dir, refe
     engine = _engine(model_dir, **kw)
     alone = _run(engine, PROMPTS, NEW_TOKENS, False)
     assert engine.attention_path.startswith("variable length" if attention == "varlen" else "masked SDPA")
-    assert engine.width_buckets == ([512] if attention == "varlen" else [256, 512])
+    assert engine.width_buckets == [256, 512]
     layers = engine.model.config.num_hidden_layers
     assert engine.fused_norms == (2 * layers + 1 if attention == "varlen" else 0)
     assert alone == reference
@@ -324,35 +324,46 @@ def test_sampling_draws_what_multinomial_draws_without_reading_the_device():
     assert torch.allclose(torch.bincount(many, minlength=3) / 40000, torch.tensor([0.2, 0.5, 0.3]), atol=0.01)
 
 
-TRITON_CHECK = """
-import torch
-from inference.engine.slot_attention import reference_varlen
-from inference.engine.triton_decode import VARIANTS
-g = torch.Generator().manual_seed(0)
-for heads, kv_heads, dim, rows, stride in [(4, 4, 32, 3, 200), (8, 2, 32, 5, 150), (28, 4, 16, 2, 100)]:
-    k = torch.randn(rows * stride, kv_heads, dim, generator=g)
-    v = torch.randn(rows * stride, kv_heads, dim, generator=g)
-    q = torch.randn(rows, heads, dim, generator=g)
-    used = torch.tensor([1, stride - 1, 65, 130, 64][:rows], dtype=torch.int32)
-    cu_k = (torch.arange(rows + 1) * stride).to(torch.int32)
-    cu_q = torch.arange(rows + 1, dtype=torch.int32)
-    args = (q, k, v, cu_q, cu_k, used, 1, stride - 1, False, dim ** -0.5)
-    err = max(float((kernel(*args) - reference_varlen(*args)).abs().max()) for kernel in VARIANTS)
-    assert err < 1e-5, (heads, kv_heads, err)
-print("ok")
-"""
+def test_decode_steps_take_the_cheaper_attention_by_the_measured_costs(model_dir, reference, monkeypatch):
+    """Where the start-up timings say so (CUDA; injected here), a decode step reads the
+    store with one masked call over the padded width instead of the variable-length kernel:
+    with small batches made cheap for the masked call and large ones for the kernel, both
+    kinds run in one mixed batch, and the tokens are still transformers' own."""
+    from inference.engine.transformers_cb import DecodeCost
+
+    def costs(engine):  # masked costs 1 at batch 1-2, 100 above; variable-length always 10
+        return {rows: DecodeCost(10.0, 0.0, {w: 1.0 if rows <= 2 else 100.0 for w in engine.width_buckets})
+                for rows in engine.batch_buckets}
+
+    monkeypatch.setattr(TransformersEngine, "_time_decode_attention", costs)
+    monkeypatch.setattr(TransformersEngine, "TIMED_DEVICES", ("cuda", "cpu"))
+    kinds = []
+    engine = _engine(model_dir, max_batch=3, bucketed=True, max_prefill_tokens=16, attention="varlen")
+    shape = engine._decode_shape
+    engine._decode_shape = lambda *a: kinds.append(shape(*a)) or kinds[-1]
+    together = _run(engine, PROMPTS, NEW_TOKENS, True)
+    assert together == reference
+    assert {(rows <= 2, varlen) for rows, _, varlen in kinds} == {(True, False), (False, True)}
 
 
-def test_triton_decode_kernel_matches_the_reference_under_the_interpreter():
-    """The Triton decode kernel runs on CUDA only; here Triton's interpreter runs the same
-    kernel on the CPU (a subprocess: the interpreter is chosen when the module is imported)
-    against the reference, for one-row-per-head and grouped-query heads, rows of length 1,
-    of a full slot and in between (several key ranges merged)."""
-    import os
-    import subprocess
-    import sys
+def test_start_up_timings_cover_every_bucket_and_width(tiny_model_dir):
+    """The timing the engine runs on CUDA at start-up, run here on the CPU with the
+    reference kernel: a cost line for the variable-length kernel and a masked cost per
+    width, for every batch bucket; a step then compares the two for its own rows."""
+    engine = _engine(tiny_model_dir, max_batch=4, attention="varlen", bucketed=True)
 
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", TRITON_CHECK], cwd=root, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)})
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+    async def main():
+        await engine.start()
+        await engine.stop()
+
+    asyncio.run(main())
+    with torch.inference_mode():
+        costs = engine._time_decode_attention()
+    assert sorted(costs) == engine.batch_buckets
+    for cost in costs.values():
+        assert sorted(cost.masked) == engine.width_buckets and cost.base >= 0 and cost.per_token >= 0
+    engine._decode_costs = costs
+    rows, width, varlen = engine._decode_shape(3, 300, 900)
+    cost = costs[4]
+    assert (rows, varlen) == (4, cost.masked_ms(512) > cost.varlen_ms(900))
+    assert width == 512  # the variable-length kernel's bound is max_model_len; the masked width is the bucket
