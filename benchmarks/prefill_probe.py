@@ -107,7 +107,7 @@ def main() -> int:
     params = inspect.signature(model.forward).parameters  # as the engine picks them
     engine = SimpleNamespace(_kv=store, device=device, model=model,
                              _cache_kw="cache" if "cache" in params else "past_key_values",
-                             _keep_kw={"logits_to_keep": 1})
+                             _keep_kw={"logits_to_keep": 1}, _varlen=None, _static_prefill=False)  # the masked path
     prefill = TransformersEngine._prefill_forward.__get__(engine)
     shipped_attention = tcb.prefill_attention
     rows = []

@@ -41,6 +41,8 @@ async def readyz(request: Request):
         body["decode_path"] = state.decode_path
     if state.attention_path is not None:
         body["attention_path"] = state.attention_path
+    if state.prefill_path is not None:
+        body["prefill_path"] = state.prefill_path
     if request.app.state.load_error:
         body["error"] = request.app.state.load_error
     return JSONResponse(body, status_code=200 if state.ready else 503)

@@ -112,6 +112,8 @@ class EngineState:
     #: Which attention kernel reads the KV store (``FlashAttention (variable length)`` or
     #: ``masked SDPA (why)``); None for engines that do not decode themselves.
     attention_path: str | None = None
+    #: How prefill steps run (``cuda-graphs (…)``, ``eager (…)``); None likewise.
+    prefill_path: str | None = None
 
 
 class Engine(abc.ABC):

@@ -215,6 +215,35 @@ class SlotKVCache:
         return SlotCache(self, host[1], max(used), reads=False), attention, host[0].unsqueeze(0)
 
 
+    def packed_layout(self, chunks: list[tuple[int, int, int]], tokens: int, seqs: int):
+        """The layout of :meth:`packed_varlen` padded to exactly ``tokens`` tokens and ``seqs``
+        sequences: the static shapes of a captured prefill step. Returns host lists
+        ``(positions, write index, meta, ends)``: ``meta`` is ``cu_q [seqs+1] + cu_k
+        [seqs+1] + used [seqs]`` (int32), ``ends`` each chunk's last token (then 0). After
+        the chunks come the padding tokens as one sequence reading the store's first rows
+        (finite values; its outputs are discarded), then empty sequences."""
+        positions, write, cu_q, cu_k, used = [], [], [0], [], []
+        for slot, start, n in chunks:
+            base = slot * self.stride
+            positions += range(start, start + n)
+            write += range(base + start, base + start + n)
+            cu_q.append(cu_q[-1] + n)
+            cu_k.append(base)
+            used.append(start + n)
+        pad = tokens - len(positions)
+        if pad < 0 or len(chunks) >= seqs:
+            raise ValueError(f"{len(positions)} tokens in {len(chunks)} chunks do not fit {tokens} tokens, {seqs} sequences")
+        positions += [0] * pad
+        write += [self.trash] * pad
+        ends = [c - 1 for c in cu_q[1:]] + [0] * (seqs - len(chunks))
+        while len(used) < seqs:  # the padding sequence (maybe empty), then empty ones
+            cu_q.append(tokens)
+            cu_k.append(0)
+            used.append(min(pad, self.slots * self.stride) if len(used) == len(chunks) else 0)
+        cu_k.append(self.slots * self.stride)
+        return positions, write, cu_q + cu_k + used, ends
+
+
 class SlotCache(_CacheBase):
     """What the model sees for one forward pass: ``update`` writes the new keys/values into
     the store at the precomputed flat indices and returns, for a decode step, the first

@@ -53,7 +53,7 @@ from inference.engine.fused_norm import fuse_rms_norms
 from inference.engine.host_copy import upload
 from inference.engine import slot_attention
 from inference.engine.sampling import sample_next_tokens
-from inference.engine.slot_cache import SlotKVCache, bytes_per_token, kv_geometry
+from inference.engine.slot_cache import SlotCache, SlotKVCache, bytes_per_token, kv_geometry
 
 log = logging.getLogger("seekwatch.engine")
 
@@ -291,6 +291,8 @@ class TransformersEngine(Engine):
         self._varlen: slot_attention.Kernel | None = None
         self._decode_costs: dict[int, DecodeCost] | None = None
         self.decode_path = "not loaded"
+        #: How prefill steps run: ``cuda-graphs (…)``, ``eager`` or ``eager (why)``.
+        self.prefill_path = "eager"
         self._model_version = model_version or self.model_dir.name
         self.model = None
         self.tokenizer = None
@@ -308,7 +310,9 @@ class TransformersEngine(Engine):
         self.step_stats = StepStats()
         self._stats_since = time.perf_counter()
         self._kv: SlotKVCache | None = None
-        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._prefill_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._static_prefill = False
         #: For checks and tests: keep each finished request's token ids in ``last_tokens``.
         self.record_tokens = False
         self._outbox: list[tuple[_Sequence, tuple]] = []
@@ -395,19 +399,22 @@ class TransformersEngine(Engine):
         use_graphs = self.cuda_graphs if self.cuda_graphs is not None else self.device.type == "cuda"
         if self.bucketed is None:
             self.bucketed = use_graphs
+        self._setup_static_prefill()
         with torch.inference_mode():
             self._check_slot_path()
             if use_graphs and self.device.type == "cuda":
-                self._warm_prefill_shapes()
+                if not self._static_prefill:
+                    self._warm_prefill_shapes()
                 self._capture_graphs()
             elif use_graphs:
                 self.decode_path = "eager (CUDA graphs need a CUDA device)"
             else:
                 self.decode_path = "eager" + (" (bucketed shapes)" if self.bucketed else "")
         log.info("loaded %s on %s (%s) in %.1fs; KV store %d tokens: %d slots of %d tokens; max batch %d; "
-                 "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; decode path: %s", self.model_dir,
-                 self.device, dtype, time.monotonic() - t0, self._kv.tokens, self._kv.slots, self._kv.max_len,
-                 self._kv.slots, self.max_prefill_tokens, self.attention_path, self.fused_norms, self.decode_path)
+                 "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; decode path: %s; prefill path: %s",
+                 self.model_dir, self.device, dtype, time.monotonic() - t0, self._kv.tokens, self._kv.slots,
+                 self._kv.max_len, self._kv.slots, self.max_prefill_tokens, self.attention_path, self.fused_norms,
+                 self.decode_path, self.prefill_path)
 
     #: Devices on which start-up times the two decode attentions (elsewhere: variable-length
     #: where forced, masked otherwise).
@@ -540,10 +547,68 @@ class TransformersEngine(Engine):
                               f"own forward (relative error {err:.3g}); this architecture is not supported")
 
     # -- the forward passes --------------------------------------------------------------
+    def _setup_static_prefill(self) -> None:
+        """Static shapes for prefill steps, which a captured prefill graph needs: token
+        buckets (64, then every 128 up to 1,024, then every 256 up to the step budget: a
+        step pads at most a quarter of its tokens above 512), at most
+        ``max_prefill_per_step`` chunks plus the padding sequence, and device buffers for the
+        step's tokens, positions, write index and sequence table. Only with the
+        variable-length attention (a masked step's mask is as wide as its keys) and padded
+        shapes; on the CPU the same code runs eagerly (what the tests check)."""
+        self._static_prefill = self._varlen is not None and bool(self.bucketed) and bool(self._keep_kw)
+        if not self._static_prefill:
+            return
+        step = self._kv.TOKEN_STEP
+        top = -(-min(self.max_prefill_tokens, self._max_model_len) // step) * step
+        self.prefill_buckets = sorted(b for b in {64, *range(128, 1025, 128), *range(1280, top, 256), top} if b <= top)
+        self._pf_seqs = self.max_prefill_per_step + 1
+        self._pf_long = torch.zeros((3, top), dtype=torch.long, device=self.device)  # ids, positions, write index
+        self._pf_meta = torch.zeros(3 * self._pf_seqs + 2, dtype=torch.int32, device=self.device)
+        self._pf_ends = torch.zeros(self._pf_seqs, dtype=torch.long, device=self.device)
+        self.prefill_path = f"eager (static shapes: tokens {self.prefill_buckets})"
+
+    def _stage_prefill(self, chunks: list[tuple[int, list[int], int]], tokens: int) -> int:
+        """Write a step's chunks into the static prefill buffers, padded to the bucket of
+        ``tokens``; returns the bucket. Through fresh pinned blocks (``upload``), so a step
+        queued behind another never overwrites what that one still has to copy."""
+        bucket = bucket_for(tokens, self.prefill_buckets)
+        spans = [(slot, start, len(chunk)) for slot, chunk, start in chunks]
+        positions, write, meta, ends = self._kv.packed_layout(spans, bucket, self._pf_seqs)
+        ids = [t for _, chunk, _ in chunks for t in chunk] + [0] * (bucket - tokens)
+        self._pf_long[:, :bucket].copy_(upload([ids, positions, write], torch.long, self.device))
+        self._pf_meta.copy_(upload(meta, torch.int32, self.device))
+        self._pf_ends.copy_(upload(ends, torch.long, self.device))
+        return bucket
+
+    def _prefill_static(self, bucket: int) -> torch.Tensor:
+        """One prefill forward over the static buffers at ``bucket`` tokens: the code a
+        prefill graph captures. Returns ``[max_prefill_per_step + 1, vocab]`` logits (each
+        chunk's last token, then rows to discard)."""
+        kv, n, meta = self._kv, self._pf_seqs, self._pf_meta
+        attention = slot_attention.SlotAttention(self._varlen, kv.flat_keys, kv.flat_values, meta[:n + 1],
+                                                 meta[n + 1:2 * n + 2], meta[2 * n + 2:], bucket,
+                                                 max(kv.max_len, bucket), causal=True)
+        cache = SlotCache(kv, self._pf_long[2, :bucket], kv.max_len, reads=False)
+        with prefill_attention(self.device):
+            out = self.model(input_ids=self._pf_long[0, :bucket].unsqueeze(0),
+                             position_ids=self._pf_long[1, :bucket].unsqueeze(0), attention_mask=None,
+                             use_cache=True, **{self._cache_kw: cache}, logits_to_keep=self._pf_ends,
+                             slot_attention=attention)
+        return out.logits[0]
+
     def _prefill_forward(self, chunks: list[tuple[int, list[int], int]]) -> torch.Tensor:
         """One forward over prompt chunks ``(slot, token ids, first position)``, packed into
-        one row (no padding: the step costs exactly the tokens it prefills); returns the
-        logits of each chunk's last token ``[chunks, vocab]``."""
+        one row; returns the logits of each chunk's last token ``[chunks, vocab]``. With
+        static prefill shapes the row is padded to a token bucket and replayed as a graph
+        where one was captured; otherwise it costs exactly the tokens it prefills."""
+        tokens = sum(len(chunk) for _, chunk, _ in chunks)
+        if self._static_prefill and tokens <= self.prefill_buckets[-1] and len(chunks) < self._pf_seqs:
+            bucket = self._stage_prefill(chunks, tokens)
+            captured = self._prefill_graphs.get(bucket)
+            if captured is not None:
+                captured[0].replay()
+                return captured[1][:len(chunks)]
+            return self._prefill_static(bucket)[:len(chunks)]
         spans = [(slot, start, len(chunk)) for slot, chunk, start in chunks]
         extra = {}
         if self._varlen is not None:
@@ -621,6 +686,8 @@ class TransformersEngine(Engine):
                     self._graphs[(rows, width, varlen)] = (graph, logits)
             torch.cuda.synchronize(self.device)
             err = self._check_replay()
+            if err is None:
+                self._capture_prefill_graphs(pool)
         except Exception as exc:  # the eager step still serves
             self._graphs.clear()
             torch.cuda.synchronize(self.device)
@@ -635,6 +702,42 @@ class TransformersEngine(Engine):
         kinds = " + variable-length" if self._varlen is not None else ""
         self.decode_path = (f"cuda-graphs ({len(self._graphs)} captured in {time.monotonic() - t0:.1f}s: "
                             f"batch {self.batch_buckets} × (masked at width {self.width_buckets}{kinds}))")
+
+    def _capture_prefill_graphs(self, pool) -> None:
+        """Capture one prefill step per token bucket (static shapes, all-padding content),
+        then check one replay against the same step run eagerly. A failure leaves prefill
+        eager and says why; the decode graphs stay."""
+        if not self._static_prefill:
+            return
+        t0 = time.monotonic()
+        try:
+            side = torch.cuda.Stream(self.device)
+            for bucket in reversed(self.prefill_buckets):
+                self._stage_prefill([], bucket)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    self._prefill_static(bucket)  # warm-up outside the capture
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    logits = self._prefill_static(bucket)
+                self._prefill_graphs[bucket] = (graph, logits)
+            torch.cuda.synchronize(self.device)
+            g = torch.Generator().manual_seed(5)
+            ids = torch.randint(0, self.model.config.vocab_size, (40,), generator=g).tolist()
+            replay = self._prefill_forward([(0, ids, 0)])[0].float().clone()
+            eager = self._prefill_static(bucket_for(40, self.prefill_buckets))[0].float()
+            err = float((replay - eager).abs().max() / eager.abs().max().clamp(min=1e-6))
+            if not err < 2e-2:
+                raise EngineError(f"prefill graph replay disagreed with the eager step (relative error {err:.3g})")
+        except Exception as exc:  # prefill still runs, eagerly
+            self._prefill_graphs.clear()
+            torch.cuda.synchronize(self.device)
+            self.prefill_path = f"eager (prefill graphs failed: {exc.__class__.__name__}: {exc})"
+            log.exception("prefill graph capture failed; prefill runs eagerly")
+            return
+        self.prefill_path = (f"cuda-graphs ({len(self._prefill_graphs)} captured in {time.monotonic() - t0:.1f}s: "
+                             f"tokens {self.prefill_buckets})")
 
     def _check_replay(self) -> str | None:
         """Replay against eager on a random prompt in slot 0 (two rows, one of them padding)."""
@@ -669,7 +772,8 @@ class TransformersEngine(Engine):
         return EngineState(ready=self._ready, running=len(self._running) + len(self._prefilling), waiting=waiting,
                            max_batch=self.max_batch, max_queue=self.max_queue,
                            cancelled_total=self._cancelled_total, finished_total=self._finished_total,
-                           decode_path=self.decode_path, attention_path=self.attention_path)
+                           decode_path=self.decode_path, attention_path=self.attention_path,
+                           prefill_path=self.prefill_path)
 
     # -- request side (event loop) -----------------------------------------------------
     def encode_prompt(self, messages: list[dict[str, str]]) -> list[int]:

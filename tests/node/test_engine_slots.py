@@ -91,6 +91,8 @@ def test_greedy_tokens_equal_generate_alone_and_in_a_mixed_batch(model_dir, refe
     alone = _run(engine, PROMPTS, NEW_TOKENS, False)
     assert engine.attention_path.startswith("variable length" if attention == "varlen" else "masked SDPA")
     assert engine.width_buckets == [256, 512]
+    # with the variable-length attention and padded shapes, prefill runs the static shapes a graph captures
+    assert engine.prefill_path.startswith("eager (static shapes" if attention == "varlen" else "eager")
     layers = engine.model.config.num_hidden_layers
     assert engine.fused_norms == (2 * layers + 1 if attention == "varlen" else 0)
     assert alone == reference
@@ -367,3 +369,17 @@ def test_start_up_timings_cover_every_bucket_and_width(tiny_model_dir):
     cost = costs[4]
     assert (rows, varlen) == (4, cost.masked_ms(512) > cost.varlen_ms(900))
     assert width == 512  # the variable-length kernel's bound is max_model_len; the masked width is the bucket
+
+
+def test_static_prefill_layout_pads_tokens_and_sequences():
+    """A captured prefill step has fixed shapes: the chunks, then the padding tokens as one
+    sequence that reads the store's first rows, then empty sequences up to the fixed count."""
+    store = SlotKVCache(1, 1, 2, torch.float32, torch.device("cpu"), slots=4, max_len=8)
+    positions, write, meta, ends = store.packed_layout([(2, 3, 2), (0, 0, 3)], tokens=8, seqs=4)
+    assert positions == [3, 4, 0, 1, 2, 0, 0, 0]
+    assert write == [21, 22, 0, 1, 2, 8, 8, 8]  # padding: slot 0's trash column
+    cu_q, cu_k, used = meta[:5], meta[5:10], meta[10:]
+    assert cu_q == [0, 2, 5, 8, 8] and cu_k == [18, 0, 0, 0, 36] and used == [5, 3, 3, 0]
+    assert ends == [1, 4, 0, 0]
+    with pytest.raises(ValueError):
+        store.packed_layout([(0, 0, 9)], tokens=8, seqs=4)  # more tokens than the bucket
