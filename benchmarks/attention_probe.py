@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,24 +32,6 @@ import torch  # noqa: E402
 from inference.engine import slot_attention  # noqa: E402
 from inference.engine.slot_cache import SlotKVCache  # noqa: E402
 from inference.engine.transformers_cb import bucket_for, buckets  # noqa: E402
-
-
-def timed(fn, device: torch.device, repeat: int) -> float:
-    fn()
-    samples = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            samples.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(samples)
 
 
 def main() -> int:
@@ -107,7 +87,8 @@ def main() -> int:
         with torch.inference_mode():
             want = masked().transpose(1, 2).reshape(b, args.heads, -1).float()
             err = float((varlen().float() - want).abs().max())
-            t_masked, t_varlen = timed(masked, device, args.repeat), timed(varlen, device, args.repeat)
+            t_masked = slot_attention.time_call(masked, device, args.repeat)
+            t_varlen = slot_attention.time_call(varlen, device, args.repeat)
         live = sum(lengths) * bytes_per_token
         row = {"batch": b, "width": width, "mean_length": sum(lengths) / b, "masked_ms": t_masked,
                "varlen_ms": t_varlen, "speedup": t_masked / t_varlen, "live_gb_s": live / t_varlen / 1e6,

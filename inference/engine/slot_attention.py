@@ -25,6 +25,7 @@ kernel against the reference at start-up and keeps the masked path if they disag
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -148,3 +149,23 @@ def kernel_for(device: torch.device, dtype: torch.dtype) -> tuple[Kernel | None,
     if dtype not in (torch.bfloat16, torch.float16):
         return None, f"FlashAttention needs bf16 or fp16, not {dtype}"
     return flash_varlen, "FlashAttention (variable length)"
+
+
+def time_call(fn, device: torch.device, repeat: int = 5) -> float:
+    """Median milliseconds of ``fn`` (device events on CUDA), after one call to warm it: how
+    the engine times the attention kernels at start-up, and the probe times them too."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]

@@ -185,35 +185,21 @@ class SlotKVCache:
     def packed_varlen(self, kernel, chunks: list[tuple[int, int, int]]):
         """Like :meth:`packed`, for the variable-length attention: no mask and no gathered keys.
         Chunk ``i``'s queries are its own tokens; its keys are columns ``0 … end`` of its slot,
-        read in place. The padding tokens form one more sequence that reads the first columns
-        of slot 0 (finite values; its outputs are discarded). Returns ``(cache, attention,
+        read in place. The row is padded to a multiple of ``TOKEN_STEP`` as :meth:`packed`
+        does (:meth:`packed_layout` with one padding sequence). Returns ``(cache, attention,
         positions [1, T])``."""
         from inference.engine.slot_attention import SlotAttention
 
-        q_pos, write, cu_q, cu_k, used = [], [], [0], [], []
-        for slot, start, n in chunks:
-            base = slot * self.stride
-            q_pos += range(start, start + n)
-            write += range(base + start, base + start + n)
-            cu_q.append(cu_q[-1] + n)
-            cu_k.append(base)
-            used.append(start + n)
-        pad = -len(q_pos) % self.TOKEN_STEP
-        if pad:
-            q_pos += [0] * pad
-            write += [self.trash] * pad
-            cu_q.append(cu_q[-1] + pad)
-            cu_k.append(0)
-            used.append(min(pad, self.slots * self.stride))
-        cu_k.append(self.slots * self.stride)
-        host = upload([q_pos, write], torch.long, self.device)
-        meta = upload([*cu_q, *cu_k, *used], torch.int32, self.device)
-        b = len(used)
-        attention = SlotAttention(kernel, self.flat_keys, self.flat_values, meta[:b + 1], meta[b + 1:2 * b + 2],
-                                  meta[2 * b + 2:], max(y - x for x, y in zip(cu_q, cu_q[1:])), max(used),
+        tokens = sum(n for _, _, n in chunks)
+        positions, write, meta, _ = self.packed_layout(chunks, tokens + -tokens % self.TOKEN_STEP, len(chunks) + 1)
+        host = upload([positions, write], torch.long, self.device)
+        b = len(chunks) + 1
+        cu_q, used = meta[:b + 1], meta[2 * b + 2:]
+        dev = upload(meta, torch.int32, self.device)
+        attention = SlotAttention(kernel, self.flat_keys, self.flat_values, dev[:b + 1], dev[b + 1:2 * b + 2],
+                                  dev[2 * b + 2:], max(y - x for x, y in zip(cu_q, cu_q[1:])), max(used),
                                   causal=True)
         return SlotCache(self, host[1], max(used), reads=False), attention, host[0].unsqueeze(0)
-
 
     def packed_layout(self, chunks: list[tuple[int, int, int]], tokens: int, seqs: int):
         """The layout of :meth:`packed_varlen` padded to exactly ``tokens`` tokens and ``seqs``

@@ -160,25 +160,6 @@ class StepStats:
                 f"{self.prefill_s / max(self.prefills, 1) * 1e3:.1f} ms each")
 
 
-def _time_call(fn, device: torch.device, repeat: int = 5) -> float:
-    """Median milliseconds of ``fn`` (device events on CUDA), after one call to warm it."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return sorted(times)[len(times) // 2]
-
-
 @dataclass
 class DecodeCost:
     """One layer's decode attention at one batch bucket, as measured at start-up: the
@@ -475,13 +456,13 @@ class TransformersEngine(Engine):
                                           self._max_model_len)
                 args = (q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k, 1, self._max_model_len,
                         False, scale)
-                points.append((int(lengths.sum()), _time_call(lambda: self._varlen(*args), self.device)))
+                points.append((int(lengths.sum()), slot_attention.time_call(lambda: self._varlen(*args), self.device)))
             masked = {}
             for width in self.width_buckets:
                 pos = torch.full((rows, 1), width - 1, device=self.device)
                 k, v = kv.keys[0][:rows, :width].transpose(1, 2), kv.values[0][:rows, :width].transpose(1, 2)
                 mask, q4 = kv.mask(pos, width), q.unsqueeze(2)
-                masked[width] = _time_call(lambda: torch.nn.functional.scaled_dot_product_attention(
+                masked[width] = slot_attention.time_call(lambda: torch.nn.functional.scaled_dot_product_attention(
                     q4, k, v, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads), self.device)
             costs[rows] = DecodeCost.fit(points, masked)
         log.info("decode attention per layer, by batch: %s",

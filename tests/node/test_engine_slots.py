@@ -50,10 +50,13 @@ def reference(model_dir) -> list[list[int]]:
     return out
 
 
-def _run(engine: TransformersEngine, prompts, new_tokens, together: bool) -> list[list[int]]:
+def _run(engine: TransformersEngine, prompts, new_tokens, together: bool, **sampling) -> list[list[int]]:
+    """Greedy token ids per prompt (EOS ignored); ``sampling``: more ``SamplingParams``
+    fields, each a value or a function of the request's index."""
     async def one(i):
+        extra = {k: v(i) if callable(v) else v for k, v in sampling.items()}
         req = GenerationRequest(f"r{i}-{together}", "m", [{"role": "user", "content": prompts[i]}],
-                                SamplingParams(temperature=0.0, max_tokens=new_tokens[i], ignore_eos=True))
+                                SamplingParams(temperature=0.0, max_tokens=new_tokens[i], ignore_eos=True, **extra))
         async for _ in await engine.generate(req):
             pass
         return engine.last_tokens.pop(req.request_id)
@@ -289,24 +292,8 @@ def test_penalised_rows_see_every_token_before_the_next_step(tiny_model_dir):
     and without overlapping steps the same greedy, penalised tokens come out, and a row
     finishing at its limit gets exactly its tokens (the step computed past it is dropped)."""
     def run(overlap: bool):
-        engine = _engine(tiny_model_dir, max_batch=4, overlap=overlap)
-
-        async def one(i, penalty):
-            req = GenerationRequest(f"p{i}", "m", [{"role": "user", "content": PROMPTS[i]}],
-                                    SamplingParams(temperature=0.0, max_tokens=NEW_TOKENS[i], ignore_eos=True,
-                                                   presence_penalty=penalty))
-            async for _ in await engine.generate(req):
-                pass
-            return engine.last_tokens.pop(req.request_id)
-
-        async def main():
-            await engine.start()
-            try:
-                return await asyncio.gather(*(one(i, 1.5 if i % 2 else 0.0) for i in range(4)))
-            finally:
-                await engine.stop()
-
-        return asyncio.run(main())
+        return _run(_engine(tiny_model_dir, max_batch=4, overlap=overlap), PROMPTS, NEW_TOKENS, True,
+                    presence_penalty=lambda i: 1.5 if i % 2 else 0.0)
 
     overlapped, plain = run(True), run(False)
     assert overlapped == plain
