@@ -15,15 +15,22 @@ sampling settings and run on the CPU for CI and the demo. The loop below:
   prompt tokens on prefill, taken from the waiting prompts in arrival order (a long prompt
   is split over several steps), and then runs one decode step for every running sequence, so
   arrivals never freeze the streams already running;
-* **decode as captured CUDA graphs**: on CUDA the decode step (the model's forward over the
-  running rows) is captured once per batch-size bucket (1, 2, 4, … up to the slot count) and
-  width bucket (the longest row rounded up), and replayed: one launch instead of several
-  hundred kernels issued from Python. Rows that only pad a batch to its bucket write into a
-  trash column and are masked. Where graphs cannot apply (the CPU, a capture that fails, a
-  replay that disagrees with the eager step at start-up), the same step runs eagerly;
-  ``/readyz`` (``decode_path``) and the start-up log say which path is live;
-* sampling runs on the device over the whole batch, with one copy of the chosen tokens to
-  the host per step.
+* **attention that reads only live tokens** (:mod:`inference.engine.slot_attention`): on
+  CUDA, FlashAttention's variable-length kernel reads each sequence's own columns of the
+  store in place, for prefill always and for a decode step when the start-up timings say
+  it costs less than one masked SDPA call over the padded width;
+* **CUDA graphs**: on CUDA the decode step is captured once per batch-size bucket (1, 2, 4,
+  … up to the slot count) and attention (masked at each width bucket, and variable-length),
+  and a prefill step once per token bucket, and replayed: one launch instead of several
+  hundred kernels issued from Python. Rows and tokens that only pad a step to its bucket
+  write into a trash column. Where graphs cannot apply (the CPU, a capture that fails, a
+  replay that disagrees with the eager step at start-up), the same code runs eagerly;
+  ``/readyz`` (``decode_path``, ``prefill_path``, ``attention_path``) and the start-up log
+  say which path is live;
+* **overlapped decode steps**: a step is launched before the previous step's tokens are
+  read on the host (its inputs are taken on the device), and nothing in a step waits for
+  the device, so the GPU runs one step while the host hands out the last;
+* sampling runs on the device over the whole batch.
 """
 from __future__ import annotations
 
