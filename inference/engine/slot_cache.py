@@ -191,11 +191,15 @@ class SlotKVCache:
         from inference.engine.slot_attention import SlotAttention
 
         tokens = sum(n for _, _, n in chunks)
-        positions, write, meta, _ = self.packed_layout(chunks, tokens + -tokens % self.TOKEN_STEP, len(chunks) + 1)
+        padded = tokens + -tokens % self.TOKEN_STEP
+        n = len(chunks) + 1
+        positions, write, meta, _ = self.packed_layout(chunks, padded, n)
+        cu_q, cu_k, used = meta[:n + 1], meta[n + 1:2 * n + 2], meta[2 * n + 2:]
+        if padded == tokens:  # no padding: no padding sequence either (no empty sequence to launch)
+            cu_q, cu_k, used = cu_q[:-1], cu_k[:-2] + cu_k[-1:], used[:-1]
+        b = len(used)
         host = upload([positions, write], torch.long, self.device)
-        b = len(chunks) + 1
-        cu_q, used = meta[:b + 1], meta[2 * b + 2:]
-        dev = upload(meta, torch.int32, self.device)
+        dev = upload([*cu_q, *cu_k, *used], torch.int32, self.device)
         attention = SlotAttention(kernel, self.flat_keys, self.flat_values, dev[:b + 1], dev[b + 1:2 * b + 2],
                                   dev[2 * b + 2:], max(y - x for x, y in zip(cu_q, cu_q[1:])), max(used),
                                   causal=True)

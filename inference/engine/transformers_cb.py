@@ -389,7 +389,17 @@ class TransformersEngine(Engine):
             self.bucketed = use_graphs
         self._setup_static_prefill()
         with torch.inference_mode():
-            self._check_slot_path()
+            try:
+                self._check_slot_path()
+            except Exception:
+                if not self._static_prefill:
+                    raise
+                # the static prefill shapes (padding and empty sequences) are the newer path:
+                # without them the engine still serves, with the packed prefill it had before
+                log.exception("the static prefill shapes failed the start-up check; prefill runs unpadded")
+                self._static_prefill = False
+                self.prefill_path = "eager (static shapes failed the start-up check)"
+                self._check_slot_path()
             if use_graphs and self.device.type == "cuda":
                 if not self._static_prefill:
                     self._warm_prefill_shapes()

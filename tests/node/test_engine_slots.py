@@ -370,3 +370,25 @@ def test_static_prefill_layout_pads_tokens_and_sequences():
     assert ends == [1, 4, 0, 0]
     with pytest.raises(ValueError):
         store.packed_layout([(0, 0, 9)], tokens=8, seqs=4)  # more tokens than the bucket
+
+
+def test_an_unpadded_varlen_prefill_has_no_empty_sequence():
+    store = SlotKVCache(1, 1, 2, torch.float32, torch.device("cpu"), slots=4, max_len=80)
+    from inference.engine.slot_attention import reference_varlen
+
+    _, att, positions = store.packed_varlen(reference_varlen, [(1, 0, 64)])
+    assert att.cu_q.tolist() == [0, 64] and att.cu_k.tolist() == [81, 324] and att.used_k.tolist() == [64]
+    assert positions.shape[1] == 64
+
+
+def test_the_engine_falls_back_to_unpadded_prefill_when_the_static_shapes_fail(tiny_model_dir, monkeypatch):
+    """The static prefill shapes (what prefill graphs capture) are checked at start-up like
+    everything else; if they fail, the engine serves with the packed prefill it had before."""
+    def broken(self, bucket):
+        raise RuntimeError("kernel rejected the static shapes")
+
+    monkeypatch.setattr(TransformersEngine, "_prefill_static", broken)
+    engine = _engine(tiny_model_dir, max_batch=2, attention="varlen", bucketed=True)
+    out = _run(engine, PROMPTS[:2], NEW_TOKENS[:2], True)
+    assert [len(t) for t in out] == NEW_TOKENS[:2]
+    assert engine.prefill_path == "eager (static shapes failed the start-up check)"
