@@ -300,6 +300,7 @@ class TransformersEngine(Engine):
         self._kv: SlotKVCache | None = None
         self._graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._prefill_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graph_kinds: set[bool] = set()  # attentions with captured decode graphs (True: variable-length)
         self._static_prefill = False
         #: For checks and tests: keep each finished request's token ids in ``last_tokens``.
         self.record_tokens = False
@@ -496,9 +497,10 @@ class TransformersEngine(Engine):
         if self._varlen is None:
             return rows, width, False
         cost = (self._decode_costs or {}).get(rows)
-        if cost is not None and cost.masked_ms(bucket_for(width, self.width_buckets)) <= cost.varlen_ms(live):
-            return rows, width, False
-        return rows, (self._max_model_len if self.bucketed else width), True
+        varlen = not (cost is not None and cost.masked_ms(bucket_for(width, self.width_buckets)) <= cost.varlen_ms(live))
+        if self._graph_kinds and varlen not in self._graph_kinds:  # that attention's graphs were left out
+            varlen = not varlen
+        return (rows, self._max_model_len if self.bucketed else width, True) if varlen else (rows, width, False)
 
     def _make_store(self) -> None:
         """Size the KV store: ``kv_cache_tokens`` if given, else on CUDA a share of the free
@@ -660,46 +662,56 @@ class TransformersEngine(Engine):
         log.info("prefill shapes up to %d tokens warmed in %.1fs", self.max_prefill_tokens, time.monotonic() - t0)
 
     def _capture_graphs(self) -> None:
-        """Capture one decode step per (batch bucket, width bucket), largest first so the
-        smaller graphs reuse the shared memory pool; then check one replay against the eager
-        step. Any failure leaves the eager path live, and says why."""
+        """Capture the decode step per batch bucket, for each attention (masked per width
+        bucket, variable-length), largest first so the smaller graphs reuse the shared
+        memory pool; check one replay of each attention against its eager step. An
+        attention whose capture fails or disagrees is left out (the steps use the other);
+        if both are, decode runs eagerly. Then the prefill graphs."""
         t0 = time.monotonic()
-        try:
-            pool = torch.cuda.graph_pool_handle()
-            self._io[0].zero_()
-            self._io[1].fill_(-1)  # every row a padding row: writes go to the trash column
-            side = torch.cuda.Stream(self.device)
-            for rows in reversed(self.batch_buckets):
-                shapes = [(w, False) for w in reversed(self.width_buckets)]
-                if self._varlen is not None:
-                    shapes.insert(0, (self._max_model_len, True))
-                for width, varlen in shapes:
-                    side.wait_stream(torch.cuda.current_stream(self.device))
-                    with torch.cuda.stream(side):
-                        self._decode_forward(rows, width, varlen)  # warm-up outside the capture
-                    torch.cuda.current_stream(self.device).wait_stream(side)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=pool):
-                        logits = self._decode_forward(rows, width, varlen)
-                    self._graphs[(rows, width, varlen)] = (graph, logits)
-            torch.cuda.synchronize(self.device)
-            err = self._check_replay()
-            if err is None:
-                self._capture_prefill_graphs(pool)
-        except Exception as exc:  # the eager step still serves
-            self._graphs.clear()
-            torch.cuda.synchronize(self.device)
-            self.decode_path = f"eager (CUDA graph capture failed: {exc.__class__.__name__}: {exc})"
-            log.exception("CUDA graph capture failed; decoding eagerly")
+        pool = torch.cuda.graph_pool_handle()
+        failures = []
+        for varlen in self._decode_kinds():
+            name = "variable-length" if varlen else "masked"
+            try:
+                self._capture_decode(varlen, pool)
+                err = self._check_replay(varlen)
+                if err is not None:
+                    raise EngineError(f"graph replay disagreed with the eager step: {err}")
+                self._graph_kinds.add(varlen)
+            except Exception as exc:  # the other attention, or the eager step, still serves
+                for key in [k for k in self._graphs if k[2] == varlen]:
+                    del self._graphs[key]
+                torch.cuda.synchronize(self.device)
+                failures.append(f"{name}: {exc.__class__.__name__}: {exc}")
+                log.exception("CUDA graph capture of the %s decode step failed", name)
+        if not self._graph_kinds:
+            self.decode_path = f"eager (CUDA graph capture failed: {'; '.join(failures)})"
             return
-        if err is not None:
-            self._graphs.clear()
-            self.decode_path = f"eager (graph replay disagreed with the eager step: {err})"
-            log.error("CUDA graph replay disagreed with the eager step (%s); decoding eagerly", err)
-            return
-        kinds = " + variable-length" if self._varlen is not None else ""
+        kinds = " + ".join(([f"masked at width {self.width_buckets}"] if False in self._graph_kinds else [])
+                           + (["variable-length"] if True in self._graph_kinds else []))
         self.decode_path = (f"cuda-graphs ({len(self._graphs)} captured in {time.monotonic() - t0:.1f}s: "
-                            f"batch {self.batch_buckets} × (masked at width {self.width_buckets}{kinds}))")
+                            f"batch {self.batch_buckets} × ({kinds}))"
+                            + (f"; not captured: {'; '.join(failures)}" if failures else ""))
+        self._capture_prefill_graphs(pool)
+
+    def _capture_decode(self, varlen: bool, pool) -> None:
+        """Capture one attention's decode graphs (every batch bucket; every width bucket for
+        the masked call, one width for the variable-length kernel)."""
+        self._io[0].zero_()
+        self._io[1].fill_(-1)  # every row a padding row: writes go to the trash column
+        side = torch.cuda.Stream(self.device)
+        widths = [self._max_model_len] if varlen else list(reversed(self.width_buckets))
+        for rows in reversed(self.batch_buckets):
+            for width in widths:
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    self._decode_forward(rows, width, varlen)  # warm-up outside the capture
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    logits = self._decode_forward(rows, width, varlen)
+                self._graphs[(rows, width, varlen)] = (graph, logits)
+        torch.cuda.synchronize(self.device)
 
     def _capture_prefill_graphs(self, pool) -> None:
         """Capture one prefill step per token bucket (static shapes, all-padding content),
@@ -737,22 +749,22 @@ class TransformersEngine(Engine):
         self.prefill_path = (f"cuda-graphs ({len(self._prefill_graphs)} captured in {time.monotonic() - t0:.1f}s: "
                              f"tokens {self.prefill_buckets})")
 
-    def _check_replay(self) -> str | None:
-        """Replay against eager on a random prompt in slot 0 (two rows, one of them padding)."""
+    def _check_replay(self, varlen: bool) -> str | None:
+        """One attention's replay against its eager step on a random prompt in slot 0 (two
+        rows, one of them padding); a description of the difference, or None."""
         g = torch.Generator().manual_seed(1)
         ids = torch.randint(0, self.model.config.vocab_size, (20,), generator=g).tolist()
         self._prefill_forward([(0, ids[:19], 0)])
         self._io[:, :2] = torch.tensor([[ids[19], 0], [19, -1]], device=self.device)
         rows = 2 if 2 in self.batch_buckets else self.batch_buckets[-1]
-        for varlen in self._decode_kinds():
-            width = self._max_model_len if varlen else bucket_for(20, self.width_buckets)
-            eager = self._decode_forward(rows, width, varlen)[0].float()
-            graph, logits = self._graphs[(rows, width, varlen)]
-            graph.replay()
-            replay = logits[0].float()
-            err = float((replay - eager).abs().max() / eager.abs().max().clamp(min=1e-6))
-            if not err < 2e-2:  # the same kernels on the same inputs: any real difference is a capture bug
-                return f"relative error {err:.3g} ({'variable-length' if varlen else 'masked'} attention)"
+        width = self._max_model_len if varlen else bucket_for(20, self.width_buckets)
+        eager = self._decode_forward(rows, width, varlen)[0].float()
+        graph, logits = self._graphs[(rows, width, varlen)]
+        graph.replay()
+        replay = logits[0].float()
+        err = float((replay - eager).abs().max() / eager.abs().max().clamp(min=1e-6))
+        if not err < 2e-2:  # the same kernels on the same inputs: any real difference is a capture bug
+            return f"relative error {err:.3g}"
         return None
 
     async def stop(self) -> None:

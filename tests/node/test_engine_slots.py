@@ -392,3 +392,24 @@ def test_the_engine_falls_back_to_unpadded_prefill_when_the_static_shapes_fail(t
     out = _run(engine, PROMPTS[:2], NEW_TOKENS[:2], True)
     assert [len(t) for t in out] == NEW_TOKENS[:2]
     assert engine.prefill_path == "eager (static shapes failed the start-up check)"
+
+
+def test_a_step_uses_the_attention_whose_graphs_were_captured(tiny_model_dir):
+    """If one attention's decode graphs were left out at capture (a failure or a replay that
+    disagreed), steps take the other even where its measured cost is higher."""
+    from inference.engine.transformers_cb import DecodeCost
+
+    engine = _engine(tiny_model_dir, max_batch=4, attention="varlen", bucketed=True)
+
+    async def main():
+        await engine.start()
+        await engine.stop()
+
+    asyncio.run(main())
+    engine._decode_costs = {r: DecodeCost(10.0, 0.0, {w: 1.0 for w in engine.width_buckets})
+                            for r in engine.batch_buckets}  # masked always cheaper
+    assert engine._decode_shape(3, 300, 600) == (4, 512, False)
+    engine._graph_kinds = {True}  # only the variable-length graphs were captured
+    assert engine._decode_shape(3, 300, 600) == (4, 512, True)
+    engine._graph_kinds = {False}
+    assert engine._decode_shape(3, 300, 600) == (4, 512, False)
