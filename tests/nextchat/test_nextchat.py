@@ -151,10 +151,30 @@ def open_chat(page, server) -> None:
     page.wait_for_timeout(1000)  # NextChat fetches its server config after the first paint
 
 
-def pick_model(page, label: str) -> None:
-    """The chat's model list (the input action showing the current model) → ``label``."""
-    page.locator("[class*=chat-input-action]", has_text=re.compile(r"gpt-|deepseek")).last.click()
-    page.get_by_text(label, exact=True).click()
+def pick_model(page, label: str, within_s: float = 60) -> None:
+    """The chat's model list (the input action showing the current model) → ``label``.
+
+    NextChat fills the list from its server config (``/api/config``), fetched after the
+    first paint; under load the list can be opened before that answer is in, and an open list
+    does not update. So while ``label`` is not in it, the page is loaded again (a new fetch)
+    and the list reopened."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    deadline = time.monotonic() + within_s
+    while True:
+        page.locator("[class*=chat-input-action]", has_text=re.compile(r"gpt-|deepseek")).last.click()
+        option = page.get_by_text(label, exact=True)
+        try:
+            option.wait_for(state="visible", timeout=5_000)
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise
+            page.reload(wait_until="domcontentloaded")
+            page.wait_for_selector("#chat-input")
+            page.wait_for_timeout(1000)
+            continue
+        option.click()
+        return
 
 
 def use_custom_endpoint(page, server, node_url: str, key: str) -> None:
