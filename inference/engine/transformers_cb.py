@@ -245,7 +245,7 @@ class TransformersEngine(Engine):
                  max_prefill_tokens: int = 2048, kv_cache_tokens: int | None = None,
                  model_version: str | None = None, cuda_graphs: bool | None = None,
                  bucketed: bool | None = None, attention: str = "auto", fuse_norms: bool | None = None,
-                 overlap: bool = True):
+                 overlap: bool = True, attention_choice: bool = True, prefill_graphs: bool = True):
         self.model_dir = Path(model_dir)
         self.device = _pick_device(device)
         self.dtype_name = dtype or "auto"
@@ -274,6 +274,12 @@ class TransformersEngine(Engine):
         self.fused_norms = 0
         #: Launch each decode step before taking in the previous one (see ``_decode_step``).
         self.overlap = overlap
+        #: With the variable-length attention: time it against the masked call at start-up and
+        #: let each decode step take the cheaper (False: every decode step uses the kernel).
+        self.attention_choice = attention_choice
+        #: With the variable-length attention: static prefill shapes, captured as graphs on CUDA
+        #: (False: the unpadded packed prefill, eager).
+        self.prefill_graphs = prefill_graphs
         self._inflight: _Step | None = None
         self.attention_path = "not loaded"
         self._varlen: slot_attention.Kernel | None = None
@@ -379,7 +385,7 @@ class TransformersEngine(Engine):
         self._flip = 0
         self.batch_buckets = buckets(self._kv.slots)
         self.width_buckets = buckets(self._max_model_len, min(256, self._max_model_len))
-        if self.device.type in self.TIMED_DEVICES:
+        if self.attention_choice and self.device.type in self.TIMED_DEVICES:
             try:
                 with torch.inference_mode():
                     self._decode_costs = self._time_decode_attention()
@@ -555,7 +561,8 @@ class TransformersEngine(Engine):
         step's tokens, positions, write index and sequence table. Only with the
         variable-length attention (a masked step's mask is as wide as its keys) and padded
         shapes; on the CPU the same code runs eagerly (what the tests check)."""
-        self._static_prefill = self._varlen is not None and bool(self.bucketed) and bool(self._keep_kw)
+        self._static_prefill = (self.prefill_graphs and self._varlen is not None and bool(self.bucketed)
+                                and bool(self._keep_kw))
         if not self._static_prefill:
             return
         step = self._kv.TOKEN_STEP
@@ -629,7 +636,9 @@ class TransformersEngine(Engine):
 
     def _decode_kinds(self) -> list[bool]:
         """The attentions a decode step may use: ``True`` variable-length, ``False`` masked."""
-        return [True, False] if self._varlen is not None else [False]
+        if self._varlen is None:
+            return [False]
+        return [True, False] if self.attention_choice else [True]
 
     def _decode_forward(self, rows: int, width: int, varlen: bool = False) -> torch.Tensor:
         """One decode step over slots ``0 … rows-1``; inputs come from ``self._io`` (token
@@ -1123,6 +1132,8 @@ class TransformersOptions:
     max_model_len: int | None = None
     kv_cache_tokens: int | None = None  # KV store size in tokens; default: from free GPU memory
     attention: str = "auto"           # auto, varlen, masked
+    attention_choice: bool = True     # per decode step, the cheaper of the kernel and the masked call
+    prefill_graphs: bool = True       # static prefill shapes, captured as graphs on CUDA
 
 
 def _add_arguments(g) -> None:
@@ -1137,6 +1148,12 @@ def _add_arguments(g) -> None:
                    help="how attention reads the KV store: varlen (each row its own length; FlashAttention on "
                         "CUDA, a slow reference on the CPU), masked (one SDPA call over the longest row), "
                         "auto (varlen on CUDA when its kernel passes the start-up check, else masked)")
+    g.add_argument("--no-attention-choice", dest="attention_choice", action="store_false",
+                   help="with the variable-length attention, use it for every decode step instead of taking, per "
+                        "step, the cheaper of it and one masked call (timed at start-up)")
+    g.add_argument("--no-prefill-graphs", dest="prefill_graphs", action="store_false",
+                   help="with the variable-length attention, prefill unpadded and eagerly instead of in static "
+                        "shapes captured as CUDA graphs")
 
 
 def _options_from_args(args) -> TransformersOptions:
@@ -1152,14 +1169,16 @@ def _options_from_args(args) -> TransformersOptions:
         raise ConfigError("--kv-cache-tokens must be at least 1")
     return TransformersOptions(model=args.model, device=args.device, dtype=args.dtype,
                                max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
-                               attention=args.attention)
+                               attention=args.attention, attention_choice=args.attention_choice,
+                               prefill_graphs=args.prefill_graphs)
 
 
 def _build(options: TransformersOptions, config) -> TransformersEngine:
     return TransformersEngine(options.model, device=options.device, dtype=options.dtype,
                               max_batch=config.max_batch, max_queue=config.max_queue,
                               max_model_len=options.max_model_len, kv_cache_tokens=options.kv_cache_tokens,
-                              model_version=config.model_version, attention=options.attention)
+                              model_version=config.model_version, attention=options.attention,
+                              attention_choice=options.attention_choice, prefill_graphs=options.prefill_graphs)
 
 
 register(EnginePlugin(

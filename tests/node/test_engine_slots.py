@@ -413,3 +413,25 @@ def test_a_step_uses_the_attention_whose_graphs_were_captured(tiny_model_dir):
     assert engine._decode_shape(3, 300, 600) == (4, 512, True)
     engine._graph_kinds = {False}
     assert engine._decode_shape(3, 300, 600) == (4, 512, False)
+
+
+def test_the_two_newest_paths_can_be_switched_off(model_dir, reference, monkeypatch):
+    """``--no-attention-choice`` (every decode step on the variable-length kernel, no start-up
+    timing) and ``--no-prefill-graphs`` (unpadded eager prefill) bring back the engine that
+    the H200 run measured; tokens stay transformers' own."""
+    from inference.engine.transformers_cb import DecodeCost
+
+    timed = []
+    monkeypatch.setattr(TransformersEngine, "TIMED_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(TransformersEngine, "_time_decode_attention",
+                        lambda self: timed.append(1) or {r: DecodeCost(10.0, 0.0, {w: 1.0 for w in self.width_buckets})
+                                                         for r in self.batch_buckets})
+    engine = _engine(model_dir, max_batch=3, bucketed=True, max_prefill_tokens=16, attention="varlen",
+                     attention_choice=False, prefill_graphs=False)
+    kinds = []
+    shape = engine._decode_shape
+    engine._decode_shape = lambda *a: kinds.append(shape(*a)) or kinds[-1]
+    assert _run(engine, PROMPTS, NEW_TOKENS, True) == reference
+    assert not timed and engine._decode_costs is None and engine._decode_kinds() == [True]
+    assert {varlen for _, _, varlen in kinds} == {True}
+    assert engine.prefill_path == "eager" and not engine._static_prefill
