@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from inference.engine.slot_attention import relative_error  # noqa: E402
 from inference.tiny_model import VARIANTS, make_variant  # noqa: E402
 
 PROMPTS = ["请帮我生成本月销售报告摘要。", "退货" * 40, "How do I reset my password? " * 12,
@@ -84,7 +85,7 @@ def bucket_logits_and_times(engine, reps: int = 10) -> list[dict]:
             eager = engine._decode_forward(rows, width, varlen).float()
             graph.replay()
             replay = logits.float()
-            err = float((replay - eager).abs().max() / eager.abs().max().clamp(min=1e-6))
+            err = relative_error(replay, eager)
             argmax = float((replay.argmax(-1) == eager.argmax(-1)).float().mean())
             times = {}
             for name, fn in (("replay_ms", graph.replay), ("eager_ms", lambda: engine._decode_forward(rows, width, varlen))):
@@ -118,13 +119,7 @@ def teacher_forced(engine, reference_model, prompt_ids: list[int], tokens: list[
         fast = [engine._prefill_forward([(0, prompt_ids, 0)])[0].float()]
         for i, token in enumerate(tokens[:-1]):
             engine._io[0, 0], engine._io[1, 0] = token, n + i
-            rows, width, varlen = engine._decode_shape(1, n + i + 1, n + i + 1)
-            captured = engine._graphs.get((rows, width, varlen))
-            if captured is not None:
-                captured[0].replay()
-                fast.append(captured[1][0].float().clone())
-            else:
-                fast.append(engine._decode_forward(rows, width, varlen)[0].float())
+            fast.append(engine._decode_logits(*engine._decode_shape(1, n + i + 1, n + i + 1))[0].float().clone())
         got = torch.stack(fast)
         ids = torch.tensor([prompt_ids + tokens[:-1]], device=engine.device)
         want = reference_model(input_ids=ids).logits[0, n - 1:].float()

@@ -116,6 +116,13 @@ def use_on(model) -> None:
         model.config._attn_implementation = NAME
 
 
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """Largest absolute difference over the largest magnitude of ``want``: how the engine's
+    start-up checks (kernel, slot store, graph replays) compare two results."""
+    got, want = got.float(), want.float()
+    return float((got - want).abs().max() / want.abs().max().clamp(min=1e-6))
+
+
 def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
                  head_dim: int) -> float:
     """Largest relative difference between ``kernel`` and :func:`reference_varlen` on random
@@ -136,9 +143,7 @@ def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, heads
         cu_k = torch.tensor([s * stride for s in slot] + [slots * stride], **i32)
         used_k = torch.tensor(used, **i32)
         args = (q, store_k, store_v, cu_q, cu_k, used_k, max(nq), max(used), causal, head_dim ** -0.5)
-        want = reference_varlen(*args).float()
-        got = kernel(*args).float()
-        worst = max(worst, float((got - want).abs().max() / want.abs().max().clamp(min=1e-6)))
+        worst = max(worst, relative_error(kernel(*args), reference_varlen(*args)))
     return worst
 
 

@@ -192,14 +192,11 @@ class SlotKVCache:
 
         tokens = sum(n for _, _, n in chunks)
         padded = tokens + -tokens % self.TOKEN_STEP
-        n = len(chunks) + 1
-        positions, write, meta, _ = self.packed_layout(chunks, padded, n)
-        cu_q, cu_k, used = meta[:n + 1], meta[n + 1:2 * n + 2], meta[2 * n + 2:]
-        if padded == tokens:  # no padding: no padding sequence either (no empty sequence to launch)
-            cu_q, cu_k, used = cu_q[:-1], cu_k[:-2] + cu_k[-1:], used[:-1]
-        b = len(used)
+        b = len(chunks) + (padded > tokens)  # a padding sequence only where there is padding
+        positions, write, meta, _ = self.packed_layout(chunks, padded, b)
+        cu_q, used = meta[:b + 1], meta[2 * b + 2:]
         host = upload([positions, write], torch.long, self.device)
-        dev = upload([*cu_q, *cu_k, *used], torch.int32, self.device)
+        dev = upload(meta, torch.int32, self.device)
         attention = SlotAttention(kernel, self.flat_keys, self.flat_values, dev[:b + 1], dev[b + 1:2 * b + 2],
                                   dev[2 * b + 2:], max(y - x for x, y in zip(cu_q, cu_q[1:])), max(used),
                                   causal=True)
@@ -211,7 +208,8 @@ class SlotKVCache:
         ``(positions, write index, meta, ends)``: ``meta`` is ``cu_q [seqs+1] + cu_k
         [seqs+1] + used [seqs]`` (int32), ``ends`` each chunk's last token (then 0). After
         the chunks come the padding tokens as one sequence reading the store's first rows
-        (finite values; its outputs are discarded), then empty sequences."""
+        (finite values; its outputs are discarded), then empty sequences. With no padding
+        ``seqs`` may equal the number of chunks."""
         positions, write, cu_q, cu_k, used = [], [], [0], [], []
         for slot, start, n in chunks:
             base = slot * self.stride
@@ -221,7 +219,7 @@ class SlotKVCache:
             cu_k.append(base)
             used.append(start + n)
         pad = tokens - len(positions)
-        if pad < 0 or len(chunks) >= seqs:
+        if pad < 0 or len(chunks) > seqs or (pad and len(chunks) == seqs):
             raise ValueError(f"{len(positions)} tokens in {len(chunks)} chunks do not fit {tokens} tokens, {seqs} sequences")
         positions += [0] * pad
         write += [self.trash] * pad

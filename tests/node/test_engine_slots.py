@@ -73,6 +73,15 @@ def _run(engine: TransformersEngine, prompts, new_tokens, together: bool, **samp
     return asyncio.run(main())
 
 
+def _load(engine: TransformersEngine) -> None:
+    """Start the engine (loading, start-up checks and timings) and stop it again."""
+    async def main():
+        await engine.start()
+        await engine.stop()
+
+    asyncio.run(main())
+
+
 def _engine(model_dir, **kw) -> TransformersEngine:
     engine = TransformersEngine(model_dir, device="cpu", max_model_len=kw.pop("max_model_len", 512), **kw)
     engine.record_tokens = True
@@ -340,12 +349,7 @@ def test_start_up_timings_cover_every_bucket_and_width(tiny_model_dir):
     reference kernel: a cost line for the variable-length kernel and a masked cost per
     width, for every batch bucket; a step then compares the two for its own rows."""
     engine = _engine(tiny_model_dir, max_batch=4, attention="varlen", bucketed=True)
-
-    async def main():
-        await engine.start()
-        await engine.stop()
-
-    asyncio.run(main())
+    _load(engine)
     with torch.inference_mode():
         costs = engine._time_decode_attention()
     assert sorted(costs) == engine.batch_buckets
@@ -400,12 +404,7 @@ def test_a_step_uses_the_attention_whose_graphs_were_captured(tiny_model_dir):
     from inference.engine.transformers_cb import DecodeCost
 
     engine = _engine(tiny_model_dir, max_batch=4, attention="varlen", bucketed=True)
-
-    async def main():
-        await engine.start()
-        await engine.stop()
-
-    asyncio.run(main())
+    _load(engine)
     engine._decode_costs = {r: DecodeCost(10.0, 0.0, {w: 1.0 for w in engine.width_buckets})
                             for r in engine.batch_buckets}  # masked always cheaper
     assert engine._decode_shape(3, 300, 600) == (4, 512, False)
