@@ -581,7 +581,8 @@ class TransformersEngine(Engine):
         bucket = bucket_for(tokens, self.prefill_buckets)
         spans = [(slot, start, len(chunk)) for slot, chunk, start in chunks]
         positions, write, meta, ends = self._kv.packed_layout(spans, bucket, self._pf_seqs)
-        ids = [t for _, chunk, _ in chunks for t in chunk] + [0] * (bucket - tokens)
+        ids = [t for _, chunk, _ in chunks for t in chunk]
+        ids += [0] * (bucket - len(ids))  # ``tokens`` may exceed the chunks: a capture stages padding only
         self._pf_long[:, :bucket].copy_(upload([ids, positions, write], torch.long, self.device))
         self._pf_meta.copy_(upload(meta, torch.int32, self.device))
         self._pf_ends.copy_(upload(ends, torch.long, self.device))

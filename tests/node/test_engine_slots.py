@@ -376,6 +376,26 @@ def test_static_prefill_layout_pads_tokens_and_sequences():
         store.packed_layout([(0, 0, 9)], tokens=8, seqs=4)  # more tokens than the bucket
 
 
+def test_every_prefill_bucket_runs_with_padding_only_content(tiny_model_dir):
+    """What a prefill graph capture stages: no chunks, every token padding, for each token
+    bucket. The step runs, its logits have the fixed shape, and the padding writes land in
+    the trash column only (an H200 start-up once failed here: the padding was counted
+    from the bucket, not from the chunks, and came out empty)."""
+    engine = _engine(tiny_model_dir, max_batch=2, attention="varlen", bucketed=True, max_prefill_tokens=512)
+    _load(engine)
+    assert engine._static_prefill and engine.prefill_buckets[-1] == 512
+    kv = engine._kv
+    before = [k.clone() for k in kv.keys]
+    with torch.inference_mode():
+        for bucket in engine.prefill_buckets:
+            assert engine._stage_prefill([], bucket) == bucket
+            logits = engine._prefill_static(bucket)
+            assert logits.shape == (engine._pf_seqs, engine.model.config.vocab_size)
+            assert torch.isfinite(logits).all()
+    for old, new in zip(before, kv.keys):  # [slots, columns, heads, dim]; the trash column is the last
+        assert torch.equal(old[:, :kv.trash], new[:, :kv.trash])
+
+
 def test_an_unpadded_varlen_prefill_has_no_empty_sequence():
     store = SlotKVCache(1, 1, 2, torch.float32, torch.device("cpu"), slots=4, max_len=80)
     from inference.engine.slot_attention import reference_varlen
