@@ -9,6 +9,7 @@ two.) A response that is not ``text/event-stream`` raises :class:`SSEError`, an
 """
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 import httpx
@@ -18,10 +19,27 @@ from httpx_sse import EventSource, SSEError
 DONE = "[DONE]"
 
 
+#: how long the rest of a body after ``[DONE]`` is waited for (see :func:`aiter_data`)
+DRAIN_S = 1.0
+
+
 async def aiter_data(response: httpx.Response) -> AsyncIterator[str]:
-    """The ``data`` of each event of an OpenAI-style stream, up to (without) ``[DONE]``."""
-    async for event in EventSource(response).aiter_sse():
+    """The ``data`` of each event of an OpenAI-style stream, up to (without) ``[DONE]``.
+
+    After ``[DONE]`` the rest of the body (normally just the end of the chunked transfer)
+    is read and dropped, for at most :data:`DRAIN_S`: a response closed before its end
+    closes its connection too, and the next request would open a new one (a TCP, maybe
+    TLS, handshake in front of every first token). A server that keeps the body open
+    longer loses its connection, as before."""
+    events = EventSource(response).aiter_sse()
+    async for event in events:
         if event.data == DONE:
+            try:
+                async with asyncio.timeout(DRAIN_S):
+                    async for _ in events:
+                        pass
+            except (TimeoutError, httpx.HTTPError):
+                pass
             return
         if event.data:
             yield event.data

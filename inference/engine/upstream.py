@@ -67,7 +67,9 @@ class UpstreamEngine(Engine):
         return self._model_version
 
     async def start(self) -> None:
-        limits = httpx.Limits(max_connections=self.max_batch + self.max_queue, max_keepalive_connections=64)
+        # every running stream keeps its connection between requests: with fewer kept alive,
+        # the pool closed the rest after each response and the next request opened a new one
+        limits = httpx.Limits(max_connections=self.max_batch + self.max_queue, max_keepalive_connections=self.max_batch)
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=10.0),
                                          limits=limits, verify=self.verify)
 

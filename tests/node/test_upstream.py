@@ -112,3 +112,79 @@ def test_upstream_answering_200_without_an_event_stream_is_502(node_factory):
         r = ask_through(node_factory, url)
     assert r.status_code == 502, r.text
     assert "text/event-stream" in r.json()["error"]["message"]
+
+
+class _KeepAliveUpstream(BaseHTTPRequestHandler):
+    """An OpenAI-style streaming upstream speaking HTTP/1.1 with keep-alive and a chunked
+    body, as vLLM does; counts the TCP connections it accepted (one handler per connection)."""
+    protocol_version = "HTTP/1.1"
+    connections = 0
+    linger_after_done = 0.0  # seconds the body stays open after [DONE]
+
+    def setup(self):
+        type(self).connections += 1
+        super().setup()
+
+    def do_POST(self):
+        import time
+
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def frame(data: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        for piece, finish in (("one ", None), ("two", None), ("", "stop")):
+            chunk = {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": finish}]}
+            frame(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        frame(b"data: [DONE]\n\n")
+        time.sleep(self.linger_after_done)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def log_message(self, *a):
+        pass
+
+
+def test_streamed_requests_reuse_one_upstream_connection(node_factory):
+    """After ``[DONE]`` the node reads the rest of the upstream's body, so the connection goes
+    back to the pool: three streamed turns in turn open one TCP connection to the upstream,
+    not three (a handshake, with TLS two, in front of every first token)."""
+    class Upstream(_KeepAliveUpstream):
+        connections = 0
+
+    with loopback_upstream(Upstream) as url:
+        front = node_factory("--engine", "upstream", "--upstream-url", url,
+                             "--served-model-name", "deepseek-chat", with_model=False)
+        client = openai.OpenAI(base_url=front.openai_base, api_key="x", max_retries=0)
+        for _ in range(3):
+            chunks = list(client.chat.completions.create(
+                model="deepseek-chat", messages=[{"role": "user", "content": "x"}], stream=True))
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two"
+    assert Upstream.connections == 1
+
+
+def test_a_body_left_open_after_done_ends_the_stream_anyway(monkeypatch):
+    """An upstream that keeps its body open after ``[DONE]`` costs at most ``DRAIN_S``: the
+    reader then gives up the connection and the events already read stand."""
+    import asyncio
+
+    from contracts import sse
+
+    class Upstream(_KeepAliveUpstream):
+        linger_after_done = 5.0
+
+    monkeypatch.setattr(sse, "DRAIN_S", 0.2)
+
+    async def read(url):
+        async with httpx.AsyncClient() as client:
+            async with client.stream("POST", url + "/chat/completions", json={}) as r:
+                return [json.loads(d)["choices"][0]["delta"]["content"] async for d in sse.aiter_data(r)]
+
+    with loopback_upstream(Upstream) as url:
+        # the 20 s bound only keeps a regression from hanging the suite (the body stays open 5 s)
+        assert asyncio.run(asyncio.wait_for(read(url), 20)) == ["one ", "two", ""]
