@@ -56,6 +56,7 @@ from inference.engine.base import (
     GenerationRequest, QueueFull, SamplingParams,
 )
 from inference.engine.detokenizer import StopMatcher, make_detokenizer
+from inference.engine.fused_linear import fuse_projections as fuse_linear_projections
 from inference.engine.fused_norm import fuse_rms_norms
 from inference.engine.host_copy import upload
 from inference.engine import slot_attention
@@ -245,6 +246,7 @@ class TransformersEngine(Engine):
                  max_prefill_tokens: int = 2048, kv_cache_tokens: int | None = None,
                  model_version: str | None = None, cuda_graphs: bool | None = None,
                  bucketed: bool | None = None, attention: str = "auto", fuse_norms: bool | None = None,
+                 fuse_projections: bool | None = None,
                  overlap: bool = True, attention_choice: bool = True, prefill_graphs: bool = True):
         self.model_dir = Path(model_dir)
         self.device = _pick_device(device)
@@ -272,6 +274,9 @@ class TransformersEngine(Engine):
         #: Fused RMSNorm kernels (``fused_norm``): None = on CUDA, where launches count.
         self.fuse_norms = fuse_norms
         self.fused_norms = 0
+        #: Merged q/k/v and gate/up matrix multiplies (``fused_linear``): None = on CUDA.
+        self.fuse_projections = fuse_projections
+        self.fused_projections = 0
         #: Launch each decode step before taking in the previous one (see ``_decode_step``).
         self.overlap = overlap
         #: With the variable-length attention: time it against the masked call at start-up and
@@ -350,6 +355,8 @@ class TransformersEngine(Engine):
         self.model.eval()
         if self.fuse_norms if self.fuse_norms is not None else self.device.type == "cuda":
             self.fused_norms = fuse_rms_norms(self.model)
+        if self.fuse_projections if self.fuse_projections is not None else self.device.type == "cuda":
+            self.fused_projections = fuse_linear_projections(self.model)
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -416,10 +423,11 @@ class TransformersEngine(Engine):
             else:
                 self.decode_path = "eager" + (" (bucketed shapes)" if self.bucketed else "")
         log.info("loaded %s on %s (%s) in %.1fs; KV store %d tokens: %d slots of %d tokens; max batch %d; "
-                 "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; decode path: %s; prefill path: %s",
+                 "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; fused projections: %d; "
+                 "decode path: %s; prefill path: %s",
                  self.model_dir, self.device, dtype, time.monotonic() - t0, self._kv.tokens, self._kv.slots,
                  self._kv.max_len, self._kv.slots, self.max_prefill_tokens, self.attention_path, self.fused_norms,
-                 self.decode_path, self.prefill_path)
+                 self.fused_projections, self.decode_path, self.prefill_path)
 
     #: Devices on which start-up times the two decode attentions (elsewhere: variable-length
     #: where forced, masked otherwise).
