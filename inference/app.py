@@ -43,6 +43,10 @@ def build_engine(config: NodeConfig) -> Engine:
     """The engine the config names, built by its plug-in (``inference/engine/registry.py``)."""
     from inference.engine import registry
 
+    if config.engine_process:
+        from inference.engine.process import EngineProcess
+
+        return EngineProcess(config.engine, config.engine_options, config)
     return registry.get(config.engine).build(config.engine_options, config)
 
 

@@ -32,6 +32,9 @@ def add_parser(subparsers, name: str, help_text: str, argv=()) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--engine", choices=registry.names(), default=registry.DEFAULT,
                    help="the generation engine; `serve --engine NAME --help` lists its flags")
+    p.add_argument("--engine-process", action="store_true",
+                   help="run the engine in a process of its own, so the HTTP side never holds it up "
+                        "(they share no GIL); the node talks to it over pipes")
     p.add_argument("--max-batch", type=int, default=32, help="requests decoded together")
     p.add_argument("--max-queue", type=int, default=128, help="requests allowed to wait; more get 429")
     p.add_argument("--default-max-tokens", type=positive_int("a whole number of tokens"), metavar="N",
@@ -81,6 +84,7 @@ def config_from_args(args: argparse.Namespace):
     return NodeConfig(
         served_model_names=args.served_model_name, model_version=args.model_version,
         host=args.host, port=args.port, engine=args.engine, engine_options=engine_options,
+        engine_process=args.engine_process,
         max_batch=args.max_batch, max_queue=args.max_queue, default_max_tokens=args.default_max_tokens,
         max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file, auth_probes=args.auth_probes,
         tls_cert=args.tls_cert, tls_key=args.tls_key,
