@@ -147,7 +147,8 @@ async def check_model(model_dir: Path, device: str, max_tokens: int, max_batch: 
         await e.start()
     try:
         result = {"model": model_dir.name, "decode_path": fast.decode_path, "eager_path": same.decode_path,
-                  "attention_path": fast.attention_path, "fused_norms": fast.fused_norms}
+                  "attention_path": fast.attention_path, "fused_norms": fast.fused_norms,
+                  "fused_projections": fast.fused_projections}
         same_alone = await greedy(same, PROMPTS, max_tokens, together=False)
         fast_alone = await greedy(fast, PROMPTS, max_tokens, together=False)
         fast_batch = await greedy(fast, PROMPTS, max_tokens, together=True)
