@@ -8,7 +8,6 @@ disagrees. The engine's tokens are the same with it on and off.
 """
 from __future__ import annotations
 
-import asyncio
 import gc
 import weakref
 from pathlib import Path
@@ -19,7 +18,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from inference.engine import fused_linear
-from inference.engine.base import GenerationRequest, SamplingParams
 from inference.engine.fused_linear import fuse_projections
 from inference.engine.transformers_cb import TransformersEngine
 from inference.tiny_model import make_variant
@@ -184,26 +182,13 @@ def test_the_check_tolerance_follows_the_dtype(monkeypatch):
 
 
 def _engine_tokens(model_dir: Path, **kw) -> tuple[list[list[int]], int, int]:
+    from tests.node.test_engine_slots import _run
+
     engine = TransformersEngine(model_dir, device="cpu", max_model_len=256, max_batch=2, max_prefill_tokens=16,
                                 attention="varlen", bucketed=True, fuse_norms=True, **kw)
     engine.record_tokens = True
-    prompts, lengths = ["请帮我查一下订单 12345 的状态。", "How do I reset my password?"], [10, 6]
-
-    async def one(i):
-        req = GenerationRequest(f"r{i}", "m", [{"role": "user", "content": prompts[i]}],
-                                SamplingParams(temperature=0.0, max_tokens=lengths[i], ignore_eos=True))
-        async for _ in await engine.generate(req):
-            pass
-        return engine.last_tokens.pop(req.request_id)
-
-    async def main():
-        await engine.start()
-        try:
-            return list(await asyncio.gather(*(one(i) for i in range(len(prompts)))))
-        finally:
-            await engine.stop()
-
-    return asyncio.run(main()), engine.fused_projections, engine.model.config.num_hidden_layers
+    tokens = _run(engine, ["请帮我查一下订单 12345 的状态。", "How do I reset my password?"], [10, 6], True)
+    return tokens, engine.fused_projections, engine.model.config.num_hidden_layers
 
 
 def test_the_engine_serves_the_same_tokens_with_fused_projections(tiny_model_dir):
