@@ -143,3 +143,19 @@ def test_an_engine_that_cannot_start_says_why(tmp_path):
         asyncio.run(engine.start())
     assert str(separate.value) == f"{type(in_process.value).__name__}: {in_process.value}"
     assert engine.state().ready is False
+
+
+def test_any_engine_runs_in_the_engine_process(node, node_factory):
+    """The upstream engine in a child process, relaying to a real node: the reply streams
+    through, and the upstream's own refusal keeps its status and code across the pipe."""
+    front = node_factory("--engine", "upstream", "--upstream-url", node.openai_base, "--engine-process",
+                         "--served-model-name", "deepseek-chat", with_model=False)
+    kw = dict(model="deepseek-chat", messages=[{"role": "user", "content": PROMPTS[0]}], temperature=0,
+              max_tokens=8, extra_body={"ignore_eos": True})
+    want = openai.OpenAI(base_url=node.openai_base, api_key="x", max_retries=0).chat.completions.create(**kw)
+    chunks = openai.OpenAI(base_url=front.openai_base, api_key="x", max_retries=0).chat.completions.create(
+        stream=True, **kw)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want.choices[0].message.content
+    r = httpx.post(front.openai_base + "/chat/completions", timeout=30,
+                   json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "x " * 5000}]})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
