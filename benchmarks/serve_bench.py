@@ -446,6 +446,9 @@ def main() -> int:
         # the engine's own account of each interval (forward host time, sampling, prefills)
         node_log = node.output.read_text("utf-8", "replace").splitlines()
         result["engine_log"] = [ln.split("engine: ", 1)[1] for ln in node_log if "seekwatch.engine: engine: " in ln]
+        # with --engine-process: the child's own account (its event loop's lag, admission, messages)
+        result["engine_process_log"] = [ln.split("seekwatch.engine.process: ", 1)[1] for ln in node_log
+                                        if "seekwatch.engine.process: engine process: " in ln]
         result["node_start_log"] = [ln for ln in node_log if any(
             key in ln for key in ("seekwatch.engine: loaded", "KV memory", "decode attention"))]
         save()

@@ -33,6 +33,7 @@ import itertools
 import logging
 import multiprocessing
 import threading
+import time
 from dataclasses import replace
 from typing import Any, AsyncIterator
 
@@ -45,6 +46,8 @@ log = logging.getLogger("seekwatch.engine.process")
 STATE_INTERVAL_S = 0.1
 #: how long ``stop`` waits for the engine process to finish before killing it
 STOP_TIMEOUT_S = 30.0
+#: how often the engine process logs its own account (``engine process: last 10 s: ...``)
+ACCOUNT_INTERVAL_S = 10.0
 
 
 class EngineProcessExited(EngineError):
@@ -252,6 +255,8 @@ class _ChildServer:
         self.tasks: dict[int, asyncio.Task] = {}
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.engine: Engine | None = None
+        self.admitted = self.messages = self.items = 0  # since the last account
+        self.admit_s = 0.0
 
     async def run(self, name: str, options: Any, config: Any) -> None:
         from inference.engine import registry
@@ -302,14 +307,19 @@ class _ChildServer:
     def _flush(self) -> None:
         items, self.pending = self.pending, []
         self.send_conn.send(("items", items))
+        self.messages += 1
+        self.items += len(items)
 
     async def _serve(self, key: int, request: GenerationRequest) -> None:
         try:
+            t0 = time.monotonic()
             try:
                 outputs = await self.engine.generate(request)
             except Exception as exc:
                 self._put(key, "refused", _pack_error(exc))
                 return
+            self.admit_s += time.monotonic() - t0
+            self.admitted += 1
             self._put(key, "admitted")
             try:
                 async for out in outputs:
@@ -327,6 +337,23 @@ class _ChildServer:
             self.tasks.pop(key, None)
 
     async def _report_state(self) -> None:
+        """Send the engine's state every :data:`STATE_INTERVAL_S`, and log the child's own
+        account every :data:`ACCOUNT_INTERVAL_S`: how late its event loop ran (it shares a GIL
+        with the engine's thread, and admits, tokenises and relays on it), how long admission
+        took, and how many messages crossed."""
+        lags: list[float] = []
+        began = time.monotonic()
         while True:
+            t0 = time.monotonic()
             await asyncio.sleep(STATE_INTERVAL_S)
+            lags.append(time.monotonic() - t0 - STATE_INTERVAL_S)
             self.send_conn.send(("state", self.engine.state()))
+            now = time.monotonic()
+            if now - began >= ACCOUNT_INTERVAL_S and (self.admitted or self.messages):
+                log.info("engine process: last %.0f s: event loop late by %.1f ms mean, %.1f ms at most; "
+                         "%d requests admitted in %.2f ms each; %d messages out, %.1f items each",
+                         now - began, 1e3 * sum(lags) / len(lags), 1e3 * max(lags), self.admitted,
+                         1e3 * self.admit_s / max(self.admitted, 1), self.messages, self.items / max(self.messages, 1))
+                lags, began = [], now
+                self.admitted = self.messages = self.items = 0
+                self.admit_s = 0.0

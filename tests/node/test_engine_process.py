@@ -104,6 +104,22 @@ def test_a_client_that_goes_away_frees_its_slot_in_the_engine_process(process_no
     assert state["running"] == 0 and state["cancelled_total"] == before["cancelled_total"] + 1
 
 
+def test_the_engine_process_logs_its_own_account(process_node):
+    """Every 10 s of activity the child logs how late its event loop ran (it shares a GIL
+    with the engine's thread), how long admission took and how many messages it sent: what
+    a GPU run needs to see where the engine process's time goes."""
+    httpx.post(process_node.openai_base + "/chat/completions", timeout=60,
+               json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    deadline = time.monotonic() + 40  # the account comes at most 10 s after activity; this bounds a hang
+    lines: list[str] = []
+    while time.monotonic() < deadline and not lines:
+        time.sleep(0.5)
+        lines = [ln for ln in process_node.output.read_text("utf-8", "replace").splitlines()
+                 if "seekwatch.engine.process: engine process: last" in ln]
+    assert lines, "no account from the engine process"
+    assert "event loop late by" in lines[0] and "requests admitted in" in lines[0] and "messages out" in lines[0]
+
+
 def test_a_killed_engine_process_ends_open_streams_with_503_and_the_node_says_so(tiny_model_dir, node_factory):
     n = node_factory("--engine-process", "--max-batch", "2")
     body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "a very long story"}],
