@@ -106,11 +106,6 @@ class EngineProcess(Engine):
     def max_model_len(self) -> int | None:
         return self._max_model_len
 
-    @property
-    def pid(self) -> int | None:
-        """The engine process's id (None before ``start``)."""
-        return self._process.pid if self._process is not None else None
-
     async def start(self) -> None:
         ctx = multiprocessing.get_context("spawn")
         from_child, child_out = ctx.Pipe(duplex=False)
