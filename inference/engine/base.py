@@ -114,6 +114,9 @@ class EngineState:
     attention_path: str | None = None
     #: How prefill steps run (``cuda-graphs (…)``, ``eager (…)``); None likewise.
     prefill_path: str | None = None
+    #: Why the engine can no longer serve at all, so that only a restart helps (its own
+    #: process exited); None while it can. ``/healthz`` fails on it.
+    failed: str | None = None
 
 
 class Engine(abc.ABC):

@@ -97,6 +97,8 @@ class EngineProcess(Engine):
         self._keys = itertools.count()
         self._exited: str | None = None
         self._reaped = threading.Event()  # set once the child has exited and been waited for
+        self._stopping = False
+        self._served = False  # the engine reported ready once
 
     @property
     def model_version(self) -> str:
@@ -150,6 +152,7 @@ class EngineProcess(Engine):
             self._state = msg[1]
         elif kind == "ready":
             _, self._model_version, self._max_model_len, self._state = msg
+            self._served = True
             if not self._ready.done():
                 self._ready.set_result(None)
         elif kind == "failed" and not self._ready.done():
@@ -158,14 +161,16 @@ class EngineProcess(Engine):
     def _gone(self, exitcode: int | None) -> None:
         """The child's end of the pipe closed: it exited (or was killed)."""
         self._exited = f"the engine process exited (exit code {exitcode})"
-        self._state = replace(self._state, ready=False, running=0, waiting=0)
+        unexpected = self._served and not self._stopping  # not a failed start-up, not a stop
+        self._state = replace(self._state, ready=False, running=0, waiting=0,
+                              failed=self._exited if unexpected else None)
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(RuntimeError(f"{self._exited} while starting"))
         packed = _pack_error(EngineProcessExited(self._exited))
         for queue in self._streams.values():
             queue.put_nowait(("error", packed))
-        if exitcode:  # a clean stop exits 0; anything else is news for the log
-            log.error("%s; the node cannot generate until it is restarted", self._exited)
+        if unexpected:
+            log.error("%s; the node cannot generate until it is restarted (/healthz now fails)", self._exited)
 
     def _send(self, msg: tuple) -> None:
         try:
@@ -216,6 +221,7 @@ class EngineProcess(Engine):
     async def stop(self) -> None:
         if self._process is None:
             return
+        self._stopping = True
         self._send(("stop",))
         if not await asyncio.to_thread(self._reaped.wait, STOP_TIMEOUT_S):
             log.warning("the engine process did not stop within %.0fs; killing it", STOP_TIMEOUT_S)

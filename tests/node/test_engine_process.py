@@ -120,7 +120,7 @@ def test_the_engine_process_logs_its_own_account(process_node):
     assert "event loop late by" in lines[0] and "requests admitted in" in lines[0] and "messages out" in lines[0]
 
 
-def test_a_killed_engine_process_ends_open_streams_with_503_and_the_node_says_so(tiny_model_dir, node_factory):
+def test_a_killed_engine_process_ends_open_streams_with_503_and_fails_liveness(tiny_model_dir, node_factory):
     n = node_factory("--engine-process", "--max-batch", "2")
     body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "a very long story"}],
             "max_tokens": 3000, "ignore_eos": True, "stream": True}
@@ -137,6 +137,8 @@ def test_a_killed_engine_process_ends_open_streams_with_503_and_the_node_says_so
     assert error["code"] == "engine_unavailable" and "engine process exited (exit code -9)" in error["message"]
     r = httpx.get(n.base_url + "/readyz", timeout=5)
     assert r.status_code == 503 and r.json()["ready"] is False
+    r = httpx.get(n.base_url + "/healthz", timeout=5)  # only a restart helps: liveness fails
+    assert r.status_code == 503 and "engine process exited" in r.json()["error"]
     r = httpx.post(n.openai_base + "/chat/completions", timeout=30,
                    json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 503 and "engine process exited" in r.json()["error"]["message"]
