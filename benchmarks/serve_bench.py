@@ -93,9 +93,17 @@ async def run_scenario(base_url: str, prompts: list[str], max_tokens: list[int],
 
 
 def summarise(results: list[dict], wall: float, concurrency: int, poisson_rate: float | None) -> dict:
+    """Percentiles over every request of a scenario; without Poisson arrivals also over the
+    first ``concurrency`` requests alone (``ttft_together_*``): they arrive together, while
+    the later ones start as earlier ones end and find a slot free."""
     ok = [r for r in results if "error" not in r]
     total_tokens = sum(r["tokens"] for r in ok)
-    return {
+    together = {}
+    first = [r["ttft"] for r in results[:concurrency] if "error" not in r]
+    if poisson_rate is None and first:
+        together = {"together": len(first), "ttft_together_p50_ms": pct(first, .5) * 1e3,
+                    "ttft_together_p99_ms": pct(first, .99) * 1e3}
+    return {**together,
         "concurrency": concurrency, "requests": len(results), "errors": len(results) - len(ok),
         "poisson_rate": poisson_rate,
         "aggregate_tok_s": total_tokens / wall, "wall_s": wall,
@@ -321,6 +329,11 @@ def markdown(result: dict) -> str:
         lines.append(f"| node, {name} | {s['requests']} | {s['aggregate_tok_s']:.1f} | "
                      f"{s['ttft_p50_ms']:.0f} / {s['ttft_p99_ms']:.0f} | {s['tpot_p50_ms']:.1f} | "
                      f"{s['e2e_p50_ms']:.0f} / {s['e2e_p99_ms']:.0f} |")
+    together = [s for s in result.get("scenarios", []) if "ttft_together_p50_ms" in s]
+    if together:
+        lines += ["", "| node, requests that arrive together | TTFT p50 / p99 (ms) |", "|---|---|"]
+        lines += [f"| {s['together']} of {s['requests']} ({s['concurrency']} streams) | "
+                  f"{s['ttft_together_p50_ms']:.0f} / {s['ttft_together_p99_ms']:.0f} |" for s in together]
     ratios = []
     direct = {s["concurrency"]: s for s in result.get("engine_direct", []) if "concurrency" in s}
     batched = {a["concurrency"]: a for a in anchors if a["anchor"] == "generate_batch" and "aggregate_tok_s" in a}

@@ -13,3 +13,21 @@ def test_first_run_appends_under_a_heading_and_a_rerun_replaces_only_its_block(t
     write_block("mine", "Mine", "| a |\n| 2 |", doc)
     text = doc.read_text("utf-8")
     assert text.count("## Mine") == 1 and "| 2 |" in text and "| 1 |" not in text and "kept" in text
+
+
+def test_serve_bench_keeps_the_requests_that_arrive_together_apart():
+    """The first ``concurrency`` requests of a scenario arrive at once; the rest start as
+    slots free up. Their time to first token is summarised apart (the 64-stream target is
+    about them), from the raw per-request values, and shown in the report."""
+    from benchmarks.serve_bench import markdown, summarise
+
+    results = [{"ttft": t, "tpot": 0.01, "e2e": 1.0, "tokens": 10} for t in (0.4, 0.2, 0.3, 0.9)]
+    results += [{"ttft": 0.01, "tpot": 0.01, "e2e": 1.0, "tokens": 10}] * 4 + [{"error": 500}]
+    s = summarise(results, 2.0, 4, None)
+    assert s["together"] == 4 and s["requests"] == 9 and s["errors"] == 1
+    assert round(s["ttft_together_p50_ms"]) == 350  # the median of 0.2, 0.3, 0.4, 0.9 s
+    assert round(s["ttft_p50_ms"]) == 105           # over all 8: the later four pull it down
+    assert "ttft_together_p50_ms" not in summarise(results, 2.0, 4, 5.0)  # Poisson: nobody arrives together
+    report = markdown({"date": "d", "device": "x", "machine": "m", "model": "t", "prompt_tokens": "1",
+                       "max_tokens_range": "1", "torch": "t", "command": "c", "scenarios": [s]})
+    assert "| 4 of 9 (4 streams) | 350 / " in report
