@@ -226,6 +226,11 @@ def _pick_device(device: str | None) -> torch.device:
 #: ``benchmarks/prefill_probe.py``). Decode steps keep cuDNN: their shapes are the captured
 #: buckets, planned once.
 PREFILL_SDPA_BACKENDS = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+#: Errors after which the device cannot run another step: PyTorch raises its CUDA runtime
+#: errors (illegal memory access, device-side assert, launch failure) as ``AcceleratorError``;
+#: running out of memory is ``OutOfMemoryError`` and fails only its step.
+DEVICE_FAULTS: tuple[type[BaseException], ...] = tuple(
+    t for t in (getattr(torch, "AcceleratorError", None),) if isinstance(t, type))
 
 
 def prefill_attention(device: torch.device) -> contextlib.AbstractContextManager:
@@ -296,6 +301,7 @@ class TransformersEngine(Engine):
         self.model = None
         self.tokenizer = None
         self._ready = False
+        self._failed: str | None = None  # a device fault no step can recover from (EngineState.failed)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._incoming: list[_Sequence] = []
@@ -806,7 +812,7 @@ class TransformersEngine(Engine):
                            max_batch=self.max_batch, max_queue=self.max_queue,
                            cancelled_total=self._cancelled_total, finished_total=self._finished_total,
                            decode_path=self.decode_path, attention_path=self.attention_path,
-                           prefill_path=self.prefill_path)
+                           prefill_path=self.prefill_path, failed=self._failed)
 
     # -- request side (event loop) -----------------------------------------------------
     def encode_prompt(self, messages: list[dict[str, str]]) -> list[int]:
@@ -815,7 +821,7 @@ class TransformersEngine(Engine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineOutput]:
         if not self._ready or self._stopping:
-            raise EngineNotReady("the model is still loading; retry shortly")
+            raise EngineNotReady(self._failed or "the model is still loading; retry shortly")
         prompt_ids = self.encode_prompt(request.messages)
         limit = self._max_model_len
         if len(prompt_ids) >= limit:
@@ -914,6 +920,13 @@ class TransformersEngine(Engine):
                         self._flush()
                 except Exception as exc:  # a failed step fails its batch, not the node
                     log.exception("engine step failed")
+                    if isinstance(exc, DEVICE_FAULTS):
+                        # a device fault (illegal memory access, device-side assert) poisons
+                        # the CUDA context: every later step would fail the same way
+                        self._failed = (f"the device failed ({exc.__class__.__name__}: "
+                                        f"{str(exc).splitlines()[0] if str(exc) else ''}); only a restart recovers")
+                        self._ready = False
+                        log.error("%s; /healthz now fails", self._failed)
                     self._flush()
                     for seq in self._running + self._prefilling:
                         seq.done = True

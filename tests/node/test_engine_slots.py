@@ -454,3 +454,49 @@ def test_the_two_newest_paths_can_be_switched_off(model_dir, reference, monkeypa
     assert not timed and engine._decode_costs is None and engine._decode_kinds() == [True]
     assert {varlen for _, _, varlen in kinds} == {True}
     assert engine.prefill_path == "eager" and not engine._static_prefill
+
+
+def test_a_device_fault_fails_the_engine_for_good_and_says_why(tiny_model_dir, monkeypatch):
+    """A CUDA fault cannot happen on this machine, so a decode step is made to raise the
+    error PyTorch raises for one (``AcceleratorError``, e.g. an illegal memory access).
+    The running request ends with an error, the engine reports itself failed (``/healthz``
+    fails on it, so a liveness probe restarts the node) and refuses new requests with the
+    reason; an ordinary step failure (here: out of memory) fails only its batch."""
+    from inference.engine.base import EngineError, EngineNotReady
+
+    engine = _engine(tiny_model_dir, max_batch=2)
+    fault = {"exc": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")}
+    real = TransformersEngine._decode_step
+
+    def step(self):
+        if fault["exc"] is not None:
+            exc, fault["exc"] = fault["exc"], None
+            raise exc
+        return real(self)
+
+    monkeypatch.setattr(TransformersEngine, "_decode_step", step)
+
+    async def ask():
+        req = GenerationRequest(f"r{id(object())}", "m", [{"role": "user", "content": "hi"}],
+                                SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True))
+        async for _ in await engine.generate(req):
+            pass
+
+    async def main():
+        await engine.start()
+        try:
+            with pytest.raises(EngineError, match="out of memory"):
+                await ask()
+            assert engine.state().failed is None and engine.state().ready
+            await ask()  # the next request is served
+            fault["exc"] = torch.AcceleratorError("CUDA error: an illegal memory access was encountered\nmore")
+            with pytest.raises(EngineError, match="illegal memory access"):
+                await ask()
+            state = engine.state()
+            assert not state.ready and "illegal memory access was encountered); only a restart" in state.failed
+            with pytest.raises(EngineNotReady, match="the device failed"):
+                await ask()
+        finally:
+            await engine.stop()
+
+    asyncio.run(main())
