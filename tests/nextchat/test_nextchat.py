@@ -151,6 +151,17 @@ def open_chat(page, server) -> None:
     page.wait_for_timeout(1000)  # NextChat fetches its server config after the first paint
 
 
+def new_chat(page) -> None:
+    """The sidebar's New Chat. NextChat first shows its mask splash screen (no chat input
+    there) unless told not to show it; "Just Start" opens a plain new chat from it."""
+    page.locator("[class*=sidebar]").get_by_text("New Chat", exact=True).first.click()
+    start = page.get_by_text("Just Start", exact=True)
+    page.locator("#chat-input").or_(start).first.wait_for(timeout=15_000)
+    if start.is_visible():
+        start.click()
+    page.wait_for_selector("#chat-input")
+
+
 def pick_model(page, label: str, within_s: float = 60) -> None:
     """The chat's model list (the input action showing the current model) → ``label``.
 
@@ -306,8 +317,7 @@ def test_the_stop_button_gives_one_aborted_turn(browser, servers, slow_node):
             break
         except PlaywrightTimeout:  # the reply was over first: let it land, then a new chat
             wait_records(slow_node, since, lambda rs: len(chats(rs)) >= 1, "the finished turn", page)
-            page.locator("[class*=sidebar]").get_by_text("New Chat", exact=True).first.click()
-            page.wait_for_timeout(500)
+            new_chat(page)
     else:
         raise AssertionError("every reply ended before the stop button could be pressed")
     stop.wait_for(state="detached", timeout=10_000)  # NextChat stopped streaming
