@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inference.engine.slot_attention import relative_error
+
 #: Largest difference allowed by the start-up check, relative to the largest output value,
 #: when ``fuse_projections`` is not given one: one stacked product and separate ones add in
 #: another order, which 16-bit outputs show and float32 barely does.
@@ -166,8 +168,7 @@ def _fuse_attention(attention: nn.Module) -> Callable[[], None]:
 
 
 def _close(got: torch.Tensor, want: torch.Tensor, tolerance: float) -> bool:
-    got, want = got.float(), want.float()
-    return got.shape == want.shape and bool((got - want).abs().max() <= tolerance * want.abs().max().clamp(min=1e-6))
+    return got.shape == want.shape and relative_error(got, want) <= tolerance
 
 
 def _input(width: int, like: torch.Tensor, seed: int) -> torch.Tensor:
