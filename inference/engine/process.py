@@ -34,6 +34,7 @@ import logging
 import multiprocessing
 import threading
 import time
+from contextlib import aclosing
 from dataclasses import replace
 from typing import Any, AsyncIterator
 
@@ -322,18 +323,13 @@ class _ChildServer:
             self.admit_s += time.monotonic() - t0
             self.admitted += 1
             self._put(key, "admitted")
-            try:
-                async for out in outputs:
-                    self._put(key, "out", out)
-                self._put(key, "end")
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._put(key, "error", _pack_error(exc))
-            finally:
-                close = getattr(outputs, "aclose", None)
-                if close is not None:
-                    await close()
+            async with aclosing(outputs):  # closing the stream early frees its batch slot
+                try:
+                    async for out in outputs:
+                        self._put(key, "out", out)
+                    self._put(key, "end")
+                except Exception as exc:  # (a cancellation is no Exception: it propagates)
+                    self._put(key, "error", _pack_error(exc))
         finally:
             self.tasks.pop(key, None)
 
@@ -342,19 +338,22 @@ class _ChildServer:
         account every :data:`ACCOUNT_INTERVAL_S`: how late its event loop ran (it shares a GIL
         with the engine's thread, and admits, tokenises and relays on it), how long admission
         took, and how many messages crossed."""
-        lags: list[float] = []
         began = time.monotonic()
+        ticks, lag_sum, lag_max = 0, 0.0, 0.0
         while True:
             t0 = time.monotonic()
             await asyncio.sleep(STATE_INTERVAL_S)
-            lags.append(time.monotonic() - t0 - STATE_INTERVAL_S)
+            lag = time.monotonic() - t0 - STATE_INTERVAL_S
+            ticks, lag_sum, lag_max = ticks + 1, lag_sum + lag, max(lag_max, lag)
             self.send_conn.send(("state", self.engine.state()))
             now = time.monotonic()
-            if now - began >= ACCOUNT_INTERVAL_S and (self.admitted or self.messages):
+            if now - began < ACCOUNT_INTERVAL_S:
+                continue
+            if self.admitted or self.messages:  # an idle window is not logged
                 log.info("engine process: last %.0f s: event loop late by %.1f ms mean, %.1f ms at most; "
                          "%d requests admitted in %.2f ms each; %d messages out, %.1f items each",
-                         now - began, 1e3 * sum(lags) / len(lags), 1e3 * max(lags), self.admitted,
+                         now - began, 1e3 * lag_sum / ticks, 1e3 * lag_max, self.admitted,
                          1e3 * self.admit_s / max(self.admitted, 1), self.messages, self.items / max(self.messages, 1))
-                lags, began = [], now
-                self.admitted = self.messages = self.items = 0
-                self.admit_s = 0.0
+            began, ticks, lag_sum, lag_max = now, 0, 0.0, 0.0
+            self.admitted = self.messages = self.items = 0
+            self.admit_s = 0.0
