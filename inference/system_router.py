@@ -25,9 +25,9 @@ async def list_models(request: Request):
 
 @router.get("/healthz")
 async def healthz(request: Request):
-    """Liveness: the process answers and its engine has not failed for good (the engine's
-    own process exited). Kubernetes restarts the pod when this fails; a model still loading
-    is readiness, not liveness."""
+    """Liveness: the process answers and its engine has not failed for good (a device
+    fault, or the engine's own process exited). Kubernetes restarts the pod when this fails;
+    a model still loading is readiness, not liveness."""
     failed = request.app.state.engine.state().failed
     if failed:
         return JSONResponse({"status": "failed", "error": failed, "time": time.time()}, status_code=503)

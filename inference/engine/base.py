@@ -114,8 +114,8 @@ class EngineState:
     attention_path: str | None = None
     #: How prefill steps run (``cuda-graphs (…)``, ``eager (…)``); None likewise.
     prefill_path: str | None = None
-    #: Why the engine can no longer serve at all, so that only a restart helps (its own
-    #: process exited); None while it can. ``/healthz`` fails on it.
+    #: Why the engine can no longer serve at all, so that only a restart helps (a device
+    #: fault, or its own process exited); None while it can. ``/healthz`` fails on it.
     failed: str | None = None
 
 

@@ -923,8 +923,9 @@ class TransformersEngine(Engine):
                     if isinstance(exc, DEVICE_FAULTS):
                         # a device fault (illegal memory access, device-side assert) poisons
                         # the CUDA context: every later step would fail the same way
-                        self._failed = (f"the device failed ({exc.__class__.__name__}: "
-                                        f"{str(exc).splitlines()[0] if str(exc) else ''}); only a restart recovers")
+                        first_line = (str(exc).splitlines() or [""])[0]
+                        self._failed = (f"the device failed ({exc.__class__.__name__}: {first_line}); "
+                                        "only a restart recovers")
                         self._ready = False
                         log.error("%s; /healthz now fails", self._failed)
                     self._flush()
