@@ -39,14 +39,25 @@ CHAT_PATHS = frozenset({"/v1/chat/completions", "/chat/completions", "/chat"})
 UNAUTHORIZED_BODY_BYTES = 256 * 1024
 
 
-def build_engine(config: NodeConfig) -> Engine:
-    """The engine the config names, built by its plug-in (``inference/engine/registry.py``)."""
+def engine_in_own_process(config: NodeConfig) -> bool:
+    """``config.engine_process``, or where that is None, what the engine's plug-in prefers."""
     from inference.engine import registry
 
-    if config.engine_process:
+    if config.engine_process is not None:
+        return config.engine_process
+    return config.engine_options is not None and registry.get(config.engine).own_process(config.engine_options)
+
+
+def build_engine(config: NodeConfig) -> Engine:
+    """The engine the config names, built by its plug-in (``inference/engine/registry.py``),
+    in the node's process or in one of its own (:func:`engine_in_own_process`)."""
+    from inference.engine import registry
+
+    if engine_in_own_process(config):
         from inference.engine.process import EngineProcess
 
         return EngineProcess(config.engine, config.engine_options, config)
+    log.info("engine %s runs in the node's process", config.engine)
     return registry.get(config.engine).build(config.engine_options, config)
 
 

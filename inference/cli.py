@@ -32,9 +32,11 @@ def add_parser(subparsers, name: str, help_text: str, argv=()) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--engine", choices=registry.names(), default=registry.DEFAULT,
                    help="the generation engine; `serve --engine NAME --help` lists its flags")
-    p.add_argument("--engine-process", action="store_true",
+    # default=SUPPRESS: no "(default: None)" in --help; config_from_args reads a missing value as "as the engine prefers"
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                    help="run the engine in a process of its own, so the HTTP side never holds it up "
-                        "(they share no GIL); the node talks to it over pipes")
+                        "(they share no GIL); the node talks to it over pipes. Default: as the engine prefers "
+                        "(the transformers engine on a GPU: yes; on the CPU and the upstream relay: no)")
     p.add_argument("--max-batch", type=int, default=32, help="requests decoded together")
     p.add_argument("--max-queue", type=int, default=128, help="requests allowed to wait; more get 429")
     p.add_argument("--default-max-tokens", type=positive_int("a whole number of tokens"), metavar="N",
@@ -84,7 +86,7 @@ def config_from_args(args: argparse.Namespace):
     return NodeConfig(
         served_model_names=args.served_model_name, model_version=args.model_version,
         host=args.host, port=args.port, engine=args.engine, engine_options=engine_options,
-        engine_process=args.engine_process,
+        engine_process=getattr(args, "engine_process", None),
         max_batch=args.max_batch, max_queue=args.max_queue, default_max_tokens=args.default_max_tokens,
         max_body_bytes=args.max_body_bytes, api_key_file=args.api_key_file, auth_probes=args.auth_probes,
         tls_cert=args.tls_cert, tls_key=args.tls_key,

@@ -17,8 +17,9 @@ class NodeConfig:
     port: int = 8000
     engine: str = "transformers"            # a name in inference.engine.registry
     engine_options: Any = None               # that engine's own options (its plug-in's dataclass)
-    #: run the engine in a process of its own (inference/engine/process.py), away from the HTTP side's GIL
-    engine_process: bool = False
+    #: run the engine in a process of its own (inference/engine/process.py), away from the HTTP
+    #: side's GIL; None: as the engine's plug-in prefers (the transformers engine on a GPU: yes)
+    engine_process: bool | None = None
     max_batch: int = 32
     max_queue: int = 128
     #: max_tokens for requests that send none (NextChat sends none); None: the room left in the context

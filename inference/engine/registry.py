@@ -39,7 +39,10 @@ class EnginePlugin:
     checks them (one-line :class:`contracts.config.ConfigError`) and returns the engine's own
     options object, kept in ``NodeConfig.engine_options``; ``build(options, config)`` makes
     the engine; ``model_names(options)`` are the names the node answers to by default
-    (before the ``deepseek-*`` aliases).
+    (before the ``deepseek-*`` aliases); ``own_process(options)`` says whether the node runs
+    the engine in a process of its own unless told otherwise (``serve --[no-]engine-process``):
+    worth it for an engine whose thread competes with the HTTP side for the GIL, not for one
+    that only relays.
     """
 
     name: str
@@ -48,6 +51,7 @@ class EnginePlugin:
     options_from_args: Callable[[argparse.Namespace], Any]
     build: Callable[[Any, "NodeConfig"], "Engine"]
     model_names: Callable[[Any], list[str]] = lambda options: []
+    own_process: Callable[[Any], bool] = lambda options: False
 
 
 _PLUGINS: dict[str, EnginePlugin] = {}

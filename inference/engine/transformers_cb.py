@@ -143,6 +143,10 @@ class StepStats:
     prefills: int = 0
     prefill_tokens: int = 0
     prefill_s: float = 0.0
+    firsts: int = 0
+    wait_s: float = 0.0
+    wait_max_s: float = 0.0
+    to_first_s: float = 0.0
 
     def add_decode(self, rows: int, padded_rows: int, forward_s: float, sample_s: float, emit_s: float,
                    varlen: bool = False) -> None:
@@ -159,13 +163,24 @@ class StepStats:
         self.prefill_tokens += tokens
         self.prefill_s += seconds
 
+    def add_first(self, wait_s: float, to_first_s: float) -> None:
+        """A first token: ``wait_s`` from arrival to its first prompt chunk, ``to_first_s``
+        from arrival to the token (what time to first token is made of inside the engine)."""
+        self.firsts += 1
+        self.wait_s += wait_s
+        self.wait_max_s = max(self.wait_max_s, wait_s)
+        self.to_first_s += to_first_s
+
     def summary(self) -> str:
         n = max(self.steps, 1)
         return (f"{self.steps} decode steps ({self.varlen_steps} variable-length), {self.rows / n:.1f} rows per step ({self.padded_rows / n:.1f} with "
                 f"bucket padding); per step: forward {self.forward_s / n * 1e3:.2f} ms (host), sample + device wait "
                 f"{self.sample_s / n * 1e3:.2f} ms, emit {self.emit_s / n * 1e3:.2f} ms; {self.prefills} prefill "
                 f"chunks of {self.prefill_tokens / max(self.prefills, 1):.0f} tokens, "
-                f"{self.prefill_s / max(self.prefills, 1) * 1e3:.1f} ms each")
+                f"{self.prefill_s / max(self.prefills, 1) * 1e3:.1f} ms each; {self.firsts} first tokens, "
+                f"{self.to_first_s / max(self.firsts, 1) * 1e3:.0f} ms after arrival on average, of which "
+                f"{self.wait_s / max(self.firsts, 1) * 1e3:.0f} ms waiting for a first chunk "
+                f"(at most {self.wait_max_s * 1e3:.0f} ms)")
 
 
 @dataclass
@@ -988,7 +1003,9 @@ class TransformersEngine(Engine):
             group = [chunks[i][0] for i in complete]
             tokens = sample_next_tokens(logits[complete], [s.sampling for s in group], [[] for _ in group],
                                         self.eos_token_ids).tolist()
+            first_at = time.monotonic()
             for seq, token in zip(group, tokens):
+                self.step_stats.add_first(seq.started - seq.arrival, first_at - seq.arrival)
                 self._prefilling.remove(seq)
                 self._join(seq)
                 self._after_token(seq, token, seq.started - seq.arrival)
@@ -1207,4 +1224,8 @@ def _build(options: TransformersOptions, config) -> TransformersEngine:
 register(EnginePlugin(
     name="transformers", help="run a local model in-process with continuous batching",
     add_arguments=_add_arguments, options_from_args=_options_from_args, build=_build,
-    model_names=lambda o: [Path(o.model).name]))
+    model_names=lambda o: [Path(o.model).name],
+    # on a GPU the engine's thread launches a step every few milliseconds and the HTTP side
+    # formats a chunk per stream per step: one GIL between them cost 5-18 % of the tokens/s
+    # (docs/benchmarks.md); on the CPU the forward itself is the bottleneck
+    own_process=lambda o: _pick_device(o.device).type == "cuda"))

@@ -52,3 +52,24 @@ def test_help_lists_the_chosen_engines_flags():
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert "--engine upstream:" in out and "--upstream-url" in out and "--model DIR" not in out
     assert "--max-batch" in out  # the node's own flags are there for every engine
+
+
+def test_where_the_engine_runs_by_default(tmp_path):
+    """``--engine-process`` unset: the plug-in decides (the transformers engine on a GPU runs
+    in a process of its own, on the CPU and the upstream relay in the node's); the flag and
+    ``--no-engine-process`` override it either way."""
+    from dataclasses import replace
+
+    from inference.app import engine_in_own_process
+    from inference.cli import config_from_args
+
+    (tmp_path / "config.json").write_text("{}")
+    cpu = config_from_args(_parse(["serve", "--model", str(tmp_path), "--device", "cpu"]))
+    gpu = config_from_args(_parse(["serve", "--model", str(tmp_path), "--device", "cuda"]))
+    relay = config_from_args(_parse(["serve", "--engine", "upstream", "--upstream-url", "http://127.0.0.1:9/v1"]))
+    assert cpu.engine_process is None and gpu.engine_process is None
+    assert [engine_in_own_process(c) for c in (cpu, gpu, relay)] == [False, True, False]
+    forced = config_from_args(_parse(["serve", "--model", str(tmp_path), "--device", "cuda", "--no-engine-process"]))
+    assert engine_in_own_process(forced) is False
+    assert engine_in_own_process(replace(cpu, engine_process=True)) is True
+    assert engine_in_own_process(replace(relay, engine_process=True)) is True

@@ -171,6 +171,18 @@ def test_a_burst_beyond_the_store_queues_and_completes(tiny_model_dir):
     assert engine._kv.slots == 2 and max(held) == 2
 
 
+def test_the_engine_account_says_how_first_tokens_waited():
+    """The 10-second account ends with the first tokens: mean time from arrival, the mean and
+    longest wait for a first prompt chunk (what a burst's time to first token is made of)."""
+    from inference.engine.transformers_cb import StepStats
+
+    stats = StepStats()
+    stats.add_first(0.050, 0.120)
+    stats.add_first(0.250, 0.380)
+    assert stats.summary().endswith("2 first tokens, 250 ms after arrival on average, of which 150 ms "
+                                    "waiting for a first chunk (at most 250 ms)")
+
+
 def test_a_long_prompt_is_prefilled_in_chunks_while_a_stream_keeps_decoding(tiny_model_dir):
     """Chunked prefill: while a long prompt is prefilled 16 tokens per step, the running
     stream gets a token in every one of those steps (counted in the engine thread's order)."""
