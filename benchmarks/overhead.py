@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from benchmarks.report import write_block  # noqa: E402
+from benchmarks.report import cpu_split, write_block  # noqa: E402
 from benchmarks.serve_bench import make_prompt, one_stream, run_scenario  # noqa: E402
 from seekwatch.node_process import start_node  # noqa: E402
 
@@ -193,15 +193,6 @@ def _run_pair(tmp: Path, model: Path, args, prompts: list[str], maxes: list[int]
         off.stop()
 
 
-def _cpu_split(no_pin: bool) -> tuple[set[int] | None, set[int] | None]:
-    """(client CPUs, node CPUs): the load generator and the nodes on separate cores, when
-    there are two. The nodes of a pair share one core; only one of them runs at a time."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if no_pin or len(cpus) < 2:
-        return None, None
-    return {cpus[0]}, {cpus[1]}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model")
@@ -232,7 +223,7 @@ def main() -> int:
     rng = random.Random(1)
     prompts = [make_prompt(rng, tok, rng.randint(32, 96)) + " 电话13812345678" for _ in range(args.requests)]
     maxes = [args.max_tokens] * args.requests
-    client_cpus, node_cpus = _cpu_split(args.no_pin)
+    client_cpus, node_cpus = cpu_split(args.no_pin)  # the nodes of a pair share one core; one runs at a time
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
     results: dict[str, list] = {"on": [], "off": [], "isolated": []}

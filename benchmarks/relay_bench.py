@@ -9,6 +9,10 @@ directly and through the node, in one run:
 * **256 concurrent streams**: aggregate tokens/s direct and through the node, and the node
   process's CPU time (all threads, from the kernel's accounting) per relayed token.
 
+With two cores or more, the node runs on a core of its own and the load generator and the
+fake upstream share another (``--no-pin``: all anywhere), so the node's figures are its own
+work, not its contention with them.
+
     python benchmarks/relay_bench.py                    # 1 and 256 streams, 200 tokens each
     python benchmarks/relay_bench.py --write-docs       # also into docs/benchmarks.md
 """
@@ -30,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import read_stream  # noqa: E402
+from benchmarks.report import cpu_split, read_stream  # noqa: E402
 
 CHUNK = (b'data: {"id":"relay","object":"chat.completion.chunk","created":0,"model":"fake",'
          b'"choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n')
@@ -161,7 +165,9 @@ def markdown(r: dict) -> str:
     s, c = r["single"], r["concurrent"]
     lines = [
         f"Measured {r['date']} on {r['device']} ({r['machine']}), Python {r['python']}; fake upstream: "
-        f"{r['tokens']} tokens per request, streamed as fast as the socket takes them, in its own process.",
+        f"{r['tokens']} tokens per request, streamed as fast as the socket takes them, in its own process"
+        + ("; the node on a core of its own, the load generator and the fake upstream on another." if r.get("pinned")
+           else "."),
         f"Command: `{r['command']}`", "",
         "| | direct | through the node | added | target |",
         "|---|---|---|---|---|",
@@ -188,6 +194,7 @@ def main() -> int:
     ap.add_argument("--single-requests", type=int, default=100, help="alternating pairs at 1 stream")
     ap.add_argument("--streams", type=int, default=256)
     ap.add_argument("--requests", type=int, default=1024, help="requests at --streams concurrency")
+    ap.add_argument("--no-pin", action="store_true", help="do not put the node on a core of its own")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--out", help="JSON results (default benchmarks/results/relay-<date>.json)")
     args = ap.parse_args()
@@ -199,6 +206,9 @@ def main() -> int:
     from contracts.supervisor import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    client_cpus, node_cpus = cpu_split(args.no_pin)
+    if client_cpus:
+        os.sched_setaffinity(0, client_cpus)  # the fake upstream, started below, inherits it
     port = free_port()
     upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port)])
     try:
@@ -215,7 +225,8 @@ def main() -> int:
                 time.sleep(0.1)
         base = f"http://127.0.0.1:{port}/v1"
         node = start_node(tmp, "--engine", "upstream", "--upstream-url", base, "--served-model-name", "deepseek-chat",
-                          "--max-batch", str(args.streams), "--max-queue", str(args.requests + args.streams))
+                          "--max-batch", str(args.streams), "--max-queue", str(args.requests + args.streams),
+                          cpus=node_cpus)
         try:
             direct_url, node_url = base + "/chat/completions", node.openai_base + "/chat/completions"
             single_r = asyncio.run(single(direct_url, node_url, args.single_requests, args.tokens))
@@ -232,7 +243,7 @@ def main() -> int:
     result = {"date": date, "device": f"CPU ({os.cpu_count()} cores)", "machine": platform.machine(),
               "python": platform.python_version(), "tokens": args.tokens,
               "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
-              "load_average": os.getloadavg(), "single": single_r, "concurrent": conc}
+              "load_average": os.getloadavg(), "pinned": bool(node_cpus), "single": single_r, "concurrent": conc}
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"relay-{date}.json"
     out.write_text(json.dumps(result, indent=2), "utf-8")
     table = markdown(result)

@@ -5,6 +5,7 @@ run appends the block under a heading of its own)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -23,6 +24,15 @@ def write_block(name: str, heading: str, text: str, path: Path = BENCHMARKS_MD) 
     else:
         doc = doc.rstrip("\n") + f"\n\n## {heading}\n\n{block}\n"
     path.write_text(doc, "utf-8")
+
+
+def cpu_split(no_pin: bool = False) -> tuple[set[int] | None, set[int] | None]:
+    """(load generator's CPUs, node's CPUs): separate cores when there are two, so a
+    benchmark measures the node, not its contention with the load generator."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if no_pin or len(cpus) < 2:
+        return None, None
+    return {cpus[0]}, {cpus[1]}
 
 
 def pct(values: list[float], q: float) -> float:

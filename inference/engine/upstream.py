@@ -24,6 +24,16 @@ from inference.engine.registry import EnginePlugin, register
 
 _CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")
 
+#: Streams per connection pool. httpcore's pool looks at every connection it holds (a
+#: readability poll of each idle socket) whenever a request starts or ends; with one pool
+#: of 256 connections that scan was a quarter of the node's CPU at 256 streams. The node
+#: keeps several smaller pools and sends each request to the least busy.
+STREAMS_PER_POOL = 16
+#: Upstream events the reader hands over at most before letting the reply's writer run.
+#: Events already buffered are decoded without suspending: without a pause, a fast
+#: upstream's whole reply was decoded before its first token was sent on.
+HANDOVER_EVENTS = 16
+
 
 def estimate_tokens(text: str) -> int:
     """Rough token count when the upstream reports no usage: one per CJK character, one per
@@ -50,13 +60,15 @@ class UpstreamEngine(Engine):
                  model_version: str | None = None, verify: bool | Any = True):
         base = base_url.rstrip("/")
         self.url = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
+        self._url = httpx.URL(self.url)  # parsed once: httpx parses a string URL on every request
         self.api_key = api_key
         self.upstream_model = model
         self.max_batch, self.max_queue = max_batch, max_queue
         self.timeout_s = timeout_s
         self.verify = verify
         self._model_version = model_version or (model or "upstream")
-        self._client: httpx.AsyncClient | None = None
+        self._clients: list[httpx.AsyncClient] = []
+        self._busy: list[int] = []  # requests in flight per client
         self._in_flight = 0
         self._finished = 0
         self._cancelled = 0
@@ -69,18 +81,21 @@ class UpstreamEngine(Engine):
     async def start(self) -> None:
         # every running stream keeps its connection between requests: with fewer kept alive,
         # the pool closed the rest after each response and the next request opened a new one
-        limits = httpx.Limits(max_connections=self.max_batch + self.max_queue, max_keepalive_connections=self.max_batch)
-        self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=10.0),
-                                         limits=limits, verify=self.verify)
+        pools = -(-self.max_batch // STREAMS_PER_POOL)
+        limits = httpx.Limits(max_connections=-(-(self.max_batch + self.max_queue) // pools),
+                              max_keepalive_connections=-(-self.max_batch // pools))
+        self._clients = [httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=10.0),
+                                           limits=limits, verify=self.verify) for _ in range(pools)]
+        self._busy = [0] * pools
 
     async def stop(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        clients, self._clients = self._clients, []
+        for client in clients:
+            await client.aclose()
 
     def state(self) -> EngineState:
         running = min(self._in_flight, self.max_batch)
-        return EngineState(ready=self._client is not None, running=running,
+        return EngineState(ready=bool(self._clients), running=running,
                            waiting=self._in_flight - running, max_batch=self.max_batch,
                            max_queue=self.max_queue, cancelled_total=self._cancelled,
                            finished_total=self._finished)
@@ -114,7 +129,7 @@ class UpstreamEngine(Engine):
         return body
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineOutput]:
-        if self._client is None:
+        if not self._clients:
             from inference.engine.base import EngineNotReady
             raise EngineNotReady("the upstream client is not started")
         if self._in_flight >= self.max_batch + self.max_queue:
@@ -122,18 +137,21 @@ class UpstreamEngine(Engine):
         headers = {"Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        pool = min(range(len(self._busy)), key=self._busy.__getitem__)
+        client = self._clients[pool]
         self._in_flight += 1
+        self._busy[pool] += 1
         t0 = time.monotonic()
         try:
-            req = self._client.build_request("POST", self.url, json=self._payload(request), headers=headers)
-            resp = await self._client.send(req, stream=True)
+            req = client.build_request("POST", self._url, json=self._payload(request), headers=headers)
+            resp = await client.send(req, stream=True)
         except httpx.HTTPError as exc:
-            self._in_flight -= 1
+            self._release(pool)
             raise UpstreamError(f"upstream {self.url} unreachable: {exc.__class__.__name__}", 502) from None
         if resp.status_code != 200:
             body = (await resp.aread()).decode("utf-8", "replace")
             await resp.aclose()
-            self._in_flight -= 1
+            self._release(pool)
             try:
                 err = json.loads(body).get("error", {})
                 message, code = err.get("message") or body[:200], err.get("code")
@@ -141,9 +159,15 @@ class UpstreamEngine(Engine):
                 message, code = body[:200], None
             status = resp.status_code if resp.status_code in (400, 404, 413, 429) else 502
             raise UpstreamError(f"upstream answered {resp.status_code}: {message}", status, code)
-        return self._stream(resp, request, t0)
+        return self._stream(resp, request, t0, pool)
 
-    async def _stream(self, resp: httpx.Response, request: GenerationRequest, t0: float) -> AsyncIterator[EngineOutput]:
+    def _release(self, pool: int) -> None:
+        self._in_flight -= 1
+        if pool < len(self._busy):  # (stop() may have dropped the pools meanwhile)
+            self._busy[pool] -= 1
+
+    async def _stream(self, resp: httpx.Response, request: GenerationRequest, t0: float,
+                      pool: int) -> AsyncIterator[EngineOutput]:
         """Relay the upstream's events. A reader task queues them as they are decoded; each
         output carries every event that piled up since the last one (as the in-process
         engine sends a stream's queued tokens as one chunk). A fast upstream delivers many
@@ -159,8 +183,12 @@ class UpstreamEngine(Engine):
         async def read() -> None:
             try:
                 async with aclosing(aiter_data(resp)) as events:
+                    handed = 0
                     async for data in events:
                         queue.put_nowait(data)
+                        handed += 1
+                        if handed == 1 or handed % HANDOVER_EVENTS == 0:
+                            await asyncio.sleep(0)  # the writer sends what is queued (the first token at once)
             except Exception as exc:  # handed to the consumer, which raises it in the request's context
                 queue.put_nowait(exc)
                 return
@@ -205,7 +233,7 @@ class UpstreamEngine(Engine):
         except httpx.HTTPError as exc:  # the stream broke, or the 200 was no event stream (contracts.sse)
             raise UpstreamError(f"upstream stream failed: {exc.__class__.__name__}: {exc}", 502) from None
         finally:
-            self._in_flight -= 1
+            self._release(pool)
             if done:
                 self._finished += 1
             else:

@@ -188,3 +188,86 @@ def test_a_body_left_open_after_done_ends_the_stream_anyway(monkeypatch):
     with loopback_upstream(Upstream) as url:
         # the 20 s bound only keeps a regression from hanging the suite (the body stays open 5 s)
         assert asyncio.run(asyncio.wait_for(read(url), 20)) == ["one ", "two", ""]
+
+
+class _BurstUpstream(BaseHTTPRequestHandler):
+    """An upstream whose whole reply (50 tokens, usage, ``[DONE]``) arrives in one write: what
+    a fast upstream looks like to a node that reads it a little later."""
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        events = [{"choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}]} for i in range(50)]
+        events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
+                       "usage": {"prompt_tokens": 3, "completion_tokens": 50, "total_tokens": 53}})
+        body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+        self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        self.wfile.flush()
+
+    def log_message(self, *a):
+        pass
+
+
+def _upstream_engine(url: str, **kw):
+    from inference.engine.upstream import UpstreamEngine
+
+    return UpstreamEngine(url, model="m", **kw)
+
+
+def _request():
+    from inference.engine.base import GenerationRequest, SamplingParams
+
+    return GenerationRequest("r", "m", [{"role": "user", "content": "x"}], SamplingParams(max_tokens=50))
+
+
+def test_a_fast_upstreams_first_token_is_handed_on_before_the_rest_is_read():
+    """The first token leaves as soon as it is decoded, alone, though the whole reply is
+    already buffered (decoding buffered events never suspends: the writer used to get its
+    first token only with all 50); the rest still leaves in chunks of several tokens."""
+    import asyncio
+
+    async def run(url):
+        engine = _upstream_engine(url)
+        await engine.start()
+        try:
+            return [out async for out in await engine.generate(_request())]
+        finally:
+            await engine.stop()
+
+    with loopback_upstream(_BurstUpstream) as url:
+        outs = asyncio.run(asyncio.wait_for(run(url), 30))
+    assert outs[0].text == "t0 "
+    assert "".join(o.text for o in outs) == "".join(f"t{i} " for i in range(50))
+    assert len(outs) <= 1 + 49 // 8 + 2  # handed over in chunks (16 events each), not one output per token
+    assert outs[-1].finish_reason == "length" and outs[-1].completion_tokens == 50
+
+
+def test_streams_spread_over_several_connection_pools():
+    """``max_batch`` 40 gives three pools of at most 14 kept connections (httpcore scans a whole
+    pool at every request's start and end); each new stream goes to the least busy pool,
+    and a finished stream gives its place back."""
+    import asyncio
+
+    from inference.engine.upstream import STREAMS_PER_POOL
+
+    async def run(url):
+        engine = _upstream_engine(url, max_batch=40, max_queue=4)
+        await engine.start()
+        try:
+            assert len(engine._clients) == -(-40 // STREAMS_PER_POOL) == 3
+            streams = [await engine.generate(_request()) for _ in range(4)]
+            busy = list(engine._busy)
+            for s in streams:
+                async for _ in s:
+                    pass
+            return busy, list(engine._busy), engine.state().running
+        finally:
+            await engine.stop()
+
+    with loopback_upstream(_BurstUpstream) as url:
+        busy, after, running = asyncio.run(asyncio.wait_for(run(url), 30))
+    assert sorted(busy) == [1, 1, 2] and after == [0, 0, 0] and running == 0
