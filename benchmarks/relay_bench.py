@@ -7,7 +7,11 @@ directly and through the node, in one run:
 * **1 stream**: requests alternate between direct and through the node; the added time to
   first token is the difference of the two medians (and the median of paired differences);
 * **256 concurrent streams**: aggregate tokens/s direct and through the node, and the node
-  process's CPU time (all threads, from the kernel's accounting) per relayed token.
+  process's CPU time (all threads, from the kernel's accounting) per relayed token;
+* **256 paced streams**: the same against a second fake upstream that sends every open
+  stream one token every 25 ms (``--paced-step-ms``), as a GPU engine's decode steps do. A
+  fast upstream's reads hold many tokens each; a paced one's hold one, so this is the cost
+  per token of relaying a real engine at full batch.
 
 With two cores or more, the node runs on a core of its own and the load generator and the
 fake upstream share another (``--no-pin``: all anywhere), so the node's figures are its own
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -44,9 +49,26 @@ def _frame(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def _serve_upstream(port: int) -> None:
-    """HTTP/1.1 with keep-alive and chunked SSE: what vLLM's server sends, minus the model."""
+async def _serve_upstream(port: int, step_ms: float = 0.0) -> None:
+    """HTTP/1.1 with keep-alive and chunked SSE: what vLLM's server sends, minus the model.
+
+    ``step_ms`` 0: each reply as fast as the socket takes it. Otherwise paced like an engine
+    that decodes every running stream together: every ``step_ms`` each open reply gets its
+    next token, all in the same moment (what a GPU engine's decode step looks like on the
+    wire: one token per stream per step, so each of the node's reads holds one token)."""
     token = _frame(CHUNK)
+    tick: asyncio.Future | None = None
+
+    async def ticker() -> None:
+        nonlocal tick
+        loop = asyncio.get_running_loop()
+        while True:
+            tick = loop.create_future()
+            await asyncio.sleep(step_ms / 1e3)
+            tick.set_result(None)
+
+    if step_ms:
+        asyncio.create_task(ticker())
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -67,8 +89,10 @@ async def _serve_upstream(port: int) -> None:
                 writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                              b"transfer-encoding: chunked\r\n\r\n")
                 for i in range(n):
+                    if step_ms:
+                        await asyncio.shield(tick)
                     writer.write(token)
-                    if i % 8 == 7:
+                    if step_ms or i % 8 == 7:
                         await writer.drain()
                 end = {"id": "relay", "object": "chat.completion.chunk", "created": 0, "model": "fake",
                        "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
@@ -184,12 +208,25 @@ def markdown(r: dict) -> str:
         f"| {n['streams']} streams, node CPU per relayed token | – | {n['node_cpu_us_per_token']:.1f} µs "
         f"({n['node_cpu_s']:.1f} s for {n['tokens']:,} tokens) | – | ≤ 20 µs |",
     ]
+    p = r.get("paced")
+    if p:
+        d, n = p["direct"], p["node"]
+        lines += [
+            f"| {n['streams']} streams paced (one token per stream every {p['step_ms']:g} ms, {n['requests']} requests), "
+            f"aggregate tok/s | {d['aggregate_tok_s']:,.0f} | {n['aggregate_tok_s']:,.0f} | – | – |",
+            f"| {n['streams']} streams paced, node CPU per relayed token | – | {n['node_cpu_us_per_token']:.1f} µs "
+            f"({n['node_cpu_s']:.1f} s for {n['tokens']:,} tokens) | – | ≤ 20 µs |",
+        ]
     return "\n".join(lines)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    ap.add_argument("--upstream-step-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--paced-step-ms", type=float, default=25.0,
+                    help="also run --streams streams against an upstream that sends every stream one token every "
+                         "this many ms, as a GPU engine's decode steps do (0: skip)")
     ap.add_argument("--tokens", type=int, default=200, help="tokens per request")
     ap.add_argument("--single-requests", type=int, default=100, help="alternating pairs at 1 stream")
     ap.add_argument("--streams", type=int, default=256)
@@ -199,7 +236,7 @@ def main() -> int:
     ap.add_argument("--out", help="JSON results (default benchmarks/results/relay-<date>.json)")
     args = ap.parse_args()
     if args.serve_upstream:
-        asyncio.run(_serve_upstream(args.serve_upstream))
+        asyncio.run(_serve_upstream(args.serve_upstream, args.upstream_step_ms))
         return 0
 
     from seekwatch.node_process import start_node
@@ -209,41 +246,58 @@ def main() -> int:
     client_cpus, node_cpus = cpu_split(args.no_pin)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)  # the fake upstream, started below, inherits it
-    port = free_port()
-    upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port)])
-    try:
-        import httpx
-
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"max_tokens": 1}, timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        base = f"http://127.0.0.1:{port}/v1"
-        node = start_node(tmp, "--engine", "upstream", "--upstream-url", base, "--served-model-name", "deepseek-chat",
-                          "--max-batch", str(args.streams), "--max-queue", str(args.requests + args.streams),
-                          cpus=node_cpus)
+    @contextlib.contextmanager
+    def upstream_and_node(step_ms: float):
+        """A fake upstream (its own process) and a node in front of it: (direct URL, node)."""
+        port = free_port()
+        upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port),
+                                     "--upstream-step-ms", str(step_ms)])
         try:
-            direct_url, node_url = base + "/chat/completions", node.openai_base + "/chat/completions"
-            single_r = asyncio.run(single(direct_url, node_url, args.single_requests, args.tokens))
-            print(json.dumps({"single": single_r}), flush=True)
-            conc = {"direct": asyncio.run(concurrent(direct_url, args.streams, args.requests, args.tokens, None)),
-                    "node": asyncio.run(concurrent(node_url, args.streams, args.requests, args.tokens, node.process.pid))}
-            print(json.dumps({"concurrent": conc}), flush=True)
+            import httpx
+
+            deadline = time.monotonic() + 20
+            while True:
+                try:
+                    httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"max_tokens": 1}, timeout=2)
+                    break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            base = f"http://127.0.0.1:{port}/v1"
+            node = start_node(tmp, "--engine", "upstream", "--upstream-url", base, "--served-model-name",
+                              "deepseek-chat", "--max-batch", str(args.streams),
+                              "--max-queue", str(args.requests + args.streams), cpus=node_cpus)
+            try:
+                yield base + "/chat/completions", node
+            finally:
+                node.stop()
         finally:
-            node.stop()
-    finally:
-        upstream.terminate()
-        upstream.wait(10)
+            upstream.terminate()
+            upstream.wait(10)
+
+    def both(direct_url: str, node, requests: int) -> dict:
+        node_url = node.openai_base + "/chat/completions"
+        return {"direct": asyncio.run(concurrent(direct_url, args.streams, requests, args.tokens, None)),
+                "node": asyncio.run(concurrent(node_url, args.streams, requests, args.tokens, node.process.pid))}
+
+    with upstream_and_node(0.0) as (direct_url, node):
+        single_r = asyncio.run(single(direct_url, node.openai_base + "/chat/completions", args.single_requests,
+                                      args.tokens))
+        print(json.dumps({"single": single_r}), flush=True)
+        conc = both(direct_url, node, args.requests)
+        print(json.dumps({"concurrent": conc}), flush=True)
+    paced = None
+    if args.paced_step_ms:
+        with upstream_and_node(args.paced_step_ms) as (direct_url, node):
+            paced = {"step_ms": args.paced_step_ms, **both(direct_url, node, args.streams)}
+        print(json.dumps({"paced": paced}), flush=True)
     date = dt.date.today().isoformat()
     result = {"date": date, "device": f"CPU ({os.cpu_count()} cores)", "machine": platform.machine(),
               "python": platform.python_version(), "tokens": args.tokens,
               "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
-              "load_average": os.getloadavg(), "pinned": bool(node_cpus), "single": single_r, "concurrent": conc}
+              "load_average": os.getloadavg(), "pinned": bool(node_cpus), "single": single_r, "concurrent": conc,
+              "paced": paced}
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"relay-{date}.json"
     out.write_text(json.dumps(result, indent=2), "utf-8")
     table = markdown(result)

@@ -29,10 +29,6 @@ _CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")
 #: of 256 connections that scan was a quarter of the node's CPU at 256 streams. The node
 #: keeps several smaller pools and sends each request to the least busy.
 STREAMS_PER_POOL = 16
-#: Upstream events the reader hands over at most before letting the reply's writer run.
-#: Events already buffered are decoded without suspending: without a pause, a fast
-#: upstream's whole reply was decoded before its first token was sent on.
-HANDOVER_EVENTS = 16
 
 
 def estimate_tokens(text: str) -> int:
@@ -183,12 +179,15 @@ class UpstreamEngine(Engine):
         async def read() -> None:
             try:
                 async with aclosing(aiter_data(resp)) as events:
-                    handed = 0
+                    first_event = True
                     async for data in events:
                         queue.put_nowait(data)
-                        handed += 1
-                        if handed == 1 or handed % HANDOVER_EVENTS == 0:
-                            await asyncio.sleep(0)  # the writer sends what is queued (the first token at once)
+                        if first_event:
+                            # events already buffered are decoded without suspending: without
+                            # this pause a fast upstream's whole reply was decoded before its
+                            # first token went on. Later ones go in one chunk per network read.
+                            first_event = False
+                            await asyncio.sleep(0)
             except Exception as exc:  # handed to the consumer, which raises it in the request's context
                 queue.put_nowait(exc)
                 return
