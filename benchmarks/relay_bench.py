@@ -201,22 +201,17 @@ def markdown(r: dict) -> str:
         f"| 1 stream, E2E p50 | {s['e2e_p50_direct_ms']:.2f} ms | {s['e2e_p50_node_ms']:.2f} ms | "
         f"{s['e2e_p50_node_ms'] - s['e2e_p50_direct_ms']:+.2f} ms | – |",
     ]
-    d, n = c["direct"], c["node"]
-    lines += [
-        f"| {n['streams']} streams, aggregate tok/s ({n['requests']} requests) | {d['aggregate_tok_s']:,.0f} | "
-        f"{n['aggregate_tok_s']:,.0f} | – | – |",
-        f"| {n['streams']} streams, node CPU per relayed token | – | {n['node_cpu_us_per_token']:.1f} µs "
-        f"({n['node_cpu_s']:.1f} s for {n['tokens']:,} tokens) | – | ≤ 20 µs |",
-    ]
-    p = r.get("paced")
-    if p:
-        d, n = p["direct"], p["node"]
-        lines += [
-            f"| {n['streams']} streams paced (one token per stream every {p['step_ms']:g} ms, {n['requests']} requests), "
-            f"aggregate tok/s | {d['aggregate_tok_s']:,.0f} | {n['aggregate_tok_s']:,.0f} | – | – |",
-            f"| {n['streams']} streams paced, node CPU per relayed token | – | {n['node_cpu_us_per_token']:.1f} µs "
-            f"({n['node_cpu_s']:.1f} s for {n['tokens']:,} tokens) | – | ≤ 20 µs |",
-        ]
+
+    def concurrent_rows(both: dict, what: str, detail: str) -> list[str]:
+        d, n = both["direct"], both["node"]
+        return [f"| {n['streams']} streams{what} ({detail}{n['requests']} requests), aggregate tok/s | "
+                f"{d['aggregate_tok_s']:,.0f} | {n['aggregate_tok_s']:,.0f} | – | – |",
+                f"| {n['streams']} streams{what}, node CPU per relayed token | – | {n['node_cpu_us_per_token']:.1f} µs "
+                f"({n['node_cpu_s']:.1f} s for {n['tokens']:,} tokens) | – | ≤ 20 µs |"]
+
+    lines += concurrent_rows(c, "", "")
+    if r.get("paced"):
+        lines += concurrent_rows(r["paced"], " paced", f"one token per stream every {r['paced']['step_ms']:g} ms, ")
     return "\n".join(lines)
 
 

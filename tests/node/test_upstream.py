@@ -114,6 +114,15 @@ def test_upstream_answering_200_without_an_event_stream_is_502(node_factory):
     assert "text/event-stream" in r.json()["error"]["message"]
 
 
+def _start_chunked_event_stream(handler: BaseHTTPRequestHandler) -> None:
+    """Read the request's body and answer 200 with a chunked ``text/event-stream``."""
+    handler.rfile.read(int(handler.headers["Content-Length"]))
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+
+
 class _KeepAliveUpstream(BaseHTTPRequestHandler):
     """An OpenAI-style streaming upstream speaking HTTP/1.1 with keep-alive and a chunked
     body, as vLLM does; counts the TCP connections it accepted (one handler per connection)."""
@@ -128,11 +137,7 @@ class _KeepAliveUpstream(BaseHTTPRequestHandler):
     def do_POST(self):
         import time
 
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
+        _start_chunked_event_stream(self)
 
         def frame(data: bytes) -> None:
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -198,11 +203,7 @@ class _BurstUpstream(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
+        _start_chunked_event_stream(self)
         events = [{"choices": [{"index": 0, "delta": {"content": f"t{i} "}, "finish_reason": None}]} for i in range(50)]
         events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}],
                        "usage": {"prompt_tokens": 3, "completion_tokens": 50, "total_tokens": 53}})
