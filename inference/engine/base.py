@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncIterator, Awaitable, Callable
 
 
 @dataclass(frozen=True)
@@ -119,12 +119,37 @@ class EngineState:
     failed: str | None = None
 
 
+class OutputStream:
+    """What ``generate`` returns: the engine's generator of outputs, with an ``aclose`` that
+    also ends a stream nobody asked an output of (a client gone between admission and its
+    first token). Closing a generator that never started runs none of its code, so its own
+    ``finally`` cannot free the batch slot; ``abandon`` (a coroutine function) does it then."""
+
+    def __init__(self, outputs: AsyncIterator[EngineOutput], abandon: Callable[[], Awaitable[None]]):
+        self._outputs, self._abandon = outputs, abandon
+        self._started = False
+
+    def __aiter__(self) -> "OutputStream":
+        return self
+
+    async def __anext__(self) -> EngineOutput:
+        self._started = True
+        return await self._outputs.__anext__()
+
+    async def aclose(self) -> None:
+        started, self._started = self._started, True
+        await self._outputs.aclose()
+        if not started:
+            await self._abandon()
+
+
 class Engine(abc.ABC):
     """An engine turns a :class:`GenerationRequest` into a stream of :class:`EngineOutput`.
 
     ``generate`` raises an :class:`EngineError` before yielding anything when the request
     cannot start (not ready, queue full, prompt too long). Closing the iterator early (a
-    client disconnect) cancels the generation and frees its batch slot.
+    client disconnect) cancels the generation and frees its batch slot, also before its
+    first output was asked for (:class:`OutputStream`).
     """
 
     #: Whether replies may carry DeepSeek-R1 style reasoning (``<think>`` … ``</think>``).

@@ -39,7 +39,9 @@ from dataclasses import replace
 from typing import Any, AsyncIterator
 
 from inference.engine import base
-from inference.engine.base import Engine, EngineError, EngineNotReady, EngineOutput, EngineState, GenerationRequest
+from inference.engine.base import (
+    Engine, EngineError, EngineNotReady, EngineOutput, EngineState, GenerationRequest, OutputStream,
+)
 
 log = logging.getLogger("seekwatch.engine.process")
 
@@ -199,7 +201,12 @@ class EngineProcess(Engine):
         if what != "admitted":
             self._streams.pop(key, None)
             raise _unpack_error(payload)
-        return self._stream(key, queue)
+        return OutputStream(self._stream(key, queue), lambda: self._abandon(key))
+
+    async def _abandon(self, key: int) -> None:
+        """The client went away: the child frees the batch slot (unless the stream ended)."""
+        if self._streams.pop(key, None) is not None:
+            self._send(("cancel", key))
 
     async def _stream(self, key: int, queue: asyncio.Queue) -> AsyncIterator[EngineOutput]:
         ended = False
@@ -215,9 +222,10 @@ class EngineProcess(Engine):
                     ended = True
                     raise _unpack_error(payload)
         finally:
-            self._streams.pop(key, None)
-            if not ended:  # the client went away: the child frees the batch slot
-                self._send(("cancel", key))
+            if ended:
+                self._streams.pop(key, None)
+            else:
+                await self._abandon(key)
 
     async def stop(self) -> None:
         if self._process is None:

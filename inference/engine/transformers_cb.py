@@ -53,7 +53,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from inference.engine.base import (
     ContextLengthExceeded, Engine, EngineError, EngineNotReady, EngineOutput, EngineState,
-    GenerationRequest, QueueFull, SamplingParams,
+    GenerationRequest, OutputStream, QueueFull, SamplingParams,
 )
 from inference.engine.detokenizer import StopMatcher, make_detokenizer
 from inference.engine.fused_linear import fuse_projections as fuse_linear_projections
@@ -857,7 +857,13 @@ class TransformersEngine(Engine):
                 raise exc
             self._incoming.append(seq)
         self._wake.set()
-        return self._stream(seq)
+        return OutputStream(self._stream(seq), lambda: self._abandon(seq))
+
+    async def _abandon(self, seq: _Sequence) -> None:
+        """The client went away before its stream was read: the engine drops the sequence."""
+        if not seq.done:
+            seq.cancelled = True
+            self._wake.set()
 
     async def _stream(self, seq: _Sequence) -> AsyncIterator[EngineOutput]:
         detok = make_detokenizer(self.tokenizer)
@@ -887,9 +893,7 @@ class TransformersEngine(Engine):
                 if finish is not None:
                     return
         finally:
-            if not seq.done:
-                seq.cancelled = True
-                self._wake.set()
+            await self._abandon(seq)
 
     # -- engine thread -----------------------------------------------------------------
     def _emit(self, seq: _Sequence, item) -> None:

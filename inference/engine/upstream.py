@@ -18,7 +18,7 @@ import httpx
 
 from contracts.sse import aiter_data
 from inference.engine.base import (
-    Engine, EngineOutput, EngineState, GenerationRequest, QueueFull, UpstreamError,
+    Engine, EngineOutput, EngineState, GenerationRequest, OutputStream, QueueFull, UpstreamError,
 )
 from inference.engine.registry import EnginePlugin, register
 
@@ -155,16 +155,21 @@ class UpstreamEngine(Engine):
                 message, code = body[:200], None
             status = resp.status_code if resp.status_code in (400, 404, 413, 429) else 502
             raise UpstreamError(f"upstream answered {resp.status_code}: {message}", status, code)
-        return self._stream(resp, request, t0, pool)
+        # the reader starts now, while the node sends its response's head: the first event
+        # is decoded by the time the reply's writer asks for it
+        queue: asyncio.Queue = asyncio.Queue()
+        reader = asyncio.create_task(_read_events(resp, queue))
+        return OutputStream(self._stream(resp, request, t0, pool, queue, reader),
+                            lambda: self._end(resp, reader, pool, False))
 
     def _release(self, pool: int) -> None:
         self._in_flight -= 1
         if pool < len(self._busy):  # (stop() may have dropped the pools meanwhile)
             self._busy[pool] -= 1
 
-    async def _stream(self, resp: httpx.Response, request: GenerationRequest, t0: float,
-                      pool: int) -> AsyncIterator[EngineOutput]:
-        """Relay the upstream's events. A reader task queues them as they are decoded; each
+    async def _stream(self, resp: httpx.Response, request: GenerationRequest, t0: float, pool: int,
+                      queue: asyncio.Queue, reader: asyncio.Task) -> AsyncIterator[EngineOutput]:
+        """Relay the upstream's events. A reader task (:func:`_read_events`) queues them as they are decoded; each
         output carries every event that piled up since the last one (as the in-process
         engine sends a stream's queued tokens as one chunk). A fast upstream delivers many
         events per network read, and one relayed chunk per event cost the node a JSON
@@ -174,26 +179,6 @@ class UpstreamEngine(Engine):
         completion_est = 0
         prompt_est = estimate_tokens("".join(m.get("content") or "" for m in request.messages))
         done = False
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def read() -> None:
-            try:
-                async with aclosing(aiter_data(resp)) as events:
-                    first_event = True
-                    async for data in events:
-                        queue.put_nowait(data)
-                        if first_event:
-                            # events already buffered are decoded without suspending: without
-                            # this pause a fast upstream's whole reply was decoded before its
-                            # first token went on. Later ones go in one chunk per network read.
-                            first_event = False
-                            await asyncio.sleep(0)
-            except Exception as exc:  # handed to the consumer, which raises it in the request's context
-                queue.put_nowait(exc)
-                return
-            queue.put_nowait(None)
-
-        reader = asyncio.create_task(read())
         try:
             ended = False
             while not ended:
@@ -232,17 +217,42 @@ class UpstreamEngine(Engine):
         except httpx.HTTPError as exc:  # the stream broke, or the 200 was no event stream (contracts.sse)
             raise UpstreamError(f"upstream stream failed: {exc.__class__.__name__}: {exc}", 502) from None
         finally:
-            self._release(pool)
-            if done:
-                self._finished += 1
-            else:
-                self._cancelled += 1
-            reader.cancel()
-            try:
-                await reader
-            except BaseException:  # its cancellation, or an error already handed over
-                pass
-            await resp.aclose()
+            await self._end(resp, reader, pool, done)
+
+    async def _end(self, resp: httpx.Response, reader: asyncio.Task, pool: int, done: bool) -> None:
+        """A relayed stream is over (``done``: to its end): stop reading, give the connection
+        back, count it."""
+        self._release(pool)
+        if done:
+            self._finished += 1
+        else:
+            self._cancelled += 1
+        reader.cancel()
+        try:
+            await reader
+        except BaseException:  # its cancellation, or an error already handed over
+            pass
+        await resp.aclose()
+
+
+async def _read_events(resp: httpx.Response, queue: asyncio.Queue) -> None:
+    """Queue the ``data`` of each upstream event as it is decoded, then None; an error is
+    queued too, for the consumer to raise in the request's context."""
+    try:
+        async with aclosing(aiter_data(resp)) as events:
+            first_event = True
+            async for data in events:
+                queue.put_nowait(data)
+                if first_event:
+                    # events already buffered are decoded without suspending: without this
+                    # pause a fast upstream's whole reply was decoded before its first token
+                    # went on. Later ones go in one chunk per network read.
+                    first_event = False
+                    await asyncio.sleep(0)
+    except Exception as exc:
+        queue.put_nowait(exc)
+        return
+    queue.put_nowait(None)
 
 
 # --------------------------------------------------------------------------- plug-in

@@ -171,6 +171,32 @@ def test_a_burst_beyond_the_store_queues_and_completes(tiny_model_dir):
     assert engine._kv.slots == 2 and max(held) == 2
 
 
+def test_a_stream_closed_before_its_first_output_frees_its_slot(tiny_model_dir):
+    """A client gone between admission and its first token: closing the never-read stream
+    drops the sequence (a generator closed before it started runs none of its cleanup, and
+    the sequence would have generated all its 400 tokens for nobody)."""
+    engine = _engine(tiny_model_dir, max_batch=2)
+
+    async def main():
+        await engine.start()
+        try:
+            req = GenerationRequest("gone", "m", [{"role": "user", "content": "hi"}],
+                                    SamplingParams(temperature=0, max_tokens=400, ignore_eos=True))
+            stream = await engine.generate(req)
+            await stream.aclose()
+            for _ in range(600):  # the engine thread drops it at its next step
+                state = engine.state()
+                if state.running == 0 and state.waiting == 0:
+                    return state, engine.last_tokens.get("gone")
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"the closed stream still runs: {engine.state()}")
+        finally:
+            await engine.stop()
+
+    state, tokens = asyncio.run(main())
+    assert state.cancelled_total == 1 and tokens is None  # it never ran to its 400 tokens
+
+
 def test_the_engine_account_says_how_first_tokens_waited():
     """The 10-second account ends with the first tokens: mean time from arrival, the mean and
     longest wait for a first prompt chunk (what a burst's time to first token is made of)."""

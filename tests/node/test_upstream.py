@@ -274,3 +274,28 @@ def test_streams_spread_over_several_connection_pools():
     with loopback_upstream(_BurstUpstream) as url:
         busy, after, running = asyncio.run(asyncio.wait_for(run(url), 30))
     assert sorted(busy) == [1, 1, 2] and after == [0, 0, 0] and running == 0
+
+
+def test_a_stream_closed_before_its_first_output_gives_its_place_back():
+    """A client gone before the node asked for its first output: closing the stream stops the
+    reader (started at once, to decode the first event early), closes the upstream response
+    and frees the stream's place and pool share (a generator closed before it started runs
+    none of its cleanup)."""
+    import asyncio
+
+    async def run(url):
+        engine = _upstream_engine(url, max_batch=4)
+        await engine.start()
+        try:
+            stream = await engine.generate(_request())
+            held = engine.state().running, list(engine._busy)
+            await stream.aclose()
+            await stream.aclose()  # twice is harmless
+            return held, engine.state(), list(engine._busy)
+        finally:
+            await engine.stop()
+
+    with loopback_upstream(_BurstUpstream) as url:
+        held, state, busy = asyncio.run(asyncio.wait_for(run(url), 30))
+    assert held == (1, [1])
+    assert state.running == 0 and state.cancelled_total == 1 and busy == [0]
