@@ -45,6 +45,11 @@ CHUNK = (b'data: {"id":"relay","object":"chat.completion.chunk","created":0,"mod
          b'"choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n')
 
 
+#: how long the load generator keeps an idle connection: under the node's (uvicorn's) 5 s, so
+#: it never sends a request on a connection the node is closing at that moment
+KEEPALIVE_S = 2.0
+
+
 def _frame(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -133,7 +138,7 @@ async def single(direct: str, node: str, requests: int, tokens: int) -> dict:
     import httpx
 
     pairs = []
-    async with httpx.AsyncClient(timeout=60) as client:
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S)) as client:
         for _ in range(10):  # warm-up: connections, first-request paths
             await one_stream(client, direct, tokens)
             await one_stream(client, node, tokens)
@@ -156,7 +161,8 @@ async def single(direct: str, node: str, requests: int, tokens: int) -> dict:
 async def concurrent(url: str, streams: int, requests: int, tokens: int, pid: int | None) -> dict:
     import httpx
 
-    limits = httpx.Limits(max_connections=streams + 8, max_keepalive_connections=streams + 8)
+    limits = httpx.Limits(max_connections=streams + 8, max_keepalive_connections=streams + 8,
+                          keepalive_expiry=KEEPALIVE_S)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
         sem = asyncio.Semaphore(streams)
 
