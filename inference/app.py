@@ -57,7 +57,6 @@ def build_engine(config: NodeConfig) -> Engine:
         from inference.engine.process import EngineProcess
 
         return EngineProcess(config.engine, config.engine_options, config)
-    log.info("engine %s runs in the node's process", config.engine)
     return registry.get(config.engine).build(config.engine_options, config)
 
 
@@ -87,6 +86,8 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         async def load():
             try:
+                if config.engine_options is not None and not engine_in_own_process(config):
+                    log.info("engine %s runs in the node's process", config.engine)
                 await engine.start()
                 log.info("engine ready: %s", engine.model_version)
             except Exception as exc:  # reported on /readyz and in the log, node stays up
