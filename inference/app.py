@@ -57,6 +57,7 @@ def build_engine(config: NodeConfig) -> Engine:
         from inference.engine.process import EngineProcess
 
         return EngineProcess(config.engine, config.engine_options, config)
+    log.info("engine %s runs in the node's process", config.engine)
     return registry.get(config.engine).build(config.engine_options, config)
 
 
@@ -75,19 +76,18 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
 
     from contracts.cost import CostModel
 
+    # the node's own files first: a broken one is a one-line error before any engine work
+    cost = CostModel.load(config.cost_config)
+    keys = ApiKeys.load(config.api_key_file, config.api_keys_env)
     engine = engine or build_engine(config)
     registry = CollectorRegistry()
-    cost = CostModel.load(config.cost_config)
     in_flight = RequestsInFlight()
     observer = build_observer(config, registry, engine, cost, in_flight)
-    keys = ApiKeys.load(config.api_key_file, config.api_keys_env)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         async def load():
             try:
-                if config.engine_options is not None and not engine_in_own_process(config):
-                    log.info("engine %s runs in the node's process", config.engine)
                 await engine.start()
                 log.info("engine ready: %s", engine.model_version)
             except Exception as exc:  # reported on /readyz and in the log, node stays up

@@ -164,8 +164,7 @@ class UpstreamEngine(Engine):
 
     def _release(self, pool: int) -> None:
         self._in_flight -= 1
-        if pool < len(self._busy):  # (stop() may have dropped the pools meanwhile)
-            self._busy[pool] -= 1
+        self._busy[pool] -= 1
 
     async def _stream(self, resp: httpx.Response, request: GenerationRequest, t0: float, pool: int,
                       queue: asyncio.Queue, reader: asyncio.Task) -> AsyncIterator[EngineOutput]:
