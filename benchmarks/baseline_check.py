@@ -19,17 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.serve_bench import (  # noqa: E402
-    free_model_memory, load_reference_model, make_prompt, sequential_baseline,
+    free_model_memory, load_reference_model, make_prompt, release_engine, sequential_baseline,
 )
 
 
 async def run_engine(model_dir: Path, device: str, prompts: list[str], max_tokens: list[int]) -> None:
     """Start the node's engine in this process, serve the prompts, stop it and drop it, as
     serve_bench's ``engine_direct`` stage does before the baseline."""
-    import gc
-
-    import torch
-
     from inference.engine.base import GenerationRequest, SamplingParams
     from inference.engine.transformers_cb import TransformersEngine
 
@@ -43,12 +39,7 @@ async def run_engine(model_dir: Path, device: str, prompts: list[str], max_token
                 pass
         await asyncio.gather(*(one(i) for i in range(len(prompts))))
     finally:
-        await engine.stop()
-        engine.model = engine._kv = None
-        engine._graphs.clear()
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        await release_engine(engine)
 
 
 def main() -> int:

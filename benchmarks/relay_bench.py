@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -240,32 +239,36 @@ def main() -> int:
         asyncio.run(_serve_upstream(args.serve_upstream, args.upstream_step_ms))
         return 0
 
+    import httpx
+
+    from contracts.supervisor import ProcessSpec, free_port, start
     from seekwatch.node_process import start_node
-    from contracts.supervisor import free_port
 
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     client_cpus, node_cpus = cpu_split(args.no_pin)
     if client_cpus:
-        os.sched_setaffinity(0, client_cpus)  # the fake upstream, started below, inherits it
+        os.sched_setaffinity(0, client_cpus)
+
     @contextlib.contextmanager
     def upstream_and_node(step_ms: float):
-        """A fake upstream (its own process) and a node in front of it: (direct URL, node)."""
+        """A fake upstream (its own process, beside the load generator) and a node in front
+        of it: (direct URL, node)."""
         port = free_port()
-        upstream = subprocess.Popen([sys.executable, __file__, "--serve-upstream", str(port),
-                                     "--upstream-step-ms", str(step_ms)])
-        try:
-            import httpx
+        base = f"http://127.0.0.1:{port}/v1"
+        upstream = start(ProcessSpec(name="fake upstream", output=tmp / f"upstream-{port}.out",
+                                     cpus=frozenset(client_cpus) if client_cpus else None,
+                                     argv=[sys.executable, __file__, "--serve-upstream", str(port),
+                                           "--upstream-step-ms", str(step_ms)]))
 
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"max_tokens": 1}, timeout=2)
-                    break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
-            base = f"http://127.0.0.1:{port}/v1"
+        def answers() -> bool:
+            try:
+                httpx.post(base + "/chat/completions", json={"max_tokens": 1}, timeout=2)
+                return True
+            except httpx.HTTPError:
+                return False
+
+        try:
+            upstream.wait_ready(answers, 20, interval=0.1)
             node = start_node(tmp, "--engine", "upstream", "--upstream-url", base, "--served-model-name",
                               "deepseek-chat", "--max-batch", str(args.streams),
                               "--max-queue", str(args.requests + args.streams), cpus=node_cpus)
@@ -274,8 +277,7 @@ def main() -> int:
             finally:
                 node.stop()
         finally:
-            upstream.terminate()
-            upstream.wait(10)
+            upstream.stop()
 
     def both(direct_url: str, node, requests: int) -> dict:
         node_url = node.openai_base + "/chat/completions"

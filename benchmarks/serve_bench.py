@@ -168,17 +168,25 @@ async def engine_direct(model_dir: Path, device: str, max_batch: int, max_model_
             print(json.dumps({"engine_direct": s}), flush=True)
             out.append(s)
     finally:
-        await engine.stop()
+        await release_engine(engine)
         engine_log.removeHandler(keep)
         out.append({"engine_log": account})
-        engine.model = engine._kv = None  # the memory goes back before the next stage loads a model
-        engine._graphs.clear()
-        import gc
-
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
     return out
+
+
+async def release_engine(engine) -> None:
+    """Stop an engine driven in this process and give its memory back before the next stage
+    loads a model."""
+    import gc
+
+    import torch
+
+    await engine.stop()
+    engine.model = engine._kv = None
+    engine._graphs.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def load_reference_model(model_dir: Path, device: str):
