@@ -12,8 +12,11 @@ the choice is worth, and checks that both give the same output.
 Rows: lengths drawn uniformly from ``--lengths`` (prompts of 64-512 tokens with up to 256
 generated, as in ``serve_bench``); ``masked``: the engine's masked path (a view of the first
 ``width`` columns, additive mask; SDPA picks its kernel, cuDNN included, as decode steps
-do); ``varlen``: the variable-length kernel (FlashAttention on CUDA, the SDPA reference on
-the CPU). ``live_gb_s``: the live keys and values read, per second of the varlen kernel.
+do); ``kernels``: the variable-length kernel (FlashAttention on CUDA, the SDPA reference on the
+CPU) and every paged decode kernel the engine would time at start-up
+(``slot_attention.decode_kernels``: FlashAttention's split-KV path and cuDNN's), each with
+its difference from the masked output; ``live_gb_s``: the live keys and values read, per
+second of that kernel; ``masked_gb_s``: the padded width read, per second of the masked call.
 Median of ``--repeat`` timed calls (device events on CUDA) after a warm-up.
 """
 from __future__ import annotations
@@ -76,23 +79,32 @@ def main() -> int:
             return torch.nn.functional.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
 
-        att = store.decode_attention(kernel, b, pos, args.max_model_len)
         flat_q = q.transpose(1, 2).reshape(b, args.heads, args.head_dim)
+        kernels = [kernel] + slot_attention.decode_kernels(device, dtype)
 
-        def varlen():
-            return att.kernel(flat_q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k,
-                              att.max_q, att.max_k, att.causal, scale)
+        def run(k):
+            att = store.decode_attention(k, b, pos, args.max_model_len)
+            return lambda: att.kernel(flat_q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k,
+                                      att.max_q, att.max_k, att.causal, scale, pages=att.pages)
 
-
+        live = sum(lengths) * bytes_per_token
         with torch.inference_mode():
             want = masked().transpose(1, 2).reshape(b, args.heads, -1).float()
-            err = float((varlen().float() - want).abs().max())
             t_masked = slot_attention.time_call(masked, device, args.repeat)
-            t_varlen = slot_attention.time_call(varlen, device, args.repeat)
-        live = sum(lengths) * bytes_per_token
-        row = {"batch": b, "width": width, "mean_length": sum(lengths) / b, "masked_ms": t_masked,
-               "varlen_ms": t_varlen, "speedup": t_masked / t_varlen, "live_gb_s": live / t_varlen / 1e6,
-               "padded_read_share": 1 - sum(lengths) / (b * width), "max_abs_diff": err}
+            row = {"batch": b, "width": width, "mean_length": sum(lengths) / b, "masked_ms": t_masked,
+                   "masked_gb_s": b * width * bytes_per_token / t_masked / 1e6,
+                   "padded_read_share": 1 - sum(lengths) / (b * width), "kernels": {}}
+            for k in kernels:
+                try:
+                    fn = run(k)
+                    err = float((fn().float() - want).abs().max())
+                    ms = slot_attention.time_call(fn, device, args.repeat)
+                except Exception as exc:  # noqa: BLE001 - a kernel this build lacks: say so, time the rest
+                    row["kernels"][k.label] = {"error": f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"}
+                    continue
+                row["kernels"][k.label] = {"ms": ms, "live_gb_s": live / ms / 1e6, "max_abs_diff": err}
+        best = min(((v["ms"], name) for name, v in row["kernels"].items() if "ms" in v), default=None)
+        row["fastest"] = best and best[1]
         print(json.dumps(row), flush=True)
         rows_out.append(row)
     result = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "kernel": why,

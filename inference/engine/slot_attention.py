@@ -22,6 +22,25 @@ Kernels: on CUDA, PyTorch's FlashAttention (bf16/fp16, head dim up to 256); anyw
 tests run the engine with the reference, so the bookkeeping (offsets, lengths, causal
 alignment) is tested token for token against the masked path; on CUDA the engine checks the
 kernel against the reference at start-up and keeps the masked path if they disagree.
+
+Decode kernels read through a page table. A decode step has one query per sequence, and
+FlashAttention's plain variable-length kernel tiles queries by 64-128 rows, so for decode a
+thread block holds one real query and walks its keys with little memory in flight: on an
+H200 it read live keys at about 2.3-2.8 TB/s of the card's 4.8. Both libraries PyTorch
+ships have kernels built for decode, reached only through a *paged* key/value cache:
+FlashAttention's split-KV kernel (flash decoding: a sequence's keys split across thread
+blocks, partial results merged) and cuDNN's paged attention. They take the cache as pages
+``[pages, PAGE, heads, dim]`` and a table of each sequence's pages. The slot store is not
+paged, but its slots are contiguous, so a page can start at any row: :func:`paged_view`
+sees the flat store as overlapping pages (page ``r`` is rows ``r … r+PAGE-1``; the page
+stride is one row), and a sequence's ``j``-th page is the row ``slot start + j × PAGE``
+(:attr:`SlotKVCache.page_table`, computed once). No copy, no layout change, any slot
+width. The store keeps ``PAGE`` spare rows after its last slot so the last page of the last
+slot stays inside the allocation. :func:`decode_kernels` lists the candidates for a device;
+the engine checks each against the reference at start-up, times them per batch size on the
+store and keeps the fastest for each (the log and ``attention_path`` say which).
+:func:`reference_paged` reads through the same table in plain SDPA, so the CPU tests check
+the table and the view token for token.
 """
 from __future__ import annotations
 
@@ -34,37 +53,127 @@ import torch.nn.functional as F
 
 NAME = "seekwatch_slots"
 
+#: Tokens per page for the paged decode kernels: FlashAttention's paged path wants a
+#: multiple of 256, cuDNN's a power of two.
+PAGE = 256
+
 #: ``kernel(q [Tq, H, D], k [N, Hk, D], v, cu_q [B+1], cu_k [B+1], used_k [B], max_q, max_k,
-#: causal, scale) -> [Tq, H, D]``. Sequence ``i``'s queries are ``q[cu_q[i]:cu_q[i+1]]``, its
-#: keys ``k[cu_k[i] : cu_k[i] + used_k[i]]``; with ``causal``, query ``j`` of ``n`` sees keys
-#: up to ``j + used_k[i] - n`` (the queries are the sequence's last tokens).
+#: causal, scale, pages=None) -> [Tq, H, D]``. Sequence ``i``'s queries are
+#: ``q[cu_q[i]:cu_q[i+1]]``, its keys ``k[cu_k[i] : cu_k[i] + used_k[i]]``; with ``causal``,
+#: query ``j`` of ``n`` sees keys up to ``j + used_k[i] - n`` (the queries are the sequence's
+#: last tokens). ``pages`` (int32 ``[B, P]``, decode steps only): ``pages[i, j] = cu_k[i] + j ×
+#: PAGE``, the same keys as rows of :func:`paged_view` (kernels that do not page ignore it).
 Kernel = Callable[..., torch.Tensor]
 
 
-def flash_varlen(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float) -> torch.Tensor:
+def paged_view(flat: torch.Tensor) -> torch.Tensor:
+    """``flat`` ``[N, Hk, D]`` as ``N`` overlapping pages ``[N, PAGE, Hk, D]``: page ``r`` is
+    rows ``r … r+PAGE-1`` (a view; its storage must hold ``PAGE - 1`` rows past ``N``)."""
+    n, heads, dim = flat.shape
+    row = heads * dim
+    return flat.as_strided((n, PAGE, heads, dim), (row, row, dim, 1), flat.storage_offset())
+
+
+def flash_varlen(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float,
+                 pages=None) -> torch.Tensor:
     """PyTorch's FlashAttention, variable-length form with ``seqused_k`` (CUDA only)."""
     out = torch.ops.aten._flash_attention_forward(
         q, k, v, cu_q, cu_k, max_q, max_k, 0.0, causal, False, scale=scale, seqused_k=used_k)
     return out[0]
 
 
-def reference_varlen(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float) -> torch.Tensor:
-    """The kernel's contract in plain SDPA, a sequence at a time (reads offsets on the host)."""
+def _reference(q, k, v, cu_q, cu_k, used_k, causal: bool, scale: float, pages=None) -> torch.Tensor:
+    """SDPA a sequence at a time (offsets read on the host); keys from ``cu_k``, or through
+    ``pages`` and :func:`paged_view` where given."""
     out = torch.empty_like(q)
     groups = q.shape[1] // k.shape[1]
+    tables = pages.tolist() if pages is not None else None
+    kp, vp = (paged_view(k), paged_view(v)) if pages is not None else (None, None)
     for i, (q0, q1, k0, n) in enumerate(zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), cu_k[:-1].tolist(),
                                             used_k.tolist())):
         if q1 == q0:
             continue
-        qi = q[q0:q1].transpose(0, 1)                                  # [H, n_q, D]
-        ki = k[k0:k0 + n].transpose(0, 1).repeat_interleave(groups, 0)  # [H, n_k, D]
-        vi = v[k0:k0 + n].transpose(0, 1).repeat_interleave(groups, 0)
+        if tables is None:
+            ki, vi = k[k0:k0 + n], v[k0:k0 + n]
+        else:
+            idx = torch.tensor(tables[i][:-(-n // PAGE)], dtype=torch.long, device=q.device)
+            ki, vi = kp[idx].flatten(0, 1)[:n], vp[idx].flatten(0, 1)[:n]
+        qi = q[q0:q1].transpose(0, 1)                               # [H, n_q, D]
+        ki = ki.transpose(0, 1).repeat_interleave(groups, 0)        # [H, n_k, D]
+        vi = vi.transpose(0, 1).repeat_interleave(groups, 0)
         mask = None
         if causal:
             rows = torch.arange(q1 - q0, device=q.device).unsqueeze(1)
             mask = torch.arange(n, device=q.device).unsqueeze(0) <= rows + (n - (q1 - q0))
         out[q0:q1] = F.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask, scale=scale).transpose(0, 1)
     return out
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float,
+                     pages=None) -> torch.Tensor:
+    """The kernel's contract in plain SDPA, a sequence at a time (reads offsets on the host):
+    sequence ``i``'s keys from ``cu_k[i]``."""
+    return _reference(q, k, v, cu_q, cu_k, used_k, causal, scale)
+
+
+def reference_paged(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float,
+                    pages=None) -> torch.Tensor:
+    """:func:`reference_varlen` reading a decode step's keys through ``pages`` and
+    :func:`paged_view`, as the paged kernels do (the CPU tests' check of both)."""
+    return _reference(q, k, v, cu_q, cu_k, used_k, causal, scale, pages)
+
+
+def _labelled(fn: Kernel, label: str) -> Kernel:
+    fn.label = label
+    return fn
+
+
+def flash_paged(num_splits: int | None = None) -> Kernel:
+    """FlashAttention's split-KV kernel over :func:`paged_view` pages for decode steps
+    (``num_splits``: key ranges per sequence; None lets FlashAttention choose by batch and
+    length); steps without ``pages`` (prefill) go to :func:`flash_varlen`."""
+
+    def kernel(q, k, v, cu_q, cu_k, used_k, max_q, max_k, causal, scale, pages=None):
+        if pages is None:
+            return flash_varlen(q, k, v, cu_q, cu_k, used_k, max_q, max_k, causal, scale)
+        return torch.ops.aten._flash_attention_forward(
+            q, paged_view(k), paged_view(v), cu_q, cu_k, max_q, max_k, 0.0, causal, False, scale=scale,
+            seqused_k=used_k, block_table=pages, num_splits=num_splits)[0]
+
+    return _labelled(kernel, "FlashAttention split-KV (paged" + (f", {num_splits} splits)" if num_splits else ")"))
+
+
+def cudnn_paged(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float,
+                pages=None) -> torch.Tensor:
+    """cuDNN's paged attention over :func:`paged_view` pages (decode steps only)."""
+    if pages is None:
+        raise ValueError("cuDNN's paged kernel serves decode steps (a page table) only")
+    return torch.ops.aten._cudnn_attention_forward(
+        q, paged_view(k), paged_view(v), None, cu_q, cu_k, max_q, max_k, False, 0.0, causal, False,
+        scale=scale, seqused_k=used_k, block_table=pages)[0]
+
+
+def cudnn_varlen(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float,
+                 pages=None) -> torch.Tensor:
+    """cuDNN's variable-length attention: sequence ``i``'s keys start at ``cu_k[i]`` (ragged
+    offsets) and ``used_k[i]`` of them are read."""
+    return torch.ops.aten._cudnn_attention_forward(
+        q, k, v, None, cu_q, cu_k, max_q, max_k, False, 0.0, causal, False, scale=scale, seqused_k=used_k)[0]
+
+
+_labelled(flash_varlen, "FlashAttention (variable length)")
+_labelled(reference_varlen, "reference (SDPA per sequence)")
+_labelled(reference_paged, "reference through the page table (SDPA per sequence)")
+_labelled(cudnn_paged, "cuDNN (paged)")
+_labelled(cudnn_varlen, "cuDNN (variable length)")
+
+
+def decode_kernels(device: torch.device, dtype: torch.dtype) -> list[Kernel]:
+    """Decode kernels worth timing against the variable-length kernel on ``device`` (each is
+    checked against the reference first; one that fails or raises is left out)."""
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return []
+    return [flash_paged(), flash_paged(1), flash_paged(4), cudnn_paged, cudnn_varlen]
 
 
 @dataclass
@@ -80,6 +189,7 @@ class SlotAttention:
     max_q: int
     max_k: int
     causal: bool
+    pages: torch.Tensor | None = None  # decode steps: each row's page table (see ``Kernel``)
 
 
 def slot_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -95,7 +205,8 @@ def slot_attention_forward(module, query, key, value, attention_mask, scaling=No
     q = query.transpose(1, 2).reshape(b * n, h, d)
     scale = scaling if scaling is not None else d ** -0.5
     layer = module.layer_idx
-    out = s.kernel(q, s.keys[layer], s.values[layer], s.cu_q, s.cu_k, s.used_k, s.max_q, s.max_k, s.causal, scale)
+    out = s.kernel(q, s.keys[layer], s.values[layer], s.cu_q, s.cu_k, s.used_k, s.max_q, s.max_k, s.causal, scale,
+                   pages=s.pages)
     return out.view(b, n, h, d), None
 
 
@@ -124,26 +235,31 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
-                 head_dim: int) -> float:
+                 head_dim: int, decode_only: bool = False) -> float:
     """Largest relative difference between ``kernel`` and :func:`reference_varlen` on random
-    data shaped like one decode step and one packed prefill step over a small store."""
+    data shaped like one decode step (keys read through a page table, rows crossing page
+    boundaries) and, unless ``decode_only``, one packed prefill step, over a small store laid
+    out as the engine's (slots of an odd width, ``PAGE`` spare rows at the end)."""
     g = torch.Generator(device="cpu").manual_seed(2)
-    stride, slots = 40, 4
-    store_k = torch.randn(slots * stride, kv_heads, head_dim, generator=g).to(device, dtype)
-    store_v = torch.randn(slots * stride, kv_heads, head_dim, generator=g).to(device, dtype)
+    stride, slots = 2 * PAGE + 101, 4
+    store = torch.randn(2, slots * stride + PAGE, kv_heads, head_dim, generator=g).to(device, dtype)
+    store_k, store_v = store[0, :slots * stride], store[1, :slots * stride]
     i32 = dict(device=device, dtype=torch.int32)
     cases = [  # (query tokens per sequence, slots, keys used, causal)
-        ([1, 1, 1], [0, 1, 2], [7, 33, 1], False),
+        ([1, 1, 1, 1], [0, 1, 2, 3], [7, PAGE + 44, 1, stride - 1], False),
         ([5, 12, 3], [2, 0, 3], [5, 30, 20], True),
     ]
     worst = 0.0
-    for nq, slot, used, causal in cases:
+    for nq, slot, used, causal in cases[:1] if decode_only else cases:
         q = torch.randn(sum(nq), heads, head_dim, generator=g).to(device, dtype)
         cu_q = torch.tensor([0, *torch.tensor(nq).cumsum(0).tolist()], **i32)
         cu_k = torch.tensor([s * stride for s in slot] + [slots * stride], **i32)
         used_k = torch.tensor(used, **i32)
-        args = (q, store_k, store_v, cu_q, cu_k, used_k, max(nq), max(used), causal, head_dim ** -0.5)
-        worst = max(worst, relative_error(kernel(*args), reference_varlen(*args)))
+        pages = None
+        if not causal:
+            pages = torch.tensor([[s * stride + j * PAGE for j in range(-(-stride // PAGE))] for s in slot], **i32)
+        args = (q, store_k, store_v, cu_q, cu_k, used_k, max(nq), stride, causal, head_dim ** -0.5)
+        worst = max(worst, relative_error(kernel(*args, pages=pages), reference_varlen(*args)))
     return worst
 
 

@@ -22,7 +22,10 @@ Why slots, and why fixed:
   sequences still being prefilled hold slots above ``n``.
 
 The layout ``[slot, column, head, dim]`` is what the attention kernels read natively (the
-``[batch, heads, seq, dim]`` view handed to the model is a transpose, no copy).
+``[batch, heads, seq, dim]`` view handed to the model is a transpose, no copy). The paged
+decode kernels read the same memory through :attr:`SlotKVCache.page_table` (a slot's pages
+start every ``PAGE`` rows from its first row; pages may straddle slots, and the store keeps
+``PAGE`` spare rows at its end for the last one): no copy and no paged layout.
 
 Memory is zero at allocation: a masked key must still be finite, since attention adds the
 mask to ``q·k`` and a NaN would survive it. On the CPU the zeroed memory comes from
@@ -34,6 +37,7 @@ import numpy as np
 import torch
 
 from inference.engine.host_copy import upload
+from inference.engine.slot_attention import PAGE, SlotAttention
 
 try:  # transformers' base class, so model code that checks for a Cache accepts ours
     from transformers.cache_utils import Cache as _CacheBase
@@ -72,8 +76,13 @@ class SlotKVCache:
         self.stride = max_len + 1          # columns per slot, the trash column included
         self.trash = max_len               # column index of the trash column
         shape = (slots, self.stride, kv_heads, head_dim)
-        self.keys = [_zeros(shape, dtype, device) for _ in range(num_layers)]
-        self.values = [_zeros(shape, dtype, device) for _ in range(num_layers)]
+        # Each layer's store has PAGE spare rows after its last slot: the paged decode kernels
+        # read a sequence's last page in full (see slot_attention.paged_view).
+        rows = slots * self.stride
+        self.keys = [_zeros((rows + PAGE, kv_heads, head_dim), dtype, device)[:rows].view(shape)
+                     for _ in range(num_layers)]
+        self.values = [_zeros((rows + PAGE, kv_heads, head_dim), dtype, device)[:rows].view(shape)
+                       for _ in range(num_layers)]
         self.columns = torch.arange(max_len, device=device)
         self.slot_base = torch.arange(slots, device=device) * self.stride
         # For the variable-length attention: the store as [slots × columns, heads, dim] (views),
@@ -83,6 +92,11 @@ class SlotKVCache:
         self.flat_values = [t.view(flat) for t in self.values]
         self.slot_starts = (torch.arange(slots + 1, device=device) * self.stride).to(torch.int32)
         self.row_starts = torch.arange(slots + 1, device=device, dtype=torch.int32)
+        # Slot i's j-th page of PAGE tokens starts at flat row i × stride + j × PAGE (for the
+        # paged decode kernels; fixed for the life of the store).
+        pages = -(-max_len // PAGE)
+        self.page_table = (self.slot_starts[:slots, None]
+                           + torch.arange(pages, device=device, dtype=torch.int32) * PAGE).to(torch.int32)
         self.mask_min = torch.finfo(dtype).min
 
     @classmethod
@@ -133,12 +147,11 @@ class SlotKVCache:
         """The variable-length description of a decode step over slots ``0 … rows-1``: row
         ``i`` reads columns ``0 … position`` of slot ``i`` (a padding row, position < 0, one
         column). Built from device tensors only, so a CUDA graph captures it."""
-        from inference.engine.slot_attention import SlotAttention
-
         pos = positions.reshape(-1)
         used = torch.where(pos >= 0, pos + 1, torch.ones_like(pos)).to(torch.int32)
         return SlotAttention(kernel, self.flat_keys, self.flat_values, self.row_starts[:rows + 1],
-                             self.slot_starts[:rows + 1], used, 1, width, causal=False)
+                             self.slot_starts[:rows + 1], used, 1, width, causal=False,
+                             pages=self.page_table[:rows])
 
     #: Packed prefill rows are padded to a multiple of this many tokens, so the matrix
     #: shapes repeat from step to step (each new shape costs the GEMM libraries a lookup,
@@ -188,8 +201,6 @@ class SlotKVCache:
         read in place. The row is padded to a multiple of ``TOKEN_STEP`` as :meth:`packed`
         does (:meth:`packed_layout` with one padding sequence). Returns ``(cache, attention,
         positions [1, T])``."""
-        from inference.engine.slot_attention import SlotAttention
-
         tokens = sum(n for _, _, n in chunks)
         padded = tokens + -tokens % self.TOKEN_STEP
         b = len(chunks) + (padded > tokens)  # a padding sequence only where there is padding

@@ -191,12 +191,14 @@ class DecodeCost:
     base: float
     per_token: float
     masked: dict[int, float]
+    kernel: str = "variable-length"
 
     @classmethod
-    def fit(cls, points: list[tuple[int, float]], masked: dict[int, float]) -> "DecodeCost":
+    def fit(cls, points: list[tuple[int, float]], masked: dict[int, float],
+            kernel: str = "variable-length") -> "DecodeCost":
         (l1, t1), (l2, t2) = sorted(points)
         per = max((t2 - t1) / max(l2 - l1, 1), 0.0)
-        return cls(max(t1 - per * l1, 0.0), per, masked)
+        return cls(max(t1 - per * l1, 0.0), per, masked, kernel)
 
     def varlen_ms(self, live: int) -> float:
         return self.base + self.per_token * live
@@ -206,7 +208,8 @@ class DecodeCost:
 
     def __str__(self) -> str:
         masked = "/".join(f"{w}: {ms * 1e3:.0f}" for w, ms in self.masked.items())
-        return f"variable-length {self.base * 1e3:.0f} us + {self.per_token * 1e6:.2f} ns/token, masked {masked} us"
+        text = f"{self.kernel} {self.base * 1e3:.0f} us + {self.per_token * 1e6:.2f} ns/token"
+        return text + (f", masked {masked} us" if masked else "")
 
 
 class _Shutdown(EngineError):
@@ -308,6 +311,11 @@ class TransformersEngine(Engine):
         self._inflight: _Step | None = None
         self.attention_path = "not loaded"
         self._varlen: slot_attention.Kernel | None = None
+        #: Decode kernels that passed the start-up check (beside ``_varlen``), and the one each
+        #: batch bucket uses (the fastest in the start-up timing; ``_decode_default`` elsewhere).
+        self._decode_candidates: list[slot_attention.Kernel] = []
+        self._decode_kernels: dict[int, slot_attention.Kernel] = {}
+        self._decode_default: slot_attention.Kernel | None = None
         self._decode_costs: dict[int, DecodeCost] | None = None
         self.decode_path = "not loaded"
         #: How prefill steps run: ``cuda-graphs (…)``, ``eager`` or ``eager (why)``.
@@ -413,12 +421,15 @@ class TransformersEngine(Engine):
         self._flip = 0
         self.batch_buckets = buckets(self._kv.slots)
         self.width_buckets = buckets(self._max_model_len, min(256, self._max_model_len))
-        if self.attention_choice and self.device.type in self.TIMED_DEVICES:
+        if (self.attention_choice or self._decode_candidates) and self.device.type in self.TIMED_DEVICES:
             try:
                 with torch.inference_mode():
                     self._decode_costs = self._time_decode_attention()
             except Exception:  # noqa: BLE001 - without timings every decode step is variable-length
+                self._decode_kernels.clear()
                 log.exception("timing the decode attention failed; decode steps use the variable-length kernel")
+        if self._varlen is not None and (self._decode_candidates or self._decode_kernels):
+            self.attention_path += f"; decode: {self._decode_kernel_summary()}"
         use_graphs = self.cuda_graphs if self.cuda_graphs is not None else self.device.type == "cuda"
         if self.bucketed is None:
             self.bucketed = use_graphs
@@ -484,16 +495,32 @@ class TransformersEngine(Engine):
             log.warning("variable-length attention unavailable: %s", self.attention_path)
             return
         slot_attention.use_on(self.model)
-        self._varlen = kernel
+        self._varlen = self._decode_default = kernel
         self.attention_path = why
+        for candidate in slot_attention.decode_kernels(self.device, self.dtype):
+            try:
+                err = slot_attention.check_kernel(candidate, self.device, self.dtype, cfg.num_attention_heads,
+                                                  kv_heads, head_dim, decode_only=True)
+            except Exception as exc:  # noqa: BLE001 - a kernel this build or card lacks is left out
+                log.info("decode kernel %s left out: %s: %s", candidate.label, exc.__class__.__name__,
+                         str(exc).splitlines()[0] if str(exc) else "")
+                continue
+            if err < self.VARLEN_TOLERANCE:
+                self._decode_candidates.append(candidate)
+            else:
+                log.warning("decode kernel %s left out: relative error %.3g against the reference",
+                            candidate.label, err)
+        if self._decode_candidates and self.device.type not in self.TIMED_DEVICES:
+            self._decode_default = self._decode_candidates[0]  # nothing timed: the first that checks out
 
     def _time_decode_attention(self) -> dict[int, "DecodeCost"] | None:
-        """Measure, per batch bucket, one layer's decode attention both ways on the store:
-        the variable-length kernel on rows of short and of long lengths (a line through the
-        two points: cost by live tokens), and the masked SDPA call at every width bucket
-        (its cost does not depend on the lengths: it reads the width). The decode step then
-        takes whichever costs less for its actual rows. Run on CUDA at start-up (on the CPU
-        the masked path is the only fast one)."""
+        """Measure, per batch bucket, one layer's decode attention on the store: every decode
+        kernel that passed its check (the variable-length kernel and the paged ones), each on
+        rows of short and of long lengths (a line through the two points: cost by live
+        tokens), keeping the fastest for that bucket; with ``attention_choice``, also the
+        masked SDPA call at every width bucket (its cost does not depend on the lengths: it
+        reads the width). The decode step then takes whichever attention costs less for its
+        actual rows. Run on CUDA at start-up."""
         if self._varlen is None:
             return None
         cfg = self.model.config
@@ -502,25 +529,52 @@ class TransformersEngine(Engine):
         scale, costs = head_dim ** -0.5, {}
         for rows in self.batch_buckets:
             q = torch.randn(rows, heads, head_dim, generator=g).to(self.device, self.dtype)
-            points = []
-            for top in (max(1, self._max_model_len // 4), self._max_model_len):
-                lengths = torch.randint(1, top + 1, (rows,), generator=g)
-                att = kv.decode_attention(self._varlen, rows, (lengths - 1).unsqueeze(1).to(self.device),
-                                          self._max_model_len)
-                args = (q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k, 1, self._max_model_len,
-                        False, scale)
-                points.append((int(lengths.sum()), slot_attention.time_call(lambda: self._varlen(*args), self.device)))
+            rows_sets = [torch.randint(1, top + 1, (rows,), generator=g)
+                         for top in (max(1, self._max_model_len // 4), self._max_model_len)]
+            best: tuple[float, slot_attention.Kernel, list] | None = None
+            for kernel in [self._varlen, *self._decode_candidates]:
+                points = []
+                try:
+                    for lengths in rows_sets:
+                        att = kv.decode_attention(kernel, rows, (lengths - 1).unsqueeze(1).to(self.device),
+                                                  self._max_model_len)
+                        args = (q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k, 1,
+                                self._max_model_len, False, scale)
+                        points.append((int(lengths.sum()), slot_attention.time_call(
+                            lambda: kernel(*args, pages=att.pages), self.device)))
+                except Exception as exc:  # noqa: BLE001 - a kernel that fails at this shape is not used here
+                    log.info("decode kernel %s failed at batch %d: %s", kernel.label, rows, exc)
+                    continue
+                total = sum(t for _, t in points)
+                if best is None or total < best[0]:
+                    best = (total, kernel, points)
+            _, self._decode_kernels[rows], points = best
             masked = {}
-            for width in self.width_buckets:
+            for width in self.width_buckets if self.attention_choice else []:
                 pos = torch.full((rows, 1), width - 1, device=self.device)
                 k, v = kv.keys[0][:rows, :width].transpose(1, 2), kv.values[0][:rows, :width].transpose(1, 2)
                 mask, q4 = kv.mask(pos, width), q.unsqueeze(2)
                 masked[width] = slot_attention.time_call(lambda: torch.nn.functional.scaled_dot_product_attention(
                     q4, k, v, attn_mask=mask, scale=scale, enable_gqa=heads != kv_heads), self.device)
-            costs[rows] = DecodeCost.fit(points, masked)
+            costs[rows] = DecodeCost.fit(points, masked, self._decode_kernels[rows].label)
         log.info("decode attention per layer, by batch: %s",
                  "; ".join(f"{rows}: {c}" for rows, c in costs.items()))
         return costs
+
+    def _decode_kernel(self, rows: int) -> slot_attention.Kernel:
+        """The variable-length kernel a decode step over ``rows`` rows uses."""
+        return self._decode_kernels.get(rows, self._decode_default)
+
+    def _decode_kernel_summary(self) -> str:
+        """Which decode kernel serves which batch buckets, e.g. ``cuDNN (paged) at 1-8, …``."""
+        runs: list[list] = []
+        for rows in self.batch_buckets:
+            label = self._decode_kernel(rows).label
+            if runs and runs[-1][0] == label:
+                runs[-1][2] = rows
+            else:
+                runs.append([label, rows, rows])
+        return ", ".join(f"{label} at batch {a}" + (f"-{b}" if b != a else "") for label, a, b in runs)
 
     def _decode_shape(self, n: int, longest: int, live: int) -> tuple[int, int, bool]:
         """``(rows, width, varlen)`` of a decode step over ``n`` rows whose longest row is
@@ -532,7 +586,8 @@ class TransformersEngine(Engine):
         if self._varlen is None:
             return rows, width, False
         cost = (self._decode_costs or {}).get(rows)
-        varlen = not (cost is not None and cost.masked_ms(bucket_for(width, self.width_buckets)) <= cost.varlen_ms(live))
+        varlen = not (cost is not None and cost.masked
+                      and cost.masked_ms(bucket_for(width, self.width_buckets)) <= cost.varlen_ms(live))
         if self._graph_kinds and varlen not in self._graph_kinds:  # that attention's graphs were left out
             varlen = not varlen
         return (rows, self._max_model_len if self.bucketed else width, True) if varlen else (rows, width, False)
@@ -691,7 +746,7 @@ class TransformersEngine(Engine):
         write = kv.write_index(self._rows[:rows], pos)
         if varlen:
             cache = kv.decode_cache(rows, write, width, reads=False)
-            mask, extra = None, {"slot_attention": kv.decode_attention(self._varlen, rows, pos, width)}
+            mask, extra = None, {"slot_attention": kv.decode_attention(self._decode_kernel(rows), rows, pos, width)}
         else:
             cache, mask, extra = kv.decode_cache(rows, write, width), kv.mask(pos, width), {}
         out = self.model(input_ids=ids, position_ids=pos.clamp(min=0), attention_mask=mask,

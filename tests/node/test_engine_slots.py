@@ -538,3 +538,86 @@ def test_a_device_fault_fails_the_engine_for_good_and_says_why(tiny_model_dir, m
             await engine.stop()
 
     asyncio.run(main())
+
+
+def test_a_slots_pages_are_its_columns_read_in_place():
+    """The paged decode kernels read the store through overlapping pages: a slot's page j is
+    its columns j×PAGE onwards, wherever the slot starts (slots here are 301 columns wide, so
+    pages straddle slots), and the last slot's last page stays inside the allocation."""
+    from inference.engine.slot_attention import PAGE, paged_view
+
+    store = SlotKVCache(1, 2, 4, torch.float32, torch.device("cpu"), slots=3, max_len=300)
+    store.keys[0].copy_(torch.randn(store.keys[0].shape))
+    pages = paged_view(store.flat_keys[0])
+    assert store.page_table.tolist() == [[0, PAGE], [301, 301 + PAGE], [602, 602 + PAGE]]
+    for slot in range(3):
+        for j, row in enumerate(store.page_table[slot].tolist()):
+            cols = store.keys[0][slot, j * PAGE:(j + 1) * PAGE]
+            assert torch.equal(pages[row][:len(cols)], cols)
+    assert pages[store.page_table[2, 1]].shape == (PAGE, 2, 4)  # reads spare rows, not past the storage
+
+
+def test_the_start_up_check_catches_a_kernel_that_reads_the_wrong_pages():
+    """The reference through the page table agrees with the plain reference exactly (rows
+    crossing page boundaries, grouped-query heads); a kernel whose table is one row off is
+    caught by the same check the engine runs on every paged kernel at start-up."""
+    from inference.engine.slot_attention import check_kernel, reference_paged
+
+    cpu = torch.device("cpu")
+    assert check_kernel(reference_paged, cpu, torch.float32, 4, 2, 8) == 0.0
+
+    def off_by_one(*args, pages=None):
+        return reference_paged(*args, pages=pages + 1)
+
+    assert check_kernel(off_by_one, cpu, torch.float32, 4, 2, 8, decode_only=True) > 0.1
+
+
+def test_decode_steps_read_through_the_page_table_token_for_token(model_dir, reference, monkeypatch):
+    """On CUDA the engine checks the paged decode kernels at start-up and keeps those that
+    agree with the reference. Here the candidates are one that reads the wrong pages and the
+    reference read through the page table: the wrong one is left out, every decode step
+    reads through the table, and the tokens are transformers' own, alone and in a batch."""
+    from inference.engine import slot_attention
+
+    def wrong(*args, pages=None):
+        return slot_attention.reference_paged(*args, pages=None if pages is None else pages + 3)
+
+    used = []
+
+    def paged(*args, pages=None):
+        used.append(pages is not None)
+        return slot_attention.reference_paged(*args, pages=pages)
+
+    wrong.label, paged.label = "wrong pages", "reference through the page table"
+    monkeypatch.setattr(slot_attention, "decode_kernels", lambda device, dtype: [wrong, paged])
+    kw = dict(max_batch=3, bucketed=True, max_prefill_tokens=16, attention="varlen")
+    engine = _engine(model_dir, **kw)
+    assert _run(engine, PROMPTS, NEW_TOKENS, False) == reference
+    assert engine._decode_candidates == [paged]
+    assert engine.attention_path.endswith("decode: reference through the page table at batch 1-3")
+    assert used and all(used)  # decode steps only, each with its page table
+    assert _run(_engine(model_dir, **kw), PROMPTS, NEW_TOKENS, True) == reference
+
+
+def test_start_up_timing_keeps_the_fastest_decode_kernel_per_batch(tiny_model_dir, monkeypatch):
+    """Every kernel that passed its check is timed at every batch bucket and the fastest is
+    kept for it: a kernel made slow (a sleep, on the CPU) is never picked."""
+    import time as _time
+
+    from inference.engine import slot_attention
+
+    def slow(*args, pages=None):
+        _time.sleep(0.02)
+        return slot_attention.reference_paged(*args, pages=pages)
+
+    slow.label = "slow"
+    monkeypatch.setattr(slot_attention, "decode_kernels", lambda device, dtype: [slow, slot_attention.reference_paged])
+    engine = _engine(tiny_model_dir, max_batch=4, attention="varlen", bucketed=True)
+    _load(engine)
+    assert engine._decode_candidates == [slow, slot_attention.reference_paged]
+    with torch.inference_mode():
+        costs = engine._time_decode_attention()
+    assert sorted(engine._decode_kernels) == engine.batch_buckets
+    assert slow not in engine._decode_kernels.values()
+    assert {c.kernel for c in costs.values()} <= {"reference through the page table (SDPA per sequence)",
+                                                 "reference (SDPA per sequence)"}
