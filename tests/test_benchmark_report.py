@@ -31,3 +31,23 @@ def test_serve_bench_keeps_the_requests_that_arrive_together_apart():
     report = markdown({"date": "d", "device": "x", "machine": "m", "model": "t", "prompt_tokens": "1",
                        "max_tokens_range": "1", "torch": "t", "command": "c", "scenarios": [s]})
     assert "| 4 of 9 (4 streams) | 350 / " in report
+
+
+def test_the_sequential_baseline_keeps_warming_up_for_the_time_asked(tiny_model_dir):
+    """On an H200 plain ``generate`` ran at half speed for about a minute after loading, so
+    serve_bench warms its baseline up for a set time before measuring; the warm-up requests'
+    rates are kept beside the measured ones."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from benchmarks.serve_bench import sequential_baseline
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    prompts, maxes = ["订单状态？", "How do I reset my password?", "退货", "你好"], [3, 4, 2, 3]
+    cpu = torch.device("cpu")
+    cold = sequential_baseline(model, tok, cpu, prompts, maxes)
+    assert cold["warmup_tok_s"] == [] and cold["tokens"] == sum(maxes)
+    warm = sequential_baseline(model, tok, cpu, prompts, maxes, warmup_s=0.5)
+    assert warm["warmup_s"] >= 0.5 and len(warm["warmup_tok_s"]) >= 1
+    assert warm["tokens"] == sum(maxes) and len(warm["per_request_tok_s"]) == 4

@@ -161,56 +161,34 @@ def cudnn_varlen(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bo
         q, k, v, None, cu_q, cu_k, max_q, max_k, False, 0.0, causal, False, scale=scale, seqused_k=used_k)[0]
 
 
-def gap_layout(cu_q: torch.Tensor, cu_k: torch.Tensor, used_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ragged offsets ``(cum_seq_q, cum_seq_k)`` of ``2B`` sequences for ``B`` slot rows: row
-    ``i``'s live keys with its queries, then the rest of its slot with none."""
-    starts = cu_k[:-1]
-    seq_q = torch.cat([torch.stack([cu_q[:-1], cu_q[1:]], 1).flatten(), cu_q[-1:]])
-    seq_k = torch.cat([torch.stack([starts, starts + used_k], 1).flatten(), cu_k[-1:]])
-    return seq_q, seq_k
-
-
-def cudnn_gaps(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float,
-               pages=None) -> torch.Tensor:
-    """cuDNN's packed (ragged) attention on a decode step, for PyTorch builds whose cuDNN
-    path has no ``seqused_k``: a ragged batch reads sequence ``i``'s keys up to where
-    sequence ``i+1``'s start, so each slot becomes two sequences, its live keys with its
-    query and the rest of the slot with no query (no work). Needs ``cu_k[-1]`` to be the end
-    of the last row's slot, as in :meth:`SlotKVCache.decode_attention`."""
-    if pages is None:
-        raise ValueError("the gap layout serves decode steps only")
-    seq_q, seq_k = gap_layout(cu_q, cu_k, used_k)
-    longest = max(max_k, int(pages.shape[1]) * PAGE)  # a gap can be as long as a slot
-    return torch.ops.aten._cudnn_attention_forward(
-        q, k, v, None, seq_q, seq_k, max_q, longest, False, 0.0, causal, False, scale=scale)[0]
-
-
-def efficient_varlen(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float,
-                     pages=None) -> torch.Tensor:
-    """PyTorch's memory-efficient (CUTLASS) kernel, variable-length form with per-sequence
-    key counts (``seqlen_k``); equal query and key/value heads only."""
-    if q.shape[1] != k.shape[1]:
-        raise ValueError("the memory-efficient kernel needs as many key/value heads as query heads")
-    return torch.ops.aten._efficient_attention_forward(
-        q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), None, cu_q, cu_k, max_q, max_k, 0.0,
-        2 if causal else 0, False, scale=scale, seqlen_k=used_k)[0][0]
-
-
 _labelled(flash_varlen, "FlashAttention (variable length)")
-_labelled(cudnn_gaps, "cuDNN (ragged, with gaps)")
-_labelled(efficient_varlen, "memory-efficient (variable length)")
 _labelled(reference_varlen, "reference (SDPA per sequence)")
 _labelled(reference_paged, "reference through the page table (SDPA per sequence)")
 _labelled(cudnn_paged, "cuDNN (paged)")
 _labelled(cudnn_varlen, "cuDNN (variable length)")
 
 
+def _has_argument(op, name: str) -> bool:
+    return any(a.name == name for a in op.default._schema.arguments)
+
+
 def decode_kernels(device: torch.device, dtype: torch.dtype) -> list[Kernel]:
-    """Decode kernels worth timing against the variable-length kernel on ``device`` (each is
-    checked against the reference first; one that fails or raises is left out)."""
+    """Decode kernels worth timing against the variable-length kernel on ``device``: those
+    this PyTorch build has (FlashAttention's paged path needs ``block_table``; cuDNN's needs
+    ``seqused_k`` and ``block_table``, cuDNN 9.24 or later on an SM90/SM100 card and decode
+    not disabled, PyTorch's own rules for it). Each is checked against the reference at
+    start-up; one that fails or raises is left out."""
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
         return []
-    return [flash_paged(), flash_paged(1), flash_paged(4), cudnn_paged, cudnn_varlen, efficient_varlen, cudnn_gaps]
+    kernels = []
+    if _has_argument(torch.ops.aten._flash_attention_forward, "block_table"):
+        kernels += [flash_paged(), flash_paged(1), flash_paged(4)]
+    cudnn = torch.ops.aten._cudnn_attention_forward
+    disabled = getattr(torch._C, "_is_cudnn_attention_decode_disabled", lambda: False)
+    if (_has_argument(cudnn, "block_table") and (torch.backends.cudnn.version() or 0) >= 92400
+            and torch.cuda.get_device_capability(device)[0] in (9, 10) and not disabled()):
+        kernels += [cudnn_paged, cudnn_varlen]
+    return kernels
 
 
 @dataclass

@@ -622,22 +622,3 @@ def test_start_up_timing_keeps_the_fastest_decode_kernel_per_batch(tiny_model_di
     assert {c.kernel for c in costs.values()} <= {"reference through the page table (SDPA per sequence)",
                                                  "reference (SDPA per sequence)"}
 
-
-def test_the_gap_layout_reads_each_rows_live_keys_and_nothing_else():
-    """cuDNN's ragged attention reads a sequence's keys up to the next sequence's start; the
-    gap layout makes each slot two sequences (live keys with the query, the rest with none).
-    Read as plain ragged offsets, it gives what the reference gives on the slot rows."""
-    from inference.engine.slot_attention import gap_layout, reference_varlen
-
-    g = torch.Generator().manual_seed(3)
-    stride, heads, dim = 50, 2, 8
-    k, v = torch.randn(2, 4 * stride, heads, dim, generator=g)
-    q = torch.randn(3, heads, dim, generator=g)
-    i32 = dict(dtype=torch.int32)
-    cu_q, cu_k, used = (torch.tensor([0, 1, 2, 3], **i32), torch.tensor([0, stride, 2 * stride, 3 * stride], **i32),
-                        torch.tensor([7, stride - 1, 1], **i32))
-    seq_q, seq_k = gap_layout(cu_q, cu_k, used)
-    assert seq_q.tolist() == [0, 1, 1, 2, 2, 3, 3]
-    assert seq_k.tolist() == [0, 7, stride, 2 * stride - 1, 2 * stride, 2 * stride + 1, 3 * stride]
-    ragged = reference_varlen(q, k, v, seq_q, seq_k, seq_k.diff(), 1, stride, False, dim ** -0.5)
-    assert torch.equal(ragged, reference_varlen(q, k, v, cu_q, cu_k, used, 1, stride, False, dim ** -0.5))
