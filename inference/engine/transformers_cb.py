@@ -18,7 +18,9 @@ sampling settings and run on the CPU for CI and the demo. The loop below:
 * **attention that reads only live tokens** (:mod:`inference.engine.slot_attention`): on
   CUDA, FlashAttention's variable-length kernel reads each sequence's own columns of the
   store in place, for prefill always and for a decode step when the start-up timings say
-  it costs less than one masked SDPA call over the padded width;
+  it costs less than one masked SDPA call over the padded width; for decode, the paged
+  kernels this PyTorch build has (FlashAttention's split-KV path, cuDNN's) read the same
+  store through a fixed page table, and each batch bucket keeps the fastest kernel timed;
 * **CUDA graphs**: on CUDA the decode step is captured once per batch-size bucket (1, 2, 4,
   … up to the slot count) and attention (masked at each width bucket, and variable-length),
   and a prefill step once per token bucket, and replayed: one launch instead of several
