@@ -82,7 +82,7 @@ def main() -> int:
                 q, k, v, attn_mask=mask, scale=scale, enable_gqa=groups > 1)
 
         flat_q = q.transpose(1, 2).reshape(b, args.heads, args.head_dim)
-        kernels = [k for k in [kernel] + slot_attention.decode_kernels(device, dtype)
+        kernels = [k for k in [kernel] + slot_attention.decode_kernels(device, dtype, args.heads, args.kv_heads)
                    if not args.kernels or any(name in k.label for name in args.kernels)]
 
         def run(k):

@@ -172,15 +172,24 @@ def _has_argument(op, name: str) -> bool:
     return any(a.name == name for a in op.default._schema.arguments)
 
 
-def decode_kernels(device: torch.device, dtype: torch.dtype) -> list[Kernel]:
+def decode_kernels(device: torch.device, dtype: torch.dtype, heads: int | None = None,
+                   kv_heads: int | None = None) -> list[Kernel]:
     """Decode kernels worth timing against the variable-length kernel on ``device``: those
     this PyTorch build has (FlashAttention's paged path needs ``block_table``; cuDNN's needs
     ``seqused_k`` and ``block_table``, cuDNN 9.24 or later on an SM90/SM100 card and decode
-    not disabled, PyTorch's own rules for it). Each is checked against the reference at
-    start-up; one that fails or raises is left out."""
+    not disabled, PyTorch's own rules for it), and, for equal query and key/value heads,
+    the Triton decode kernel (:mod:`inference.engine.triton_decode`) in a few tile sizes.
+    Each is checked against the reference at start-up; one that fails or raises is left out."""
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
         return []
     kernels = []
+    if heads is not None and heads == kv_heads:
+        try:
+            from inference.engine import triton_decode
+        except ImportError:  # a torch without Triton: the other kernels still serve
+            pass
+        else:
+            kernels += triton_decode.kernels()
     if _has_argument(torch.ops.aten._flash_attention_forward, "block_table"):
         kernels += [flash_paged(), flash_paged(1), flash_paged(4)]
     cudnn = torch.ops.aten._cudnn_attention_forward

@@ -499,7 +499,7 @@ class TransformersEngine(Engine):
         slot_attention.use_on(self.model)
         self._varlen = self._decode_default = kernel
         self.attention_path = why
-        for candidate in slot_attention.decode_kernels(self.device, self.dtype):
+        for candidate in slot_attention.decode_kernels(self.device, self.dtype, cfg.num_attention_heads, kv_heads):
             try:
                 err = slot_attention.check_kernel(candidate, self.device, self.dtype, cfg.num_attention_heads,
                                                   kv_heads, head_dim, decode_only=True)

@@ -589,7 +589,7 @@ def test_decode_steps_read_through_the_page_table_token_for_token(model_dir, ref
         return slot_attention.reference_paged(*args, pages=pages)
 
     wrong.label, paged.label = "wrong pages", "reference through the page table"
-    monkeypatch.setattr(slot_attention, "decode_kernels", lambda device, dtype: [wrong, paged])
+    monkeypatch.setattr(slot_attention, "decode_kernels", lambda *args: [wrong, paged])
     kw = dict(max_batch=3, bucketed=True, max_prefill_tokens=16, attention="varlen")
     engine = _engine(model_dir, **kw)
     assert _run(engine, PROMPTS, NEW_TOKENS, False) == reference
@@ -611,7 +611,7 @@ def test_start_up_timing_keeps_the_fastest_decode_kernel_per_batch(tiny_model_di
         return slot_attention.reference_paged(*args, pages=pages)
 
     slow.label = "slow"
-    monkeypatch.setattr(slot_attention, "decode_kernels", lambda device, dtype: [slow, slot_attention.reference_paged])
+    monkeypatch.setattr(slot_attention, "decode_kernels", lambda *args: [slow, slot_attention.reference_paged])
     engine = _engine(tiny_model_dir, max_batch=4, attention="varlen", bucketed=True)
     _load(engine)
     assert engine._decode_candidates == [slow, slot_attention.reference_paged]
@@ -622,3 +622,39 @@ def test_start_up_timing_keeps_the_fastest_decode_kernel_per_batch(tiny_model_di
     assert {c.kernel for c in costs.values()} <= {"reference through the page table (SDPA per sequence)",
                                                  "reference (SDPA per sequence)"}
 
+
+
+TRITON_CHECK = """
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"
+sys.path.insert(0, sys.argv[1])
+import torch
+from inference.engine import slot_attention, triton_decode
+cpu = torch.device("cpu")
+errors = [slot_attention.check_kernel(k, cpu, torch.float32, 4, 4, 16, decode_only=True) for k in triton_decode.kernels()]
+triton_decode._programs = lambda device: 1024  # many key ranges per row, most of them empty for short rows
+assert triton_decode.splits_for(4, 4, 613, 32, 1024) == 20
+errors += [slot_attention.check_kernel(k, cpu, torch.float32, 4, 4, 16, decode_only=True) for k in triton_decode.kernels()]
+try:
+    slot_attention.check_kernel(triton_decode.make_kernel(), cpu, torch.float32, 4, 2, 16, decode_only=True)
+    print("grouped heads accepted")
+except ValueError as exc:
+    print("grouped heads refused:", exc)
+print("errors", max(errors))
+"""
+
+
+def test_the_triton_decode_kernel_matches_the_reference_under_the_interpreter():
+    """The Triton decode kernel, run by Triton's interpreter on the CPU, against the
+    reference on the start-up check's store (rows of 1 to 612 keys), with one key range
+    per row and with up to 20 (most of them empty for the short rows, merged away); it
+    refuses grouped-query heads, which it does not handle."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", TRITON_CHECK, str(root)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "grouped heads refused: the Triton decode kernel needs as many key/value heads" in out.stdout
+    assert float(out.stdout.split("errors ")[1]) < 1e-5

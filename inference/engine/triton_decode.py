@@ -1,0 +1,126 @@
+"""Decode attention over the slot store as a Triton kernel, for equal query and key/value heads.
+
+Why: on the PyTorch builds without paged decode kernels (see :mod:`inference.engine.slot_attention`),
+a decode step's attention is FlashAttention's variable-length kernel, which tiles queries by
+64-128 rows while a decode step has one per sequence; on an H200 it read live keys at about
+half the card's bandwidth. This kernel is written for one query: each program takes one
+sequence, one head and one range of its keys (enough ranges per sequence to fill the card),
+loads the range's keys and values a tile at a time (both loads issued before any arithmetic,
+so two tiles are in flight per program) and keeps an online softmax in fp32; a second kernel
+merges the ranges. The query is a vector, so the scores are a multiply and a row sum, no
+matrix unit and no padded query rows.
+
+Same contract as the other kernels (``slot_attention.Kernel``) for decode steps (``max_q ==
+1``, not causal): sequence ``i`` reads ``k[cu_k[i] : cu_k[i] + used_k[i]]``. The engine times
+it beside the others at start-up and keeps it only for the batch sizes where it is fastest.
+On the CPU it runs under Triton's interpreter (``TRITON_INTERPRET=1``, set before this module
+is imported), which is how the tests check it against the reference.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _partial(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_kn, stride_kh, H, S,
+             BLOCK_N: tl.constexpr, D: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.program_id(2)
+    used = tl.load(USED + b)
+    base = tl.load(CU_K + b).to(tl.int64)
+    per = tl.cdiv(tl.cdiv(used, S), BLOCK_N) * BLOCK_N
+    start = s * per
+    end = tl.minimum(start + per, used)
+    offs_d = tl.arange(0, D)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_d).to(tl.float32) * scale
+    m = tl.full([1], float("-inf"), tl.float32)
+    l = tl.zeros([1], tl.float32)
+    acc = tl.zeros([D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        live = offs_n < end
+        rows = (base + offs_n)[:, None] * stride_kn + h * stride_kh + offs_d[None, :]
+        k = tl.load(K + rows, mask=live[:, None], other=0.0)
+        v = tl.load(V + rows, mask=live[:, None], other=0.0)
+        scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
+        scores = tl.where(live, scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=0))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(scores - m_new)
+        l = l * alpha + tl.sum(p, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
+        m = m_new
+    out = (b * H + h) * S + s
+    tl.store(ACC + out * D + offs_d, acc)
+    tl.store(ML + out * 2 + tl.arange(0, 1), m)
+    tl.store(ML + out * 2 + 1 + tl.arange(0, 1), l)
+
+
+@triton.jit
+def _merge(ACC, ML, OUT, stride_ob, stride_oh, H, S, BLOCK_S: tl.constexpr, D: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, D)
+    real = offs_s < S
+    row = (b * H + h) * S + offs_s
+    m = tl.load(ML + row * 2, mask=real, other=float("-inf"))
+    l = tl.load(ML + row * 2 + 1, mask=real, other=0.0)
+    top = tl.max(m, axis=0)
+    w = tl.where(real & (m > float("-inf")), tl.exp2(m - top), 0.0)
+    acc = tl.load(ACC + row[:, None] * D + offs_d[None, :], mask=real[:, None], other=0.0)
+    out = tl.sum(w[:, None] * acc, axis=0) / tl.sum(w * l, axis=0)
+    tl.store(OUT + b * stride_ob + h * stride_oh + offs_d, out.to(OUT.dtype.element_ty))
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(device: torch.device) -> int:
+    """Programs to aim for per launch: four per multiprocessor (four on the CPU)."""
+    if device.type != "cuda":
+        return 4
+    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def splits_for(rows: int, heads: int, max_k: int, block_n: int, programs: int) -> int:
+    """Key ranges per sequence: enough programs to fill the card, at most one per tile."""
+    want = -(-programs // max(rows * heads, 1))
+    return max(1, min(want, -(-max_k // block_n), 64))
+
+
+def make_kernel(block_n: int = 64, num_warps: int = 4):
+    """A ``slot_attention.Kernel`` for decode steps with this tile of keys and warps per program."""
+
+    def triton_decode(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float,
+                      pages=None) -> torch.Tensor:
+        if max_q != 1 or causal:
+            raise ValueError("the Triton decode kernel serves decode steps only (one query per sequence)")
+        rows, heads, dim = q.shape
+        if k.shape[1] != heads:
+            raise ValueError("the Triton decode kernel needs as many key/value heads as query heads")
+        s = splits_for(rows, heads, max_k, block_n, _programs(q.device))
+        acc = torch.empty((rows, heads, s, dim), dtype=torch.float32, device=q.device)
+        ml = torch.empty((rows, heads, s, 2), dtype=torch.float32, device=q.device)
+        _partial[(rows, heads, s)](q, k, v, cu_k, used_k, acc, ml, scale * LOG2E, q.stride(0), q.stride(1),
+                                   k.stride(0), k.stride(1), heads, s, BLOCK_N=block_n, D=dim, num_warps=num_warps)
+        out = torch.empty_like(q)
+        _merge[(rows, heads)](acc, ml, out, out.stride(0), out.stride(1), heads, s,
+                              BLOCK_S=triton.next_power_of_2(s), D=dim)
+        return out
+
+    triton_decode.label = f"Triton decode ({block_n}-key tiles, {num_warps} warps)"
+    return triton_decode
+
+
+#: The variants the engine times at start-up (each bucket keeps the fastest kernel).
+VARIANTS = [(32, 4), (64, 4), (128, 8)]
+
+
+def kernels() -> list:
+    return [make_kernel(n, w) for n, w in VARIANTS]
