@@ -48,10 +48,16 @@ def main() -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--kernels", nargs="+", help="time only the kernels whose label contains one of these")
+    ap.add_argument("--triton-variants", nargs="+", metavar="TILE:WARPS",
+                    help="Triton decode kernel variants to time instead of the engine's (e.g. 64:4 64:8)")
     ap.add_argument("--out")
     args = ap.parse_args()
 
     device = torch.device(args.device)
+    if args.triton_variants and device.type == "cuda":
+        from inference.engine import triton_decode
+
+        triton_decode.VARIANTS[:] = [tuple(int(x) for x in v.split(":")) for v in args.triton_variants]
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     kernel, why = slot_attention.kernel_for(device, dtype)
     if kernel is None:

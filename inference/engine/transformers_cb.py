@@ -20,7 +20,8 @@ sampling settings and run on the CPU for CI and the demo. The loop below:
   store in place, for prefill always and for a decode step when the start-up timings say
   it costs less than one masked SDPA call over the padded width; for decode, the paged
   kernels this PyTorch build has (FlashAttention's split-KV path, cuDNN's) read the same
-  store through a fixed page table, and each batch bucket keeps the fastest kernel timed;
+  store through a fixed page table, a Triton kernel written for one query per sequence
+  reads it too, and each batch bucket keeps the fastest kernel timed at start-up;
 * **CUDA graphs**: on CUDA the decode step is captured once per batch-size bucket (1, 2, 4,
   … up to the slot count) and attention (masked at each width bucket, and variable-length),
   and a prefill step once per token bucket, and replayed: one launch instead of several

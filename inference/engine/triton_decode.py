@@ -119,7 +119,7 @@ def make_kernel(block_n: int = 64, num_warps: int = 4):
 
 
 #: The variants the engine times at start-up (each bucket keeps the fastest kernel).
-VARIANTS = [(32, 4), (64, 4), (128, 8)]
+VARIANTS = [(32, 1), (16, 1), (32, 2)]
 
 
 def kernels() -> list:
