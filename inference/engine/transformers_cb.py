@@ -518,7 +518,7 @@ class TransformersEngine(Engine):
 
     def _time_decode_attention(self) -> dict[int, "DecodeCost"] | None:
         """Measure, per batch bucket, one layer's decode attention on the store: every decode
-        kernel that passed its check (the variable-length kernel and the paged ones), each on
+        kernel that passed its check (the variable-length kernel, the paged ones, Triton's), each on
         rows of short and of long lengths (a line through the two points: cost by live
         tokens), keeping the fastest for that bucket; with ``attention_choice``, also the
         masked SDPA call at every width bucket (its cost does not depend on the lengths: it
@@ -532,13 +532,13 @@ class TransformersEngine(Engine):
         scale, costs = head_dim ** -0.5, {}
         for rows in self.batch_buckets:
             q = torch.randn(rows, heads, head_dim, generator=g).to(self.device, self.dtype)
-            rows_sets = [torch.randint(1, top + 1, (rows,), generator=g)
-                         for top in (max(1, self._max_model_len // 4), self._max_model_len)]
+            length_sets = [torch.randint(1, top + 1, (rows,), generator=g)
+                           for top in (max(1, self._max_model_len // 4), self._max_model_len)]
             best: tuple[float, slot_attention.Kernel, list] | None = None
             for kernel in [self._varlen, *self._decode_candidates]:
                 points = []
                 try:
-                    for lengths in rows_sets:
+                    for lengths in length_sets:
                         att = kv.decode_attention(kernel, rows, (lengths - 1).unsqueeze(1).to(self.device),
                                                   self._max_model_len)
                         args = (q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k, 1,
