@@ -129,13 +129,13 @@ def _labelled(fn: Kernel, label: str) -> Kernel:
 
 
 def flash_paged(num_splits: int | None = None) -> Kernel:
-    """FlashAttention's split-KV kernel over :func:`paged_view` pages for decode steps
+    """FlashAttention's split-KV kernel over :func:`paged_view` pages, for decode steps only
     (``num_splits``: key ranges per sequence; None lets FlashAttention choose by batch and
-    length); steps without ``pages`` (prefill) go to :func:`flash_varlen`."""
+    length)."""
 
     def kernel(q, k, v, cu_q, cu_k, used_k, max_q, max_k, causal, scale, pages=None):
         if pages is None:
-            return flash_varlen(q, k, v, cu_q, cu_k, used_k, max_q, max_k, causal, scale)
+            raise ValueError("FlashAttention's paged kernel serves decode steps (a page table) only")
         return torch.ops.aten._flash_attention_forward(
             q, paged_view(k), paged_view(v), cu_q, cu_k, max_q, max_k, 0.0, causal, False, scale=scale,
             seqused_k=used_k, block_table=pages, num_splits=num_splits)[0]

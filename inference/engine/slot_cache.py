@@ -79,10 +79,12 @@ class SlotKVCache:
         # Each layer's store has PAGE spare rows after its last slot: the paged decode kernels
         # read a sequence's last page in full (see slot_attention.paged_view).
         rows = slots * self.stride
-        self.keys = [_zeros((rows + PAGE, kv_heads, head_dim), dtype, device)[:rows].view(shape)
-                     for _ in range(num_layers)]
-        self.values = [_zeros((rows + PAGE, kv_heads, head_dim), dtype, device)[:rows].view(shape)
-                       for _ in range(num_layers)]
+
+        def layer() -> torch.Tensor:
+            return _zeros((rows + PAGE, kv_heads, head_dim), dtype, device)[:rows].view(shape)
+
+        self.keys = [layer() for _ in range(num_layers)]
+        self.values = [layer() for _ in range(num_layers)]
         self.columns = torch.arange(max_len, device=device)
         self.slot_base = torch.arange(slots, device=device) * self.stride
         # For the variable-length attention: the store as [slots × columns, heads, dim] (views),
@@ -95,8 +97,7 @@ class SlotKVCache:
         # Slot i's j-th page of PAGE tokens starts at flat row i × stride + j × PAGE (for the
         # paged decode kernels; fixed for the life of the store).
         pages = -(-max_len // PAGE)
-        self.page_table = (self.slot_starts[:slots, None]
-                           + torch.arange(pages, device=device, dtype=torch.int32) * PAGE).to(torch.int32)
+        self.page_table = self.slot_starts[:slots, None] + torch.arange(pages, device=device, dtype=torch.int32) * PAGE
         self.mask_min = torch.finfo(dtype).min
 
     @classmethod

@@ -484,37 +484,41 @@ class TransformersEngine(Engine):
         if kernel is None:
             self.attention_path = f"masked SDPA ({why})"
             return
-        cfg = self.model.config
-        _, kv_heads, head_dim = kv_geometry(cfg)
-        try:
-            err = slot_attention.check_kernel(kernel, self.device, self.dtype, cfg.num_attention_heads,
-                                              kv_heads, head_dim)
-        except Exception as exc:  # noqa: BLE001 - any failure leaves the masked path
-            self.attention_path = f"masked SDPA ({why} failed its check: {exc.__class__.__name__}: {exc})"
-            log.warning("variable-length attention unavailable: %s", self.attention_path)
-            return
-        if not err < self.VARLEN_TOLERANCE:
-            self.attention_path = f"masked SDPA ({why} disagreed with the reference: relative error {err:.3g})"
+        fault = self._kernel_fault(kernel)
+        if fault is not None:
+            self.attention_path = f"masked SDPA ({why} {fault[0]})"
             log.warning("variable-length attention unavailable: %s", self.attention_path)
             return
         slot_attention.use_on(self.model)
         self._varlen = self._decode_default = kernel
         self.attention_path = why
-        for candidate in slot_attention.decode_kernels(self.device, self.dtype, cfg.num_attention_heads, kv_heads):
-            try:
-                err = slot_attention.check_kernel(candidate, self.device, self.dtype, cfg.num_attention_heads,
-                                                  kv_heads, head_dim, decode_only=True)
-            except Exception as exc:  # noqa: BLE001 - a kernel this build or card lacks is left out
-                log.info("decode kernel %s left out: %s: %s", candidate.label, exc.__class__.__name__,
-                         str(exc).splitlines()[0] if str(exc) else "")
-                continue
-            if err < self.VARLEN_TOLERANCE:
+        _, kv_heads, _ = kv_geometry(self.model.config)
+        for candidate in slot_attention.decode_kernels(self.device, self.dtype,
+                                                       self.model.config.num_attention_heads, kv_heads):
+            fault = self._kernel_fault(candidate, decode_only=True)
+            if fault is None:
                 self._decode_candidates.append(candidate)
-            else:
-                log.warning("decode kernel %s left out: relative error %.3g against the reference",
-                            candidate.label, err)
+            else:  # a kernel this build or card lacks (raised), or one that computes something else
+                message, raised = fault
+                log.log(logging.INFO if raised else logging.WARNING, "decode kernel %s left out: %s",
+                        candidate.label, message)
         if self._decode_candidates and self.device.type not in self.TIMED_DEVICES:
             self._decode_default = self._decode_candidates[0]  # nothing timed: the first that checks out
+
+    def _kernel_fault(self, kernel: slot_attention.Kernel, decode_only: bool = False) -> tuple[str, bool] | None:
+        """Why ``kernel`` must not serve this model on this device, and whether it raised in
+        the start-up check (else it disagreed with the reference beyond ``VARLEN_TOLERANCE``);
+        None if it may."""
+        cfg = self.model.config
+        _, kv_heads, head_dim = kv_geometry(cfg)
+        try:
+            err = slot_attention.check_kernel(kernel, self.device, self.dtype, cfg.num_attention_heads,
+                                              kv_heads, head_dim, decode_only=decode_only)
+        except Exception as exc:  # noqa: BLE001 - any failure rules the kernel out
+            return f"failed its check: {exc.__class__.__name__}: {exc}", True
+        if not err < self.VARLEN_TOLERANCE:
+            return f"disagreed with the reference: relative error {err:.3g}", False
+        return None
 
     def _time_decode_attention(self) -> dict[int, "DecodeCost"] | None:
         """Measure, per batch bucket, one layer's decode attention on the store: every decode
