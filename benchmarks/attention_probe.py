@@ -49,8 +49,8 @@ def main() -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--kernels", nargs="+", help="time only the kernels whose label contains one of these")
-    ap.add_argument("--triton-variants", nargs="+", metavar="TILE:WARPS",
-                    help="Triton decode kernel variants to time instead of the engine's (e.g. 64:4 64:8)")
+    ap.add_argument("--triton-variants", nargs="+", metavar="TILE:WARPS[:RANGE[:STAGES]]",
+                    help="Triton decode kernel variants to time instead of the engine's (e.g. 64:4 32:1:128 16:1:0:4)")
     ap.add_argument("--out")
     args = ap.parse_args()
 

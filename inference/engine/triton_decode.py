@@ -29,13 +29,16 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _partial(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_kn, stride_kh, H, S,
-             BLOCK_N: tl.constexpr, D: tl.constexpr):
+             BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr):
     b = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.program_id(2)
     used = tl.load(USED + b)
     base = tl.load(CU_K + b).to(tl.int64)
-    per = tl.cdiv(tl.cdiv(used, S), BLOCK_N) * BLOCK_N
+    if CHUNK > 0:  # ranges of a fixed length: a long row gets more programs than a short one
+        per = CHUNK
+    else:  # every row split into S equal ranges
+        per = tl.cdiv(tl.cdiv(used, S), BLOCK_N) * BLOCK_N
     start = s * per
     end = tl.minimum(start + per, used)
     offs_d = tl.arange(0, D)
@@ -94,8 +97,17 @@ def splits_for(rows: int, heads: int, max_k: int, block_n: int, programs: int) -
     return max(1, min(want, -(-max_k // block_n), 64))
 
 
-def make_kernel(block_n: int = 64, num_warps: int = 4):
-    """A ``slot_attention.Kernel`` for decode steps with this tile of keys and warps per program."""
+def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stages: int | None = None):
+    """A ``slot_attention.Kernel`` for decode steps with this tile of keys and warps per program.
+
+    ``chunk`` (a multiple of ``block_n``) gives every program a key range of that length, so the
+    programs of a batch of mixed lengths carry equal work; 0 splits each row into as many equal
+    ranges as it takes to fill the card (:func:`splits_for`). ``num_stages`` is Triton's
+    software-pipelining depth (its default when None).
+    """
+    if chunk % block_n:
+        raise ValueError(f"the key range ({chunk}) must be a multiple of the tile ({block_n})")
+    launch = {"num_warps": num_warps} | ({"num_stages": num_stages} if num_stages else {})
 
     def triton_decode(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float,
                       pages=None) -> torch.Tensor:
@@ -104,23 +116,25 @@ def make_kernel(block_n: int = 64, num_warps: int = 4):
         rows, heads, dim = q.shape
         if k.shape[1] != heads:
             raise ValueError("the Triton decode kernel needs as many key/value heads as query heads")
-        s = splits_for(rows, heads, max_k, block_n, _programs(q.device))
+        s = -(-max_k // chunk) if chunk else splits_for(rows, heads, max_k, block_n, _programs(q.device))
         acc = torch.empty((rows, heads, s, dim), dtype=torch.float32, device=q.device)
         ml = torch.empty((rows, heads, s, 2), dtype=torch.float32, device=q.device)
         _partial[(rows, heads, s)](q, k, v, cu_k, used_k, acc, ml, scale * LOG2E, q.stride(0), q.stride(1),
-                                   k.stride(0), k.stride(1), heads, s, BLOCK_N=block_n, D=dim, num_warps=num_warps)
+                                   k.stride(0), k.stride(1), heads, s, BLOCK_N=block_n, D=dim, CHUNK=chunk, **launch)
         out = torch.empty_like(q)
         _merge[(rows, heads)](acc, ml, out, out.stride(0), out.stride(1), heads, s,
                               BLOCK_S=triton.next_power_of_2(s), D=dim)
         return out
 
-    triton_decode.label = f"Triton decode ({block_n}-key tiles, {num_warps} warps)"
+    extra = (f", {chunk}-key ranges" if chunk else "") + (f", {num_stages} stages" if num_stages else "")
+    triton_decode.label = f"Triton decode ({block_n}-key tiles, {num_warps} warps{extra})"
     return triton_decode
 
 
-#: The variants the engine times at start-up (each bucket keeps the fastest kernel).
-VARIANTS = [(32, 1), (16, 1), (32, 2)]
+#: The variants the engine times at start-up (each bucket keeps the fastest kernel):
+#: (tile, warps) or (tile, warps, key range, pipelining stages), as ``make_kernel`` takes them.
+VARIANTS: list[tuple[int, ...]] = [(32, 1), (16, 1), (32, 2)]
 
 
 def kernels() -> list:
-    return [make_kernel(n, w) for n, w in VARIANTS]
+    return [make_kernel(*v) for v in VARIANTS]

@@ -635,6 +635,14 @@ errors = [slot_attention.check_kernel(k, cpu, torch.float32, 4, 4, 16, decode_on
 triton_decode._programs = lambda device: 1024  # many key ranges per row, most of them empty for short rows
 assert triton_decode.splits_for(4, 4, 613, 32, 1024) == 20
 errors += [slot_attention.check_kernel(k, cpu, torch.float32, 4, 4, 16, decode_only=True) for k in triton_decode.kernels()]
+# fixed key ranges of 64: up to 10 programs for the longest row, one for the shortest
+errors.append(slot_attention.check_kernel(triton_decode.make_kernel(32, 1, 64, 2), cpu, torch.float32, 4, 4, 16,
+                                          decode_only=True))
+try:
+    triton_decode.make_kernel(32, 1, 48)
+    print("range accepted")
+except ValueError as exc:
+    print("range refused:", exc)
 try:
     slot_attention.check_kernel(triton_decode.make_kernel(), cpu, torch.float32, 4, 2, 16, decode_only=True)
     print("grouped heads accepted")
@@ -647,8 +655,9 @@ print("errors", max(errors))
 def test_the_triton_decode_kernel_matches_the_reference_under_the_interpreter():
     """The Triton decode kernel, run by Triton's interpreter on the CPU, against the
     reference on the start-up check's store (rows of 1 to 612 keys), with one key range
-    per row and with up to 20 (most of them empty for the short rows, merged away); it
-    refuses grouped-query heads, which it does not handle."""
+    per row, with up to 20 (most of them empty for the short rows, merged away) and with
+    fixed 64-key ranges; it refuses a range that is not whole tiles, and grouped-query
+    heads, which it does not handle."""
     import subprocess
     import sys
 
@@ -657,4 +666,5 @@ def test_the_triton_decode_kernel_matches_the_reference_under_the_interpreter():
                          timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "grouped heads refused: the Triton decode kernel needs as many key/value heads" in out.stdout
+    assert "range refused: the key range (48) must be a multiple of the tile (32)" in out.stdout
     assert float(out.stdout.split("errors ")[1]) < 1e-5
