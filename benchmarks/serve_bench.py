@@ -59,11 +59,14 @@ async def one_stream(client: httpx.AsyncClient, prompt: str, max_tokens: int) ->
             "max_tokens": max_tokens, "ignore_eos": True, "stream": True, "temperature": 0.7,
             "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
-    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        if r.status_code != 200:
-            await r.aread()
-            return {"error": r.status_code}
-        ttft, tokens = await read_stream(r, t0)
+    try:
+        async with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return {"error": r.status_code}
+            ttft, tokens = await read_stream(r, t0)
+    except httpx.TransportError as exc:  # counted as a failed request; the node's log says why
+        return {"error": f"{exc.__class__.__name__}: {exc}"}
     e2e = time.perf_counter() - t0
     ttft = ttft if ttft is not None else e2e
     return {"ttft": ttft, "e2e": e2e, "tokens": tokens,
@@ -97,6 +100,7 @@ def summarise(results: list[dict], wall: float, concurrency: int, poisson_rate: 
     first ``concurrency`` requests alone (``ttft_together_*``): they arrive together, while
     the later ones start as earlier ones end and find a slot free."""
     ok = [r for r in results if "error" not in r]
+    failed = sorted({str(r["error"]) for r in results if "error" in r})
     total_tokens = sum(r["tokens"] for r in ok)
     together = {}
     first = [r["ttft"] for r in results[:concurrency] if "error" not in r]
@@ -105,6 +109,7 @@ def summarise(results: list[dict], wall: float, concurrency: int, poisson_rate: 
                     "ttft_together_p99_ms": pct(first, .99) * 1e3}
     return {**together,
         "concurrency": concurrency, "requests": len(results), "errors": len(results) - len(ok),
+        **({"error_kinds": failed[:5]} if failed else {}),
         "poisson_rate": poisson_rate,
         "aggregate_tok_s": total_tokens / wall, "wall_s": wall,
         "ttft_p50_ms": pct([r["ttft"] for r in ok], .5) * 1e3, "ttft_p99_ms": pct([r["ttft"] for r in ok], .99) * 1e3,
@@ -356,7 +361,8 @@ def markdown(result: dict) -> str:
                      f"{s['tpot_p50_ms']:.1f} | {s['e2e_p50_ms']:.0f} / {s['e2e_p99_ms']:.0f} |")
     for s in result.get("scenarios", []):
         name = f"{s['concurrency']} concurrent streams" + (f", Poisson {s['poisson_rate']}/s" if s["poisson_rate"] else "")
-        lines.append(f"| node, {name} | {s['requests']} | {s['aggregate_tok_s']:.1f} | "
+        failed = f" ({s['errors']} failed: {'; '.join(s.get('error_kinds', []))})" if s.get("errors") else ""
+        lines.append(f"| node, {name} | {s['requests']}{failed} | {s['aggregate_tok_s']:.1f} | "
                      f"{s['ttft_p50_ms']:.0f} / {s['ttft_p99_ms']:.0f} | {s['tpot_p50_ms']:.1f} | "
                      f"{s['e2e_p50_ms']:.0f} / {s['e2e_p99_ms']:.0f} |")
     together = [s for s in result.get("scenarios", []) if "ttft_together_p50_ms" in s]
@@ -496,6 +502,9 @@ def main() -> int:
                                         if "seekwatch.engine.process: engine process: " in ln]
         result["node_start_log"] = [ln for ln in node_log if any(
             key in ln for key in ("seekwatch.engine: loaded", "KV memory", "decode attention"))]
+        # what went wrong in the node, if anything (a failed request's cause is here)
+        result["node_problems"] = [ln for ln in node_log if " WARNING " in ln or " ERROR " in ln
+                                   or ln.startswith("Traceback") or ln.startswith(" ")][:200]
         save()
     print("\n".join(result["engine_log"]), flush=True)
     if not args.no_engine_direct and workloads and not late("engine driven directly"):

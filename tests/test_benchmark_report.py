@@ -24,13 +24,34 @@ def test_serve_bench_keeps_the_requests_that_arrive_together_apart():
     results = [{"ttft": t, "tpot": 0.01, "e2e": 1.0, "tokens": 10} for t in (0.4, 0.2, 0.3, 0.9)]
     results += [{"ttft": 0.01, "tpot": 0.01, "e2e": 1.0, "tokens": 10}] * 4 + [{"error": 500}]
     s = summarise(results, 2.0, 4, None)
-    assert s["together"] == 4 and s["requests"] == 9 and s["errors"] == 1
+    assert s["together"] == 4 and s["requests"] == 9 and s["errors"] == 1 and s["error_kinds"] == ["500"]
     assert round(s["ttft_together_p50_ms"]) == 350  # the median of 0.2, 0.3, 0.4, 0.9 s
     assert round(s["ttft_p50_ms"]) == 105           # over all 8: the later four pull it down
     assert "ttft_together_p50_ms" not in summarise(results, 2.0, 4, 5.0)  # Poisson: nobody arrives together
     report = markdown({"date": "d", "device": "x", "machine": "m", "model": "t", "prompt_tokens": "1",
                        "max_tokens_range": "1", "torch": "t", "command": "c", "scenarios": [s]})
     assert "| 4 of 9 (4 streams) | 350 / " in report
+    assert "| node, 4 concurrent streams | 9 (1 failed: 500) | " in report
+
+
+def test_serve_bench_counts_a_broken_connection_as_a_failed_request():
+    """A request whose connection fails (here: nothing listens on the port) is one failed
+    request in the scenario's summary, with its cause, not the end of the whole run."""
+    import asyncio
+
+    import httpx
+
+    from benchmarks.serve_bench import one_stream, summarise
+    from contracts.supervisor import free_port
+
+    async def go():
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_port()}") as client:
+            return await one_stream(client, "hello", 4)
+
+    r = asyncio.run(go())
+    assert r["error"].startswith("ConnectError")
+    s = summarise([r, {"ttft": 0.1, "tpot": 0.01, "e2e": 1.0, "tokens": 10}], 1.0, 2, None)
+    assert s["errors"] == 1 and s["error_kinds"][0].startswith("ConnectError") and s["aggregate_tok_s"] == 10
 
 
 def test_the_sequential_baseline_keeps_warming_up_for_the_time_asked(tiny_model_dir):

@@ -133,7 +133,7 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
 
 #: The variants the engine times at start-up (each bucket keeps the fastest kernel):
 #: (tile, warps) or (tile, warps, key range, pipelining stages), as ``make_kernel`` takes them.
-VARIANTS: list[tuple[int, ...]] = [(32, 1), (16, 1), (32, 2)]
+VARIANTS: list[tuple[int, ...]] = [(32, 1), (16, 1), (32, 2), (16, 1, 64)]
 
 
 def kernels() -> list:
