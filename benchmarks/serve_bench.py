@@ -73,26 +73,82 @@ async def one_stream(client: httpx.AsyncClient, prompt: str, max_tokens: int) ->
             "tpot": (e2e - ttft) / (tokens - 1) if tokens > 1 else 0.0}
 
 
-async def run_scenario(base_url: str, prompts: list[str], max_tokens: list[int], concurrency: int,
-                       poisson_rate: float | None = None) -> dict:
-    limits = httpx.Limits(max_connections=concurrency + 8)
+#: idle connections of the load generator are dropped after this long: below uvicorn's 5 s
+#: keep-alive, so a request never goes out on a connection the node is closing
+KEEPALIVE_S = 2.0
+#: streams one load-generator process drives at most (auto ``--client-processes``): one
+#: process parsing every SSE event of 256 streams became the bottleneck at about 5,000 tok/s
+STREAMS_PER_CLIENT = 32
+
+
+def client_processes(concurrency: int) -> int:
+    """Load-generator processes for ``concurrency`` streams: one per :data:`STREAMS_PER_CLIENT`
+    streams, at most half the machine's cores (the other half serves)."""
+    return max(1, min(-(-concurrency // STREAMS_PER_CLIENT), (os.cpu_count() or 2) // 2))
+
+
+async def _drive(base_url: str, jobs: list[tuple[int, str, int, float | None]], concurrency: int,
+                 start: float) -> tuple[list[tuple[int, dict]], float]:
+    """One load generator's share: ``jobs`` (index, prompt, max_tokens, arrival offset or None),
+    at most ``concurrency`` at once, from ``start`` (``time.perf_counter``, which is the
+    system's monotonic clock, so one start serves every process). Returns each job's result
+    and when the last one ended."""
+    limits = httpx.Limits(max_connections=concurrency + 8, keepalive_expiry=KEEPALIVE_S)
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
         sem = asyncio.Semaphore(concurrency)
 
-        async def guarded(i):
+        async def guarded(i, prompt, max_tokens):
             async with sem:
-                return await one_stream(client, prompts[i], max_tokens[i])
+                return i, await one_stream(client, prompt, max_tokens)
 
-        t0 = time.perf_counter()
+        await asyncio.sleep(max(0.0, start - time.perf_counter()))
         tasks = []
-        rng = random.Random(7)
-        for i in range(len(prompts)):
-            if poisson_rate:
-                await asyncio.sleep(rng.expovariate(poisson_rate))
-            tasks.append(asyncio.create_task(guarded(i)))
+        for i, prompt, max_tokens, at in jobs:
+            if at is not None:
+                await asyncio.sleep(max(0.0, start + at - time.perf_counter()))
+            tasks.append(asyncio.create_task(guarded(i, prompt, max_tokens)))
         results = await asyncio.gather(*tasks)
-        wall = time.perf_counter() - t0
-    return summarise(results, wall, concurrency, poisson_rate)
+    return results, time.perf_counter()
+
+
+def _drive_in_process(base_url, jobs, concurrency, start):
+    return asyncio.run(_drive(base_url, jobs, concurrency, start))
+
+
+async def run_scenario(base_url: str, prompts: list[str], max_tokens: list[int], concurrency: int,
+                       poisson_rate: float | None = None, processes: int = 1) -> dict:
+    """``concurrency`` streams over the prompts (closed loop: a request starts when one ends),
+    or arrivals at ``poisson_rate`` per second with at most ``concurrency`` open. With
+    ``processes`` > 1 the streams are dealt round-robin to that many load-generator
+    processes, each with ``concurrency / processes`` of them, all starting together, so the
+    client's own parsing never limits what the node is seen to serve."""
+    rng = random.Random(7)
+    offsets, at = [], 0.0
+    for _ in prompts:
+        if poisson_rate:
+            at += rng.expovariate(poisson_rate)
+        offsets.append(at if poisson_rate else None)
+    jobs = list(zip(range(len(prompts)), prompts, max_tokens, offsets))
+    processes = max(1, min(processes, concurrency))
+    if processes == 1:
+        start = time.perf_counter()
+        pairs, end = await _drive(base_url, jobs, concurrency, start)
+    else:
+        import concurrent.futures
+        import multiprocessing
+
+        loop = asyncio.get_running_loop()
+        with concurrent.futures.ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            await asyncio.gather(*(loop.run_in_executor(pool, time.sleep, 0.2) for _ in range(processes)))  # started
+            start = time.perf_counter() + 0.5
+            shares = await asyncio.gather(*(
+                loop.run_in_executor(pool, _drive_in_process, base_url, jobs[w::processes],
+                                     -(-(concurrency - w) // processes), start)
+                for w in range(processes)))
+        pairs = [pair for share, _ in shares for pair in share]
+        end = max(end for _, end in shares)
+    results = [r for _, r in sorted(pairs, key=lambda pair: pair[0])]
+    return {**summarise(results, end - start, concurrency, poisson_rate), "client_processes": processes}
 
 
 def summarise(results: list[dict], wall: float, concurrency: int, poisson_rate: float | None) -> dict:
@@ -415,6 +471,8 @@ def main() -> int:
                     help="skip the sequential baseline and the anchors (a quick look, not a table for the docs)")
     ap.add_argument("--anchors", action="store_true",
                     help="also run transformers' generate_batch and static-cache generate on the same prompts")
+    ap.add_argument("--client-processes", type=int,
+                    help="load-generator processes per scenario (default: one per 32 streams, at most half the cores)")
     ap.add_argument("--max-batch", type=int, default=256)
     ap.add_argument("--max-model-len", type=int, help="context length for the node and the direct engine")
     ap.add_argument("--node-arg", action="append", default=[], help="extra flag for seekwatch serve (repeatable)")
@@ -482,14 +540,16 @@ def main() -> int:
         for c in args.concurrency:
             prompts, maxes = workload(args.requests or max(4, round(args.requests_per_stream * c)))
             workloads[c] = (prompts, maxes)
-            s = asyncio.run(run_scenario(node.base_url, prompts, maxes, c))
+            s = asyncio.run(run_scenario(node.base_url, prompts, maxes, c,
+                                         processes=args.client_processes or client_processes(c)))
             print(json.dumps(s), flush=True)
             result["scenarios"].append(s)
             save()
         if args.poisson:
             users, rate = args.poisson
             prompts, maxes = workload(int(users) * 2)
-            s = asyncio.run(run_scenario(node.base_url, prompts, maxes, int(users), poisson_rate=rate))
+            s = asyncio.run(run_scenario(node.base_url, prompts, maxes, int(users), poisson_rate=rate,
+                                         processes=args.client_processes or client_processes(int(users))))
             print(json.dumps(s), flush=True)
             result["scenarios"].append(s)
     finally:

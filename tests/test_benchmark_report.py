@@ -72,3 +72,42 @@ def test_the_sequential_baseline_keeps_warming_up_for_the_time_asked(tiny_model_
     warm = sequential_baseline(model, tok, cpu, prompts, maxes, warmup_s=0.5)
     assert warm["warmup_s"] >= 0.5 and len(warm["warmup_tok_s"]) >= 1
     assert warm["tokens"] == sum(maxes) and len(warm["per_request_tok_s"]) == 4
+
+
+def test_serve_bench_spreads_streams_over_load_generator_processes(tmp_path):
+    """With two load-generator processes the scenario sends every request once, keeps the
+    first ``concurrency`` together, and counts exactly the tokens the server sent; the same
+    as with one process, and with Poisson arrivals. The server is relay_bench's streaming
+    fake upstream on loopback (what an OpenAI-style server sends, minus the model), so the
+    token counts are known: each reply has ``max_tokens`` tokens."""
+    import asyncio
+    import sys
+
+    import httpx
+
+    from benchmarks import relay_bench
+    from benchmarks.serve_bench import client_processes, run_scenario
+    from contracts.supervisor import ProcessSpec, free_port, start
+
+    port = free_port()
+    up = start(ProcessSpec(name="fake upstream", output=tmp_path / "up.out",
+                           argv=[sys.executable, relay_bench.__file__, "--serve-upstream", str(port)]))
+    try:
+        def answers():
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"max_tokens": 1}, timeout=2)
+                return True
+            except httpx.HTTPError:
+                return False
+
+        up.wait_ready(answers, 20, interval=0.1)
+        prompts, maxes = ["hi"] * 7, [3, 4, 5, 6, 7, 8, 9]
+        base = f"http://127.0.0.1:{port}"
+        for processes, rate in ((1, None), (2, None), (2, 50.0)):
+            s = asyncio.run(run_scenario(base, prompts, maxes, 4, poisson_rate=rate, processes=processes))
+            assert s["requests"] == 7 and s["errors"] == 0 and s["client_processes"] == processes
+            assert round(s["aggregate_tok_s"] * s["wall_s"]) == sum(maxes)
+            assert s.get("together") == (None if rate else 4)
+    finally:
+        up.stop()
+    assert client_processes(1) == 1 and client_processes(256) >= 1
