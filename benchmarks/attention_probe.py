@@ -15,7 +15,7 @@ generated, as in ``serve_bench``); ``masked``: the engine's masked path (a view 
 do); ``kernels``: the variable-length kernel (FlashAttention on CUDA, the SDPA reference on the
 CPU) and every decode kernel the engine would time at start-up
 (``slot_attention.decode_kernels``: FlashAttention's split-KV path and cuDNN's where this
-PyTorch build has them, the Triton kernel for equal heads), each with
+PyTorch build has them, the Triton kernel's variants), each with
 its difference from the masked output; ``live_gb_s``: the live keys and values read, per
 second of that kernel; ``masked_gb_s``: the padded width read, per second of the masked call.
 Median of ``--repeat`` timed calls (device events on CUDA) after a warm-up.

@@ -177,13 +177,14 @@ def decode_kernels(device: torch.device, dtype: torch.dtype, heads: int | None =
     """Decode kernels worth timing against the variable-length kernel on ``device``: those
     this PyTorch build has (FlashAttention's paged path needs ``block_table``; cuDNN's needs
     ``seqused_k`` and ``block_table``, cuDNN 9.24 or later on an SM90/SM100 card and decode
-    not disabled, PyTorch's own rules for it), and, for equal query and key/value heads,
-    the Triton decode kernel (:mod:`inference.engine.triton_decode`) in a few tile sizes.
+    not disabled, PyTorch's own rules for it), and the Triton decode kernel
+    (:mod:`inference.engine.triton_decode`, whole groups of query heads per key/value head)
+    in a few tile sizes.
     Each is checked against the reference at start-up; one that fails or raises is left out."""
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
         return []
     kernels = []
-    if heads is not None and heads == kv_heads:
+    if heads is not None and kv_heads and heads % kv_heads == 0:
         try:
             from inference.engine import triton_decode
         except ImportError:  # a torch without Triton: the other kernels still serve

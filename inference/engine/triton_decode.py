@@ -1,4 +1,4 @@
-"""Decode attention over the slot store as a Triton kernel, for equal query and key/value heads.
+"""Decode attention over the slot store as a Triton kernel.
 
 Why: on the PyTorch builds without paged decode kernels (see :mod:`inference.engine.slot_attention`),
 a decode step's attention is FlashAttention's variable-length kernel, which tiles queries by
@@ -9,6 +9,11 @@ loads the range's keys and values a tile at a time (both loads issued before any
 so two tiles are in flight per program) and keeps an online softmax in fp32; a second kernel
 merges the ranges. The query is a vector, so the scores are a multiply and a row sum, no
 matrix unit and no padded query rows.
+
+Grouped-query models (the R1-distill Qwen and Llama layouts: 7 or 4 query heads per
+key/value head) run the same program per query head, reading its group's keys and values;
+the heads of one group are launched next to each other, so their reads of the same keys
+meet in the card's L2 cache rather than in its memory.
 
 Same contract as the other kernels (``slot_attention.Kernel``) for decode steps (``max_q ==
 1``, not causal): sequence ``i`` reads ``k[cu_k[i] : cu_k[i] + used_k[i]]``. The engine times
@@ -29,10 +34,15 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _partial(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_kn, stride_kh, H, S,
-             BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr):
-    b = tl.program_id(0)
-    h = tl.program_id(1)
+             BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, GROUP: tl.constexpr):
+    if GROUP > 1:  # heads vary fastest: a group's heads run together and share its keys in L2
+        h = tl.program_id(0)
+        b = tl.program_id(1)
+    else:
+        b = tl.program_id(0)
+        h = tl.program_id(1)
     s = tl.program_id(2)
+    kvh = h // GROUP
     used = tl.load(USED + b)
     base = tl.load(CU_K + b).to(tl.int64)
     if CHUNK > 0:  # ranges of a fixed length: a long row gets more programs than a short one
@@ -49,7 +59,7 @@ def _partial(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_k
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         live = offs_n < end
-        rows = (base + offs_n)[:, None] * stride_kn + h * stride_kh + offs_d[None, :]
+        rows = (base + offs_n)[:, None] * stride_kn + kvh * stride_kh + offs_d[None, :]
         k = tl.load(K + rows, mask=live[:, None], other=0.0)
         v = tl.load(V + rows, mask=live[:, None], other=0.0)
         scores = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
@@ -114,13 +124,17 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
         if max_q != 1 or causal:
             raise ValueError("the Triton decode kernel serves decode steps only (one query per sequence)")
         rows, heads, dim = q.shape
-        if k.shape[1] != heads:
-            raise ValueError("the Triton decode kernel needs as many key/value heads as query heads")
+        if heads % k.shape[1]:
+            raise ValueError(f"the Triton decode kernel needs whole groups of query heads per key/value head, "
+                             f"not {heads} over {k.shape[1]}")
+        group = heads // k.shape[1]
         s = -(-max_k // chunk) if chunk else splits_for(rows, heads, max_k, block_n, _programs(q.device))
         acc = torch.empty((rows, heads, s, dim), dtype=torch.float32, device=q.device)
         ml = torch.empty((rows, heads, s, 2), dtype=torch.float32, device=q.device)
-        _partial[(rows, heads, s)](q, k, v, cu_k, used_k, acc, ml, scale * LOG2E, q.stride(0), q.stride(1),
-                                   k.stride(0), k.stride(1), heads, s, BLOCK_N=block_n, D=dim, CHUNK=chunk, **launch)
+        grid = (heads, rows, s) if group > 1 else (rows, heads, s)
+        _partial[grid](q, k, v, cu_k, used_k, acc, ml, scale * LOG2E, q.stride(0), q.stride(1),
+                       k.stride(0), k.stride(1), heads, s, BLOCK_N=block_n, D=dim, CHUNK=chunk, GROUP=group,
+                       **launch)
         out = torch.empty_like(q)
         _merge[(rows, heads)](acc, ml, out, out.stride(0), out.stride(1), heads, s,
                               BLOCK_S=triton.next_power_of_2(s), D=dim)
