@@ -56,6 +56,10 @@ def add_parser(subparsers, name: str, help_text: str, argv=()) -> None:
     p.add_argument("--conversation-idle", type=positive_duration, default=300.0, metavar="DURATION",
                    help="a conversation has ended after this long without a chat turn (dialogue completion; "
                         "default 5m, e.g. 90s, 10m)")
+    p.add_argument("--keep-alive", type=positive_duration, default=5.0, metavar="DURATION",
+                   help="close a client connection idle this long (default 5s, as uvicorn and vLLM); behind a "
+                        "proxy that keeps connections to the node open (nginx `keepalive`), set it above the "
+                        "proxy's idle timeout, or the proxy may send a request on a connection being closed")
     p.add_argument("--cost-config", metavar="FILE", help="cost model YAML (default: contracts/defaults/cost.yaml, DeepSeek-7B on 2x T4, on-premises $1,200/month)")
     # default=SUPPRESS keeps ArgumentDefaultsHelpFormatter from printing "(default: True)",
     # which reads as "off by default"; config_from_args reads a missing value as on.
@@ -93,6 +97,7 @@ def config_from_args(args: argparse.Namespace):
         cors_origins=args.cors_origins or ["*"], log_dir=args.log_dir, log_retention_days=args.log_retention_days,
         instrumentation=getattr(args, "instrumentation", True), cost_config=args.cost_config,
         conversation_idle_s=args.conversation_idle,
+        keep_alive_s=args.keep_alive,
     )
 
 
@@ -116,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
           f"(OpenAI base URL {scheme}://{config.host}:{config.port}/v1)", flush=True)
     server_config = Tls13Config(app, host=config.host, port=config.port, log_level=args.log_level,
                                 timeout_graceful_shutdown=10, access_log=False,
+                                timeout_keep_alive=config.keep_alive_s,
                                 ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key)
     uvicorn.Server(server_config).run()
     return 0

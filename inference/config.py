@@ -37,6 +37,7 @@ class NodeConfig:
     cost_config: str | None = None
     default_temperature: float = 0.7
     conversation_idle_s: float = 300.0       # a conversation ends after this long without a chat turn
+    keep_alive_s: float = 5.0                # an idle client connection is closed after this long
 
     def model_names(self) -> list[str]:
         """Names the node answers to. NextChat asks for titles as ``deepseek-chat`` whatever

@@ -89,3 +89,30 @@ def test_upstream_over_tls_verifies_the_certificate(node_factory, cert):
     assert httpx.post(trusting.base_url + "/v1/chat/completions", json=OK_BODY, timeout=60).status_code == 200
     r = httpx.post(default.base_url + "/v1/chat/completions", json=OK_BODY, timeout=60)
     assert r.status_code == 502 and "unreachable" in r.json()["error"]["message"]
+
+
+def test_keep_alive_closes_idle_connections_after_the_time_asked(node_factory):
+    """``--keep-alive 1s`` closes a client connection idle for 2 s; with the default (5 s)
+    the same connection still answers a second request after 2 s. Raw sockets, so nothing
+    on the client side reconnects behind the test's back."""
+    import socket
+
+    from tests.fixtures.ports import free_port
+
+    def idle_then_ask(node) -> bytes:
+        with socket.create_connection(("127.0.0.1", node.port), timeout=10) as s:
+            ask = f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{node.port}\r\n\r\n".encode()
+            s.sendall(ask)
+            assert s.recv(65536).startswith(b"HTTP/1.1 ")
+            time.sleep(2.0)
+            try:
+                s.sendall(ask)
+                return s.recv(65536)
+            except ConnectionError:
+                return b""
+
+    upstream = f"http://127.0.0.1:{free_port()}/v1"  # nothing there: /healthz answers anyway
+    short = node_factory("--engine", "upstream", "--upstream-url", upstream, "--keep-alive", "1s", with_model=False)
+    default = node_factory("--engine", "upstream", "--upstream-url", upstream, with_model=False)
+    assert idle_then_ask(short) == b""
+    assert idle_then_ask(default).startswith(b"HTTP/1.1 ")
