@@ -50,6 +50,30 @@ def _sse(obj: dict) -> str:
     return "data: " + dumps_line(obj) + "\n\n"
 
 
+class _ChunkFormat:
+    """The SSE events of one streamed reply: every chunk but the text is the same, so it is
+    encoded once and each text delta is spliced in (one ``dumps_line`` of the text instead
+    of the whole chunk, which was about a tenth of the node's CPU per streamed token).
+    The bytes are exactly those of ``_sse(chunk_dict)``; a test holds them to it."""
+
+    def __init__(self, base: dict, include_usage: bool):
+        self.base, self.include_usage = base, include_usage
+        head = dumps_line(base)[:-1]  # the base object without its closing brace
+        self._head = f'data: {head},"choices":[{{"index":0,"delta":{{"'
+        self._tail = '},"logprobs":null,"finish_reason":null}]' + (',"usage":null' if include_usage else "") + "}\n\n"
+
+    def delta(self, key: str, text: str) -> str:
+        """The chunk carrying ``{key: text}`` as its delta (``content`` or ``reasoning_content``)."""
+        return self._head + key + '":' + dumps_line(text) + self._tail
+
+    def chunk(self, delta: dict, finish: str | None = None) -> str:
+        """Any other chunk (the first, with the role; the last, with the finish reason)."""
+        body = dict(self.base, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
+        if self.include_usage:
+            body["usage"] = None
+        return _sse(body)
+
+
 class ChatService:
     def __init__(self, engine: Engine, served_model_names: Sequence[str], observer: TurnObserver,
                  default_temperature: float = 0.7, default_top_p: float = 1.0,
@@ -227,12 +251,8 @@ class ChatService:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         base = {"id": ctx.request_id, "object": "chat.completion.chunk", "created": ctx.created,
                 "model": req.model, "system_fingerprint": None}
-
-        def chunk(delta: dict, finish: str | None = None) -> str:
-            body = dict(base, choices=[{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}])
-            if include_usage:
-                body["usage"] = None
-            return _sse(body)
+        fmt = _ChunkFormat(base, include_usage)
+        chunk = fmt.chunk
 
         splitter = ReasoningSplitter()
         content, reasoning = [], []
@@ -248,10 +268,10 @@ class ChatService:
                     r, c = r + fr, c + fc
                 if r:
                     reasoning.append(r)
-                    yield chunk({"reasoning_content": r})
+                    yield fmt.delta("reasoning_content", r)
                 if c:
                     content.append(c)
-                    yield chunk({"content": c})
+                    yield fmt.delta("content", c)
             turn.response, turn.reasoning = "".join(content), "".join(reasoning)
             yield chunk({}, turn.finish_reason or "stop")
             if include_usage:

@@ -133,6 +133,25 @@ def test_sse_events_survive_clients_that_split_on_unicode_line_breaks():
     assert json.loads(event[len("data: "):])["delta"]["content"] == "第一行\u2028第二行\u0085x\u2029y"
 
 
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_text_chunks_spliced_into_the_encoded_chunk_are_the_same_bytes(include_usage):
+    """The streamed reply's text chunks are the encoded chunk with the text spliced in; they
+    must be byte for byte what encoding the whole chunk gives, whatever the text (quotes,
+    control characters, line breakers that get escaped, Chinese, emoji) and the model name."""
+    import json
+
+    from inference.chat.serving import _ChunkFormat
+
+    fmt = _ChunkFormat({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1,
+                        "model": 'deep\u2028seek "7b"', "system_fingerprint": None}, include_usage)
+    for text in ["hi", "你好", 'a"b\\c\n\r\t', "\u2028\u2029\x85", "😀", "\x00\x1f", ""]:
+        for key in ("content", "reasoning_content"):
+            event = fmt.delta(key, text)
+            assert event == fmt.chunk({key: text})
+            assert json.loads(event[len("data: "):])["choices"][0]["delta"] == {key: text}
+            assert len(event.rstrip("\n").splitlines()) == 1
+
+
 def test_requests_in_flight_count_from_arrival_to_the_last_byte():
     """StampArrival counts each HTTP request while the app serves it, and un-counts it when
     the app returns or raises; the instrumentation reads the count as 'node busy'."""
