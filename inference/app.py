@@ -25,6 +25,7 @@ from inference.chat.api_router import router as chat_router
 from inference.chat.serving import ChatService
 from inference.config import NodeConfig
 from inference.engine.base import Engine, EngineError
+from inference.heap import freeze_after_startup
 from inference.http_errors import InvalidRequest, engine_error_response, error_response
 from inference.limits import BodySizeLimit, BodyTooLarge
 from inference.system_router import models_router
@@ -90,6 +91,7 @@ def create_app(config: NodeConfig, engine: Engine | None = None) -> FastAPI:
             try:
                 await engine.start()
                 log.info("engine ready: %s", engine.model_version)
+                freeze_after_startup("node")
             except Exception as exc:  # reported on /readyz and in the log, node stays up
                 app.state.load_error = f"{exc.__class__.__name__}: {exc}"
                 log.exception("engine failed to start")

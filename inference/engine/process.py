@@ -42,6 +42,7 @@ from inference.engine import base
 from inference.engine.base import (
     Engine, EngineError, EngineNotReady, EngineOutput, EngineState, GenerationRequest, OutputStream,
 )
+from inference.heap import freeze_after_startup
 
 log = logging.getLogger("seekwatch.engine.process")
 
@@ -280,6 +281,7 @@ class _ChildServer:
             self.send_conn.send(("failed", f"{exc.__class__.__name__}: {exc}"))
             return
         engine = self.engine
+        freeze_after_startup("engine process")
         self.send_conn.send(("ready", engine.model_version, engine.max_model_len, engine.state()))
         threading.Thread(target=self._read, args=(loop,), name="seekwatch-engine-inbox", daemon=True).start()
         reporter = asyncio.create_task(self._report_state())

@@ -177,3 +177,26 @@ def test_any_engine_runs_in_the_engine_process(node, node_factory):
     r = httpx.post(front.openai_base + "/chat/completions", timeout=30,
                    json={"model": "deepseek-chat", "messages": [{"role": "user", "content": "x " * 5000}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+
+
+def test_both_processes_freeze_their_start_up_heap(process_node):
+    """The node and the engine's process each collect and then freeze what start-up left
+    alive (tens of thousands of objects: the app, the engine, the libraries), so the
+    garbage collector's full walks no longer stop the event loop over them; each says so
+    once in the log, with the count."""
+    import re
+
+    process_node.readyz()
+    deadline = time.monotonic() + 30
+    while True:
+        text = process_node.output.read_text("utf-8", "replace")
+        counts = {}
+        for who in ("node", "engine process"):
+            found = re.findall(rf"seekwatch.heap: {who}: (\d+) objects alive after start-up frozen", text)
+            if found:
+                counts[who] = [int(n) for n in found]
+        if len(counts) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(counts["node"]) == 1 and len(counts["engine process"]) == 1, text[-3000:]
+    assert counts["node"][0] > 10_000 and counts["engine process"][0] > 10_000
