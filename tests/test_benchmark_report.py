@@ -111,3 +111,22 @@ def test_serve_bench_spreads_streams_over_load_generator_processes(tmp_path):
     finally:
         up.stop()
     assert client_processes(1) == 1 and client_processes(256) >= 1
+
+
+def test_relay_bench_reports_the_engine_process_apart_from_the_http_side():
+    """With the relay in an engine process, the per-token CPU row shows the node's HTTP side
+    and the engine's process apart and their sum; without, the node's one figure."""
+    from benchmarks.relay_bench import markdown
+
+    single = {"requests": 4, "ttft_p50_direct_ms": 4.0, "ttft_p50_node_ms": 5.5, "added_ttft_p50_ms": 1.5,
+              "added_ttft_paired_median_ms": 1.4, "e2e_p50_direct_ms": 10.0, "e2e_p50_node_ms": 11.0}
+    node = {"streams": 256, "requests": 512, "tokens": 1000, "aggregate_tok_s": 900.0,
+            "node_cpu_s": 0.04, "node_cpu_us_per_token": 40.0}
+    both = {"direct": {"aggregate_tok_s": 1000.0}, "node": node}
+    result = {"date": "d", "device": "x", "machine": "m", "python": "3", "tokens": 200, "command": "c",
+              "single": single, "concurrent": both}
+    assert "| 256 streams, node CPU per relayed token | – | 40.0 µs (0.0 s for 1,000 tokens) |" in markdown(result)
+    node.update(engine_process_cpu_s=0.15, engine_process_cpu_us_per_token=150.0)
+    report = markdown(dict(result, engine_process=True))
+    assert "HTTP side + engine process | – | 40.0 + 150.0 = 190.0 µs (1,000 tokens) |" in report
+    assert "the relay in an engine process of its own" in report
