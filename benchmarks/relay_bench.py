@@ -131,6 +131,21 @@ def children(pid: int) -> list[int]:
     return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
 
 
+GC_PROBE = ROOT / "benchmarks" / "gc_probe"
+
+
+def gc_pauses(probe_dir: Path | None, since: float, until: float) -> dict | None:
+    """The node's (and its engine process's) garbage-collector pauses over 1 ms between two
+    wall-clock times, as written by ``benchmarks/gc_probe`` (``--gc-probe``)."""
+    if probe_dir is None:
+        return None
+    time.sleep(0.6)  # the probe writes every half second
+    pauses = [took for f in probe_dir.glob("gc-*.json") for at, _gen, took in json.loads(f.read_text())
+              if since <= at <= until]
+    return {"gc_pauses_over_1ms": len(pauses), "gc_pause_s": sum(pauses),
+            "gc_longest_pause_ms": max(pauses, default=0.0) * 1e3}
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of a process and all its threads, from /proc (clock ticks)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -162,7 +177,8 @@ async def single(direct: str, node: str, requests: int, tokens: int) -> dict:
             "e2e_p50_node_ms": statistics.median(n["e2e"] for _, n in pairs) * 1e3}
 
 
-async def concurrent(url: str, streams: int, requests: int, tokens: int, pid: int | None) -> dict:
+async def concurrent(url: str, streams: int, requests: int, tokens: int, pid: int | None,
+                     gc_probe: Path | None = None) -> dict:
     import httpx
 
     limits = httpx.Limits(max_connections=streams + 8, max_keepalive_connections=streams + 8,
@@ -183,11 +199,13 @@ async def concurrent(url: str, streams: int, requests: int, tokens: int, pid: in
         kids = children(pid) if pid else []
         cpu0 = cpu_seconds(pid) if pid else 0.0
         kids0 = sum(cpu_seconds(k) for k in kids)
+        began = time.time()
         t0 = time.perf_counter()
         results = await asyncio.gather(*(guarded() for _ in range(requests)))
         wall = time.perf_counter() - t0
         cpu = cpu_seconds(pid) - cpu0 if pid else None
         kids_cpu = sum(cpu_seconds(k) for k in kids) - kids0
+        ended = time.time()
     ok = [r for r in results if "error" not in r]
     total = sum(r["tokens"] for r in ok)
     out = {"streams": streams, "requests": requests, "errors": len(results) - len(ok), "tokens": total,
@@ -197,6 +215,8 @@ async def concurrent(url: str, streams: int, requests: int, tokens: int, pid: in
         out.update(node_cpu_s=cpu, node_cpu_us_per_token=cpu / total * 1e6)
     if kids:  # the engine's process: the relaying itself, apart from the node's HTTP side
         out.update(engine_process_cpu_s=kids_cpu, engine_process_cpu_us_per_token=kids_cpu / total * 1e6)
+    if pid and gc_probe is not None:
+        out.update(gc_pauses(gc_probe, began, ended))
     return out
 
 
@@ -222,6 +242,10 @@ def markdown(r: dict) -> str:
         d, n = both["direct"], both["node"]
         rows = [f"| {n['streams']} streams{what} ({detail}{n['requests']} requests), aggregate tok/s | "
                 f"{d['aggregate_tok_s']:,.0f} | {n['aggregate_tok_s']:,.0f} | – | – |"]
+        if "gc_pauses_over_1ms" in n:
+            rows.append(f"| {n['streams']} streams{what}, garbage-collector pauses over 1 ms (node and engine "
+                        f"process) | – | {n['gc_pauses_over_1ms']}, {n['gc_pause_s'] * 1e3:.0f} ms in all, the longest "
+                        f"{n['gc_longest_pause_ms']:.1f} ms | – | – |")
         if "engine_process_cpu_s" not in n:
             return rows + [f"| {n['streams']} streams{what}, node CPU per relayed token | – | "
                            f"{n['node_cpu_us_per_token']:.1f} µs ({n['node_cpu_s']:.1f} s for {n['tokens']:,} tokens) "
@@ -253,6 +277,8 @@ def main() -> int:
     ap.add_argument("--engine-process", action="store_true",
                     help="run the relay in an engine process of its own (serve --engine-process): the node's HTTP "
                          "side, the same as in front of the GPU engine, is then measured apart from the relaying")
+    ap.add_argument("--gc-probe", action="store_true",
+                    help="also count the node's garbage-collector pauses over 1 ms (benchmarks/gc_probe)")
     ap.add_argument("--out", help="JSON results (default benchmarks/results/relay-<date>.json)")
     args = ap.parse_args()
     if args.serve_upstream:
@@ -268,6 +294,8 @@ def main() -> int:
     client_cpus, node_cpus = cpu_split(args.no_pin)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
+
+    probes: dict[int, Path] = {}
 
     @contextlib.contextmanager
     def upstream_and_node(step_ms: float):
@@ -289,10 +317,19 @@ def main() -> int:
 
         try:
             upstream.wait_ready(answers, 20, interval=0.1)
+            probe_env = None
+            if args.gc_probe:
+                probe_dir = tmp / f"gc-{port}"
+                probe_dir.mkdir()
+                probes[port] = probe_dir
+                probe_env = {"SEEKWATCH_GC_PROBE_DIR": str(probe_dir),
+                             "PYTHONPATH": os.pathsep.join([str(GC_PROBE), os.environ.get("PYTHONPATH", "")])}
             node = start_node(tmp, "--engine", "upstream", "--upstream-url", base, "--served-model-name",
                               "deepseek-chat", "--max-batch", str(args.streams),
                               "--max-queue", str(args.requests + args.streams),
-                              *(["--engine-process"] if args.engine_process else []), cpus=node_cpus)
+                              *(["--engine-process"] if args.engine_process else []), cpus=node_cpus,
+                              env=probe_env)
+            node.gc_probe = probes.get(port)
             try:
                 yield base + "/chat/completions", node
             finally:
@@ -303,7 +340,8 @@ def main() -> int:
     def both(direct_url: str, node, requests: int) -> dict:
         node_url = node.openai_base + "/chat/completions"
         return {"direct": asyncio.run(concurrent(direct_url, args.streams, requests, args.tokens, None)),
-                "node": asyncio.run(concurrent(node_url, args.streams, requests, args.tokens, node.process.pid))}
+                "node": asyncio.run(concurrent(node_url, args.streams, requests, args.tokens, node.process.pid,
+                                               node.gc_probe))}
 
     with upstream_and_node(0.0) as (direct_url, node):
         single_r = asyncio.run(single(direct_url, node.openai_base + "/chat/completions", args.single_requests,

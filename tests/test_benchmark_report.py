@@ -130,3 +130,6 @@ def test_relay_bench_reports_the_engine_process_apart_from_the_http_side():
     report = markdown(dict(result, engine_process=True))
     assert "HTTP side + engine process | – | 40.0 + 150.0 = 190.0 µs (1,000 tokens) |" in report
     assert "the relay in an engine process of its own" in report
+    node.update(gc_pauses_over_1ms=3, gc_pause_s=0.012, gc_longest_pause_ms=7.25)
+    assert "garbage-collector pauses over 1 ms (node and engine process) | – | 3, 12 ms in all, the longest 7.2 ms |" \
+        in markdown(result)
