@@ -128,17 +128,17 @@ async def one_stream(client, url: str, max_tokens: int) -> dict:
 
 def children(pid: int) -> list[int]:
     """The direct children of a process (the node's engine process, with ``--engine-process``)."""
-    return [int(c) for t in Path(f"/proc/{pid}/task").iterdir() for c in (t / "children").read_text().split()]
+    import psutil
+
+    return [c.pid for c in psutil.Process(pid).children()]
 
 
 GC_PROBE = ROOT / "benchmarks" / "gc_probe"
 
 
-def gc_pauses(probe_dir: Path | None, since: float, until: float) -> dict | None:
+def gc_pauses(probe_dir: Path, since: float, until: float) -> dict:
     """The node's (and its engine process's) garbage-collector pauses over 1 ms between two
     wall-clock times, as written by ``benchmarks/gc_probe`` (``--gc-probe``)."""
-    if probe_dir is None:
-        return None
     time.sleep(0.6)  # the probe writes every half second
     pauses = [took for f in probe_dir.glob("gc-*.json") for at, _gen, took in json.loads(f.read_text())
               if since <= at <= until]
@@ -295,12 +295,10 @@ def main() -> int:
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
 
-    probes: dict[int, Path] = {}
-
     @contextlib.contextmanager
     def upstream_and_node(step_ms: float):
         """A fake upstream (its own process, beside the load generator) and a node in front
-        of it: (direct URL, node)."""
+        of it: (direct URL, node, the node's GC probe folder or None)."""
         port = free_port()
         base = f"http://127.0.0.1:{port}/v1"
         upstream = start(ProcessSpec(name="fake upstream", output=tmp / f"upstream-{port}.out",
@@ -317,11 +315,10 @@ def main() -> int:
 
         try:
             upstream.wait_ready(answers, 20, interval=0.1)
-            probe_env = None
+            probe_dir = probe_env = None
             if args.gc_probe:
                 probe_dir = tmp / f"gc-{port}"
                 probe_dir.mkdir()
-                probes[port] = probe_dir
                 probe_env = {"SEEKWATCH_GC_PROBE_DIR": str(probe_dir),
                              "PYTHONPATH": os.pathsep.join([str(GC_PROBE), os.environ.get("PYTHONPATH", "")])}
             node = start_node(tmp, "--engine", "upstream", "--upstream-url", base, "--served-model-name",
@@ -329,30 +326,29 @@ def main() -> int:
                               "--max-queue", str(args.requests + args.streams),
                               *(["--engine-process"] if args.engine_process else []), cpus=node_cpus,
                               env=probe_env)
-            node.gc_probe = probes.get(port)
             try:
-                yield base + "/chat/completions", node
+                yield base + "/chat/completions", node, probe_dir
             finally:
                 node.stop()
         finally:
             upstream.stop()
 
-    def both(direct_url: str, node, requests: int) -> dict:
+    def both(direct_url: str, node, probe_dir: Path | None, requests: int) -> dict:
         node_url = node.openai_base + "/chat/completions"
         return {"direct": asyncio.run(concurrent(direct_url, args.streams, requests, args.tokens, None)),
                 "node": asyncio.run(concurrent(node_url, args.streams, requests, args.tokens, node.process.pid,
-                                               node.gc_probe))}
+                                               probe_dir))}
 
-    with upstream_and_node(0.0) as (direct_url, node):
+    with upstream_and_node(0.0) as (direct_url, node, probe_dir):
         single_r = asyncio.run(single(direct_url, node.openai_base + "/chat/completions", args.single_requests,
                                       args.tokens))
         print(json.dumps({"single": single_r}), flush=True)
-        conc = both(direct_url, node, args.requests)
+        conc = both(direct_url, node, probe_dir, args.requests)
         print(json.dumps({"concurrent": conc}), flush=True)
     paced = None
     if args.paced_step_ms:
-        with upstream_and_node(args.paced_step_ms) as (direct_url, node):
-            paced = {"step_ms": args.paced_step_ms, **both(direct_url, node, args.streams)}
+        with upstream_and_node(args.paced_step_ms) as (direct_url, node, probe_dir):
+            paced = {"step_ms": args.paced_step_ms, **both(direct_url, node, probe_dir, args.streams)}
         print(json.dumps({"paced": paced}), flush=True)
     date = dt.date.today().isoformat()
     result = {"date": date, "device": f"CPU ({os.cpu_count()} cores)", "machine": platform.machine(),
