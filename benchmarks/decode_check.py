@@ -140,6 +140,7 @@ async def check_model(model_dir: Path, device: str, max_tokens: int, max_batch: 
     same = TransformersEngine(model_dir, cuda_graphs=False, bucketed=False, **small, **kw)
     # transformers' own kernels: masked SDPA and its RMSNorm (what a user would run)
     plain = TransformersEngine(model_dir, cuda_graphs=False, bucketed=False, attention="masked", fuse_norms=False,
+                               fuse_rotary=False,
                                **small, **kw)
     engines = (fast, same, plain)
     for e in engines:

@@ -61,6 +61,7 @@ from inference.engine.base import (
 from inference.engine.detokenizer import StopMatcher, make_detokenizer
 from inference.engine.fused_linear import fuse_projections as fuse_linear_projections
 from inference.engine.fused_norm import fuse_rms_norms
+from inference.engine.fused_rotary import fuse_rotary
 from inference.engine.host_copy import upload
 from inference.engine import slot_attention
 from inference.engine.sampling import sample_next_tokens
@@ -272,7 +273,7 @@ class TransformersEngine(Engine):
                  max_prefill_tokens: int = 2048, kv_cache_tokens: int | None = None,
                  model_version: str | None = None, cuda_graphs: bool | None = None,
                  bucketed: bool | None = None, attention: str = "auto", fuse_norms: bool | None = None,
-                 fuse_projections: bool | None = None,
+                 fuse_projections: bool | None = None, fuse_rotary: bool | None = None,
                  overlap: bool = True, attention_choice: bool = True, prefill_graphs: bool = True):
         self.model_dir = Path(model_dir)
         self.device = _pick_device(device)
@@ -303,6 +304,9 @@ class TransformersEngine(Engine):
         #: Merged q/k/v and gate/up matrix multiplies (``fused_linear``): None = on CUDA.
         self.fuse_projections = fuse_projections
         self.fused_projections = 0
+        #: The rotary embedding as one kernel (``fused_rotary``): None = on CUDA.
+        self.fuse_rotary = fuse_rotary
+        self.fused_rotary = 0
         #: Launch each decode step before taking in the previous one (see ``_decode_step``).
         self.overlap = overlap
         #: With the variable-length attention: time it against the masked call at start-up and
@@ -389,6 +393,8 @@ class TransformersEngine(Engine):
             self.fused_norms = fuse_rms_norms(self.model)
         if self.fuse_projections if self.fuse_projections is not None else self.device.type == "cuda":
             self.fused_projections = fuse_linear_projections(self.model)
+        if self.fuse_rotary if self.fuse_rotary is not None else self.device.type == "cuda":
+            self.fused_rotary = fuse_rotary(self.model)
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -459,10 +465,10 @@ class TransformersEngine(Engine):
                 self.decode_path = "eager" + (" (bucketed shapes)" if self.bucketed else "")
         log.info("loaded %s on %s (%s) in %.1fs; KV store %d tokens: %d slots of %d tokens; max batch %d; "
                  "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; fused projections: %d; "
-                 "decode path: %s; prefill path: %s",
+                 "fused rotary embeddings: %d layers; decode path: %s; prefill path: %s",
                  self.model_dir, self.device, dtype, time.monotonic() - t0, self._kv.tokens, self._kv.slots,
                  self._kv.max_len, self._kv.slots, self.max_prefill_tokens, self.attention_path, self.fused_norms,
-                 self.fused_projections, self.decode_path, self.prefill_path)
+                 self.fused_projections, self.fused_rotary, self.decode_path, self.prefill_path)
 
     #: Devices on which start-up times the two decode attentions (elsewhere: variable-length
     #: where forced, masked otherwise).
