@@ -11,8 +11,9 @@ The kernel here reads each token's query and key heads once and writes them rota
 
 It rounds where transformers' form rounds: each product is rounded to the tensors' dtype
 before the sum, as PyTorch's 16-bit elementwise kernels do (they compute in float32 and
-round each result), so the two agree bit for bit in float16 and bfloat16 (in float32 up to
-the compiler's freedom to fuse a multiply and an add). On the CPU it runs under Triton's interpreter
+round each result), so the two agree bit for bit in bfloat16 and float16 (in float32 up to
+the compiler's freedom to fuse a multiply and an add; a first version that rounded through
+conversions differed in the last place on an H200, see ``_round``). On the CPU it runs under Triton's interpreter
 (``TRITON_INTERPRET=1``), which is how the tests compare it with transformers' function.
 
 How it is put in place: the attention forwards call ``apply_rotary_pos_emb`` by its name in
@@ -21,7 +22,7 @@ model's attention classes with :func:`rotary` behind a dispatcher that falls bac
 original for anything the kernel does not take (another layout, mixed dtypes, a CPU tensor
 without the interpreter). The name is replaced process-wide, for every model of that class,
 which is why the replacement must compute what the original computes: each module is checked
-on a random input first and left alone when they disagree.
+on random inputs first (the same bits, by default) and left alone when they disagree.
 """
 from __future__ import annotations
 
@@ -42,9 +43,16 @@ NAME = "apply_rotary_pos_emb"
 
 @triton.jit
 def _round(x, dtype: tl.constexpr):
-    """To ``dtype`` rounding to nearest even, as PyTorch rounds (Triton's interpreter truncates
-    to bfloat16 whatever the mode: under it bfloat16 results may differ in the last bit)."""
-    return x.to(dtype, fp_downcast_rounding="rtne")
+    """``x`` (float32) rounded to ``dtype`` to nearest even, as PyTorch rounds each result, and
+    returned as float32. bfloat16 by integer arithmetic on the bits: the compiler may drop a
+    float32 → bfloat16 → float32 conversion pair (on an H200 the result then differed from
+    PyTorch's in the last place), and Triton's interpreter truncates that conversion."""
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return x.to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
 
 
 @triton.jit
@@ -59,10 +67,10 @@ def _rotate(X, O, C1, C2, S1, S2, t_b, t_s, stride_xb, stride_xh, stride_xs, str
     x2 = tl.load(x_at + HALF, mask=live, other=0.0).to(tl.float32)
     dtype = O.dtype.element_ty
     # q * cos + rotate_half(q) * sin, with rotate_half(q) = cat(-x2, x1); each product rounded
-    first = _round(x1 * C1[None, :], dtype).to(tl.float32) + _round(-x2 * S1[None, :], dtype).to(tl.float32)
-    second = _round(x2 * C2[None, :], dtype).to(tl.float32) + _round(x1 * S2[None, :], dtype).to(tl.float32)
-    tl.store(o_at, _round(first, dtype), mask=live)
-    tl.store(o_at + HALF, _round(second, dtype), mask=live)
+    first = _round(x1 * C1[None, :], dtype) + _round(-x2 * S1[None, :], dtype)
+    second = _round(x2 * C2[None, :], dtype) + _round(x1 * S2[None, :], dtype)
+    tl.store(o_at, _round(first, dtype).to(dtype), mask=live)  # already representable: exact
+    tl.store(o_at + HALF, _round(second, dtype).to(dtype), mask=live)
 
 
 @triton.jit
@@ -161,10 +169,11 @@ def _agrees(function: Callable, heads: int, kv_heads: int, dim: int, device: tor
     return True
 
 
-def fuse_rotary(model: torch.nn.Module, tolerance: float = 1e-2) -> int:
+def fuse_rotary(model: torch.nn.Module, tolerance: float = 0.0) -> int:
     """Put the fused kernel behind ``apply_rotary_pos_emb`` in the modeling modules of the
     model's attention layers; returns how many attention layers live in modules where it is
-    now in place (0 on a device it does not run on, or where the check failed)."""
+    now in place (0 on a device it does not run on, or where the check failed). The check
+    asks for the same bits by default: the name is replaced for every model of the class."""
     config = getattr(model, "config", None)
     heads = getattr(config, "num_attention_heads", None)
     kv_heads = getattr(config, "num_key_value_heads", None) or heads

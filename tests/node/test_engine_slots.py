@@ -419,9 +419,10 @@ def test_every_prefill_bucket_runs_with_padding_only_content(tiny_model_dir):
     bucket. The step runs, its logits have the fixed shape, and the padding writes land in
     the trash column only (an H200 start-up once failed here: the padding was counted
     from the bucket, not from the chunks, and came out empty)."""
-    engine = _engine(tiny_model_dir, max_batch=2, attention="varlen", bucketed=True, max_prefill_tokens=512)
+    engine = _engine(tiny_model_dir, max_batch=2, attention="varlen", bucketed=True, max_prefill_tokens=512,
+                     max_model_len=256)
     _load(engine)
-    assert engine._static_prefill and engine.prefill_buckets[-1] == 512
+    assert engine._static_prefill and engine.prefill_buckets[-1] == 512  # the step budget, above the context
     kv = engine._kv
     before = [k.clone() for k in kv.keys]
     with torch.inference_mode():
@@ -432,6 +433,23 @@ def test_every_prefill_bucket_runs_with_padding_only_content(tiny_model_dir):
             assert torch.isfinite(logits).all()
     for old, new in zip(before, kv.keys):  # [slots, columns, heads, dim]; the trash column is the last
         assert torch.equal(old[:, :kv.trash], new[:, :kv.trash])
+
+
+def test_a_prefill_step_longer_than_the_context_is_padded_like_any_other(tiny_model_dir):
+    """Several prompts share a step, so a step's tokens may exceed the context length: the
+    static buckets reach the step budget, and two 200-token prompts of a 256-token model
+    prefilled together (a 512-token bucket) give the logits each gives alone."""
+    engine = _engine(tiny_model_dir, max_batch=2, attention="varlen", bucketed=True, max_prefill_tokens=512,
+                     max_model_len=256)
+    _load(engine)
+    assert engine.prefill_buckets[-1] == 512 > engine._max_model_len
+    g = torch.Generator().manual_seed(11)
+    a, b = (torch.randint(3, 400, (200,), generator=g).tolist() for _ in range(2))
+    with torch.inference_mode():
+        together = engine._prefill_forward([(0, a, 0), (1, b, 0)])[:2].clone()
+        alone = torch.cat([engine._prefill_forward([(0, a, 0)])[:1], engine._prefill_forward([(1, b, 0)])[:1]])
+    assert bucket_for(400, engine.prefill_buckets) == 512
+    assert torch.allclose(together, alone, atol=1e-4, rtol=1e-4)
 
 
 def test_an_unpadded_varlen_prefill_has_no_empty_sequence():
