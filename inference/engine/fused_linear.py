@@ -10,7 +10,8 @@ the same checkpoints with q/k/v merged into one ``qkv_proj`` and gate/up into on
 
 * **MLP** (Llama, Qwen2, Mistral: ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``): one
   ``F.linear`` over the gate and up weights stacked, split in two; the module's forward is
-  swapped for that form.
+  swapped for that form. With SiLU on a CUDA device, ``silu(gate) * up`` is one kernel over
+  the product (:mod:`inference.engine.fused_activation`).
 * **Attention**: transformers' forward (left as it is) calls ``q_proj(h)``, ``k_proj(h)``,
   ``v_proj(h)`` in that order. The three ``nn.Linear`` forwards are swapped: ``q_proj``
   computes q, k and v in one ``F.linear`` and leaves the k and v slices, with the input
@@ -60,7 +61,10 @@ class _Stash:
 
 
 def _mlp_forward(self, x: torch.Tensor) -> torch.Tensor:
-    gate, up = F.linear(x, self._fused_weight, self._fused_bias).split(self._fused_split, -1)
+    both = F.linear(x, self._fused_weight, self._fused_bias)
+    if self._fused_silu is not None and both.stride(-1) == 1:
+        return self.down_proj(self._fused_silu(both))
+    gate, up = both.split(self._fused_split, -1)
     return self.down_proj(self.act_fn(gate) * up)
 
 
@@ -140,13 +144,27 @@ def _merge(owner: nn.Module, lins: list[nn.Linear]) -> Callable[[], None]:
 def _fuse_mlp(mlp: nn.Module) -> Callable[[], None]:
     undo_weights = _merge(mlp, [mlp.gate_proj, mlp.up_proj])
     mlp._fused_split = mlp.gate_proj.out_features
+    mlp._fused_silu = _silu_kernel(mlp)
     mlp.forward = types.MethodType(_mlp_forward, mlp)
 
     def undo() -> None:
-        del mlp.forward, mlp._fused_split
+        del mlp.forward, mlp._fused_split, mlp._fused_silu
         undo_weights()
 
     return undo
+
+
+def _silu_kernel(mlp: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The one-kernel ``silu(gate) * up`` for this MLP, where it applies: a SiLU activation,
+    weights on a CUDA device (or Triton's interpreter on), a torch with Triton."""
+    try:
+        from inference.engine import fused_activation
+    except ImportError:  # a torch without Triton: the two elementwise kernels stay
+        return None
+    probe = torch.empty(0, 2, device=mlp.gate_proj.weight.device)
+    if not (fused_activation.is_silu(mlp.act_fn) and fused_activation.supported(probe)):
+        return None
+    return fused_activation.silu_and_mul
 
 
 def _fuse_attention(attention: nn.Module) -> Callable[[], None]:
@@ -182,10 +200,17 @@ def _mlp_agrees(mlp: nn.Module, tolerance: float) -> bool:
     with torch.inference_mode():
         want = mlp(x)
     undo = _fuse_mlp(mlp)
-    with torch.inference_mode():
-        got = mlp(x)
-    if _close(got, want, tolerance):
-        return True
+    for _ in range(2):  # with the SiLU kernel, then (if it raised or disagreed) without
+        try:
+            with torch.inference_mode():
+                got = mlp(x)
+        except Exception:  # noqa: BLE001 - a kernel that cannot run here leaves the plain form
+            got = None
+        if got is not None and _close(got, want, tolerance):
+            return True
+        if mlp._fused_silu is None:
+            break
+        mlp._fused_silu = None
     undo()
     return False
 
@@ -215,15 +240,17 @@ def fuse_projections(model: nn.Module, tolerance: float | None = None) -> int:
     fused = 0
     for candidate, fuse, agrees in ((_mlp_candidate, _fuse_mlp, _mlp_agrees),
                                     (_attention_candidate, _fuse_attention, _attention_agrees)):
-        checked: dict[type, bool] = {}
+        checked: dict[type, nn.Module | None] = {}  # per class: its checked module, if it stayed fused
         for module in [m for m in model.modules() if candidate(m)]:
             kind = type(module)
             if kind not in checked:
                 dtype = next(module.parameters()).dtype
                 tol = tolerance if tolerance is not None else TOLERANCE.get(dtype, HALF_TOLERANCE)
-                checked[kind] = agrees(module, tol)
-                fused += checked[kind]
-            elif checked[kind]:
+                checked[kind] = module if agrees(module, tol) else None
+                fused += checked[kind] is not None
+            elif checked[kind] is not None:
                 fuse(module)
+                if hasattr(module, "_fused_silu"):  # the SiLU kernel where the checked module kept it
+                    module._fused_silu = checked[kind]._fused_silu
                 fused += 1
     return fused

@@ -13,7 +13,7 @@ It rounds where transformers' form rounds: each product is rounded to the tensor
 before the sum, as PyTorch's 16-bit elementwise kernels do (they compute in float32 and
 round each result), so the two agree bit for bit in bfloat16 and float16 (in float32 up to
 the compiler's freedom to fuse a multiply and an add; a first version that rounded through
-conversions differed in the last place on an H200, see ``_round``). On the CPU it runs under Triton's interpreter
+conversions differed in the last place on an H200, see ``round_to``). On the CPU it runs under Triton's interpreter
 (``TRITON_INTERPRET=1``), which is how the tests compare it with transformers' function.
 
 How it is put in place: the attention forwards call ``apply_rotary_pos_emb`` by its name in
@@ -42,7 +42,7 @@ NAME = "apply_rotary_pos_emb"
 
 
 @triton.jit
-def _round(x, dtype: tl.constexpr):
+def round_to(x, dtype: tl.constexpr):
     """``x`` (float32) rounded to ``dtype`` to nearest even, as PyTorch rounds each result, and
     returned as float32. bfloat16 by integer arithmetic on the bits: the compiler may drop a
     float32 → bfloat16 → float32 conversion pair (on an H200 the result then differed from
@@ -67,10 +67,10 @@ def _rotate(X, O, C1, C2, S1, S2, t_b, t_s, stride_xb, stride_xh, stride_xs, str
     x2 = tl.load(x_at + HALF, mask=live, other=0.0).to(tl.float32)
     dtype = O.dtype.element_ty
     # q * cos + rotate_half(q) * sin, with rotate_half(q) = cat(-x2, x1); each product rounded
-    first = _round(x1 * C1[None, :], dtype) + _round(-x2 * S1[None, :], dtype)
-    second = _round(x2 * C2[None, :], dtype) + _round(x1 * S2[None, :], dtype)
-    tl.store(o_at, _round(first, dtype).to(dtype), mask=live)  # already representable: exact
-    tl.store(o_at + HALF, _round(second, dtype).to(dtype), mask=live)
+    first = round_to(x1 * C1[None, :], dtype) + round_to(-x2 * S1[None, :], dtype)
+    second = round_to(x2 * C2[None, :], dtype) + round_to(x1 * S2[None, :], dtype)
+    tl.store(o_at, round_to(first, dtype).to(dtype), mask=live)  # already representable: exact
+    tl.store(o_at + HALF, round_to(second, dtype).to(dtype), mask=live)
 
 
 @triton.jit
@@ -162,8 +162,11 @@ def _agrees(function: Callable, heads: int, kv_heads: int, dim: int, device: tor
         cos, sin = angle.cos().to(device, dtype), angle.sin().to(device, dtype)
         if not supported(q, k, cos, sin):
             return False
-        with torch.inference_mode():
-            want, got = function(q, k, cos, sin), rotary(q, k, cos, sin)
+        try:
+            with torch.inference_mode():
+                want, got = function(q, k, cos, sin), rotary(q, k, cos, sin)
+        except Exception:  # noqa: BLE001 - a kernel that cannot run here leaves the original
+            return False
         if any(relative_error(x, y) > tolerance for x, y in zip(got, want)):
             return False
     return True

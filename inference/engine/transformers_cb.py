@@ -61,7 +61,6 @@ from inference.engine.base import (
 from inference.engine.detokenizer import StopMatcher, make_detokenizer
 from inference.engine.fused_linear import fuse_projections as fuse_linear_projections
 from inference.engine.fused_norm import fuse_rms_norms
-from inference.engine.fused_rotary import fuse_rotary
 from inference.engine.host_copy import upload
 from inference.engine import slot_attention
 from inference.engine.sampling import sample_next_tokens
@@ -315,6 +314,8 @@ class TransformersEngine(Engine):
         #: Merged q/k/v and gate/up matrix multiplies (``fused_linear``): None = on CUDA.
         self.fuse_projections = fuse_projections
         self.fused_projections = 0
+        #: Merged MLPs whose ``silu(gate) * up`` is one kernel (``fused_activation``).
+        self.silu_kernels = 0
         #: The rotary embedding as one kernel (``fused_rotary``): None = on CUDA.
         self.fuse_rotary = fuse_rotary
         self.fused_rotary = 0
@@ -404,8 +405,14 @@ class TransformersEngine(Engine):
             self.fused_norms = fuse_rms_norms(self.model)
         if self.fuse_projections if self.fuse_projections is not None else self.device.type == "cuda":
             self.fused_projections = fuse_linear_projections(self.model)
+            self.silu_kernels = sum(getattr(m, "_fused_silu", None) is not None for m in self.model.modules())
         if self.fuse_rotary if self.fuse_rotary is not None else self.device.type == "cuda":
-            self.fused_rotary = fuse_rotary(self.model)
+            try:
+                from inference.engine.fused_rotary import fuse_rotary
+            except ImportError:  # a torch without Triton: transformers' rotary embedding stays
+                pass
+            else:
+                self.fused_rotary = fuse_rotary(self.model)
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -475,11 +482,11 @@ class TransformersEngine(Engine):
             else:
                 self.decode_path = "eager" + (" (bucketed shapes)" if self.bucketed else "")
         log.info("loaded %s on %s (%s) in %.1fs; KV store %d tokens: %d slots of %d tokens; max batch %d; "
-                 "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; fused projections: %d; "
-                 "fused rotary embeddings: %d layers; decode path: %s; prefill path: %s",
+                 "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; fused projections: %d "
+                 "(SiLU kernel in %d MLPs); fused rotary embeddings: %d layers; decode path: %s; prefill path: %s",
                  self.model_dir, self.device, dtype, time.monotonic() - t0, self._kv.tokens, self._kv.slots,
                  self._kv.max_len, self._kv.slots, self.max_prefill_tokens, self.attention_path, self.fused_norms,
-                 self.fused_projections, self.fused_rotary, self.decode_path, self.prefill_path)
+                 self.fused_projections, self.silu_kernels, self.fused_rotary, self.decode_path, self.prefill_path)
 
     #: Devices on which start-up times the two decode attentions (elsewhere: variable-length
     #: where forced, masked otherwise).
