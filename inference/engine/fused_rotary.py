@@ -13,8 +13,9 @@ It rounds where transformers' form rounds: each product is rounded to the tensor
 before the sum, as PyTorch's 16-bit elementwise kernels do (they compute in float32 and
 round each result), so the two agree bit for bit in bfloat16 and float16 (in float32 up to
 the compiler's freedom to fuse a multiply and an add; a first version that rounded through
-conversions differed in the last place on an H200, see ``round_to``). On the CPU it runs under Triton's interpreter
-(``TRITON_INTERPRET=1``), which is how the tests compare it with transformers' function.
+conversions differed in the last place on an H200, see ``round_to``). On the CPU it runs
+under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests compare it with
+transformers' function.
 
 How it is put in place: the attention forwards call ``apply_rotary_pos_emb`` by its name in
 their modeling module, so :func:`fuse_rotary` replaces that name in the modules of the

@@ -5,22 +5,14 @@ What it must keep: PyTorch's ``F.silu(gate) * up`` over the two halves of the me
 gate/up product (float32 to rounding, 16-bit within a unit in the last place, since its
 exponential is Triton's), widths that are not a multiple of its block, batched and strided
 inputs; PyTorch's form for anything it does not take; and the MLP's own output once the
-projections are merged. In a subprocess: ``TRITON_INTERPRET`` must be set before Triton is
-imported.
+projections are merged. In a process of its own (``tests.node.interpreted``).
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.node.interpreted import run_json
 
 CHECK = r"""
-import json, os, sys
-os.environ["TRITON_INTERPRET"] = "1"
-sys.path.insert(0, sys.argv[1])
+import json
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
@@ -49,7 +41,7 @@ os.environ["TRITON_INTERPRET"] = "0"
 refused["cpu without the interpreter"] = fused_activation.supported(torch.randn(3, 8))
 os.environ["TRITON_INTERPRET"] = "1"
 
-model = AutoModelForCausalLM.from_pretrained(sys.argv[2], dtype=torch.float32).eval()
+model = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
 mlp = model.model.layers[0].mlp
 x = torch.randn(2, 5, mlp.gate_proj.in_features, generator=g)
 with torch.inference_mode():
@@ -61,7 +53,7 @@ took = [m.mlp._fused_silu is fused_activation.silu_and_mul for m in model.model.
 def broken(x):
     raise RuntimeError("no kernel here")
 fused_activation.silu_and_mul = broken
-other = AutoModelForCausalLM.from_pretrained(sys.argv[2], dtype=torch.float32).eval()
+other = AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.float32).eval()
 with torch.inference_mode():
     want = other.model.layers[1].mlp(x)
     fallback_count = fuse_projections(other)
@@ -78,10 +70,7 @@ def test_the_kernel_computes_silu_times_up_and_serves_the_merged_mlp(tiny_model_
     """The kernel against PyTorch's form in three dtypes; what it refuses; every merged MLP
     calling it with its output unchanged; and, when the kernel cannot run, the MLPs merged
     all the same, with PyTorch's SiLU."""
-    out = subprocess.run([sys.executable, "-c", CHECK, str(ROOT), str(tiny_model_dir)], capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    got = json.loads(out.stdout.strip().splitlines()[-1])
+    got = run_json(CHECK, str(tiny_model_dir))
     assert got["worst"]["float32"] < 1e-6, got["worst"]
     assert got["worst"]["float16"] < 1e-3 and got["worst"]["bfloat16"] < 8e-3, got["worst"]  # a unit in the last place
     assert got["strided"]

@@ -6,24 +6,15 @@ modules, decode and prefill shapes, grouped-query keys, the strided views the at
 forwards pass), bit for bit in float32, float16 and bfloat16; transformers' function for
 every input the kernel does not take; and the engine's greedy tokens with it on.
 
-Each check runs in a subprocess: ``TRITON_INTERPRET`` must be set before Triton is imported,
-and the swap is process-wide.
+Each check runs in a process of its own (``tests.node.interpreted``): the swap is process-wide.
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 from inference.tiny_model import make_variant
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.node.interpreted import run_json
 
 KERNEL_CHECK = r"""
-import json, os, sys
-os.environ["TRITON_INTERPRET"] = "1"
-sys.path.insert(0, sys.argv[1])
+import json
 import torch
 from transformers.models.llama import modeling_llama
 from transformers.models.qwen2 import modeling_qwen2
@@ -82,16 +73,10 @@ print(json.dumps({"worst": worst, "refused": refused, "counts": counts, "kept": 
 """
 
 
-def _run(code: str, *args: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT), *args], capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def test_the_kernel_computes_what_transformers_computes():
     """Bit for bit in float32, float16 and bfloat16 against both modules' own function. Inputs it does not take are refused and
     reach transformers' function; the swap happens once per module and keeps the original."""
-    got = _run(KERNEL_CHECK)
+    got = run_json(KERNEL_CHECK)
     assert got["worst"] == {"float32": 0, "float16": 0, "bfloat16": 0}
     assert not any(got["refused"].values()), got["refused"]
     assert got["counts"] == [1, 1]  # one attention layer; the second call keeps the first swap
@@ -100,15 +85,13 @@ def test_the_kernel_computes_what_transformers_computes():
 
 
 ENGINE_CHECK = r"""
-import asyncio, json, os, sys
-os.environ["TRITON_INTERPRET"] = "1"
-sys.path.insert(0, sys.argv[1])
+import json
 from inference.engine.transformers_cb import TransformersEngine
 from tests.node.test_engine_slots import _run
 
 out = {}
 for fuse in (False, True):  # unfused first: the swap is process-wide
-    engine = TransformersEngine(sys.argv[2], device="cpu", max_model_len=256, max_batch=2, max_prefill_tokens=16,
+    engine = TransformersEngine(sys.argv[1], device="cpu", max_model_len=256, max_batch=2, max_prefill_tokens=16,
                                 attention="varlen", bucketed=True, fuse_norms=True, fuse_projections=True,
                                 fuse_rotary=fuse)
     engine.record_tokens = True
@@ -125,7 +108,7 @@ def test_the_engine_serves_the_same_tokens_with_the_fused_rotary_embedding(tiny_
     one batch), with the rotary kernel and without: the same greedy tokens, for the Llama
     layout and Qwen2's grouped-query one; every attention layer reports it."""
     for model_dir in (tiny_model_dir, make_variant(tiny_model_dir, tmp_path / "qwen2", "qwen2-r1")):
-        got = _run(ENGINE_CHECK, str(model_dir))
+        got = run_json(ENGINE_CHECK, str(model_dir))
         plain, fused = got["False"], got["True"]
         assert plain["layers"] == 0 and fused["layers"] == fused["of"] > 0
         assert fused["tokens"] == plain["tokens"]
