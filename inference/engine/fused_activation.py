@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from inference.engine.fused_rotary import round_to
+from inference.engine.triton_round import round_to
 
 #: Columns per program.
 BLOCK = 1024

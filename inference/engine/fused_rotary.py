@@ -13,7 +13,7 @@ It rounds where transformers' form rounds: each product is rounded to the tensor
 before the sum, as PyTorch's 16-bit elementwise kernels do (they compute in float32 and
 round each result), so the two agree bit for bit in bfloat16 and float16 (in float32 up to
 the compiler's freedom to fuse a multiply and an add; a first version that rounded through
-conversions differed in the last place on an H200, see ``round_to``). On the CPU it runs
+conversions differed in the last place on an H200, see :mod:`inference.engine.triton_round`). On the CPU it runs
 under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests compare it with
 transformers' function.
 
@@ -37,23 +37,10 @@ import triton
 import triton.language as tl
 
 from inference.engine.slot_attention import relative_error
+from inference.engine.triton_round import round_to
 
 #: The function name the modeling modules call.
 NAME = "apply_rotary_pos_emb"
-
-
-@triton.jit
-def round_to(x, dtype: tl.constexpr):
-    """``x`` (float32) rounded to ``dtype`` to nearest even, as PyTorch rounds each result, and
-    returned as float32. bfloat16 by integer arithmetic on the bits: the compiler may drop a
-    float32 → bfloat16 → float32 conversion pair (on an H200 the result then differed from
-    PyTorch's in the last place), and Triton's interpreter truncates that conversion."""
-    if dtype == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
-    else:
-        return x.to(dtype, fp_downcast_rounding="rtne").to(tl.float32)
 
 
 @triton.jit
