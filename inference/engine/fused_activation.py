@@ -15,13 +15,11 @@ module class, like the merged projections. On the CPU it runs under Triton's int
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from inference.engine.triton_round import round_to
+from inference.engine.triton_round import round_to, runs_on
 
 #: Columns per program.
 BLOCK = 1024
@@ -44,7 +42,7 @@ def supported(x: torch.Tensor) -> bool:
     last dimension): on a CUDA device, or any device under Triton's interpreter."""
     if x.dim() < 1 or x.shape[-1] % 2 or x.stride(-1) != 1:
         return False
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return runs_on(x.device)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

@@ -159,10 +159,10 @@ def _silu_kernel(mlp: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | Non
     weights on a CUDA device (or Triton's interpreter on), a torch with Triton."""
     try:
         from inference.engine import fused_activation
+        from inference.engine.triton_round import runs_on
     except ImportError:  # a torch without Triton: the two elementwise kernels stay
         return None
-    probe = torch.empty(0, 2, device=mlp.gate_proj.weight.device)
-    if not (fused_activation.is_silu(mlp.act_fn) and fused_activation.supported(probe)):
+    if not (fused_activation.is_silu(mlp.act_fn) and runs_on(mlp.gate_proj.weight.device)):
         return None
     return fused_activation.silu_and_mul
 
@@ -254,3 +254,8 @@ def fuse_projections(model: nn.Module, tolerance: float | None = None) -> int:
                     module._fused_silu = checked[kind]._fused_silu
                 fused += 1
     return fused
+
+
+def count_silu_kernels(model: nn.Module) -> int:
+    """How many merged MLPs of ``model`` run ``silu(gate) * up`` as one kernel."""
+    return sum(getattr(m, "_fused_silu", None) is not None for m in model.modules())

@@ -27,7 +27,6 @@ on random inputs first (the same bits, by default) and left alone when they disa
 """
 from __future__ import annotations
 
-import os
 import sys
 import types
 from typing import Callable
@@ -37,7 +36,7 @@ import triton
 import triton.language as tl
 
 from inference.engine.slot_attention import relative_error
-from inference.engine.triton_round import round_to
+from inference.engine.triton_round import round_to, runs_on
 
 #: The function name the modeling modules call.
 NAME = "apply_rotary_pos_emb"
@@ -107,7 +106,7 @@ def supported(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Te
         return False
     if q.stride(3) != 1 or k.stride(3) != 1 or cos.stride(2) != 1 or sin.stride() != cos.stride():
         return False
-    return q.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return runs_on(q.device)
 
 
 def rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

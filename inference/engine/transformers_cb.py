@@ -59,6 +59,7 @@ from inference.engine.base import (
     GenerationRequest, OutputStream, QueueFull, SamplingParams,
 )
 from inference.engine.detokenizer import StopMatcher, make_detokenizer
+from inference.engine.fused_linear import count_silu_kernels
 from inference.engine.fused_linear import fuse_projections as fuse_linear_projections
 from inference.engine.fused_norm import fuse_rms_norms
 from inference.engine.host_copy import upload
@@ -97,6 +98,22 @@ class _Step:
     tokens: torch.Tensor
     host: torch.Tensor
     event: "torch.cuda.Event | None"
+
+    @classmethod
+    def copy_out(cls, seqs: list[_Sequence], tokens: torch.Tensor, host: torch.Tensor,
+                 event: "torch.cuda.Event | None") -> "_Step":
+        """Queue the copy of ``tokens`` into ``host`` (pinned on CUDA, so nothing waits) and
+        mark its end with ``event``."""
+        host.copy_(tokens, non_blocking=True)
+        if event is not None:
+            event.record()
+        return cls(seqs, tokens, host, event)
+
+    def read(self) -> list[int]:
+        """The chosen tokens on the host, waiting for the device if the copy is not done."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.tolist()
 
 
 @dataclass
@@ -405,7 +422,7 @@ class TransformersEngine(Engine):
             self.fused_norms = fuse_rms_norms(self.model)
         if self.fuse_projections if self.fuse_projections is not None else self.device.type == "cuda":
             self.fused_projections = fuse_linear_projections(self.model)
-            self.silu_kernels = sum(getattr(m, "_fused_silu", None) is not None for m in self.model.modules())
+            self.silu_kernels = count_silu_kernels(self.model)
         if self.fuse_rotary if self.fuse_rotary is not None else self.device.type == "cuda":
             try:
                 from inference.engine.fused_rotary import fuse_rotary
@@ -1103,13 +1120,9 @@ class TransformersEngine(Engine):
             group = [chunks[i][0] for i in complete]
             tokens = sample_next_tokens(logits[complete], [s.sampling for s in group], [[] for _ in group],
                                         self.eos_token_ids, to_host=False)
-            host = torch.empty(len(group), dtype=torch.long, pin_memory=self.device.type == "cuda")
-            host.copy_(tokens, non_blocking=True)
-            event = None
-            if self.device.type == "cuda":
-                event = torch.cuda.Event()
-                event.record()
-            first = _Step(group, tokens, host, event)
+            cuda = self.device.type == "cuda"
+            first = _Step.copy_out(group, tokens, torch.empty(len(group), dtype=torch.long, pin_memory=cuda),
+                                   torch.cuda.Event() if cuda else None)
         return _Prefill(first, sum(n for _, n in chunks), time.perf_counter() - t0)
 
     def _finish_prefill(self, launched: "_Prefill") -> None:
@@ -1118,9 +1131,7 @@ class TransformersEngine(Engine):
         t0 = time.perf_counter()
         step = launched.first
         if step is not None:
-            if step.event is not None:
-                step.event.synchronize()
-            tokens = step.host.tolist()
+            tokens = step.read()
             first_at = time.monotonic()
             for seq, token in zip(step.seqs, tokens):
                 self.step_stats.add_first(seq.started - seq.arrival, first_at - seq.arrival)
@@ -1205,16 +1216,11 @@ class TransformersEngine(Engine):
         t1 = time.perf_counter()
         tokens = sample_next_tokens(logits, [q.sampling for q in running], [q.generated for q in running],
                                     self.eos_token_ids, pending=[q.pending for q in running], to_host=False)
-        host = self._stage_out[self._flip][:n]
-        host.copy_(tokens, non_blocking=True)
-        event = None
-        if self.device.type == "cuda":
-            event = self._events[self._flip]
-            event.record()
+        step = _Step.copy_out(list(running), tokens, self._stage_out[self._flip][:n],
+                              self._events[self._flip] if self.device.type == "cuda" else None)
         self._flip ^= 1
         for q in running:
             q.pending += 1
-        step = _Step(list(running), tokens, host, event)
         t2 = time.perf_counter()
         if prev is not None:
             self._take(prev)
@@ -1231,10 +1237,7 @@ class TransformersEngine(Engine):
         """Read a launched step's tokens on the host (waiting for the device if it is still
         running) and hand them out; rows that finished leave the batch. A row that finished
         or was cancelled after the step was launched gets nothing from it."""
-        if step.event is not None:
-            step.event.synchronize()
-        tokens = step.host.tolist()
-        for seq, token in zip(step.seqs, tokens):
+        for seq, token in zip(step.seqs, step.read()):
             seq.pending -= 1
             if seq.done:
                 continue

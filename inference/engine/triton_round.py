@@ -1,6 +1,6 @@
-"""Rounding float32 values the way PyTorch rounds each elementwise result, inside Triton
-kernels that must give PyTorch's bits (:mod:`inference.engine.fused_rotary`) or come close
-(:mod:`inference.engine.fused_activation`).
+"""What the fused Triton kernels share (:mod:`inference.engine.fused_rotary`, which must give
+PyTorch's bits, and :mod:`inference.engine.fused_activation`, which comes close): where they
+run, and rounding float32 values the way PyTorch rounds each elementwise result.
 
 Why not a plain conversion: PyTorch's 16-bit elementwise kernels compute in float32 and round
 every result to nearest even. A kernel that does the same with ``x.to(bfloat16).to(float32)``
@@ -11,8 +11,17 @@ on the bits is neither dropped nor truncated.
 """
 from __future__ import annotations
 
+import os
+
+import torch
 import triton
 import triton.language as tl
+
+
+def runs_on(device: torch.device) -> bool:
+    """Whether the fused kernels run on ``device``: a CUDA device, or any device while
+    Triton's interpreter is on (``TRITON_INTERPRET=1``, how the CPU tests run them)."""
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
