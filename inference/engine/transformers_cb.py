@@ -1118,7 +1118,12 @@ class TransformersEngine(Engine):
         first = None
         if complete:
             group = [chunks[i][0] for i in complete]
-            tokens = sample_next_tokens(logits[complete], [s.sampling for s in group], [[] for _ in group],
+            # the completed prompts' rows: a slice, or rows picked through a pinned upload
+            # (indexing with a Python list copies it to the device from pageable memory,
+            # which waits for the device)
+            picked = (logits[:len(complete)] if complete == list(range(len(complete)))
+                      else logits.index_select(0, upload(complete, torch.long, logits.device)))
+            tokens = sample_next_tokens(picked, [s.sampling for s in group], [[] for _ in group],
                                         self.eos_token_ids, to_host=False)
             cuda = self.device.type == "cuda"
             first = _Step.copy_out(group, tokens, torch.empty(len(group), dtype=torch.long, pin_memory=cuda),
