@@ -159,6 +159,8 @@ async def live(engine, rows: int, window_s: float, lengths: tuple[int, int], see
     seen: dict[str, int] = {}
 
     def show(message, category, filename, lineno, file=None, line=None):
+        if "synchronizing CUDA operation" not in str(message):  # the profiler's own notices
+            return
         key = "".join(traceback.format_stack(limit=14)[:-1])
         seen[f"{message}\n{key}"] = seen.get(f"{message}\n{key}", 0) + 1
 
