@@ -3,8 +3,10 @@ the node must serve, and the time of one decode step per bucket.
 
 For each model, three engines run the same greedy requests, each alone and all together in
 one batch: the fast path (CUDA graphs and, on CUDA, the variable-length attention and fused
-RMSNorms), the same kernels run eagerly with exact shapes (what the graphs must reproduce
-token for token), and transformers' own kernels (masked SDPA, its RMSNorm). The check
+RMSNorms), the same kernels run eagerly with exact shapes (no bucket padding, and their own
+per-step choice of attention), and transformers' own kernels (masked SDPA, its RMSNorm).
+The fast engine also runs once with its graphs set aside, so the same shapes and the same
+attention at every step run eagerly: what the graphs must reproduce token for token. The check
 reports how many tokens agree position by position; since free-running greedy output parts
 for good at the first near-tie, it also feeds the same tokens to the fast path and to
 transformers' forward and compares the logits at every position (teacher-forced). Per
@@ -153,6 +155,15 @@ async def check_model(model_dir: Path, device: str, max_tokens: int, max_batch: 
         same_alone = await greedy(same, PROMPTS, max_tokens, together=False)
         fast_alone = await greedy(fast, PROMPTS, max_tokens, together=False)
         fast_batch = await greedy(fast, PROMPTS, max_tokens, together=True)
+        # the fast engine itself with its graphs set aside: the same shapes and the same
+        # choice of attention at every step, run eagerly (what each replay must reproduce)
+        graphs = fast._graphs, fast._prefill_graphs
+        fast._graphs, fast._prefill_graphs = {}, {}
+        try:
+            twin_alone = await greedy(fast, PROMPTS, max_tokens, together=False)
+        finally:
+            fast._graphs, fast._prefill_graphs = graphs
+        result["graphs_against_own_eager"] = agreement(fast_alone, twin_alone)
         result["alone"] = agreement(fast_alone, same_alone)
         result["in_a_batch"] = agreement(fast_batch, same_alone)
         # the eager step in a batch, against itself alone: how much of a batch's difference
@@ -218,7 +229,8 @@ def main() -> int:
             continue
         worst = max((b["rel_max_logit_diff"] for b in r["buckets"]), default=float("nan"))
         tf = r["teacher_forced"]
-        print(f"{r['model']}: {r['decode_path'][:40]}; {r['attention_path']}; greedy tokens equal alone "
+        print(f"{r['model']}: {r['decode_path'][:40]}; {r['attention_path']}; greedy tokens of the graphs against "
+              f"the same engine eagerly {r['graphs_against_own_eager']['fraction']:.3f}; equal alone "
               f"{r['alone']['fraction']:.3f}, in a batch {r['in_a_batch']['fraction']:.3f} (eager in a batch: "
               f"{r['eager_in_a_batch']['fraction']:.3f}; against transformers' kernels "
               f"{r['against_transformers_kernels']['fraction']:.3f}); worst bucket logit diff {worst:.3g}; "
