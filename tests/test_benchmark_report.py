@@ -133,3 +133,26 @@ def test_relay_bench_reports_the_engine_process_apart_from_the_http_side():
     node.update(gc_pauses_over_1ms=3, gc_pause_s=0.012, gc_longest_pause_ms=7.25)
     assert "garbage-collector pauses over 1 ms (node and engine process) | – | 3, 12 ms in all, the longest 7.2 ms |" \
         in markdown(result)
+
+
+def test_step_profile_sorts_kernels_by_kind_and_profiles_the_running_loop(tiny_model_dir):
+    """benchmarks/step_profile.py: the kernel names of an H200 profile land in their kinds,
+    and the live mode runs the engine loop, counts its decode steps and the engine's own
+    account, with no synchronising call to report (the CPU has none to see)."""
+    import asyncio
+    import types
+
+    from benchmarks.step_profile import kind_of, run
+
+    assert [kind_of(n) for n in ("nvjet_sm90_tst_256x8_64x6_4x1_v_bz_TNT", "_partial", "_merge",
+                                 "flash_fwd_splitkv_kernel", "_rotary", "_silu_and_mul",
+                                 "void at::native::vectorized_layer_norm_kernel<c10::BFloat16>",
+                                 "void at::native::index_elementwise_kernel<128, 4, index_copy>",
+                                 "void at::native::vectorized_elementwise_kernel<8, CUDAFunctor_add>")] == [
+        "gemm", "attention", "attention", "attention", "rotary", "silu", "norm", "copy", "other"]
+    args = types.SimpleNamespace(model=str(tiny_model_dir), device="cpu", rows=[2], live=[2], window=0.5,
+                                 lengths=[8, 20], max_model_len=256, reps=1, prefill=[32])
+    result = asyncio.run(run(args))
+    (entry,) = result["live"]
+    assert entry["rows"] == 2 and entry["decode_steps"] > 0 and entry["syncs"] == []
+    assert set(entry["account_ms_per_step"]) == {"forward", "sample_and_wait", "emit"}
