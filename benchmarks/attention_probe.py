@@ -18,7 +18,9 @@ CPU) and every decode kernel the engine would time at start-up
 PyTorch build has them, the Triton kernel's variants), each with
 its difference from the masked output; ``live_gb_s``: the live keys and values read, per
 second of that kernel; ``masked_gb_s``: the padded width read, per second of the masked call.
-Median of ``--repeat`` timed calls (device events on CUDA) after a warm-up.
+Median of ``--repeat`` timed calls (device events on CUDA) after a warm-up. ``--kv-fp8``: each
+Triton variant also over 8-bit (e4m3) copies of the keys and values, to size what an 8-bit
+KV store would save (the difference from the masked output shows what it costs).
 """
 from __future__ import annotations
 
@@ -51,6 +53,8 @@ def main() -> int:
     ap.add_argument("--kernels", nargs="+", help="time only the kernels whose label contains one of these")
     ap.add_argument("--triton-variants", nargs="+", metavar="TILE:WARPS[:RANGE[:STAGES]]",
                     help="Triton decode kernel variants to time instead of the engine's (e.g. 64:4 32:1:128 16:1:0:4)")
+    ap.add_argument("--kv-fp8", action="store_true",
+                    help="also time each Triton kernel over 8-bit (e4m3) copies of the keys and values")
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -97,6 +101,26 @@ def main() -> int:
             return lambda: att.kernel(flat_q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k,
                                       att.max_q, att.max_k, att.causal, scale, pages=att.pages)
 
+        def fp8(k, row, want, live):
+            """The same Triton kernel over 8-bit (e4m3) copies of the keys and values: what
+            an 8-bit KV store would make of this layer's attention (it reads half the bytes;
+            the kernel widens each value to float32 as it loads it)."""
+            att = store.decode_attention(k, b, pos, args.max_model_len)
+            k8, v8 = att.keys[0].to(torch.float8_e4m3fn), att.values[0].to(torch.float8_e4m3fn)
+
+            def fn():
+                return att.kernel(flat_q, k8, v8, att.cu_q, att.cu_k, att.used_k, att.max_q, att.max_k,
+                                  att.causal, scale, pages=att.pages)
+            label = f"{k.label}, 8-bit keys and values"
+            try:
+                err = float((fn().float() - want).abs().max())
+                ms = slot_attention.time_call(fn, device, args.repeat)
+            except Exception as exc:  # noqa: BLE001 - a build whose Triton cannot load e4m3: say so
+                row["kernels"][label] = {"error": f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}"}
+                return
+            row["kernels"][label] = {"ms": ms, "live_gb_s": live / 2 / ms / 1e6, "max_abs_diff": err}
+            print(f"batch {b}: {label}: {ms:.3f} ms, max abs diff {err:.4f}", file=sys.stderr, flush=True)
+
         live = sum(lengths) * bytes_per_token
         with torch.inference_mode():
             want = masked().transpose(1, 2).reshape(b, args.heads, -1).float()
@@ -114,6 +138,8 @@ def main() -> int:
                     continue
                 row["kernels"][k.label] = {"ms": ms, "live_gb_s": live / ms / 1e6, "max_abs_diff": err}
                 print(f"batch {b}: {k.label}: {ms:.3f} ms, max abs diff {err:.4f}", file=sys.stderr, flush=True)
+                if args.kv_fp8 and "Triton" in k.label:
+                    fp8(k, row, want, live)
         best = min(((v["ms"], name) for name, v in row["kernels"].items() if "ms" in v), default=None)
         row["fastest"] = best and best[1]
         print(json.dumps(row), flush=True)

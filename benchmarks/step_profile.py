@@ -227,6 +227,41 @@ async def live(engine, rows: int, window_s: float, lengths: tuple[int, int], see
     return out
 
 
+def overlap(engine, rows: int, held: list[int], tokens: int, vocab: int, g) -> dict:
+    """A decode step's graph and a prefill step's graph, one after the other on one stream
+    and side by side on two: what running prefill beside decode (compute-bound matrix
+    multiplies beside bandwidth-bound attention) would save. Timing only: the two graphs
+    share the engine's memory pool, so side by side they overwrite each other's
+    intermediate values; their kernels' times do not depend on the values."""
+    import torch
+
+    engine._io[0, :rows] = torch.randint(0, vocab, (rows,), generator=g).to(engine.device)
+    engine._io[1, :rows] = torch.tensor(held, device=engine.device)
+    shape = engine._decode_shape(rows, max(held) + 1, sum(held) + rows)
+    ids = torch.randint(0, vocab, (tokens,), generator=g).tolist()
+    per = max(1, tokens // 4)
+    bucket = engine._stage_prefill([(r, ids[i:i + per], 0) for r, i in enumerate(range(0, tokens, per))], tokens)
+    captured = engine._prefill_graphs.get(bucket)
+    if shape not in engine._graphs or captured is None:
+        return {"rows": rows, "prefill_tokens": tokens, "skipped": "no captured graph for this shape"}
+    decode, prefill = engine._graphs[shape][0], captured[0]
+    side = torch.cuda.Stream()
+    main = torch.cuda.current_stream()
+
+    def together():
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            prefill.replay()
+        decode.replay()
+        main.wait_stream(side)
+
+    times = {"decode_ms": timed(decode.replay), "prefill_ms": timed(prefill.replay),
+             "in_turn_ms": timed(lambda: (decode.replay(), prefill.replay())), "side_by_side_ms": timed(together)}
+    return {"rows": rows, "prefill_tokens": tokens, "prefill_bucket": bucket,
+            **{k: round(v, 3) for k, v in times.items()},
+            "saved": round(1 - times["side_by_side_ms"] / times["in_turn_ms"], 3)}
+
+
 async def run(args) -> dict:
     import torch
 
@@ -280,6 +315,11 @@ async def run(args) -> dict:
                          "profile": profile(lambda: engine._prefill_forward(chunks), max(2, args.reps // 2))}
                 result["prefill"].append(entry)
                 print(json.dumps({k: v for k, v in entry.items() if k != "profile"}), flush=True)
+            if args.overlap and engine.device.type == "cuda":
+                result["overlap"] = [overlap(engine, rows, lengths[:rows], tokens, vocab, g)
+                                     for rows in args.rows for tokens in args.prefill if rows >= 8]
+                for o in result["overlap"]:
+                    print(json.dumps(o), flush=True)
         result["gemm"] = gemm_table(engine.model.config, engine.dtype, engine.device, sorted(set(args.rows) | set(args.prefill)))
     finally:
         await engine.stop()
@@ -297,6 +337,9 @@ def main() -> int:
     ap.add_argument("--device", default="cuda", help="cuda; cpu only for a dry run of the script")
     ap.add_argument("--live", type=int, nargs="+", default=[],
                     help="instead: profile the running engine loop at these numbers of streams")
+    ap.add_argument("--overlap", action="store_true",
+                    help="also time each decode graph (8 rows and up) with each prefill graph in turn "
+                         "and side by side on two streams (CUDA)")
     ap.add_argument("--window", type=float, default=2.0, help="seconds profiled per --live figure")
     ap.add_argument("--out")
     args = ap.parse_args()
