@@ -31,8 +31,9 @@ def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tenso
 def _suppress(logits: torch.Tensor, rows: list[int], token_ids: list[int]) -> None:
     """Set ``logits[rows, token_ids]`` to -inf in place, without waiting for the device.
 
-    Assigning through two index tensors (``logits[r, c] = x``) is an ``index_put_``, which
-    waited for the device at every decode step on an H200 (torch 2.11): the host then sat
+    Assigning a Python number through index tensors (``logits[r, c] = x``) is an
+    ``index_put_`` whose value is a CPU scalar, which it copies to the device with a
+    blocking copy: at every decode step on an H200 (torch 2.11) the host then sat
     idle until the step it had just launched ran out, and the device waited in turn while
     the host prepared the next one (42-61 % busy in a profile of the running loop). A fill
     of whole columns, or adding a row mask of 0 and -inf to the selected columns, are

@@ -21,7 +21,8 @@ from inference.engine.sampling import _suppress, sample_next_tokens
 
 #: ATen operations that make the host wait for a CUDA device.
 WAITS = {
-    "aten::index_put_": "assignment through index tensors: waited at every step on an H200 (torch 2.11)",
+    "aten::index_put_": "assignment through index tensors; a Python number as the value is copied to the "
+                        "device with a blocking copy (every step on an H200, torch 2.11)",
     "aten::_index_put_impl_": "the same, by its implementation name",
     "aten::index.Tensor": "indexing with tensors; with a host list it copies the list from pageable memory",
     "aten::bincount": "sizes its output from the largest value, read on the host",
