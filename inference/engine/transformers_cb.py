@@ -156,8 +156,11 @@ class StepStats:
 
     ``forward`` is the host time of the model call (a graph replay on the fast path): on a
     GPU, kernels are launched asynchronously, so a forward close to the step time means the
-    step is bound by Python and kernel launches, not by the device. ``sample`` includes
-    waiting for the device (the sampled tokens are copied to the host). Logged every
+    step is bound by Python and kernel launches, not by the device. ``sample`` is the host
+    time launching the sampling and the copy of its tokens; ``emit`` takes in a launched
+    step's tokens (the previous step's; this one's with ``overlap=False``), so it holds the
+    wait for the device. A ``sample`` that grows with the step time means something in the
+    sampling waits for the device. Logged every
     ``LOG_EVERY_S`` while the engine is busy (as vLLM logs its throughput), then reset; the
     benchmark reads these lines from the node's log to explain its figures.
     """
@@ -205,8 +208,8 @@ class StepStats:
     def summary(self) -> str:
         n = max(self.steps, 1)
         return (f"{self.steps} decode steps ({self.varlen_steps} variable-length), {self.rows / n:.1f} rows per step ({self.padded_rows / n:.1f} with "
-                f"bucket padding); per step: forward {self.forward_s / n * 1e3:.2f} ms (host), sample + device wait "
-                f"{self.sample_s / n * 1e3:.2f} ms, emit {self.emit_s / n * 1e3:.2f} ms; {self.prefills} prefill "
+                f"bucket padding); per step: forward {self.forward_s / n * 1e3:.2f} ms (host), sample "
+                f"{self.sample_s / n * 1e3:.2f} ms, emit (with the wait for the device) {self.emit_s / n * 1e3:.2f} ms; {self.prefills} prefill "
                 f"chunks of {self.prefill_tokens / max(self.prefills, 1):.0f} tokens, "
                 f"{self.prefill_s / max(self.prefills, 1) * 1e3:.1f} ms each; {self.firsts} first tokens, "
                 f"{self.to_first_s / max(self.firsts, 1) * 1e3:.0f} ms after arrival on average, of which "
