@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -78,24 +77,13 @@ def profile(fn, reps: int) -> dict:
 
 
 def timed(fn, reps: int = 20) -> float:
-    """Median device milliseconds of ``fn`` by CUDA events (wall time on the CPU)."""
+    """Median device milliseconds of ``fn`` (wall time on the CPU), as the engine times its
+    attention kernels at start-up."""
     import torch
 
-    samples = []
-    if not torch.cuda.is_available():
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(samples)
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        samples.append(a.elapsed_time(b))
-    return statistics.median(samples)
+    from inference.engine.slot_attention import time_call
+
+    return time_call(fn, torch.device("cuda" if torch.cuda.is_available() else "cpu"), reps)
 
 
 def gemm_table(config, dtype, device, rows: list[int]) -> list[dict]:
@@ -170,8 +158,10 @@ async def live(engine, rows: int, window_s: float, lengths: tuple[int, int], see
     old_show = warnings.showwarning
     warnings.showwarning = show
     warnings.simplefilter("always")
-    stats0 = (engine.step_stats.steps, engine.step_stats.forward_s, engine.step_stats.sample_s,
-              engine.step_stats.emit_s)
+    def account() -> dict[str, float]:
+        return {f: getattr(engine.step_stats, f) for f in ("steps", "forward_s", "sample_s", "emit_s")}
+
+    before = account()
     if cuda:
         torch.cuda.set_sync_debug_mode("warn")
     t0 = time.perf_counter()
@@ -189,8 +179,7 @@ async def live(engine, rows: int, window_s: float, lengths: tuple[int, int], see
     if cuda:
         torch.cuda.set_sync_debug_mode("default")
     warnings.showwarning = old_show
-    stats1 = (engine.step_stats.steps, engine.step_stats.forward_s, engine.step_stats.sample_s,
-              engine.step_stats.emit_s)
+    after = account()
     mem1 = torch.cuda.memory_stats() if cuda else {}
     host1 = torch.cuda.host_memory_stats() if cuda and hasattr(torch.cuda, "host_memory_stats") else {}
     for t in tasks:
@@ -207,11 +196,12 @@ async def live(engine, rows: int, window_s: float, lengths: tuple[int, int], see
             r[0] += 1
             r[1] += ev.cpu_time_total
             r[2] = max(r[2], ev.cpu_time_total)
-    steps = stats1[0] - stats0[0]
+    steps = after["steps"] - before["steps"]
     out = {"rows": rows, "running": len(engine._running), "window_s": round(wall, 3), "decode_steps": steps,
            "ms_per_step": round(wall / max(steps, 1) * 1e3, 2),
-           "account_ms_per_step": {k: round((stats1[i] - stats0[i]) / max(steps, 1) * 1e3, 2)
-                                   for i, k in ((1, "forward"), (2, "sample_and_wait"), (3, "emit"))},
+           "account_ms_per_step": {k: round((after[f] - before[f]) / max(steps, 1) * 1e3, 2)
+                                   for k, f in (("forward", "forward_s"), ("sample_and_wait", "sample_s"),
+                                                ("emit", "emit_s"))},
            "device_busy": round(device_us / 1e6 / wall, 3),
            "device_kinds_ms_per_step": {k: round(v / 1e3 / max(steps, 1), 2) for k, v in kinds.items()},
            "runtime_calls": {k: {"calls": v[0], "total_ms": round(v[1] / 1e3, 2), "max_ms": round(v[2] / 1e3, 2)}
@@ -227,6 +217,25 @@ async def live(engine, rows: int, window_s: float, lengths: tuple[int, int], see
     return out
 
 
+def stage_decode(engine, rows: int, held: list[int], vocab: int, g) -> tuple[int, int, bool]:
+    """Put a decode step over rows ``0 … rows-1`` (holding ``held`` tokens each) in the
+    engine's input buffers; returns its shape ``(rows, width, varlen)`` as the engine picks it."""
+    import torch
+
+    engine._io[0, :rows] = torch.randint(0, vocab, (rows,), generator=g).to(engine.device)
+    engine._io[1, :rows] = torch.tensor(held, device=engine.device)
+    return engine._decode_shape(rows, max(held) + 1, sum(held) + rows)
+
+
+def prefill_chunks(tokens: int, vocab: int, g) -> list[tuple[int, list[int], int]]:
+    """``tokens`` random prompt tokens as four prompts in slots 0-3, as a burst packs them."""
+    import torch
+
+    ids = torch.randint(0, vocab, (tokens,), generator=g).tolist()
+    per = max(1, tokens // 4)
+    return [(r, ids[i:i + per], 0) for r, i in enumerate(range(0, tokens, per))]
+
+
 def overlap(engine, rows: int, held: list[int], tokens: int, vocab: int, g) -> dict:
     """A decode step's graph and a prefill step's graph, one after the other on one stream
     and side by side on two: what running prefill beside decode (compute-bound matrix
@@ -235,12 +244,8 @@ def overlap(engine, rows: int, held: list[int], tokens: int, vocab: int, g) -> d
     intermediate values; their kernels' times do not depend on the values."""
     import torch
 
-    engine._io[0, :rows] = torch.randint(0, vocab, (rows,), generator=g).to(engine.device)
-    engine._io[1, :rows] = torch.tensor(held, device=engine.device)
-    shape = engine._decode_shape(rows, max(held) + 1, sum(held) + rows)
-    ids = torch.randint(0, vocab, (tokens,), generator=g).tolist()
-    per = max(1, tokens // 4)
-    bucket = engine._stage_prefill([(r, ids[i:i + per], 0) for r, i in enumerate(range(0, tokens, per))], tokens)
+    shape = stage_decode(engine, rows, held, vocab, g)
+    bucket = engine._stage_prefill(prefill_chunks(tokens, vocab, g), tokens)
     captured = engine._prefill_graphs.get(bucket)
     if shape not in engine._graphs or captured is None:
         return {"rows": rows, "prefill_tokens": tokens, "skipped": "no captured graph for this shape"}
@@ -294,9 +299,7 @@ async def run(args) -> dict:
             sync()
             for rows in args.rows:
                 held = lengths[:rows]
-                engine._io[0, :rows] = torch.randint(0, vocab, (rows,), generator=g).to(engine.device)
-                engine._io[1, :rows] = torch.tensor(held, device=engine.device)
-                shape = engine._decode_shape(rows, max(held) + 1, sum(held) + rows)
+                shape = stage_decode(engine, rows, held, vocab, g)
                 entry = {"rows": rows, "live_tokens": sum(held) + rows, "shape": list(shape),
                          "kernel": str(engine._decode_kernel(shape[0])) if shape[2] else "masked"}
                 if shape in engine._graphs:
@@ -306,9 +309,7 @@ async def run(args) -> dict:
                 result["decode"].append(entry)
                 print(json.dumps({k: v for k, v in entry.items() if k not in ("eager",)}), flush=True)
             for tokens in args.prefill:
-                chunk = torch.randint(0, vocab, (tokens,), generator=g).tolist()
-                per = max(1, tokens // 4)  # four prompts in a step, as a burst packs them
-                chunks = [(r, chunk[i:i + per], 0) for r, i in enumerate(range(0, tokens, per))]
+                chunks = prefill_chunks(tokens, vocab, g)
                 ms = timed(lambda: engine._prefill_forward(chunks), reps=10)
                 entry = {"tokens": tokens, "chunks": len(chunks), "ms": round(ms, 3),
                          "tokens_per_s": round(tokens / ms * 1e3),
