@@ -130,14 +130,17 @@ def teacher_forced(engine, reference_model, prompt_ids: list[int], tokens: list[
             "rel_max_logit_diff_median": float(rel.median()), "rel_max_logit_diff_max": float(rel.max())}
 
 
-async def check_model(model_dir: Path, device: str, max_tokens: int, max_batch: int, max_model_len: int) -> dict:
+async def check_model(model_dir: Path, device: str, max_tokens: int, max_batch: int, max_model_len: int,
+                      kv_cache_dtype: str = "auto") -> dict:
     from inference.engine.transformers_cb import TransformersEngine
 
     kw = dict(device=device, max_model_len=max_model_len, max_prefill_tokens=256)
     small = dict(max_batch=8, kv_cache_tokens=8 * max_model_len)
     # the fast path: CUDA graphs and, on CUDA, the variable-length attention and fused norms
+    # (with --kv-cache-dtype fp8, over the 8-bit store; the other two keep the model's dtype,
+    # so "alone" is then the 8-bit store against the full one)
     fast = TransformersEngine(model_dir, cuda_graphs=device == "cuda", bucketed=True, max_batch=max_batch,
-                              kv_cache_tokens=max_batch * max_model_len, **kw)
+                              kv_cache_tokens=max_batch * max_model_len, kv_cache_dtype=kv_cache_dtype, **kw)
     # the same kernels, eagerly, with exact shapes: what the graphs must reproduce
     same = TransformersEngine(model_dir, cuda_graphs=False, bucketed=False, **small, **kw)
     # transformers' own kernels: masked SDPA and its RMSNorm (what a user would run)
@@ -149,7 +152,8 @@ async def check_model(model_dir: Path, device: str, max_tokens: int, max_batch: 
         e.record_tokens = True
         await e.start()
     try:
-        result = {"model": model_dir.name, "decode_path": fast.decode_path, "eager_path": same.decode_path,
+        result = {"model": model_dir.name, "kv_cache_dtype": kv_cache_dtype,
+                  "decode_path": fast.decode_path, "eager_path": same.decode_path,
                   "attention_path": fast.attention_path, "fused_norms": fast.fused_norms,
                   "fused_projections": fast.fused_projections}
         same_alone = await greedy(same, PROMPTS, max_tokens, together=False)
@@ -189,6 +193,7 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--max-batch", type=int, default=8)
     ap.add_argument("--max-model-len", type=int, default=1024)
+    ap.add_argument("--kv-cache-dtype", default="auto", help="the fast engine's KV store: auto or fp8")
     ap.add_argument("--work", default="/tmp/decode-check")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -212,7 +217,8 @@ def main() -> int:
             path = Path(name)
         t0 = time.monotonic()
         try:
-            r = asyncio.run(check_model(path, args.device, args.max_tokens, args.max_batch, args.max_model_len))
+            r = asyncio.run(check_model(path, args.device, args.max_tokens, args.max_batch, args.max_model_len,
+                                        args.kv_cache_dtype))
         except Exception as exc:  # one model failing must not hide the others' results
             import traceback
 

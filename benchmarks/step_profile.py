@@ -273,9 +273,10 @@ async def run(args) -> dict:
     from inference.engine.transformers_cb import TransformersEngine
 
     engine = TransformersEngine(args.model, device=args.device, max_batch=max(args.rows + args.live), max_queue=4096,
-                                max_model_len=args.max_model_len)
+                                max_model_len=args.max_model_len, kv_cache_dtype=args.kv_cache_dtype,
+                                attention="varlen" if args.kv_cache_dtype != "auto" else "auto")
     await engine.start()
-    result = {"decode_path": engine.decode_path, "prefill_path": engine.prefill_path,
+    result = {"kv_cache_dtype": args.kv_cache_dtype, "decode_path": engine.decode_path, "prefill_path": engine.prefill_path,
               "attention_path": engine.attention_path, "decode": [], "prefill": []}
     g = torch.Generator().manual_seed(5)
     vocab = engine.model.config.vocab_size
@@ -342,6 +343,7 @@ def main() -> int:
                     help="also time each decode graph (8 rows and up) with each prefill graph in turn "
                          "and side by side on two streams (CUDA)")
     ap.add_argument("--window", type=float, default=2.0, help="seconds profiled per --live figure")
+    ap.add_argument("--kv-cache-dtype", default="auto", help="the engine's KV store: auto or fp8")
     ap.add_argument("--out")
     args = ap.parse_args()
     t0 = time.monotonic()

@@ -151,7 +151,7 @@ def test_step_profile_sorts_kernels_by_kind_and_profiles_the_running_loop(tiny_m
                                  "void at::native::vectorized_elementwise_kernel<8, CUDAFunctor_add>")] == [
         "gemm", "attention", "attention", "attention", "rotary", "silu", "norm", "copy", "other"]
     args = types.SimpleNamespace(model=str(tiny_model_dir), device="cpu", rows=[2], live=[2], window=0.5,
-                                 lengths=[8, 20], max_model_len=256, reps=1, prefill=[32])
+                                 lengths=[8, 20], max_model_len=256, reps=1, prefill=[32], kv_cache_dtype="auto")
     result = asyncio.run(run(args))
     (entry,) = result["live"]
     assert entry["rows"] == 2 and entry["decode_steps"] > 0 and entry["syncs"] == []

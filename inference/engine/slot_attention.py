@@ -98,6 +98,7 @@ def _reference(q, k, v, cu_q, cu_k, used_k, causal: bool, scale: float, pages=No
         else:
             idx = torch.tensor(tables[i][:-(-n // PAGE)], dtype=torch.long, device=q.device)
             ki, vi = kp[idx].flatten(0, 1)[:n], vp[idx].flatten(0, 1)[:n]
+        ki, vi = ki.to(q.dtype), vi.to(q.dtype)  # an 8-bit store is widened to the query's dtype
         qi = q[q0:q1].transpose(0, 1)                               # [H, n_q, D]
         ki = ki.transpose(0, 1).repeat_interleave(groups, 0)        # [H, n_k, D]
         vi = vi.transpose(0, 1).repeat_interleave(groups, 0)
@@ -173,13 +174,14 @@ def _has_argument(op, name: str) -> bool:
 
 
 def decode_kernels(device: torch.device, dtype: torch.dtype, heads: int | None = None,
-                   kv_heads: int | None = None) -> list[Kernel]:
+                   kv_heads: int | None = None, store_dtype: torch.dtype | None = None) -> list[Kernel]:
     """Decode kernels worth timing against the variable-length kernel on ``device``: those
     this PyTorch build has (FlashAttention's paged path needs ``block_table``; cuDNN's needs
     ``seqused_k`` and ``block_table``, cuDNN 9.24 or later on an SM90/SM100 card and decode
     not disabled, PyTorch's own rules for it), and the Triton decode kernel
     (:mod:`inference.engine.triton_decode`, whole groups of query heads per key/value head)
-    in a few tile sizes.
+    in a few tile sizes. Over an 8-bit store (``store_dtype`` not ``dtype``) only the Triton
+    kernel, which widens on load: the library kernels read the query's dtype only.
     Each is checked against the reference at start-up; one that fails or raises is left out."""
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
         return []
@@ -191,6 +193,8 @@ def decode_kernels(device: torch.device, dtype: torch.dtype, heads: int | None =
             pass
         else:
             kernels += triton_decode.kernels()
+    if store_dtype not in (None, dtype):
+        return kernels
     if _has_argument(torch.ops.aten._flash_attention_forward, "block_table"):
         kernels += [flash_paged(), flash_paged(1), flash_paged(4)]
     cudnn = torch.ops.aten._cudnn_attention_forward
@@ -260,14 +264,15 @@ def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
 
 
 def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, heads: int, kv_heads: int,
-                 head_dim: int, decode_only: bool = False) -> float:
+                 head_dim: int, decode_only: bool = False, store_dtype: torch.dtype | None = None) -> float:
     """Largest relative difference between ``kernel`` and :func:`reference_varlen` on random
     data shaped like one decode step (keys read through a page table, rows crossing page
     boundaries) and, unless ``decode_only``, one packed prefill step, over a small store laid
-    out as the engine's (slots of an odd width, ``PAGE`` spare rows at the end)."""
+    out as the engine's (slots of an odd width, ``PAGE`` spare rows at the end), held in
+    ``store_dtype`` (default ``dtype``; the reference widens an 8-bit store as it reads)."""
     g = torch.Generator(device="cpu").manual_seed(2)
     stride, slots = 2 * PAGE + 101, 4
-    store = torch.randn(2, slots * stride + PAGE, kv_heads, head_dim, generator=g).to(device, dtype)
+    store = torch.randn(2, slots * stride + PAGE, kv_heads, head_dim, generator=g).to(device, store_dtype or dtype)
     store_k, store_v = store[0, :slots * stride], store[1, :slots * stride]
     i32 = dict(device=device, dtype=torch.int32)
     cases = [  # (query tokens per sequence, slots, keys used, causal)
@@ -288,12 +293,21 @@ def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, heads
     return worst
 
 
-def kernel_for(device: torch.device, dtype: torch.dtype) -> tuple[Kernel | None, str]:
-    """The fast kernel for ``device``/``dtype``, or None and why not."""
+def kernel_for(device: torch.device, dtype: torch.dtype,
+               store_dtype: torch.dtype | None = None) -> tuple[Kernel | None, str]:
+    """The fast kernel for ``device``/``dtype`` over a store of ``store_dtype`` (default
+    ``dtype``), or None and why not: FlashAttention over a store of the model's dtype, the
+    Triton kernel (:mod:`inference.engine.triton_prefill`) over an 8-bit one."""
     if device.type != "cuda":
         return None, "FlashAttention needs a CUDA device"
     if dtype not in (torch.bfloat16, torch.float16):
         return None, f"FlashAttention needs bf16 or fp16, not {dtype}"
+    if store_dtype not in (None, dtype):
+        try:
+            from inference.engine import triton_prefill
+        except ImportError:
+            return None, "an 8-bit KV store needs Triton"
+        return triton_prefill.make_kernel(), "Triton attention (variable length, 8-bit KV store)"
     return flash_varlen, "FlashAttention (variable length)"
 
 

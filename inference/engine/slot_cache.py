@@ -27,6 +27,13 @@ decode kernels read the same memory through :attr:`SlotKVCache.page_table` (a sl
 start every ``PAGE`` rows from its first row; pages may straddle slots, and the store keeps
 ``PAGE`` spare rows at its end for the last one): no copy and no paged layout.
 
+An 8-bit store (``store_dtype`` ``float8_e4m3fn``, ``--kv-cache-dtype fp8``) holds keys and
+values in one byte each: half the memory and half the reads of a bf16 store, at e4m3's
+precision (3 mantissa bits; values beyond ±448 are clamped to it). Writes cast to it; the
+attention kernels that read it (Triton's, and the CPU reference) widen as they load. Its
+writes and row moves go through ``uint8`` views of the same memory (PyTorch has no
+``index_copy_`` for 8-bit floats on every device).
+
 Memory is zero at allocation: a masked key must still be finite, since attention adds the
 mask to ``q·k`` and a NaN would survive it. On the CPU the zeroed memory comes from
 ``calloc`` (numpy), so untouched slots cost no resident memory.
@@ -59,6 +66,19 @@ def kv_geometry(config) -> tuple[int, int, int]:
     return config.num_hidden_layers, kv_heads, head_dim
 
 
+#: ``--kv-cache-dtype`` names and the store dtypes they stand for (``auto``: the model's dtype).
+STORE_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
+
+#: Largest finite ``float8_e4m3fn`` value: writes are clamped to it (a cast beyond it is not
+#: guaranteed to saturate, and the format has no infinity).
+FP8_MAX = 448.0
+
+
+def _raw(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as bytes when it is an 8-bit float (for ``index_copy_`` and row moves)."""
+    return t.view(torch.uint8) if t.element_size() == 1 and t.is_floating_point() else t
+
+
 def bytes_per_token(config, dtype: torch.dtype) -> int:
     """Key and value bytes one token takes across all layers."""
     layers, kv_heads, head_dim = kv_geometry(config)
@@ -69,9 +89,12 @@ class SlotKVCache:
     """Per-layer key/value storage: ``slots`` rows of ``max_len`` columns (+1 trash column)."""
 
     def __init__(self, num_layers: int, kv_heads: int, head_dim: int, dtype: torch.dtype,
-                 device: torch.device, slots: int, max_len: int):
+                 device: torch.device, slots: int, max_len: int, store_dtype: torch.dtype | None = None):
         self.num_layers, self.kv_heads, self.head_dim = num_layers, kv_heads, head_dim
+        #: ``dtype``: the model's (masks, what a read returns); ``store_dtype``: what is kept.
         self.dtype, self.device = dtype, device
+        self.store_dtype = store_dtype or dtype
+        self.eight_bit = torch.finfo(self.store_dtype).bits == 8
         self.slots, self.max_len = slots, max_len
         self.stride = max_len + 1          # columns per slot, the trash column included
         self.trash = max_len               # column index of the trash column
@@ -81,10 +104,11 @@ class SlotKVCache:
         rows = slots * self.stride
 
         def layer() -> torch.Tensor:
-            return _zeros((rows + PAGE, kv_heads, head_dim), dtype, device)[:rows].view(shape)
+            return _zeros((rows + PAGE, kv_heads, head_dim), self.store_dtype, device)[:rows].view(shape)
 
         self.keys = [layer() for _ in range(num_layers)]
         self.values = [layer() for _ in range(num_layers)]
+        self._raw = [_raw(t) for t in self.keys + self.values]  # what row moves copy
         self.columns = torch.arange(max_len, device=device)
         self.slot_base = torch.arange(slots, device=device) * self.stride
         # For the variable-length attention: the store as [slots × columns, heads, dim] (views),
@@ -101,8 +125,9 @@ class SlotKVCache:
         self.mask_min = torch.finfo(dtype).min
 
     @classmethod
-    def for_model(cls, config, dtype: torch.dtype, device: torch.device, slots: int, max_len: int) -> "SlotKVCache":
-        return cls(*kv_geometry(config), dtype, device, slots, max_len)
+    def for_model(cls, config, dtype: torch.dtype, device: torch.device, slots: int, max_len: int,
+                  store_dtype: torch.dtype | None = None) -> "SlotKVCache":
+        return cls(*kv_geometry(config), dtype, device, slots, max_len, store_dtype)
 
     @property
     def tokens(self) -> int:
@@ -116,11 +141,11 @@ class SlotKVCache:
         if not src or width <= 0:
             return
         if len(src) == 1:  # plain slices: no index tensor to copy to the device (that would wait for it)
-            for t in self.keys + self.values:
+            for t in self._raw:
                 t[dst[0], :width].copy_(t[src[0], :width])
             return
         s, d = upload(src, torch.long, self.device), upload(dst, torch.long, self.device)
-        for t in self.keys + self.values:
+        for t in self._raw:
             t[d, :width] = t[s, :width]
 
     # -- views for one forward pass --------------------------------------------------------
@@ -267,8 +292,11 @@ class SlotCache(_CacheBase):
         s = self.store
         k, v = s.keys[layer_idx], s.values[layer_idx]
         flat = (-1, s.kv_heads, s.head_dim)
-        k.view(flat).index_copy_(0, self.write_index, key_states.transpose(1, 2).reshape(flat).to(s.dtype))
-        v.view(flat).index_copy_(0, self.write_index, value_states.transpose(1, 2).reshape(flat).to(s.dtype))
+        for store, new in ((k, key_states), (v, value_states)):
+            new = new.transpose(1, 2).reshape(flat)
+            if s.eight_bit:
+                new = new.clamp(-FP8_MAX, FP8_MAX)
+            _raw(store.view(flat)).index_copy_(0, self.write_index, _raw(new.to(s.store_dtype)))
         if not self.reads:
             return key_states, value_states
         if self.read_index is None:  # decode: the first `rows` slots, as a view
@@ -276,7 +304,7 @@ class SlotCache(_CacheBase):
         else:  # packed prefill: the listed tokens, gathered into one row
             keys = k.view(flat).index_select(0, self.read_index).unsqueeze(0)
             values = v.view(flat).index_select(0, self.read_index).unsqueeze(0)
-        return keys.transpose(1, 2), values.transpose(1, 2)
+        return keys.transpose(1, 2).to(s.dtype), values.transpose(1, 2).to(s.dtype)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.width

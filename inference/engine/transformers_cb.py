@@ -65,7 +65,7 @@ from inference.engine.fused_norm import fuse_rms_norms
 from inference.engine.host_copy import upload
 from inference.engine import slot_attention
 from inference.engine.sampling import sample_next_tokens
-from inference.engine.slot_cache import SlotCache, SlotKVCache, bytes_per_token, kv_geometry
+from inference.engine.slot_cache import STORE_DTYPES, SlotCache, SlotKVCache, bytes_per_token, kv_geometry
 
 log = logging.getLogger("seekwatch.engine")
 
@@ -304,7 +304,8 @@ class TransformersEngine(Engine):
                  model_version: str | None = None, cuda_graphs: bool | None = None,
                  bucketed: bool | None = None, attention: str = "auto", fuse_norms: bool | None = None,
                  fuse_projections: bool | None = None, fuse_rotary: bool | None = None,
-                 overlap: bool = True, attention_choice: bool = True, prefill_graphs: bool = True):
+                 overlap: bool = True, attention_choice: bool = True, prefill_graphs: bool = True,
+                 kv_cache_dtype: str = "auto"):
         self.model_dir = Path(model_dir)
         self.device = _pick_device(device)
         self.dtype_name = dtype or "auto"
@@ -328,6 +329,16 @@ class TransformersEngine(Engine):
         if attention not in ("auto", "varlen", "masked"):
             raise ValueError(f"attention must be auto, varlen or masked, not {attention!r}")
         self.attention = attention
+        #: What the KV store keeps: "auto" (the model's dtype) or "fp8" (8-bit e4m3: half the
+        #: memory and half the decode attention's reads; needs the variable-length attention,
+        #: whose kernels widen it as they read).
+        if kv_cache_dtype != "auto" and kv_cache_dtype not in STORE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be auto or one of {sorted(STORE_DTYPES)}, not {kv_cache_dtype!r}")
+        if kv_cache_dtype != "auto" and attention == "masked":
+            raise ValueError("an 8-bit KV store needs the variable-length attention, not --attention masked")
+        self.kv_cache_dtype = kv_cache_dtype
+        if kv_cache_dtype != "auto":  # the masked call reads the store as the model's dtype only
+            attention_choice = False
         #: Fused RMSNorm kernels (``fused_norm``): None = on CUDA, where launches count.
         self.fuse_norms = fuse_norms
         self.fused_norms = 0
@@ -417,6 +428,7 @@ class TransformersEngine(Engine):
         else:
             dtype = getattr(torch, self.dtype_name)
         self.dtype = dtype
+        self.store_dtype = STORE_DTYPES.get(self.kv_cache_dtype, dtype)
         t0 = time.monotonic()
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device)
@@ -501,10 +513,11 @@ class TransformersEngine(Engine):
                 self.decode_path = "eager (CUDA graphs need a CUDA device)"
             else:
                 self.decode_path = "eager" + (" (bucketed shapes)" if self.bucketed else "")
-        log.info("loaded %s on %s (%s) in %.1fs; KV store %d tokens: %d slots of %d tokens; max batch %d; "
+        log.info("loaded %s on %s (%s) in %.1fs; KV store %d tokens (%s): %d slots of %d tokens; max batch %d; "
                  "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; fused projections: %d "
                  "(SiLU kernel in %d MLPs); fused rotary embeddings: %d layers; decode path: %s; prefill path: %s",
-                 self.model_dir, self.device, dtype, time.monotonic() - t0, self._kv.tokens, self._kv.slots,
+                 self.model_dir, self.device, dtype, time.monotonic() - t0, self._kv.tokens,
+                 str(self.store_dtype).removeprefix("torch."), self._kv.slots,
                  self._kv.max_len, self._kv.slots, self.max_prefill_tokens, self.attention_path, self.fused_norms,
                  self.fused_projections, self.silu_kernels, self.fused_rotary, self.decode_path, self.prefill_path)
 
@@ -522,13 +535,19 @@ class TransformersEngine(Engine):
         if self.attention == "masked":
             self.attention_path = "masked SDPA (--attention masked)"
             return
-        kernel, why = slot_attention.kernel_for(self.device, self.dtype)
+        eight_bit = self.store_dtype != self.dtype
+        kernel, why = slot_attention.kernel_for(self.device, self.dtype, self.store_dtype)
         if kernel is None and self.attention == "varlen":
             kernel, why = slot_attention.reference_varlen, "variable length, reference kernel (SDPA per sequence)"
+        if kernel is None and eight_bit:
+            raise EngineError(f"an 8-bit KV store needs a variable-length attention kernel: {why} "
+                              f"(--attention varlen runs the slow reference kernel)")
         if kernel is None:
             self.attention_path = f"masked SDPA ({why})"
             return
         fault = self._kernel_fault(kernel)
+        if fault is not None and eight_bit:
+            raise EngineError(f"an 8-bit KV store needs a variable-length attention kernel: {why} {fault[0]}")
         if fault is not None:
             self.attention_path = f"masked SDPA ({why} {fault[0]})"
             log.warning("variable-length attention unavailable: %s", self.attention_path)
@@ -537,8 +556,8 @@ class TransformersEngine(Engine):
         self._varlen = self._decode_default = kernel
         self.attention_path = why
         _, kv_heads, _ = kv_geometry(self.model.config)
-        for candidate in slot_attention.decode_kernels(self.device, self.dtype,
-                                                       self.model.config.num_attention_heads, kv_heads):
+        for candidate in slot_attention.decode_kernels(self.device, self.dtype, self.model.config.num_attention_heads,
+                                                       kv_heads, self.store_dtype):
             fault = self._kernel_fault(candidate, decode_only=True)
             if fault is None:
                 self._decode_candidates.append(candidate)
@@ -557,7 +576,8 @@ class TransformersEngine(Engine):
         _, kv_heads, head_dim = kv_geometry(cfg)
         try:
             err = slot_attention.check_kernel(kernel, self.device, self.dtype, cfg.num_attention_heads,
-                                              kv_heads, head_dim, decode_only=decode_only)
+                                              kv_heads, head_dim, decode_only=decode_only,
+                                              store_dtype=self.store_dtype)
         except Exception as exc:  # noqa: BLE001 - any failure rules the kernel out
             return f"failed its check: {exc.__class__.__name__}: {exc}", True
         if not err < self.VARLEN_TOLERANCE:
@@ -646,7 +666,7 @@ class TransformersEngine(Engine):
     def _make_store(self) -> None:
         """Size the KV store: ``kv_cache_tokens`` if given, else on CUDA a share of the free
         memory; one slot of ``max_model_len`` per sequence, at most ``max_batch`` slots."""
-        per_token = bytes_per_token(self.model.config, self.dtype)
+        per_token = bytes_per_token(self.model.config, self.store_dtype)
         tokens = self.kv_cache_tokens
         if tokens is None and self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
@@ -658,7 +678,8 @@ class TransformersEngine(Engine):
         if slots < self.max_batch:
             log.warning("KV memory limits the batch to %d sequences of up to %d tokens (--max-batch %d); "
                         "a lower --max-model-len gives more", slots, self._max_model_len, self.max_batch)
-        self._kv = SlotKVCache.for_model(self.model.config, self.dtype, self.device, slots, self._max_model_len)
+        self._kv = SlotKVCache.for_model(self.model.config, self.dtype, self.device, slots, self._max_model_len,
+                                         self.store_dtype)
         self.kv_cache_tokens = self._kv.tokens
         self.max_batch = slots  # what /readyz and the metrics report: the batch that can run
 
@@ -682,8 +703,10 @@ class TransformersEngine(Engine):
         want = ref[[6, 10] + [11] * len(steps)]
         err = slot_attention.relative_error(got, want)
         # float32 agrees to rounding; in half precision the two paths use different
-        # attention kernels, so only a gross disagreement (a cache the model ignored) fails.
-        if not err < (0.25 if self.dtype in (torch.bfloat16, torch.float16) else 1e-3):
+        # attention kernels (and an 8-bit store rounds every key and value), so only a gross
+        # disagreement (a cache the model ignored) fails.
+        loose = self.dtype in (torch.bfloat16, torch.float16) or self.store_dtype != self.dtype
+        if not err < (0.25 if loose else 1e-3):
             raise EngineError(f"{type(self.model).__name__}: the slot KV cache does not reproduce the model's "
                               f"own forward (relative error {err:.3g}); this architecture is not supported")
 
@@ -1303,6 +1326,7 @@ class TransformersOptions:
     attention: str = "auto"           # auto, varlen, masked
     attention_choice: bool = True     # per decode step, the cheaper of the kernel and the masked call
     prefill_graphs: bool = True       # static prefill shapes, captured as graphs on CUDA
+    kv_cache_dtype: str = "auto"      # auto (the model's dtype) or fp8 (8-bit e4m3 store)
 
 
 def _add_arguments(g) -> None:
@@ -1320,6 +1344,10 @@ def _add_arguments(g) -> None:
     g.add_argument("--no-attention-choice", dest="attention_choice", action="store_false",
                    help="with the variable-length attention, use it for every decode step instead of taking, per "
                         "step, the cheaper of it and one masked call (timed at start-up)")
+    g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", *STORE_DTYPES],
+                   help="what the KV store keeps: auto (the model's dtype) or fp8 (8-bit e4m3: half the memory, "
+                        "so twice the tokens, and half the decode attention's reads, at e4m3's precision; attention "
+                        "through Triton kernels, so CUDA with Triton, or --attention varlen on the CPU)")
     g.add_argument("--no-prefill-graphs", dest="prefill_graphs", action="store_false",
                    help="with the variable-length attention, prefill unpadded and eagerly instead of in static "
                         "shapes captured as CUDA graphs")
@@ -1336,10 +1364,12 @@ def _options_from_args(args) -> TransformersOptions:
         raise ConfigError(f"--model {args.model}: no config.json in the folder; is it a transformers model?")
     if args.kv_cache_tokens is not None and args.kv_cache_tokens < 1:
         raise ConfigError("--kv-cache-tokens must be at least 1")
+    if args.kv_cache_dtype != "auto" and args.attention == "masked":
+        raise ConfigError("--kv-cache-dtype fp8 needs the variable-length attention, not --attention masked")
     return TransformersOptions(model=args.model, device=args.device, dtype=args.dtype,
                                max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
                                attention=args.attention, attention_choice=args.attention_choice,
-                               prefill_graphs=args.prefill_graphs)
+                               prefill_graphs=args.prefill_graphs, kv_cache_dtype=args.kv_cache_dtype)
 
 
 def _build(options: TransformersOptions, config) -> TransformersEngine:
@@ -1347,7 +1377,8 @@ def _build(options: TransformersOptions, config) -> TransformersEngine:
                               max_batch=config.max_batch, max_queue=config.max_queue,
                               max_model_len=options.max_model_len, kv_cache_tokens=options.kv_cache_tokens,
                               model_version=config.model_version, attention=options.attention,
-                              attention_choice=options.attention_choice, prefill_graphs=options.prefill_graphs)
+                              attention_choice=options.attention_choice, prefill_graphs=options.prefill_graphs,
+                              kv_cache_dtype=options.kv_cache_dtype)
 
 
 register(EnginePlugin(
