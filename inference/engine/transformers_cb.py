@@ -21,7 +21,9 @@ sampling settings and run on the CPU for CI and the demo. The loop below:
   it costs less than one masked SDPA call over the padded width; for decode, the paged
   kernels this PyTorch build has (FlashAttention's split-KV path, cuDNN's) read the same
   store through a fixed page table, a Triton kernel written for one query per sequence
-  reads it too, and each batch bucket keeps the fastest kernel timed at start-up;
+  reads it too, and each batch bucket keeps the fastest kernel timed at start-up; with
+  ``kv_cache_dtype="fp8"`` the store keeps 8-bit keys and values, which only Triton kernels
+  read (:mod:`inference.engine.triton_prefill` for prefill, the decode kernel for decode);
 * **CUDA graphs**: on CUDA the decode step is captured once per batch-size bucket (1, 2, 4,
   … up to the slot count) and attention (masked at each width bucket, and variable-length),
   and a prefill step once per token bucket, and replayed: one launch instead of several
