@@ -15,6 +15,10 @@ prompts, and the time of each. Also runs on the CPU (no capture), as the test su
 
     python benchmarks/decode_check.py --device cuda --models deepseek-7b qwen2-r1 llama3-r1 --out check.json
 
+With ``--kv-cache-dtype fp8`` the fast engine keeps an 8-bit KV store and the other two the
+model's dtype, so "alone" measures what the 8-bit store changes (``--models DIR`` checks a
+model of your own).
+
 The R1-distill shapes are the published configs of DeepSeek-R1-Distill-Qwen and -Llama
 (Qwen2 with grouped-query attention and QKV bias; Llama 3 with its RoPE scaling), shrunk to
 4 layers of width 256 with random weights and the tiny model's tokenizer.
