@@ -239,17 +239,22 @@ def prefill_chunks(tokens: int, vocab: int, g) -> list[tuple[int, list[int], int
 def overlap(engine, rows: int, held: list[int], tokens: int, vocab: int, g) -> dict:
     """A decode step's graph and a prefill step's graph, one after the other on one stream
     and side by side on two: what running prefill beside decode (compute-bound matrix
-    multiplies beside bandwidth-bound attention) would save. Timing only: the two graphs
-    share the engine's memory pool, so side by side they overwrite each other's
-    intermediate values; their kernels' times do not depend on the values."""
+    multiplies beside bandwidth-bound attention) would save. Timing only. The two graphs
+    are captured here, each in a memory pool of its own: the engine's graphs share one
+    pool, and replayed side by side they would overwrite each other's intermediate values,
+    among them the lengths the attention kernels loop over. Both still write the same KV
+    store; the values written do not change what the kernels do. Not yet measured: on an
+    H200 (2026-12-02) this probe did not finish within 170-240 s, both in a first version
+    that replayed the engine's own graphs and in this one; the cause is not known (the
+    figures before it, printed as they come, were complete)."""
     import torch
 
     shape = stage_decode(engine, rows, held, vocab, g)
     bucket = engine._stage_prefill(prefill_chunks(tokens, vocab, g), tokens)
-    captured = engine._prefill_graphs.get(bucket)
-    if shape not in engine._graphs or captured is None:
+    if shape not in engine._graphs or bucket not in engine._prefill_graphs:
         return {"rows": rows, "prefill_tokens": tokens, "skipped": "no captured graph for this shape"}
-    decode, prefill = engine._graphs[shape][0], captured[0]
+    decode, _ = engine._capture(lambda: engine._decode_forward(*shape), torch.cuda.graph_pool_handle())
+    prefill, _ = engine._capture(lambda: engine._prefill_static(bucket), torch.cuda.graph_pool_handle())
     side = torch.cuda.Stream()
     main = torch.cuda.current_stream()
 
