@@ -323,10 +323,12 @@ async def run(args) -> dict:
                 result["prefill"].append(entry)
                 print(json.dumps({k: v for k, v in entry.items() if k != "profile"}), flush=True)
             if args.overlap and engine.device.type == "cuda":
-                result["overlap"] = [overlap(engine, rows, lengths[:rows], tokens, vocab, g)
-                                     for rows in args.rows for tokens in args.prefill if rows >= 8]
-                for o in result["overlap"]:
-                    print(json.dumps(o), flush=True)
+                result["overlap"] = []
+                for rows in [r for r in args.rows if r >= 8]:
+                    for tokens in args.prefill:  # each printed as it comes: the probe has hung before
+                        print(f"overlap: {rows} rows beside {tokens} prefill tokens", flush=True)
+                        result["overlap"].append(overlap(engine, rows, lengths[:rows], tokens, vocab, g))
+                        print(json.dumps(result["overlap"][-1]), flush=True)
         result["gemm"] = gemm_table(engine.model.config, engine.dtype, engine.device, sorted(set(args.rows) | set(args.prefill)))
     finally:
         await engine.stop()

@@ -74,9 +74,13 @@ STORE_DTYPES = {"fp8": torch.float8_e4m3fn, "fp8_e4m3": torch.float8_e4m3fn}
 FP8_MAX = 448.0
 
 
+def _eight_bit(dtype: torch.dtype) -> bool:
+    return dtype.is_floating_point and dtype.itemsize == 1
+
+
 def _raw(t: torch.Tensor) -> torch.Tensor:
     """``t`` as bytes when it is an 8-bit float (for ``index_copy_`` and row moves)."""
-    return t.view(torch.uint8) if t.element_size() == 1 and t.is_floating_point() else t
+    return t.view(torch.uint8) if _eight_bit(t.dtype) else t
 
 
 def bytes_per_token(config, dtype: torch.dtype) -> int:
@@ -94,7 +98,7 @@ class SlotKVCache:
         #: ``dtype``: the model's (masks, what a read returns); ``store_dtype``: what is kept.
         self.dtype, self.device = dtype, device
         self.store_dtype = store_dtype or dtype
-        self.eight_bit = torch.finfo(self.store_dtype).bits == 8
+        self.eight_bit = _eight_bit(self.store_dtype)
         self.slots, self.max_len = slots, max_len
         self.stride = max_len + 1          # columns per slot, the trash column included
         self.trash = max_len               # column index of the trash column

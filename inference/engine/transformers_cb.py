@@ -336,8 +336,8 @@ class TransformersEngine(Engine):
         #: whose kernels widen it as they read).
         if kv_cache_dtype != "auto" and kv_cache_dtype not in STORE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be auto or one of {sorted(STORE_DTYPES)}, not {kv_cache_dtype!r}")
-        if kv_cache_dtype != "auto" and attention == "masked":
-            raise ValueError("an 8-bit KV store needs the variable-length attention, not --attention masked")
+        if (conflict := kv_store_conflict(kv_cache_dtype, attention)) is not None:
+            raise ValueError(conflict)
         self.kv_cache_dtype = kv_cache_dtype
         if kv_cache_dtype != "auto":  # the masked call reads the store as the model's dtype only
             attention_choice = False
@@ -1331,6 +1331,15 @@ class TransformersOptions:
     kv_cache_dtype: str = "auto"      # auto (the model's dtype) or fp8 (8-bit e4m3 store)
 
 
+def kv_store_conflict(kv_cache_dtype: str, attention: str) -> str | None:
+    """Why this store cannot serve with this attention (one line), or None: the masked call
+    reads the store as the model's dtype, so an 8-bit store needs the variable-length one.
+    The engine raises it as a ValueError, ``serve`` as a configuration error."""
+    if kv_cache_dtype != "auto" and attention == "masked":
+        return f"--kv-cache-dtype {kv_cache_dtype} needs the variable-length attention, not --attention masked"
+    return None
+
+
 def _add_arguments(g) -> None:
     g.add_argument("--model", metavar="DIR", help="local model folder (from_pretrained); required")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -1366,8 +1375,8 @@ def _options_from_args(args) -> TransformersOptions:
         raise ConfigError(f"--model {args.model}: no config.json in the folder; is it a transformers model?")
     if args.kv_cache_tokens is not None and args.kv_cache_tokens < 1:
         raise ConfigError("--kv-cache-tokens must be at least 1")
-    if args.kv_cache_dtype != "auto" and args.attention == "masked":
-        raise ConfigError("--kv-cache-dtype fp8 needs the variable-length attention, not --attention masked")
+    if (conflict := kv_store_conflict(args.kv_cache_dtype, args.attention)) is not None:
+        raise ConfigError(conflict)
     return TransformersOptions(model=args.model, device=args.device, dtype=args.dtype,
                                max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
                                attention=args.attention, attention_choice=args.attention_choice,

@@ -125,8 +125,7 @@ def test_the_triton_kernels_read_the_8_bit_store_as_the_reference_does():
 
 
 ENGINE = """
-import glob, json, sys
-import torch
+import json, sys
 from inference.engine import slot_attention, triton_decode, triton_prefill
 from tests.node.test_engine_slots import PROMPTS, _engine, _run
 model, new = sys.argv[1], [6, 10, 4, 8]
