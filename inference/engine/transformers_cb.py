@@ -61,6 +61,7 @@ from inference.engine.base import (
     GenerationRequest, OutputStream, QueueFull, SamplingParams,
 )
 from inference.engine.detokenizer import StopMatcher, make_detokenizer
+from inference.engine.device_clock import DeviceClock
 from inference.engine.fused_linear import count_silu_kernels
 from inference.engine.fused_linear import fuse_projections as fuse_linear_projections
 from inference.engine.fused_norm import fuse_rms_norms
@@ -183,6 +184,10 @@ class StepStats:
     wait_s: float = 0.0
     wait_max_s: float = 0.0
     to_first_s: float = 0.0
+    #: Time the engine thread waited with no work at all (not counted as the device's).
+    idle_s: float = 0.0
+    #: ``{kind: [spans, seconds]}`` of device time (``DeviceClock``; CUDA only).
+    device: dict = field(default_factory=dict)
 
     def add_decode(self, rows: int, padded_rows: int, forward_s: float, sample_s: float, emit_s: float,
                    varlen: bool = False) -> None:
@@ -199,6 +204,12 @@ class StepStats:
         self.prefill_tokens += tokens
         self.prefill_s += seconds
 
+    def add_device(self, collected: dict[str, tuple[int, float]]) -> None:
+        for kind, (spans, seconds) in collected.items():
+            entry = self.device.setdefault(kind, [0, 0.0])
+            entry[0] += spans
+            entry[1] += seconds
+
     def add_first(self, wait_s: float, to_first_s: float) -> None:
         """A first token: ``wait_s`` from arrival to its first prompt chunk, ``to_first_s``
         from arrival to the token (what time to first token is made of inside the engine)."""
@@ -207,7 +218,7 @@ class StepStats:
         self.wait_max_s = max(self.wait_max_s, wait_s)
         self.to_first_s += to_first_s
 
-    def summary(self) -> str:
+    def summary(self, wall_s: float | None = None) -> str:
         n = max(self.steps, 1)
         return (f"{self.steps} decode steps ({self.varlen_steps} variable-length), {self.rows / n:.1f} rows per step ({self.padded_rows / n:.1f} with "
                 f"bucket padding); per step: forward {self.forward_s / n * 1e3:.2f} ms (host), sample "
@@ -216,7 +227,19 @@ class StepStats:
                 f"{self.prefill_s / max(self.prefills, 1) * 1e3:.1f} ms each; {self.firsts} first tokens, "
                 f"{self.to_first_s / max(self.firsts, 1) * 1e3:.0f} ms after arrival on average, of which "
                 f"{self.wait_s / max(self.firsts, 1) * 1e3:.0f} ms waiting for a first chunk "
-                f"(at most {self.wait_max_s * 1e3:.0f} ms)")
+                f"(at most {self.wait_max_s * 1e3:.0f} ms)" + self._device_summary(wall_s))
+
+    def _device_summary(self, wall_s: float | None) -> str:
+        """The device's own time (CUDA events around each step): per decode step, per prefill
+        chunk, and how busy the device was while the engine had work (the interval less the
+        time it waited for requests). Below 100 %, the device waited for the host."""
+        if not self.device or wall_s is None:
+            return ""
+        decode, prefill = self.device.get("decode", [0, 0.0]), self.device.get("prefill", [0, 0.0])
+        worked = max(wall_s - self.idle_s, 1e-9)
+        return (f"; device time: decode {decode[1] / max(decode[0], 1) * 1e3:.2f} ms per step, prefill "
+                f"{prefill[1] / max(prefill[0], 1) * 1e3:.2f} ms per chunk, busy "
+                f"{min((decode[1] + prefill[1]) / worked, 1.0):.1%} of the {worked:.1f} s with work")
 
 
 @dataclass
@@ -389,6 +412,8 @@ class TransformersEngine(Engine):
         self._finished_total = 0
         self.step_stats = StepStats()
         self._stats_since = time.perf_counter()
+        #: Device time of each step (CUDA events), for the account's "busy" figure.
+        self._clock = DeviceClock(self.device)
         self._kv: SlotKVCache | None = None
         self._graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._prefill_graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -1063,7 +1088,9 @@ class TransformersEngine(Engine):
                         with self._lock:
                             idle = not self._incoming and not self._waiting
                         if idle:
+                            t0 = time.perf_counter()
                             self._wake.wait()
+                            self.step_stats.idle_s += time.perf_counter() - t0
                         continue
                     # a prefill step is launched first and read last: the decode step launched
                     # in between keeps the device busy while the host takes the first tokens
@@ -1135,6 +1162,7 @@ class TransformersEngine(Engine):
             budget -= take
         t0 = time.perf_counter()
         now = time.monotonic()
+        mark = self._clock.start()
         logits = self._prefill_forward([(s.slot, s.prompt_ids[s.length:s.length + n], s.length) for s, n in chunks])
         complete = []
         for i, (seq, n) in enumerate(chunks):
@@ -1156,6 +1184,7 @@ class TransformersEngine(Engine):
             cuda = self.device.type == "cuda"
             first = _Step.copy_out(group, tokens, torch.empty(len(group), dtype=torch.long, pin_memory=cuda),
                                    torch.cuda.Event() if cuda else None)
+        self._clock.stop(mark, "prefill")
         return _Prefill(first, sum(n for _, n in chunks), time.perf_counter() - t0)
 
     def _finish_prefill(self, launched: "_Prefill") -> None:
@@ -1238,6 +1267,7 @@ class TransformersEngine(Engine):
                                              [q.length + q.pending for q in running] + [-1] * pad,
                                              src + [-1] * pad]))
         inputs = self._staged[:, :rows]
+        mark = self._clock.start()
         inputs.copy_(staged[:, :rows], non_blocking=True)
         if prev is not None:
             from_prev = prev.tokens.index_select(0, inputs[2].clamp(min=0))
@@ -1251,6 +1281,7 @@ class TransformersEngine(Engine):
                                     self.eos_token_ids, pending=[q.pending for q in running], to_host=False)
         step = _Step.copy_out(list(running), tokens, self._stage_out[self._flip][:n],
                               self._events[self._flip] if self.device.type == "cuda" else None)
+        self._clock.stop(mark, "decode")
         self._flip ^= 1
         for q in running:
             q.pending += 1
@@ -1270,7 +1301,9 @@ class TransformersEngine(Engine):
         """Read a launched step's tokens on the host (waiting for the device if it is still
         running) and hand them out; rows that finished leave the batch. A row that finished
         or was cancelled after the step was launched gets nothing from it."""
-        for seq, token in zip(step.seqs, step.read()):
+        tokens = step.read()
+        self.step_stats.add_device(self._clock.collect())
+        for seq, token in zip(step.seqs, tokens):
             seq.pending -= 1
             if seq.done:
                 continue
@@ -1282,7 +1315,8 @@ class TransformersEngine(Engine):
 
     def _log_step_stats(self, now: float) -> None:
         """Log the interval's account (``serve_bench`` reads these lines) and start a new one."""
-        log.info("engine: last %.0f s: %s", now - self._stats_since, self.step_stats.summary())
+        self.step_stats.add_device(self._clock.collect())
+        log.info("engine: last %.0f s: %s", now - self._stats_since, self.step_stats.summary(now - self._stats_since))
         self.step_stats, self._stats_since = StepStats(), now
 
     def _drop_cancelled(self) -> None:
@@ -1329,6 +1363,7 @@ class TransformersOptions:
     attention_choice: bool = True     # per decode step, the cheaper of the kernel and the masked call
     prefill_graphs: bool = True       # static prefill shapes, captured as graphs on CUDA
     kv_cache_dtype: str = "auto"      # auto (the model's dtype) or fp8 (8-bit e4m3 store)
+    max_prefill_tokens: int = 2048    # prompt tokens prefilled per engine step
 
 
 def kv_store_conflict(kv_cache_dtype: str, attention: str) -> str | None:
@@ -1359,6 +1394,10 @@ def _add_arguments(g) -> None:
                    help="what the KV store keeps: auto (the model's dtype) or fp8 (8-bit e4m3: half the memory, "
                         "so twice the tokens, and half the decode attention's reads, at e4m3's precision; attention "
                         "through Triton kernels, so CUDA with Triton, or --attention varlen on the CPU)")
+    g.add_argument("--max-prefill-tokens", type=int, default=2048, metavar="N",
+                   help="prompt tokens prefilled per engine step (the chunked-prefill budget; a longer prompt "
+                        "is split across steps): larger fills the device better during a burst of arrivals, "
+                        "smaller lets running streams wait less for each step (default 2048)")
     g.add_argument("--no-prefill-graphs", dest="prefill_graphs", action="store_false",
                    help="with the variable-length attention, prefill unpadded and eagerly instead of in static "
                         "shapes captured as CUDA graphs")
@@ -1375,12 +1414,15 @@ def _options_from_args(args) -> TransformersOptions:
         raise ConfigError(f"--model {args.model}: no config.json in the folder; is it a transformers model?")
     if args.kv_cache_tokens is not None and args.kv_cache_tokens < 1:
         raise ConfigError("--kv-cache-tokens must be at least 1")
+    if args.max_prefill_tokens < 16:
+        raise ConfigError("--max-prefill-tokens must be at least 16")
     if (conflict := kv_store_conflict(args.kv_cache_dtype, args.attention)) is not None:
         raise ConfigError(conflict)
     return TransformersOptions(model=args.model, device=args.device, dtype=args.dtype,
                                max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
                                attention=args.attention, attention_choice=args.attention_choice,
-                               prefill_graphs=args.prefill_graphs, kv_cache_dtype=args.kv_cache_dtype)
+                               prefill_graphs=args.prefill_graphs, kv_cache_dtype=args.kv_cache_dtype,
+                               max_prefill_tokens=args.max_prefill_tokens)
 
 
 def _build(options: TransformersOptions, config) -> TransformersEngine:
@@ -1389,7 +1431,7 @@ def _build(options: TransformersOptions, config) -> TransformersEngine:
                               max_model_len=options.max_model_len, kv_cache_tokens=options.kv_cache_tokens,
                               model_version=config.model_version, attention=options.attention,
                               attention_choice=options.attention_choice, prefill_graphs=options.prefill_graphs,
-                              kv_cache_dtype=options.kv_cache_dtype)
+                              kv_cache_dtype=options.kv_cache_dtype, max_prefill_tokens=options.max_prefill_tokens)
 
 
 register(EnginePlugin(

@@ -691,3 +691,46 @@ def test_the_triton_decode_kernel_matches_the_reference_under_the_interpreter():
     assert "uneven groups refused: the Triton decode kernel needs whole groups of query heads" in out.stdout
     assert "range refused: the key range (48) must be a multiple of the tile (32)" in out.stdout
     assert float(out.stdout.split("errors ")[1]) < 1e-5
+
+
+def test_the_engine_account_says_how_busy_the_device_was_while_there_was_work():
+    """The device's own time per decode step and prefill chunk, and its share of the time the
+    engine had work: the interval less the time the engine waited for requests. The spans
+    come from CUDA events on a GPU (this machine has none, so they are given here); a CPU
+    engine's account has no device part."""
+    from inference.engine.transformers_cb import StepStats
+
+    stats = StepStats()
+    stats.add_decode(4, 4, 0.001, 0.001, 0.002)
+    stats.add_decode(4, 4, 0.001, 0.001, 0.002)
+    stats.add_device({"decode": (2, 0.030)})
+    stats.add_device({"decode": (1, 0.012), "prefill": (1, 0.020)})
+    stats.idle_s = 6.0
+    assert stats.summary(10.0).endswith("; device time: decode 14.00 ms per step, prefill 20.00 ms per chunk, "
+                                        "busy 1.6% of the 4.0 s with work")
+    cpu = StepStats()
+    cpu.add_decode(4, 4, 0.001, 0.001, 0.002)
+    assert "device time" not in cpu.summary(10.0)
+
+
+def test_serve_passes_the_prefill_budget_to_the_engine_and_refuses_a_tiny_one(tiny_model_dir):
+    """``--max-prefill-tokens`` reaches the engine the node builds (its start-up log states
+    it); a budget below 16 tokens is refused in one line."""
+    import argparse
+
+    from contracts.config import ConfigError
+    from inference import cli
+    from inference.engine import registry
+
+    def config(*flags):
+        argv = ["serve", "--engine", "transformers", "--model", str(tiny_model_dir), *flags]
+        parser = argparse.ArgumentParser()
+        cli.add_parser(parser.add_subparsers(), "serve", "serve", argv)
+        return cli.config_from_args(parser.parse_args(argv))
+
+    cfg = config("--max-prefill-tokens", "64")
+    engine = registry.get("transformers").build(cfg.engine_options, cfg)
+    assert engine.max_prefill_tokens == 64
+    assert registry.get("transformers").build(config().engine_options, config()).max_prefill_tokens == 2048
+    with pytest.raises(ConfigError, match="^--max-prefill-tokens must be at least 16$"):
+        config("--max-prefill-tokens", "8")
