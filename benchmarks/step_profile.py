@@ -242,11 +242,11 @@ def overlap(engine, rows: int, held: list[int], tokens: int, vocab: int, g) -> d
     multiplies beside bandwidth-bound attention) would save. Timing only. The two graphs
     are captured here, each in a memory pool of its own: the engine's graphs share one
     pool, and replayed side by side they would overwrite each other's intermediate values,
-    among them the lengths the attention kernels loop over. Both still write the same KV
-    store; the values written do not change what the kernels do. Not yet measured: on an
-    H200 (2026-12-02) this probe did not finish within 170-240 s, both in a first version
-    that replayed the engine's own graphs and in this one; the cause is not known (the
-    figures before it, printed as they come, were complete)."""
+    among them the lengths the attention kernels loop over; and on capture streams of their
+    own, so that their matrix multiplies do not share one cuBLAS workspace (see
+    ``TransformersEngine._capture``: two versions without this never finished on an H200).
+    Both still write the same KV store; the values written do not change what the kernels
+    do."""
     import torch
 
     shape = stage_decode(engine, rows, held, vocab, g)
@@ -254,7 +254,8 @@ def overlap(engine, rows: int, held: list[int], tokens: int, vocab: int, g) -> d
     if shape not in engine._graphs or bucket not in engine._prefill_graphs:
         return {"rows": rows, "prefill_tokens": tokens, "skipped": "no captured graph for this shape"}
     decode, _ = engine._capture(lambda: engine._decode_forward(*shape), torch.cuda.graph_pool_handle())
-    prefill, _ = engine._capture(lambda: engine._prefill_static(bucket), torch.cuda.graph_pool_handle())
+    prefill, _ = engine._capture(lambda: engine._prefill_static(bucket), torch.cuda.graph_pool_handle(),
+                                 stream=torch.cuda.Stream(priority=-1))  # a cuBLAS workspace of its own
     side = torch.cuda.Stream()
     main = torch.cuda.current_stream()
 

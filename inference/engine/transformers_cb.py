@@ -330,7 +330,7 @@ class TransformersEngine(Engine):
                  bucketed: bool | None = None, attention: str = "auto", fuse_norms: bool | None = None,
                  fuse_projections: bool | None = None, fuse_rotary: bool | None = None,
                  overlap: bool = True, attention_choice: bool = True, prefill_graphs: bool = True,
-                 kv_cache_dtype: str = "auto"):
+                 kv_cache_dtype: str = "auto", overlap_prefill: bool = False):
         self.model_dir = Path(model_dir)
         self.device = _pick_device(device)
         self.dtype_name = dtype or "auto"
@@ -383,6 +383,14 @@ class TransformersEngine(Engine):
         #: With the variable-length attention: static prefill shapes, captured as graphs on CUDA
         #: (False: the unpadded packed prefill, eager).
         self.prefill_graphs = prefill_graphs
+        #: On CUDA: run prefill steps on a stream of their own, so a prefill chunk's matrix
+        #: multiplies (bound by compute) run beside the decode step's attention (bound by
+        #: memory bandwidth) instead of after it. ``_side`` replays them; ``_side_capture``
+        #: captures their graphs (a cuBLAS workspace apart from the decode graphs', see
+        #: ``_capture``).
+        self.overlap_prefill = overlap_prefill
+        self._side: "torch.cuda.Stream | None" = None
+        self._side_capture: "torch.cuda.Stream | None" = None
         self._inflight: _Step | None = None
         self.attention_path = "not loaded"
         self._varlen: slot_attention.Kernel | None = None
@@ -517,6 +525,11 @@ class TransformersEngine(Engine):
         if self._varlen is not None and (self._decode_candidates or self._decode_kernels):
             self.attention_path += f"; decode: {self._decode_kernel_summary()}"
         use_graphs = self.cuda_graphs if self.cuda_graphs is not None else self.device.type == "cuda"
+        if self.overlap_prefill and self.device.type == "cuda":
+            # PyTorch hands out normal-priority streams round-robin from a pool of 32, so a
+            # fresh one may be its graph capture stream itself; the high-priority pool is apart
+            self._side = torch.cuda.Stream(self.device)
+            self._side_capture = torch.cuda.Stream(self.device, priority=-1)
         if self.bucketed is None:
             self.bucketed = use_graphs
         self._setup_static_prefill()
@@ -899,18 +912,27 @@ class TransformersEngine(Engine):
         self.decode_path = (f"cuda-graphs ({len(self._graphs)} captured in {time.monotonic() - t0:.1f}s: "
                             f"batch {self.batch_buckets} × ({kinds}))"
                             + (f"; not captured: {'; '.join(failures)}" if failures else ""))
-        self._capture_prefill_graphs(pool)
+        # beside the decode step, the prefill graphs need memory of their own: graphs sharing a
+        # pool reuse each other's intermediate buffers, which is only safe one at a time
+        self._capture_prefill_graphs(torch.cuda.graph_pool_handle() if self._side is not None else pool)
 
-    def _capture(self, forward, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, forward, pool, stream: "torch.cuda.Stream | None" = None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """``forward`` run once on a side stream (lazy initialisation stays out of the
-        graph), then captured into ``pool``; returns the graph and its output buffer."""
+        graph), then captured into ``pool`` on ``stream`` (default: PyTorch's one capture
+        stream); returns the graph and its output buffer.
+
+        Graphs that will run side by side on two streams need captures on two streams:
+        cuBLAS keeps one workspace per stream, and a graph keeps the workspace its capture
+        used, so two graphs captured on the same stream share one, and replayed at the same
+        time their matrix multiplies (split-K partial sums among them) overwrite each
+        other's."""
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             forward()
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=pool):
+        with torch.cuda.graph(graph, pool=pool, stream=stream):
             out = forward()
         return graph, out
 
@@ -936,7 +958,8 @@ class TransformersEngine(Engine):
         try:
             for bucket in reversed(self.prefill_buckets):
                 self._stage_prefill([], bucket)
-                self._prefill_graphs[bucket] = self._capture(lambda: self._prefill_static(bucket), pool)
+                self._prefill_graphs[bucket] = self._capture(lambda: self._prefill_static(bucket), pool,
+                                                             self._side_capture)
             torch.cuda.synchronize(self.device)
             g = torch.Generator().manual_seed(5)
             ids = torch.randint(0, self.model.config.vocab_size, (40,), generator=g).tolist()
@@ -951,7 +974,8 @@ class TransformersEngine(Engine):
             log.exception("prefill graph capture failed; prefill runs eagerly")
             return
         self.prefill_path = (f"cuda-graphs ({len(self._prefill_graphs)} captured in {time.monotonic() - t0:.1f}s: "
-                             f"tokens {self.prefill_buckets})")
+                             f"tokens {self.prefill_buckets})"
+                             + ("; on a stream of its own, beside decode" if self._side is not None else ""))
 
     def _check_replay(self, varlen: bool) -> str | None:
         """One attention's replay against its eager step on a random prompt in slot 0 (two
@@ -1161,6 +1185,15 @@ class TransformersEngine(Engine):
             chunks.append((seq, take))
             budget -= take
         t0 = time.perf_counter()
+        if self._side is None:
+            return self._launch_prefill(chunks, t0)
+        # after everything queued so far on the main stream (the decode step before, slot
+        # moves), beside the decode step launched next
+        self._side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self._side):
+            return self._launch_prefill(chunks, t0)
+
+    def _launch_prefill(self, chunks: list[tuple[_Sequence, int]], t0: float) -> "_Prefill":
         now = time.monotonic()
         mark = self._clock.start()
         logits = self._prefill_forward([(s.slot, s.prompt_ids[s.length:s.length + n], s.length) for s, n in chunks])
@@ -1364,6 +1397,7 @@ class TransformersOptions:
     prefill_graphs: bool = True       # static prefill shapes, captured as graphs on CUDA
     kv_cache_dtype: str = "auto"      # auto (the model's dtype) or fp8 (8-bit e4m3 store)
     max_prefill_tokens: int = 2048    # prompt tokens prefilled per engine step
+    overlap_prefill: bool = False     # prefill on a CUDA stream of its own, beside decode
 
 
 def kv_store_conflict(kv_cache_dtype: str, attention: str) -> str | None:
@@ -1398,6 +1432,9 @@ def _add_arguments(g) -> None:
                    help="prompt tokens prefilled per engine step (the chunked-prefill budget; a longer prompt "
                         "is split across steps): larger fills the device better during a burst of arrivals, "
                         "smaller lets running streams wait less for each step (default 2048)")
+    g.add_argument("--overlap-prefill", action="store_true",
+                   help="on CUDA, run prefill steps on a stream of their own, beside the decode steps (a prefill's "
+                        "matrix multiplies are bound by compute, decode's attention by memory bandwidth)")
     g.add_argument("--no-prefill-graphs", dest="prefill_graphs", action="store_false",
                    help="with the variable-length attention, prefill unpadded and eagerly instead of in static "
                         "shapes captured as CUDA graphs")
@@ -1422,7 +1459,7 @@ def _options_from_args(args) -> TransformersOptions:
                                max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
                                attention=args.attention, attention_choice=args.attention_choice,
                                prefill_graphs=args.prefill_graphs, kv_cache_dtype=args.kv_cache_dtype,
-                               max_prefill_tokens=args.max_prefill_tokens)
+                               max_prefill_tokens=args.max_prefill_tokens, overlap_prefill=args.overlap_prefill)
 
 
 def _build(options: TransformersOptions, config) -> TransformersEngine:
@@ -1431,7 +1468,8 @@ def _build(options: TransformersOptions, config) -> TransformersEngine:
                               max_model_len=options.max_model_len, kv_cache_tokens=options.kv_cache_tokens,
                               model_version=config.model_version, attention=options.attention,
                               attention_choice=options.attention_choice, prefill_graphs=options.prefill_graphs,
-                              kv_cache_dtype=options.kv_cache_dtype, max_prefill_tokens=options.max_prefill_tokens)
+                              kv_cache_dtype=options.kv_cache_dtype, max_prefill_tokens=options.max_prefill_tokens,
+                              overlap_prefill=options.overlap_prefill)
 
 
 register(EnginePlugin(

@@ -713,9 +713,9 @@ def test_the_engine_account_says_how_busy_the_device_was_while_there_was_work():
     assert "device time" not in cpu.summary(10.0)
 
 
-def test_serve_passes_the_prefill_budget_to_the_engine_and_refuses_a_tiny_one(tiny_model_dir):
-    """``--max-prefill-tokens`` reaches the engine the node builds (its start-up log states
-    it); a budget below 16 tokens is refused in one line."""
+def test_serve_passes_the_prefill_flags_to_the_engine_and_refuses_a_tiny_budget(tiny_model_dir):
+    """``--max-prefill-tokens`` and ``--overlap-prefill`` reach the engine the node builds;
+    a budget below 16 tokens is refused in one line."""
     import argparse
 
     from contracts.config import ConfigError
@@ -728,9 +728,11 @@ def test_serve_passes_the_prefill_budget_to_the_engine_and_refuses_a_tiny_one(ti
         cli.add_parser(parser.add_subparsers(), "serve", "serve", argv)
         return cli.config_from_args(parser.parse_args(argv))
 
-    cfg = config("--max-prefill-tokens", "64")
+    cfg = config("--max-prefill-tokens", "64", "--overlap-prefill")
     engine = registry.get("transformers").build(cfg.engine_options, cfg)
     assert engine.max_prefill_tokens == 64
+    # the prefill stream itself exists only on CUDA (this machine has none): the flag's path
+    assert engine.overlap_prefill is True and config().engine_options.overlap_prefill is False
     assert registry.get("transformers").build(config().engine_options, config()).max_prefill_tokens == 2048
     with pytest.raises(ConfigError, match="^--max-prefill-tokens must be at least 16$"):
         config("--max-prefill-tokens", "8")
