@@ -181,7 +181,8 @@ def summarise(results: list[dict], wall: float, concurrency: int, poisson_rate: 
 
 
 async def engine_direct(model_dir: Path, device: str, max_batch: int, max_model_len: int | None,
-                        workloads: dict[int, tuple[list[str], list[int]]], kv_cache_dtype: str = "auto") -> list[dict]:
+                        workloads: dict[int, tuple[list[str], list[int]]], kv_cache_dtype: str = "auto",
+                        **engine_options) -> list[dict]:
     """The node's scenarios, same prompts, driven straight into the engine in this process:
     no HTTP, no SSE, no instrumentation. The node's throughput against this is what the
     server and the instrumentation cost (issue target: at most 5 %)."""
@@ -202,7 +203,7 @@ async def engine_direct(model_dir: Path, device: str, max_batch: int, max_model_
     engine_log.addHandler(keep)
     engine_log.setLevel(logging.INFO)
     engine = TransformersEngine(model_dir, device=device, max_batch=max_batch, max_queue=4096,
-                                max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype)
+                                max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype, **engine_options)
     await engine.start()
     print(f"engine driven directly: decode path {engine.decode_path}", flush=True)
 
@@ -400,7 +401,9 @@ def markdown(result: dict) -> str:
         f"torch {result['torch']}, transformers {result.get('transformers', '?')}.",
         f"Command: `{result['command']}`", "",
         f"Node decode path: {result.get('decode_path', '?')}; attention: {result.get('attention_path') or 'masked SDPA'}"
-        + (f"; KV store: {result['kv_cache_dtype']}" if result.get("kv_cache_dtype", "auto") != "auto" else ""), "",
+        + (f"; KV store: {result['kv_cache_dtype']}" if result.get("kv_cache_dtype", "auto") != "auto" else "")
+        + (f"; prefill budget {result['max_prefill_tokens']} tokens" if result.get("max_prefill_tokens", 2048) != 2048 else "")
+        + ("; prefill on a stream of its own" if result.get("overlap_prefill") else ""), "",
         "| scenario | requests | aggregate tok/s | TTFT p50 / p99 (ms) | TPOT p50 (ms) | E2E p50 / p99 (ms) |",
         "|---|---|---|---|---|---|",
     ]
@@ -484,6 +487,10 @@ def main() -> int:
     ap.add_argument("--max-model-len", type=int, help="context length for the node and the direct engine")
     ap.add_argument("--kv-cache-dtype", default="auto",
                     help="the KV store of the node and of the engine driven directly: auto (the model's dtype) or fp8")
+    ap.add_argument("--max-prefill-tokens", type=int, default=2048,
+                    help="the chunked-prefill budget of the node and of the engine driven directly")
+    ap.add_argument("--overlap-prefill", action="store_true",
+                    help="the node and the engine driven directly prefill on a CUDA stream of their own")
     ap.add_argument("--node-arg", action="append", default=[], help="extra flag for seekwatch serve (repeatable)")
     ap.add_argument("--deadline-s", type=float, default=0,
                     help="skip the stages that would start after this many seconds (0: none); each stage's results are kept")
@@ -515,6 +522,7 @@ def main() -> int:
         "max_tokens_range": f"{args.max_tokens[0]}–{args.max_tokens[1]}",
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
         "torch": torch.__version__, "transformers": transformers.__version__, "kv_cache_dtype": args.kv_cache_dtype,
+        "max_prefill_tokens": args.max_prefill_tokens, "overlap_prefill": args.overlap_prefill,
         "scenarios": [], "engine_direct": [], "anchors": [],
     }
 
@@ -539,6 +547,7 @@ def main() -> int:
     len_args = ["--max-model-len", str(args.max_model_len)] if args.max_model_len else []
     node = start_node(tmp, "--model", str(model_dir), "--device", args.device, "--max-batch", str(args.max_batch),
                       "--max-queue", "4096", "--kv-cache-dtype", args.kv_cache_dtype, *len_args, *args.node_arg,
+                      "--max-prefill-tokens", str(args.max_prefill_tokens), *(["--overlap-prefill"] * args.overlap_prefill),
                       ready_timeout=240)
     workloads: dict[int, tuple[list[str], list[int]]] = {}
     try:
@@ -577,9 +586,10 @@ def main() -> int:
                                    or ln.startswith("Traceback") or ln.startswith(" ")][:200]
         save()
     print("\n".join(result["engine_log"]), flush=True)
+    engine_options = {"max_prefill_tokens": args.max_prefill_tokens, "overlap_prefill": args.overlap_prefill}
     if not args.no_engine_direct and workloads and not late("engine driven directly"):
         result["engine_direct"] = asyncio.run(engine_direct(model_dir, args.device, args.max_batch, args.max_model_len,
-                                                            workloads, args.kv_cache_dtype))
+                                                            workloads, args.kv_cache_dtype, **engine_options))
         save()
     if not args.no_baseline and not late("baseline"):
         model, tok_ref, dev = load_reference_model(model_dir, args.device)
