@@ -298,11 +298,13 @@ def kernel_for(device: torch.device, dtype: torch.dtype,
     """The fast kernel for ``device``/``dtype`` over a store of ``store_dtype`` (default
     ``dtype``), or None and why not: FlashAttention over a store of the model's dtype, the
     Triton kernel (:mod:`inference.engine.triton_prefill`) over an 8-bit one."""
+    eight_bit = store_dtype not in (None, dtype)
+    name = "the Triton attention kernel" if eight_bit else "FlashAttention"
     if device.type != "cuda":
-        return None, "FlashAttention needs a CUDA device"
+        return None, f"{name} needs a CUDA device"
     if dtype not in (torch.bfloat16, torch.float16):
-        return None, f"FlashAttention needs bf16 or fp16, not {dtype}"
-    if store_dtype not in (None, dtype):
+        return None, f"{name} needs bf16 or fp16, not {dtype}"
+    if eight_bit:
         try:
             from inference.engine import triton_prefill
         except ImportError:

@@ -70,7 +70,7 @@ def test_a_configuration_that_cannot_read_the_store_is_refused_in_one_line(tiny_
         TransformersEngine(tiny_model_dir, device="cpu", kv_cache_dtype="int4")
     engine = _engine(tiny_model_dir, max_batch=2, kv_cache_dtype="fp8")  # attention auto: no kernel on the CPU
     with pytest.raises(EngineError, match="an 8-bit KV store needs a variable-length attention kernel: "
-                                          "FlashAttention needs a CUDA device"):
+                                          "the Triton attention kernel needs a CUDA device"):
         _load(engine)
 
 
