@@ -128,6 +128,10 @@ class _Prefill:
     tokens: int
     launch_s: float
 
+    def done(self) -> bool:
+        """Whether the device has finished it (taking it in then waits for nothing)."""
+        return self.first is None or self.first.event is None or self.first.event.query()
+
 
 def _deliver(items: list[tuple[asyncio.Queue, tuple]]) -> None:
     for queue, item in items:
@@ -391,6 +395,9 @@ class TransformersEngine(Engine):
         self.overlap_prefill = overlap_prefill
         self._side: "torch.cuda.Stream | None" = None
         self._side_capture: "torch.cuda.Stream | None" = None
+        #: With ``overlap_prefill``: the prefill step launched and not yet taken in. One at a
+        #: time: taking one in moves slots (joins), which no prefill may be writing then.
+        self._side_prefill: _Prefill | None = None
         self._inflight: _Step | None = None
         self.attention_path = "not loaded"
         self._varlen: slot_attention.Kernel | None = None
@@ -1118,10 +1125,18 @@ class TransformersEngine(Engine):
                         continue
                     # a prefill step is launched first and read last: the decode step launched
                     # in between keeps the device busy while the host takes the first tokens
-                    launched = self._prefill_step() if self._prefilling else None
+                    launched = self._prefill_step() if self._prefilling and self._side_prefill is None else None
                     if self._running:
                         self._decode_step()
                         self._flush()
+                    if self.overlap_prefill:
+                        # beside decode, a prefill is taken in once the device has finished it;
+                        # until then decode steps go on (it waits only when nothing decodes)
+                        self._side_prefill = self._side_prefill or launched
+                        if self._side_prefill is not None and (not self._running or self._side_prefill.done()):
+                            launched, self._side_prefill = self._side_prefill, None
+                        else:
+                            launched = None
                     if launched is not None:
                         self._finish_prefill(launched)
                         self._flush()
@@ -1140,7 +1155,7 @@ class TransformersEngine(Engine):
                         seq.done = True
                         self._emit(seq, EngineError(f"generation failed: {exc}"))
                     self._running, self._prefilling = [], []
-                    self._inflight = None
+                    self._inflight = self._side_prefill = None
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
         for seq in self._running + self._prefilling + list(self._waiting) + self._incoming:
@@ -1170,7 +1185,7 @@ class TransformersEngine(Engine):
             seq.length = 0
             self._prefilling.append(seq)
 
-    def _prefill_step(self) -> "_Prefill":
+    def _prefill_step(self) -> "_Prefill | None":
         """Launch one forward over up to ``max_prefill_tokens`` prompt tokens of at most
         ``max_prefill_per_step`` prompts (in arrival order); prompts that are complete get
         their first token chosen on the device. Nothing here waits for the device:
@@ -1184,6 +1199,8 @@ class TransformersEngine(Engine):
                 break
             chunks.append((seq, take))
             budget -= take
+        if not chunks:
+            return None
         t0 = time.perf_counter()
         if self._side is None:
             return self._launch_prefill(chunks, t0)
@@ -1229,6 +1246,8 @@ class TransformersEngine(Engine):
             tokens = step.read()
             first_at = time.monotonic()
             for seq, token in zip(step.seqs, tokens):
+                if seq.done:  # cancelled while its prefill ran beside decode (overlap_prefill)
+                    continue
                 self.step_stats.add_first(seq.started - seq.arrival, first_at - seq.arrival)
                 self._prefilling.remove(seq)
                 self._join(seq)
