@@ -334,7 +334,7 @@ class TransformersEngine(Engine):
                  bucketed: bool | None = None, attention: str = "auto", fuse_norms: bool | None = None,
                  fuse_projections: bool | None = None, fuse_rotary: bool | None = None,
                  overlap: bool = True, attention_choice: bool = True, prefill_graphs: bool = True,
-                 kv_cache_dtype: str = "auto", overlap_prefill: bool = False):
+                 kv_cache_dtype: str = "auto", prefill_stream: bool = False):
         self.model_dir = Path(model_dir)
         self.device = _pick_device(device)
         self.dtype_name = dtype or "auto"
@@ -392,10 +392,10 @@ class TransformersEngine(Engine):
         #: memory bandwidth) instead of after it. ``_side`` replays them; ``_side_capture``
         #: captures their graphs (a cuBLAS workspace apart from the decode graphs', see
         #: ``_capture``).
-        self.overlap_prefill = overlap_prefill
+        self.prefill_stream = prefill_stream
         self._side: "torch.cuda.Stream | None" = None
         self._side_capture: "torch.cuda.Stream | None" = None
-        #: With ``overlap_prefill``: the prefill step launched and not yet taken in. One at a
+        #: With ``prefill_stream``: the prefill step launched and not yet taken in. One at a
         #: time: taking one in moves slots (joins), which no prefill may be writing then.
         self._side_prefill: _Prefill | None = None
         self._inflight: _Step | None = None
@@ -532,7 +532,7 @@ class TransformersEngine(Engine):
         if self._varlen is not None and (self._decode_candidates or self._decode_kernels):
             self.attention_path += f"; decode: {self._decode_kernel_summary()}"
         use_graphs = self.cuda_graphs if self.cuda_graphs is not None else self.device.type == "cuda"
-        if self.overlap_prefill and self.device.type == "cuda":
+        if self.prefill_stream and self.device.type == "cuda":
             # PyTorch hands out normal-priority streams round-robin from a pool of 32, so a
             # fresh one may be its graph capture stream itself; the high-priority pool is apart
             self._side = torch.cuda.Stream(self.device)
@@ -1129,7 +1129,7 @@ class TransformersEngine(Engine):
                     if self._running:
                         self._decode_step()
                         self._flush()
-                    if self.overlap_prefill:
+                    if self.prefill_stream:
                         # beside decode, a prefill is taken in once the device has finished it;
                         # until then decode steps go on (it waits only when nothing decodes)
                         self._side_prefill = self._side_prefill or launched
@@ -1246,7 +1246,7 @@ class TransformersEngine(Engine):
             tokens = step.read()
             first_at = time.monotonic()
             for seq, token in zip(step.seqs, tokens):
-                if seq.done:  # cancelled while its prefill ran beside decode (overlap_prefill)
+                if seq.done:  # cancelled while its prefill ran beside decode (prefill_stream)
                     continue
                 self.step_stats.add_first(seq.started - seq.arrival, first_at - seq.arrival)
                 self._prefilling.remove(seq)
@@ -1416,7 +1416,7 @@ class TransformersOptions:
     prefill_graphs: bool = True       # static prefill shapes, captured as graphs on CUDA
     kv_cache_dtype: str = "auto"      # auto (the model's dtype) or fp8 (8-bit e4m3 store)
     max_prefill_tokens: int = 2048    # prompt tokens prefilled per engine step
-    overlap_prefill: bool = False     # prefill on a CUDA stream of its own, beside decode
+    prefill_stream: bool = False      # prefill on a CUDA stream of its own, beside decode
 
 
 def kv_store_conflict(kv_cache_dtype: str, attention: str) -> str | None:
@@ -1451,7 +1451,7 @@ def _add_arguments(g) -> None:
                    help="prompt tokens prefilled per engine step (the chunked-prefill budget; a longer prompt "
                         "is split across steps): larger fills the device better during a burst of arrivals, "
                         "smaller lets running streams wait less for each step (default 2048)")
-    g.add_argument("--overlap-prefill", action="store_true",
+    g.add_argument("--prefill-stream", action="store_true",
                    help="on CUDA, run prefill steps on a stream of their own, beside the decode steps (a prefill's "
                         "matrix multiplies are bound by compute, decode's attention by memory bandwidth)")
     g.add_argument("--no-prefill-graphs", dest="prefill_graphs", action="store_false",
@@ -1478,7 +1478,7 @@ def _options_from_args(args) -> TransformersOptions:
                                max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
                                attention=args.attention, attention_choice=args.attention_choice,
                                prefill_graphs=args.prefill_graphs, kv_cache_dtype=args.kv_cache_dtype,
-                               max_prefill_tokens=args.max_prefill_tokens, overlap_prefill=args.overlap_prefill)
+                               max_prefill_tokens=args.max_prefill_tokens, prefill_stream=args.prefill_stream)
 
 
 def _build(options: TransformersOptions, config) -> TransformersEngine:
@@ -1488,7 +1488,7 @@ def _build(options: TransformersOptions, config) -> TransformersEngine:
                               model_version=config.model_version, attention=options.attention,
                               attention_choice=options.attention_choice, prefill_graphs=options.prefill_graphs,
                               kv_cache_dtype=options.kv_cache_dtype, max_prefill_tokens=options.max_prefill_tokens,
-                              overlap_prefill=options.overlap_prefill)
+                              prefill_stream=options.prefill_stream)
 
 
 register(EnginePlugin(

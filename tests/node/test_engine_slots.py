@@ -714,7 +714,7 @@ def test_the_engine_account_says_how_busy_the_device_was_while_there_was_work():
 
 
 def test_serve_passes_the_prefill_flags_to_the_engine_and_refuses_a_tiny_budget(tiny_model_dir):
-    """``--max-prefill-tokens`` and ``--overlap-prefill`` reach the engine the node builds;
+    """``--max-prefill-tokens`` and ``--prefill-stream`` reach the engine the node builds;
     a budget below 16 tokens is refused in one line."""
     import argparse
 
@@ -728,18 +728,18 @@ def test_serve_passes_the_prefill_flags_to_the_engine_and_refuses_a_tiny_budget(
         cli.add_parser(parser.add_subparsers(), "serve", "serve", argv)
         return cli.config_from_args(parser.parse_args(argv))
 
-    cfg = config("--max-prefill-tokens", "64", "--overlap-prefill")
+    cfg = config("--max-prefill-tokens", "64", "--prefill-stream")
     engine = registry.get("transformers").build(cfg.engine_options, cfg)
     assert engine.max_prefill_tokens == 64
     # the prefill stream itself exists only on CUDA (this machine has none): the flag's path
-    assert engine.overlap_prefill is True and config().engine_options.overlap_prefill is False
+    assert engine.prefill_stream is True and config().engine_options.prefill_stream is False
     assert registry.get("transformers").build(config().engine_options, config()).max_prefill_tokens == 2048
     with pytest.raises(ConfigError, match="^--max-prefill-tokens must be at least 16$"):
         config("--max-prefill-tokens", "8")
 
 
 def test_a_prefill_taken_in_late_beside_decode_changes_no_token(tiny_model_dir, monkeypatch):
-    """``overlap_prefill``: on CUDA a prefill runs on a stream of its own and is taken in once
+    """``prefill_stream``: on CUDA a prefill runs on a stream of its own and is taken in once
     the device has finished it, while decode steps go on. This machine has no CUDA device, so
     the device's answer is simulated: every prefill reports "not finished" for its first three
     polls (``_Prefill.done``), and one request's last chunk until that request is cancelled,
@@ -762,9 +762,9 @@ def test_a_prefill_taken_in_late_beside_decode_changes_no_token(tiny_model_dir, 
     alone = [_run(_engine(tiny_model_dir, max_batch=4), [p], [n], together=False)[0]
              for p, n in zip(PROMPTS, NEW_TOKENS)]
     plain = _run(_engine(tiny_model_dir, max_batch=6), PROMPTS, NEW_TOKENS, together=True)
-    overlapped = _engine(tiny_model_dir, max_batch=6, max_prefill_tokens=16, overlap_prefill=True)
+    overlapped = _engine(tiny_model_dir, max_batch=6, max_prefill_tokens=16, prefill_stream=True)
     assert _run(overlapped, PROMPTS, NEW_TOKENS, together=False) == alone
-    engine = _engine(tiny_model_dir, max_batch=6, max_prefill_tokens=16, overlap_prefill=True)
+    engine = _engine(tiny_model_dir, max_batch=6, max_prefill_tokens=16, prefill_stream=True)
     order: list[str] = []
     after_token = engine._after_token
     engine._after_token = lambda seq, *a: (order.append(seq.request_id), after_token(seq, *a))
