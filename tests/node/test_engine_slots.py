@@ -764,7 +764,9 @@ def test_a_prefill_taken_in_late_beside_decode_changes_no_token(tiny_model_dir, 
     plain = _run(_engine(tiny_model_dir, max_batch=6), PROMPTS, NEW_TOKENS, together=True)
     overlapped = _engine(tiny_model_dir, max_batch=6, max_prefill_tokens=16, prefill_stream=True)
     assert _run(overlapped, PROMPTS, NEW_TOKENS, together=False) == alone
-    engine = _engine(tiny_model_dir, max_batch=6, max_prefill_tokens=16, prefill_stream=True)
+    # a long context, so the running stream outlasts the test however slow the machine (with
+    # nothing decoding, a prefill is rightly waited for and could not be held back)
+    engine = _engine(tiny_model_dir, max_batch=6, max_prefill_tokens=16, prefill_stream=True, max_model_len=2048)
     order: list[str] = []
     after_token = engine._after_token
     engine._after_token = lambda seq, *a: (order.append(seq.request_id), after_token(seq, *a))
@@ -785,7 +787,7 @@ def test_a_prefill_taken_in_late_beside_decode_changes_no_token(tiny_model_dir, 
         await engine.start()
         try:
             running = GenerationRequest("stream", "m", [{"role": "user", "content": "hi"}],
-                                        SamplingParams(temperature=0, max_tokens=400, ignore_eos=True))
+                                        SamplingParams(temperature=0, max_tokens=2000, ignore_eos=True))
             stream = await engine.generate(running)
             await stream.__anext__()  # decoding
             doomed = await engine.generate(GenerationRequest(
