@@ -402,8 +402,7 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`", "",
         f"Node decode path: {result.get('decode_path', '?')}; attention: {result.get('attention_path') or 'masked SDPA'}"
         + (f"; KV store: {result['kv_cache_dtype']}" if result.get("kv_cache_dtype", "auto") != "auto" else "")
-        + (f"; prefill budget {result['max_prefill_tokens']} tokens" if result.get("max_prefill_tokens", 2048) != 2048 else "")
-        + ("; prefill on a stream of its own" if result.get("prefill_stream") else ""), "",
+        + (f"; prefill budget {result['max_prefill_tokens']} tokens" if result.get("max_prefill_tokens", 2048) != 2048 else ""), "",
         "| scenario | requests | aggregate tok/s | TTFT p50 / p99 (ms) | TPOT p50 (ms) | E2E p50 / p99 (ms) |",
         "|---|---|---|---|---|---|",
     ]
@@ -489,8 +488,6 @@ def main() -> int:
                     help="the KV store of the node and of the engine driven directly: auto (the model's dtype) or fp8")
     ap.add_argument("--max-prefill-tokens", type=int, default=2048,
                     help="the chunked-prefill budget of the node and of the engine driven directly")
-    ap.add_argument("--prefill-stream", action="store_true",
-                    help="the node and the engine driven directly prefill on a CUDA stream of their own")
     ap.add_argument("--node-arg", action="append", default=[], help="extra flag for seekwatch serve (repeatable)")
     ap.add_argument("--deadline-s", type=float, default=0,
                     help="skip the stages that would start after this many seconds (0: none); each stage's results are kept")
@@ -522,7 +519,7 @@ def main() -> int:
         "max_tokens_range": f"{args.max_tokens[0]}–{args.max_tokens[1]}",
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:]),
         "torch": torch.__version__, "transformers": transformers.__version__, "kv_cache_dtype": args.kv_cache_dtype,
-        "max_prefill_tokens": args.max_prefill_tokens, "prefill_stream": args.prefill_stream,
+        "max_prefill_tokens": args.max_prefill_tokens,
         "scenarios": [], "engine_direct": [], "anchors": [],
     }
 
@@ -547,7 +544,7 @@ def main() -> int:
     len_args = ["--max-model-len", str(args.max_model_len)] if args.max_model_len else []
     node = start_node(tmp, "--model", str(model_dir), "--device", args.device, "--max-batch", str(args.max_batch),
                       "--max-queue", "4096", "--kv-cache-dtype", args.kv_cache_dtype, *len_args, *args.node_arg,
-                      "--max-prefill-tokens", str(args.max_prefill_tokens), *(["--prefill-stream"] * args.prefill_stream),
+                      "--max-prefill-tokens", str(args.max_prefill_tokens),
                       ready_timeout=240)
     workloads: dict[int, tuple[list[str], list[int]]] = {}
     try:
@@ -586,7 +583,7 @@ def main() -> int:
                                    or ln.startswith("Traceback") or ln.startswith(" ")][:200]
         save()
     print("\n".join(result["engine_log"]), flush=True)
-    engine_options = {"max_prefill_tokens": args.max_prefill_tokens, "prefill_stream": args.prefill_stream}
+    engine_options = {"max_prefill_tokens": args.max_prefill_tokens}
     if not args.no_engine_direct and workloads and not late("engine driven directly"):
         result["engine_direct"] = asyncio.run(engine_direct(model_dir, args.device, args.max_batch, args.max_model_len,
                                                             workloads, args.kv_cache_dtype, **engine_options))

@@ -246,7 +246,8 @@ def overlap(engine, rows: int, held: list[int], tokens: int, vocab: int, g) -> d
     own, so that their matrix multiplies do not share one cuBLAS workspace (see
     ``TransformersEngine._capture``: two versions without this never finished on an H200).
     Both still write the same KV store; the values written do not change what the kernels
-    do."""
+    do. Measured on an H200 (2026-12-02): side by side saved -3 % to +3 % of the time in
+    turn, at 64 and 256 rows beside 702 and 2,048 prefill tokens."""
     import torch
 
     shape = stage_decode(engine, rows, held, vocab, g)
@@ -255,7 +256,10 @@ def overlap(engine, rows: int, held: list[int], tokens: int, vocab: int, g) -> d
         return {"rows": rows, "prefill_tokens": tokens, "skipped": "no captured graph for this shape"}
     decode, _ = engine._capture(lambda: engine._decode_forward(*shape), torch.cuda.graph_pool_handle())
     prefill, _ = engine._capture(lambda: engine._prefill_static(bucket), torch.cuda.graph_pool_handle(),
-                                 stream=torch.cuda.Stream(priority=-1))  # a cuBLAS workspace of its own
+                                 # a cuBLAS workspace of its own; high priority, as PyTorch hands out its
+                                 # normal-priority streams round-robin from a pool that also holds its
+                                 # default capture stream
+                                 stream=torch.cuda.Stream(priority=-1))
     side = torch.cuda.Stream()
     main = torch.cuda.current_stream()
 

@@ -128,10 +128,6 @@ class _Prefill:
     tokens: int
     launch_s: float
 
-    def done(self) -> bool:
-        """Whether the device has finished it (taking it in then waits for nothing)."""
-        return self.first is None or self.first.event is None or self.first.event.query()
-
 
 def _deliver(items: list[tuple[asyncio.Queue, tuple]]) -> None:
     for queue, item in items:
@@ -334,7 +330,7 @@ class TransformersEngine(Engine):
                  bucketed: bool | None = None, attention: str = "auto", fuse_norms: bool | None = None,
                  fuse_projections: bool | None = None, fuse_rotary: bool | None = None,
                  overlap: bool = True, attention_choice: bool = True, prefill_graphs: bool = True,
-                 kv_cache_dtype: str = "auto", prefill_stream: bool = False):
+                 kv_cache_dtype: str = "auto"):
         self.model_dir = Path(model_dir)
         self.device = _pick_device(device)
         self.dtype_name = dtype or "auto"
@@ -387,17 +383,6 @@ class TransformersEngine(Engine):
         #: With the variable-length attention: static prefill shapes, captured as graphs on CUDA
         #: (False: the unpadded packed prefill, eager).
         self.prefill_graphs = prefill_graphs
-        #: On CUDA: run prefill steps on a stream of their own, so a prefill chunk's matrix
-        #: multiplies (bound by compute) run beside the decode step's attention (bound by
-        #: memory bandwidth) instead of after it. ``_side`` replays them; ``_side_capture``
-        #: captures their graphs (a cuBLAS workspace apart from the decode graphs', see
-        #: ``_capture``).
-        self.prefill_stream = prefill_stream
-        self._side: "torch.cuda.Stream | None" = None
-        self._side_capture: "torch.cuda.Stream | None" = None
-        #: With ``prefill_stream``: the prefill step launched and not yet taken in. One at a
-        #: time: taking one in moves slots (joins), which no prefill may be writing then.
-        self._side_prefill: _Prefill | None = None
         self._inflight: _Step | None = None
         self.attention_path = "not loaded"
         self._varlen: slot_attention.Kernel | None = None
@@ -532,11 +517,6 @@ class TransformersEngine(Engine):
         if self._varlen is not None and (self._decode_candidates or self._decode_kernels):
             self.attention_path += f"; decode: {self._decode_kernel_summary()}"
         use_graphs = self.cuda_graphs if self.cuda_graphs is not None else self.device.type == "cuda"
-        if self.prefill_stream and self.device.type == "cuda":
-            # PyTorch hands out normal-priority streams round-robin from a pool of 32, so a
-            # fresh one may be its graph capture stream itself; the high-priority pool is apart
-            self._side = torch.cuda.Stream(self.device)
-            self._side_capture = torch.cuda.Stream(self.device, priority=-1)
         if self.bucketed is None:
             self.bucketed = use_graphs
         self._setup_static_prefill()
@@ -919,20 +899,19 @@ class TransformersEngine(Engine):
         self.decode_path = (f"cuda-graphs ({len(self._graphs)} captured in {time.monotonic() - t0:.1f}s: "
                             f"batch {self.batch_buckets} × ({kinds}))"
                             + (f"; not captured: {'; '.join(failures)}" if failures else ""))
-        # beside the decode step, the prefill graphs need memory of their own: graphs sharing a
-        # pool reuse each other's intermediate buffers, which is only safe one at a time
-        self._capture_prefill_graphs(torch.cuda.graph_pool_handle() if self._side is not None else pool)
+        self._capture_prefill_graphs(pool)
 
     def _capture(self, forward, pool, stream: "torch.cuda.Stream | None" = None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """``forward`` run once on a side stream (lazy initialisation stays out of the
         graph), then captured into ``pool`` on ``stream`` (default: PyTorch's one capture
         stream); returns the graph and its output buffer.
 
-        Graphs that will run side by side on two streams need captures on two streams:
-        cuBLAS keeps one workspace per stream, and a graph keeps the workspace its capture
-        used, so two graphs captured on the same stream share one, and replayed at the same
-        time their matrix multiplies (split-K partial sums among them) overwrite each
-        other's."""
+        The engine's graphs run one at a time, so they share that stream. Graphs meant to
+        run side by side on two streams need captures on two streams: cuBLAS keeps one
+        workspace per stream, and a graph keeps the workspace its capture used, so two
+        graphs captured on one stream and replayed at the same time overwrite each other's
+        matrix-multiply workspace (split-K partial sums among them). On an H200 such a pair
+        never finished; captured apart, it ran (``benchmarks/step_profile.py --overlap``)."""
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
@@ -965,8 +944,7 @@ class TransformersEngine(Engine):
         try:
             for bucket in reversed(self.prefill_buckets):
                 self._stage_prefill([], bucket)
-                self._prefill_graphs[bucket] = self._capture(lambda: self._prefill_static(bucket), pool,
-                                                             self._side_capture)
+                self._prefill_graphs[bucket] = self._capture(lambda: self._prefill_static(bucket), pool)
             torch.cuda.synchronize(self.device)
             g = torch.Generator().manual_seed(5)
             ids = torch.randint(0, self.model.config.vocab_size, (40,), generator=g).tolist()
@@ -981,8 +959,7 @@ class TransformersEngine(Engine):
             log.exception("prefill graph capture failed; prefill runs eagerly")
             return
         self.prefill_path = (f"cuda-graphs ({len(self._prefill_graphs)} captured in {time.monotonic() - t0:.1f}s: "
-                             f"tokens {self.prefill_buckets})"
-                             + ("; on a stream of its own, beside decode" if self._side is not None else ""))
+                             f"tokens {self.prefill_buckets})")
 
     def _check_replay(self, varlen: bool) -> str | None:
         """One attention's replay against its eager step on a random prompt in slot 0 (two
@@ -1125,18 +1102,10 @@ class TransformersEngine(Engine):
                         continue
                     # a prefill step is launched first and read last: the decode step launched
                     # in between keeps the device busy while the host takes the first tokens
-                    launched = self._prefill_step() if self._prefilling and self._side_prefill is None else None
+                    launched = self._prefill_step() if self._prefilling else None
                     if self._running:
                         self._decode_step()
                         self._flush()
-                    if self.prefill_stream:
-                        # beside decode, a prefill is taken in once the device has finished it;
-                        # until then decode steps go on (it waits only when nothing decodes)
-                        self._side_prefill = self._side_prefill or launched
-                        if self._side_prefill is not None and (not self._running or self._side_prefill.done()):
-                            launched, self._side_prefill = self._side_prefill, None
-                        else:
-                            launched = None
                     if launched is not None:
                         self._finish_prefill(launched)
                         self._flush()
@@ -1155,7 +1124,7 @@ class TransformersEngine(Engine):
                         seq.done = True
                         self._emit(seq, EngineError(f"generation failed: {exc}"))
                     self._running, self._prefilling = [], []
-                    self._inflight = self._side_prefill = None
+                    self._inflight = None
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
         for seq in self._running + self._prefilling + list(self._waiting) + self._incoming:
@@ -1185,7 +1154,7 @@ class TransformersEngine(Engine):
             seq.length = 0
             self._prefilling.append(seq)
 
-    def _prefill_step(self) -> "_Prefill | None":
+    def _prefill_step(self) -> "_Prefill":
         """Launch one forward over up to ``max_prefill_tokens`` prompt tokens of at most
         ``max_prefill_per_step`` prompts (in arrival order); prompts that are complete get
         their first token chosen on the device. Nothing here waits for the device:
@@ -1199,18 +1168,7 @@ class TransformersEngine(Engine):
                 break
             chunks.append((seq, take))
             budget -= take
-        if not chunks:
-            return None
         t0 = time.perf_counter()
-        if self._side is None:
-            return self._launch_prefill(chunks, t0)
-        # after everything queued so far on the main stream (the decode step before, slot
-        # moves), beside the decode step launched next
-        self._side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self._side):
-            return self._launch_prefill(chunks, t0)
-
-    def _launch_prefill(self, chunks: list[tuple[_Sequence, int]], t0: float) -> "_Prefill":
         now = time.monotonic()
         mark = self._clock.start()
         logits = self._prefill_forward([(s.slot, s.prompt_ids[s.length:s.length + n], s.length) for s, n in chunks])
@@ -1246,8 +1204,6 @@ class TransformersEngine(Engine):
             tokens = step.read()
             first_at = time.monotonic()
             for seq, token in zip(step.seqs, tokens):
-                if seq.done:  # cancelled while its prefill ran beside decode (prefill_stream)
-                    continue
                 self.step_stats.add_first(seq.started - seq.arrival, first_at - seq.arrival)
                 self._prefilling.remove(seq)
                 self._join(seq)
@@ -1416,7 +1372,6 @@ class TransformersOptions:
     prefill_graphs: bool = True       # static prefill shapes, captured as graphs on CUDA
     kv_cache_dtype: str = "auto"      # auto (the model's dtype) or fp8 (8-bit e4m3 store)
     max_prefill_tokens: int = 2048    # prompt tokens prefilled per engine step
-    prefill_stream: bool = False      # prefill on a CUDA stream of its own, beside decode
 
 
 def kv_store_conflict(kv_cache_dtype: str, attention: str) -> str | None:
@@ -1451,9 +1406,6 @@ def _add_arguments(g) -> None:
                    help="prompt tokens prefilled per engine step (the chunked-prefill budget; a longer prompt "
                         "is split across steps): larger fills the device better during a burst of arrivals, "
                         "smaller lets running streams wait less for each step (default 2048)")
-    g.add_argument("--prefill-stream", action="store_true",
-                   help="on CUDA, run prefill steps on a stream of their own, beside the decode steps (a prefill's "
-                        "matrix multiplies are bound by compute, decode's attention by memory bandwidth)")
     g.add_argument("--no-prefill-graphs", dest="prefill_graphs", action="store_false",
                    help="with the variable-length attention, prefill unpadded and eagerly instead of in static "
                         "shapes captured as CUDA graphs")
@@ -1478,7 +1430,7 @@ def _options_from_args(args) -> TransformersOptions:
                                max_model_len=args.max_model_len, kv_cache_tokens=args.kv_cache_tokens,
                                attention=args.attention, attention_choice=args.attention_choice,
                                prefill_graphs=args.prefill_graphs, kv_cache_dtype=args.kv_cache_dtype,
-                               max_prefill_tokens=args.max_prefill_tokens, prefill_stream=args.prefill_stream)
+                               max_prefill_tokens=args.max_prefill_tokens)
 
 
 def _build(options: TransformersOptions, config) -> TransformersEngine:
@@ -1487,8 +1439,7 @@ def _build(options: TransformersOptions, config) -> TransformersEngine:
                               max_model_len=options.max_model_len, kv_cache_tokens=options.kv_cache_tokens,
                               model_version=config.model_version, attention=options.attention,
                               attention_choice=options.attention_choice, prefill_graphs=options.prefill_graphs,
-                              kv_cache_dtype=options.kv_cache_dtype, max_prefill_tokens=options.max_prefill_tokens,
-                              prefill_stream=options.prefill_stream)
+                              kv_cache_dtype=options.kv_cache_dtype, max_prefill_tokens=options.max_prefill_tokens)
 
 
 register(EnginePlugin(

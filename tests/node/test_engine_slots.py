@@ -713,9 +713,9 @@ def test_the_engine_account_says_how_busy_the_device_was_while_there_was_work():
     assert "device time" not in cpu.summary(10.0)
 
 
-def test_serve_passes_the_prefill_flags_to_the_engine_and_refuses_a_tiny_budget(tiny_model_dir):
-    """``--max-prefill-tokens`` and ``--prefill-stream`` reach the engine the node builds;
-    a budget below 16 tokens is refused in one line."""
+def test_serve_passes_the_prefill_budget_to_the_engine_and_refuses_a_tiny_one(tiny_model_dir):
+    """``--max-prefill-tokens`` reaches the engine the node builds (its start-up log states
+    it); a budget below 16 tokens is refused in one line."""
     import argparse
 
     from contracts.config import ConfigError
@@ -728,86 +728,9 @@ def test_serve_passes_the_prefill_flags_to_the_engine_and_refuses_a_tiny_budget(
         cli.add_parser(parser.add_subparsers(), "serve", "serve", argv)
         return cli.config_from_args(parser.parse_args(argv))
 
-    cfg = config("--max-prefill-tokens", "64", "--prefill-stream")
+    cfg = config("--max-prefill-tokens", "64")
     engine = registry.get("transformers").build(cfg.engine_options, cfg)
     assert engine.max_prefill_tokens == 64
-    # the prefill stream itself exists only on CUDA (this machine has none): the flag's path
-    assert engine.prefill_stream is True and config().engine_options.prefill_stream is False
     assert registry.get("transformers").build(config().engine_options, config()).max_prefill_tokens == 2048
     with pytest.raises(ConfigError, match="^--max-prefill-tokens must be at least 16$"):
         config("--max-prefill-tokens", "8")
-
-
-def test_a_prefill_taken_in_late_beside_decode_changes_no_token(tiny_model_dir, monkeypatch):
-    """``prefill_stream``: on CUDA a prefill runs on a stream of its own and is taken in once
-    the device has finished it, while decode steps go on. This machine has no CUDA device, so
-    the device's answer is simulated: every prefill reports "not finished" for its first three
-    polls (``_Prefill.done``), and one request's last chunk until that request is cancelled,
-    so the engine's bookkeeping runs as it would on a GPU. Greedy tokens, each prompt alone
-    and all of them together beside a stream already decoding, equal those of the engine
-    without the option; the running stream gets tokens while prefills are held back; the
-    request cancelled while its prefill is held back gets no token, and the rest go on."""
-    from inference.engine import transformers_cb
-
-    polls: dict[int, int] = {}
-    real_done = transformers_cb._Prefill.done
-
-    def slow_done(self):
-        polls[id(self)] = polls.get(id(self), 0) + 1
-        if self.first is not None and any(s.request_id == "doomed" and not s.cancelled for s in self.first.seqs):
-            return False
-        return polls[id(self)] > 3 and real_done(self)
-
-    monkeypatch.setattr(transformers_cb._Prefill, "done", slow_done)
-    alone = [_run(_engine(tiny_model_dir, max_batch=4), [p], [n], together=False)[0]
-             for p, n in zip(PROMPTS, NEW_TOKENS)]
-    plain = _run(_engine(tiny_model_dir, max_batch=6), PROMPTS, NEW_TOKENS, together=True)
-    overlapped = _engine(tiny_model_dir, max_batch=6, max_prefill_tokens=16, prefill_stream=True)
-    assert _run(overlapped, PROMPTS, NEW_TOKENS, together=False) == alone
-    # a long context, so the running stream outlasts the test however slow the machine (with
-    # nothing decoding, a prefill is rightly waited for and could not be held back)
-    engine = _engine(tiny_model_dir, max_batch=6, max_prefill_tokens=16, prefill_stream=True, max_model_len=2048)
-    order: list[str] = []
-    after_token = engine._after_token
-    engine._after_token = lambda seq, *a: (order.append(seq.request_id), after_token(seq, *a))
-
-    def held_back(request_id: str) -> bool:
-        pending = engine._side_prefill
-        return pending is not None and pending.first is not None and any(
-            s.request_id == request_id for s in pending.first.seqs)
-
-    async def one(i):
-        req = GenerationRequest(f"t{i}", "m", [{"role": "user", "content": PROMPTS[i]}],
-                                SamplingParams(temperature=0, max_tokens=NEW_TOKENS[i], ignore_eos=True))
-        async for _ in await engine.generate(req):
-            pass
-        return engine.last_tokens.pop(req.request_id)
-
-    async def main():
-        await engine.start()
-        try:
-            running = GenerationRequest("stream", "m", [{"role": "user", "content": "hi"}],
-                                        SamplingParams(temperature=0, max_tokens=2000, ignore_eos=True))
-            stream = await engine.generate(running)
-            await stream.__anext__()  # decoding
-            doomed = await engine.generate(GenerationRequest(
-                "doomed", "m", [{"role": "user", "content": "退货 " * 40}],
-                SamplingParams(temperature=0, max_tokens=5, ignore_eos=True)))
-            for _ in range(2000):
-                if held_back("doomed"):
-                    break
-                await asyncio.sleep(0.005)
-            assert held_back("doomed")
-            await doomed.aclose()
-            together = await asyncio.gather(*(one(i) for i in range(len(PROMPTS))))
-            await stream.aclose()
-            return together
-        finally:
-            await engine.stop()
-
-    assert asyncio.run(main()) == plain
-    assert polls and max(polls.values()) > 3, "no prefill was held back: the deferred path did not run"
-    assert "doomed" not in order
-    firsts = [order.index(f"t{i}") for i in range(len(PROMPTS))]
-    # while the held-back prefills waited, the running stream kept getting tokens
-    assert order[:max(firsts)].count("stream") >= 3 * len(PROMPTS)
