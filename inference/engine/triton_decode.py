@@ -77,50 +77,6 @@ def _partial(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_k
 
 
 @triton.jit
-def _partial_heads(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_kn, stride_kh, H, S,
-                   BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, HP: tl.constexpr):
-    """``_partial`` for ``HP`` neighbouring heads per program (one key/value head per query
-    head): a token's keys for those heads lie side by side, so each load reads ``HP × D``
-    contiguous elements per token instead of ``D``, and the address work is shared."""
-    b = tl.program_id(0)
-    h0 = tl.program_id(1) * HP
-    s = tl.program_id(2)
-    used = tl.load(USED + b)
-    base = tl.load(CU_K + b).to(tl.int64)
-    if CHUNK > 0:
-        per = CHUNK
-    else:
-        per = tl.cdiv(tl.cdiv(used, S), BLOCK_N) * BLOCK_N
-    start = s * per
-    end = tl.minimum(start + per, used)
-    offs_h = tl.arange(0, HP)
-    offs_d = tl.arange(0, D)
-    q = tl.load(Q + b * stride_qb + (h0 + offs_h)[:, None] * stride_qh + offs_d[None, :]).to(tl.float32) * scale
-    m = tl.full([HP], float("-inf"), tl.float32)
-    l = tl.zeros([HP], tl.float32)
-    acc = tl.zeros([HP, D], tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        live = offs_n < end
-        rows = ((base + offs_n)[:, None, None] * stride_kn + (h0 + offs_h)[None, :, None] * stride_kh
-                + offs_d[None, None, :])
-        k = tl.load(K + rows, mask=live[:, None, None], other=0.0)
-        v = tl.load(V + rows, mask=live[:, None, None], other=0.0)
-        scores = tl.sum(k.to(tl.float32) * q[None, :, :], axis=2)
-        scores = tl.where(live[:, None], scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=0))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new[None, :])
-        l = l * alpha + tl.sum(p, axis=0)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v.to(tl.float32), axis=0)
-        m = m_new
-    out = (b * H + h0 + offs_h) * S + s
-    tl.store(ACC + out[:, None] * D + offs_d[None, :], acc)
-    tl.store(ML + out * 2, m)
-    tl.store(ML + out * 2 + 1, l)
-
-
-@triton.jit
 def _merge(ACC, ML, OUT, stride_ob, stride_oh, H, S, BLOCK_S: tl.constexpr, D: tl.constexpr):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -151,23 +107,17 @@ def splits_for(rows: int, heads: int, max_k: int, block_n: int, programs: int) -
     return max(1, min(want, -(-max_k // block_n), 64))
 
 
-def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stages: int | None = None,
-                heads: int = 1):
+def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stages: int | None = None):
     """A ``slot_attention.Kernel`` for decode steps with this tile of keys and warps per program.
 
     ``chunk`` (a multiple of ``block_n``) gives every program a key range of that length, so the
     programs of a batch of mixed lengths carry equal work; 0 splits each row into as many equal
     ranges as it takes to fill the card (:func:`splits_for`). ``num_stages`` is Triton's
-    software-pipelining depth (its default when None or 0). ``heads`` (a power of two) is the
-    number of neighbouring heads one program takes, for models with a key/value head per query
-    head (``_partial_heads``); grouped-query models are refused with ``heads`` above 1.
+    software-pipelining depth (its default when None).
     """
     if chunk % block_n:
         raise ValueError(f"the key range ({chunk}) must be a multiple of the tile ({block_n})")
-    if heads < 1 or heads & (heads - 1):
-        raise ValueError(f"heads per program must be a power of two, not {heads}")
     launch = {"num_warps": num_warps} | ({"num_stages": num_stages} if num_stages else {})
-    heads_per_program = heads
 
     def triton_decode(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float,
                       pages=None) -> torch.Tensor:
@@ -178,39 +128,27 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
             raise ValueError(f"the Triton decode kernel needs whole groups of query heads per key/value head, "
                              f"not {heads} over {k.shape[1]}")
         group = heads // k.shape[1]
-        per = heads_per_program
-        if per > 1 and (group > 1 or heads % per):
-            raise ValueError(f"{per} heads per program need one key/value head per query head and a "
-                             f"multiple of {per} heads, not {heads} over {k.shape[1]}")
-        s = -(-max_k // chunk) if chunk else splits_for(rows, heads // per, max_k, block_n, _programs(q.device))
+        s = -(-max_k // chunk) if chunk else splits_for(rows, heads, max_k, block_n, _programs(q.device))
         acc = torch.empty((rows, heads, s, dim), dtype=torch.float32, device=q.device)
         ml = torch.empty((rows, heads, s, 2), dtype=torch.float32, device=q.device)
-        args = (q, k, v, cu_k, used_k, acc, ml, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                heads, s)
-        if per > 1:
-            _partial_heads[(rows, heads // per, s)](*args, BLOCK_N=block_n, D=dim, CHUNK=chunk, HP=per, **launch)
-        else:
-            grid = (heads, rows, s) if group > 1 else (rows, heads, s)
-            _partial[grid](*args, BLOCK_N=block_n, D=dim, CHUNK=chunk, GROUP=group, **launch)
+        grid = (heads, rows, s) if group > 1 else (rows, heads, s)
+        _partial[grid](q, k, v, cu_k, used_k, acc, ml, scale * LOG2E, q.stride(0), q.stride(1),
+                       k.stride(0), k.stride(1), heads, s, BLOCK_N=block_n, D=dim, CHUNK=chunk, GROUP=group,
+                       **launch)
         out = torch.empty_like(q)
         _merge[(rows, heads)](acc, ml, out, out.stride(0), out.stride(1), heads, s,
                               BLOCK_S=triton.next_power_of_2(s), D=dim)
         return out
 
-    extra = ((f", {chunk}-key ranges" if chunk else "") + (f", {num_stages} stages" if num_stages else "")
-             + (f", {heads} heads per program" if heads > 1 else ""))
+    extra = (f", {chunk}-key ranges" if chunk else "") + (f", {num_stages} stages" if num_stages else "")
     triton_decode.label = f"Triton decode ({block_n}-key tiles, {num_warps} warps{extra})"
     return triton_decode
 
 
 #: The variants the engine times at start-up (each bucket keeps the fastest kernel):
-#: (tile, warps), (tile, warps, key range, pipelining stages) or (…, heads per program), as
-#: ``make_kernel`` takes them (0: none or Triton's default).
-VARIANTS: list[tuple[int, ...]] = [(32, 1), (16, 1), (32, 2), (16, 1, 64),
-                                   (16, 2, 0, 0, 2), (16, 4, 0, 0, 4), (32, 4, 0, 0, 2), (16, 2, 64, 0, 2)]
+#: (tile, warps) or (tile, warps, key range, pipelining stages), as ``make_kernel`` takes them.
+VARIANTS: list[tuple[int, ...]] = [(32, 1), (16, 1), (32, 2), (16, 1, 64)]
 
 
-def kernels(group: int = 1) -> list:
-    """The variants as kernels; with ``group`` query heads per key/value head above 1, those
-    that take one head per program only."""
-    return [make_kernel(*v) for v in VARIANTS if group == 1 or len(v) < 5 or v[4] == 1]
+def kernels() -> list:
+    return [make_kernel(*v) for v in VARIANTS]
