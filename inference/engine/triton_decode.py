@@ -77,6 +77,52 @@ def _partial(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_k
 
 
 @triton.jit
+def _partial_mma(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_kn, stride_kh, H, S,
+                 BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr):
+    """``_partial`` on the matrix units, for one key/value head per query head: the query is
+    repeated on 16 rows (a matrix multiply needs 16), so scores and the weighted sum of values
+    are matrix multiplies rather than row sums across a warp's lanes. Every row computes the
+    same thing; row 0 is stored. The probabilities meet the values in the query's dtype, as
+    in FlashAttention."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    s = tl.program_id(2)
+    used = tl.load(USED + b)
+    base = tl.load(CU_K + b).to(tl.int64)
+    if CHUNK > 0:
+        per = CHUNK
+    else:
+        per = tl.cdiv(tl.cdiv(used, S), BLOCK_N) * BLOCK_N
+    start = s * per
+    end = tl.minimum(start + per, used)
+    offs_m = tl.arange(0, 16)
+    offs_d = tl.arange(0, D)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * 0 + offs_d[None, :])
+    m = tl.full([16], float("-inf"), tl.float32)
+    l = tl.zeros([16], tl.float32)
+    acc = tl.zeros([16, D], tl.float32)
+    for n0 in range(start, end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        live = offs_n < end
+        rows = (base + offs_n)[:, None] * stride_kn + h * stride_kh + offs_d[None, :]
+        k = tl.load(K + rows, mask=live[:, None], other=0.0).to(q.dtype)
+        v = tl.load(V + rows, mask=live[:, None], other=0.0).to(q.dtype)
+        scores = tl.dot(q, tl.trans(k)) * scale
+        scores = tl.where(live[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        alpha = tl.exp2(m - m_new)
+        p = tl.exp2(scores - m_new[:, None])
+        l = l * alpha + tl.sum(p, axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+        m = m_new
+    out = (b * H + h) * S + s
+    first = offs_m == 0
+    tl.store(ACC + out * D + offs_m[:, None] * 0 + offs_d[None, :], acc, mask=first[:, None])
+    tl.store(ML + out * 2 + offs_m * 0, m, mask=first)
+    tl.store(ML + out * 2 + 1 + offs_m * 0, l, mask=first)
+
+
+@triton.jit
 def _merge(ACC, ML, OUT, stride_ob, stride_oh, H, S, BLOCK_S: tl.constexpr, D: tl.constexpr):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -107,13 +153,16 @@ def splits_for(rows: int, heads: int, max_k: int, block_n: int, programs: int) -
     return max(1, min(want, -(-max_k // block_n), 64))
 
 
-def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stages: int | None = None):
+def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stages: int | None = None,
+                mma: bool = False):
     """A ``slot_attention.Kernel`` for decode steps with this tile of keys and warps per program.
 
     ``chunk`` (a multiple of ``block_n``) gives every program a key range of that length, so the
     programs of a batch of mixed lengths carry equal work; 0 splits each row into as many equal
     ranges as it takes to fill the card (:func:`splits_for`). ``num_stages`` is Triton's
-    software-pipelining depth (its default when None).
+    software-pipelining depth (its default when None or 0). ``mma``: scores and values through
+    the matrix units (``_partial_mma``; one key/value head per query head, tiles of 16 keys or
+    more).
     """
     if chunk % block_n:
         raise ValueError(f"the key range ({chunk}) must be a multiple of the tile ({block_n})")
@@ -128,20 +177,27 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
             raise ValueError(f"the Triton decode kernel needs whole groups of query heads per key/value head, "
                              f"not {heads} over {k.shape[1]}")
         group = heads // k.shape[1]
+        if mma and group > 1:
+            raise ValueError(f"the matrix-unit decode kernel needs one key/value head per query head, "
+                             f"not {heads} over {k.shape[1]}")
         s = -(-max_k // chunk) if chunk else splits_for(rows, heads, max_k, block_n, _programs(q.device))
         acc = torch.empty((rows, heads, s, dim), dtype=torch.float32, device=q.device)
         ml = torch.empty((rows, heads, s, 2), dtype=torch.float32, device=q.device)
-        grid = (heads, rows, s) if group > 1 else (rows, heads, s)
-        _partial[grid](q, k, v, cu_k, used_k, acc, ml, scale * LOG2E, q.stride(0), q.stride(1),
-                       k.stride(0), k.stride(1), heads, s, BLOCK_N=block_n, D=dim, CHUNK=chunk, GROUP=group,
-                       **launch)
+        args = (q, k, v, cu_k, used_k, acc, ml, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
+                heads, s)
+        if mma:
+            _partial_mma[(rows, heads, s)](*args, BLOCK_N=block_n, D=dim, CHUNK=chunk, **launch)
+        else:
+            grid = (heads, rows, s) if group > 1 else (rows, heads, s)
+            _partial[grid](*args, BLOCK_N=block_n, D=dim, CHUNK=chunk, GROUP=group, **launch)
         out = torch.empty_like(q)
         _merge[(rows, heads)](acc, ml, out, out.stride(0), out.stride(1), heads, s,
                               BLOCK_S=triton.next_power_of_2(s), D=dim)
         return out
 
     extra = (f", {chunk}-key ranges" if chunk else "") + (f", {num_stages} stages" if num_stages else "")
-    triton_decode.label = f"Triton decode ({block_n}-key tiles, {num_warps} warps{extra})"
+    units = "matrix units, " if mma else ""
+    triton_decode.label = f"Triton decode ({units}{block_n}-key tiles, {num_warps} warps{extra})"
     return triton_decode
 
 
