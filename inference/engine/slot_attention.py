@@ -192,7 +192,7 @@ def decode_kernels(device: torch.device, dtype: torch.dtype, heads: int | None =
         except ImportError:  # a torch without Triton: the other kernels still serve
             pass
         else:
-            kernels += triton_decode.kernels()
+            kernels += triton_decode.kernels(heads // kv_heads)
     if store_dtype not in (None, dtype):
         return kernels
     if _has_argument(torch.ops.aten._flash_attention_forward, "block_table"):

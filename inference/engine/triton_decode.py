@@ -202,9 +202,14 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
 
 
 #: The variants the engine times at start-up (each bucket keeps the fastest kernel):
-#: (tile, warps) or (tile, warps, key range, pipelining stages), as ``make_kernel`` takes them.
-VARIANTS: list[tuple[int, ...]] = [(32, 1), (16, 1), (32, 2), (16, 1, 64)]
+#: (tile, warps), (tile, warps, key range, pipelining stages) or (…, matrix units), as
+#: ``make_kernel`` takes them (0: no fixed range, Triton's default depth). The matrix-unit
+#: ones were the fastest at 32-256 rows in an H200 probe (2026-12-02).
+VARIANTS: list[tuple[int, ...]] = [(32, 1), (16, 1), (32, 2), (16, 1, 64),
+                                   (32, 1, 0, 0, 1), (32, 2, 0, 0, 1), (64, 4, 0, 0, 1), (16, 1, 64, 0, 1)]
 
 
-def kernels() -> list:
-    return [make_kernel(*v) for v in VARIANTS]
+def kernels(group: int = 1) -> list:
+    """The variants as kernels; with ``group`` query heads per key/value head above 1, those
+    off the matrix units only (the matrix-unit kernel takes one key/value head per query head)."""
+    return [make_kernel(*v) for v in VARIANTS if group == 1 or len(v) < 5 or not v[4]]

@@ -671,6 +671,16 @@ try:
     print("uneven groups accepted")
 except ValueError as exc:
     print("uneven groups refused:", exc)
+# the matrix-unit variants (among kernels() above), over an 8-bit store too; grouped-query models leave them out
+mma = [k for k in triton_decode.kernels() if "matrix units" in k.label]
+errors += [slot_attention.check_kernel(k, cpu, torch.float32, 4, 4, 16, decode_only=True,
+                                       store_dtype=torch.float8_e4m3fn) for k in mma]
+print("matrix units", len(mma), "grouped-query variants", len(triton_decode.kernels(2)), "of", len(triton_decode.kernels()))
+try:
+    slot_attention.check_kernel(mma[0], cpu, torch.float32, 4, 2, 16, decode_only=True)
+    print("grouped heads on the matrix units accepted")
+except ValueError as exc:
+    print("grouped heads on the matrix units refused:", exc)
 print("errors", max(errors))
 """
 
@@ -679,8 +689,10 @@ def test_the_triton_decode_kernel_matches_the_reference_under_the_interpreter():
     """The Triton decode kernel, run by Triton's interpreter on the CPU, against the
     reference on the start-up check's store (rows of 1 to 612 keys), with one key range
     per row, with up to 20 (most of them empty for the short rows, merged away) and with
-    fixed 64-key ranges, and with 2 and 4 query heads per key/value head; it refuses a
-    range that is not whole tiles, and query heads that do not split into whole groups."""
+    fixed 64-key ranges, and with 2 and 4 query heads per key/value head; the matrix-unit
+    variants over a full and an 8-bit store; it refuses a range that is not whole tiles,
+    query heads that do not split into whole groups, and grouped-query heads on the matrix
+    units (grouped-query models leave those variants out)."""
     import subprocess
     import sys
 
@@ -690,6 +702,9 @@ def test_the_triton_decode_kernel_matches_the_reference_under_the_interpreter():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "uneven groups refused: the Triton decode kernel needs whole groups of query heads" in out.stdout
     assert "range refused: the key range (48) must be a multiple of the tile (32)" in out.stdout
+    assert "matrix units 4 grouped-query variants 4 of 8" in out.stdout
+    assert ("grouped heads on the matrix units refused: the matrix-unit decode kernel needs one key/value head "
+            "per query head, not 4 over 2") in out.stdout
     assert float(out.stdout.split("errors ")[1]) < 1e-5
 
 

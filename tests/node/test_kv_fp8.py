@@ -98,7 +98,7 @@ for store in (None, f8):
     errors[f"prefill {name}"] = max(slot_attention.check_kernel(triton_prefill.make_kernel(16, 16), cpu, torch.float32,
                                                                 4, kv, 16, store_dtype=store) for kv in (4, 2, 1))
     errors[f"decode {name}"] = max(slot_attention.check_kernel(k, cpu, torch.float32, 4, 2, 16, decode_only=True,
-                                                               store_dtype=store) for k in triton_decode.kernels())
+                                                               store_dtype=store) for k in triton_decode.kernels(2))
 # queries over several tiles, a sequence with no queries, keys longer than the queries (a later chunk)
 g = torch.Generator().manual_seed(3)
 k = torch.randn(400, 2, 16, generator=g).to(f8)
