@@ -1405,7 +1405,7 @@ def _add_arguments(g) -> None:
     g.add_argument("--max-prefill-tokens", type=int, default=2048, metavar="N",
                    help="prompt tokens prefilled per engine step (the chunked-prefill budget; a longer prompt "
                         "is split across steps): larger fills the device better during a burst of arrivals, "
-                        "smaller lets running streams wait less for each step (default 2048)")
+                        "smaller lets running streams wait less for each step")
     g.add_argument("--no-prefill-graphs", dest="prefill_graphs", action="store_false",
                    help="with the variable-length attention, prefill unpadded and eagerly instead of in static "
                         "shapes captured as CUDA graphs")
