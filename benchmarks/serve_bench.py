@@ -182,7 +182,7 @@ def summarise(results: list[dict], wall: float, concurrency: int, poisson_rate: 
 
 async def engine_direct(model_dir: Path, device: str, max_batch: int, max_model_len: int | None,
                         workloads: dict[int, tuple[list[str], list[int]]], kv_cache_dtype: str = "auto",
-                        **engine_options) -> list[dict]:
+                        max_prefill_tokens: int = 2048) -> list[dict]:
     """The node's scenarios, same prompts, driven straight into the engine in this process:
     no HTTP, no SSE, no instrumentation. The node's throughput against this is what the
     server and the instrumentation cost (issue target: at most 5 %)."""
@@ -203,7 +203,8 @@ async def engine_direct(model_dir: Path, device: str, max_batch: int, max_model_
     engine_log.addHandler(keep)
     engine_log.setLevel(logging.INFO)
     engine = TransformersEngine(model_dir, device=device, max_batch=max_batch, max_queue=4096,
-                                max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype, **engine_options)
+                                max_model_len=max_model_len, kv_cache_dtype=kv_cache_dtype,
+                                max_prefill_tokens=max_prefill_tokens)
     await engine.start()
     print(f"engine driven directly: decode path {engine.decode_path}", flush=True)
 
@@ -583,10 +584,9 @@ def main() -> int:
                                    or ln.startswith("Traceback") or ln.startswith(" ")][:200]
         save()
     print("\n".join(result["engine_log"]), flush=True)
-    engine_options = {"max_prefill_tokens": args.max_prefill_tokens}
     if not args.no_engine_direct and workloads and not late("engine driven directly"):
         result["engine_direct"] = asyncio.run(engine_direct(model_dir, args.device, args.max_batch, args.max_model_len,
-                                                            workloads, args.kv_cache_dtype, **engine_options))
+                                                            workloads, args.kv_cache_dtype, args.max_prefill_tokens))
         save()
     if not args.no_baseline and not late("baseline"):
         model, tok_ref, dev = load_reference_model(model_dir, args.device)

@@ -729,8 +729,8 @@ def test_the_engine_account_says_how_busy_the_device_was_while_there_was_work():
 
 
 def test_serve_passes_the_prefill_budget_to_the_engine_and_refuses_a_tiny_one(tiny_model_dir):
-    """``--max-prefill-tokens`` reaches the engine the node builds (its start-up log states
-    it); a budget below 16 tokens is refused in one line."""
+    """``--max-prefill-tokens`` reaches the engine the node builds (2048 without it); a
+    budget below 16 tokens is refused in one line."""
     import argparse
 
     from contracts.config import ConfigError
