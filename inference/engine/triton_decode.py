@@ -37,8 +37,9 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _partial(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_kn, stride_kh, H, S,
-             BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, GROUP: tl.constexpr):
-    if GROUP > 1:  # heads vary fastest: a group's heads run together and share its keys in L2
+             BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, GROUP: tl.constexpr,
+             HEADS_FIRST: tl.constexpr):
+    if HEADS_FIRST:  # heads vary fastest: a sequence's heads run together (see ``make_kernel``)
         h = tl.program_id(0)
         b = tl.program_id(1)
     else:
@@ -81,14 +82,18 @@ def _partial(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_k
 
 @triton.jit
 def _partial_mma(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_kn, stride_kh, H, S,
-                 BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr):
+                 BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, HEADS_FIRST: tl.constexpr):
     """``_partial`` on the matrix units, for one key/value head per query head: the query is
     repeated on 16 rows (a matrix multiply needs 16), so scores and the weighted sum of values
     are matrix multiplies rather than row sums across a warp's lanes. Every row computes the
     same thing; row 0 is stored. The probabilities meet the values in the query's dtype, as
     in FlashAttention."""
-    b = tl.program_id(0)
-    h = tl.program_id(1)
+    if HEADS_FIRST:
+        h = tl.program_id(0)
+        b = tl.program_id(1)
+    else:
+        b = tl.program_id(0)
+        h = tl.program_id(1)
     s = tl.program_id(2)
     used = tl.load(USED + b)
     base = tl.load(CU_K + b).to(tl.int64)
@@ -157,7 +162,7 @@ def splits_for(rows: int, heads: int, max_k: int, block_n: int, programs: int) -
 
 
 def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stages: int | None = None,
-                mma: bool = False):
+                mma: bool = False, heads_first: bool = False):
     """A ``slot_attention.Kernel`` for decode steps with this tile of keys and warps per program.
 
     ``chunk`` (a multiple of ``block_n``) gives every program a key range of that length, so the
@@ -165,7 +170,11 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
     ranges as it takes to fill the card (:func:`splits_for`). ``num_stages`` is Triton's
     software-pipelining depth (its default when None or 0). ``mma``: scores and values through
     the matrix units (``_partial_mma``; one key/value head per query head, tiles of 16 keys or
-    more).
+    more). ``heads_first``: programs are launched with the heads of one sequence next to each
+    other (sequences next to each other otherwise). A token's keys for all heads lie together
+    in the store (``[slots × columns, kv_heads, dim]``), so heads launched together read one
+    contiguous row per token between them instead of 256-byte pieces of many rows. Grouped-query
+    models always launch this way, so that a group's heads share its keys in L2.
     """
     if chunk % block_n:
         raise ValueError(f"the key range ({chunk}) must be a multiple of the tile ({block_n})")
@@ -188,28 +197,33 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
         ml = torch.empty((rows, heads, s, 2), dtype=torch.float32, device=q.device)
         args = (q, k, v, cu_k, used_k, acc, ml, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                 heads, s)
+        first = heads_first or group > 1
+        grid = (heads, rows, s) if first else (rows, heads, s)
         if mma:
-            _partial_mma[(rows, heads, s)](*args, BLOCK_N=block_n, D=dim, CHUNK=chunk, **launch)
+            _partial_mma[grid](*args, BLOCK_N=block_n, D=dim, CHUNK=chunk, HEADS_FIRST=first, **launch)
         else:
-            grid = (heads, rows, s) if group > 1 else (rows, heads, s)
-            _partial[grid](*args, BLOCK_N=block_n, D=dim, CHUNK=chunk, GROUP=group, **launch)
+            _partial[grid](*args, BLOCK_N=block_n, D=dim, CHUNK=chunk, GROUP=group, HEADS_FIRST=first, **launch)
         out = torch.empty_like(q)
         _merge[(rows, heads)](acc, ml, out, out.stride(0), out.stride(1), heads, s,
                               BLOCK_S=triton.next_power_of_2(s), D=dim)
         return out
 
-    extra = (f", {chunk}-key ranges" if chunk else "") + (f", {num_stages} stages" if num_stages else "")
+    extra = ((f", {chunk}-key ranges" if chunk else "") + (f", {num_stages} stages" if num_stages else "")
+             + (", heads first" if heads_first else ""))
     units = "matrix units, " if mma else ""
     triton_decode.label = f"Triton decode ({units}{block_n}-key tiles, {num_warps} warps{extra})"
     return triton_decode
 
 
-#: The variants the engine times at start-up (each bucket keeps the fastest kernel):
-#: (tile, warps), (tile, warps, key range, pipelining stages) or (…, matrix units), as
+#: The variants the engine times at start-up (each bucket keeps the fastest kernel): (tile,
+#: warps), (tile, warps, key range, pipelining stages) or (…, matrix units, heads first), as
 #: ``make_kernel`` takes them (0: no fixed range, Triton's default depth). The matrix-unit
-#: ones were the fastest at 32-256 rows in an H200 probe (2026-12-02).
+#: ones were the fastest at 32-256 rows in an H200 probe (2026-12-02); offered both launch
+#: orders, the engine kept the heads-first ones at every batch from 32 up.
 VARIANTS: list[tuple[int, ...]] = [(32, 1), (16, 1), (32, 2), (16, 1, 64),
-                                   (32, 1, 0, 0, 1), (32, 2, 0, 0, 1), (64, 4, 0, 0, 1), (16, 1, 64, 0, 1)]
+                                   (32, 1, 0, 0, 1), (32, 2, 0, 0, 1), (64, 4, 0, 0, 1), (16, 1, 64, 0, 1),
+                                   (32, 1, 0, 0, 1, 1), (32, 2, 0, 0, 1, 1), (16, 1, 64, 0, 1, 1),
+                                   (32, 2, 0, 3, 1, 1)]
 
 
 def kernels(group: int = 1) -> list:
