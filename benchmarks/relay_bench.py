@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import cpu_split, read_stream  # noqa: E402
+from benchmarks.report import cpu_split  # noqa: E402
 
 CHUNK = (b'data: {"id":"relay","object":"chat.completion.chunk","created":0,"model":"fake",'
          b'"choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n')
@@ -114,16 +114,39 @@ async def _serve_upstream(port: int, step_ms: float = 0.0) -> None:
         await server.serve_forever()
 
 
-async def one_stream(client, url: str, max_tokens: int) -> dict:
+async def one_stream(session, url: str, max_tokens: int) -> dict:
+    """One streamed request through an aiohttp session: the load generator reads with the
+    client the node relays with, so that on a shared core it takes as little as it can
+    from the fake upstream beside it (httpx took about three times the CPU per token, and
+    the paced upstream then fell behind its own pace)."""
+    from contracts.sse import DataDecoder
+
     body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hello"}],
             "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
-    async with client.stream("POST", url, json=body) as r:
-        if r.status_code != 200:
-            await r.aread()
-            return {"error": r.status_code}
-        ttft, tokens = await read_stream(r, t0)
+    ttft, tokens = None, 0
+    async with session.post(url, json=body) as r:
+        if r.status != 200:
+            await r.read()
+            return {"error": r.status}
+        events = DataDecoder()
+        while not events.done and (data := await r.content.readany()):
+            for item in events.feed(data):
+                chunk = json.loads(item)
+                if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
+                    ttft = time.perf_counter() - t0
+                if chunk.get("usage"):
+                    tokens = chunk["usage"]["completion_tokens"]
+        await r.read()  # the end of the chunked body: the connection goes back to the pool
     return {"ttft": ttft, "e2e": time.perf_counter() - t0, "tokens": tokens}
+
+
+def _session(connections: int):
+    import aiohttp
+
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=KEEPALIVE_S),
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=300))
 
 
 def children(pid: int) -> list[int]:
@@ -154,10 +177,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def single(direct: str, node: str, requests: int, tokens: int) -> dict:
-    import httpx
-
     pairs = []
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(keepalive_expiry=KEEPALIVE_S)) as client:
+    async with _session(8) as client:
         for _ in range(10):  # warm-up: connections, first-request paths
             await one_stream(client, direct, tokens)
             await one_stream(client, node, tokens)
@@ -179,18 +200,16 @@ async def single(direct: str, node: str, requests: int, tokens: int) -> dict:
 
 async def concurrent(url: str, streams: int, requests: int, tokens: int, pid: int | None,
                      gc_probe: Path | None = None) -> dict:
-    import httpx
+    import aiohttp
 
-    limits = httpx.Limits(max_connections=streams + 8, max_keepalive_connections=streams + 8,
-                          keepalive_expiry=KEEPALIVE_S)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+    async with _session(streams + 8) as client:
         sem = asyncio.Semaphore(streams)
 
         async def guarded():
             async with sem:
                 try:
                     return await one_stream(client, url, tokens)
-                except (httpx.ReadError, httpx.RemoteProtocolError):
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
                     # a pooled connection the server closed after its keep-alive timeout
                     # (uvicorn: 5 s) while the warm-up's slowest streams ran: one retry
                     return await one_stream(client, url, tokens)

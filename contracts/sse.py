@@ -1,5 +1,7 @@
 """The one Server-Sent Events reader, for every client of an OpenAI-style stream: the node's
-upstream engine (``inference.engine.upstream``) and the load generator (``seekwatch.loadgen``).
+upstream engine (``inference.engine.upstream``, through :class:`DataDecoder`, as it reads the
+upstream with aiohttp) and the load generator (``seekwatch.loadgen``, through
+:func:`aiter_data` on an httpx response).
 
 Parsing is httpx-sse's: lines split at CR, LF and CRLF only, as the SSE specification says.
 (httpx's own ``aiter_lines`` uses ``str.splitlines``, which also breaks at U+2028, U+2029 and
@@ -10,10 +12,13 @@ two.) A response that is not ``text/event-stream`` raises :class:`SSEError`, an
 from __future__ import annotations
 
 import asyncio
+import codecs
 from typing import AsyncIterator
 
 import httpx
 from httpx_sse import EventSource, SSEError
+# the decoders EventSource itself runs, fed here with bytes from any transport
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 #: the data of the event that ends an OpenAI-style stream
 DONE = "[DONE]"
@@ -45,4 +50,32 @@ async def aiter_data(response: httpx.Response) -> AsyncIterator[str]:
             yield event.data
 
 
-__all__ = ["DONE", "SSEError", "aiter_data"]
+class DataDecoder:
+    """:func:`aiter_data` for bytes as they arrive from any transport: :meth:`feed` takes the
+    next piece of the body and returns the ``data`` of each event it completes, up to
+    (without) ``[DONE]``, after which :attr:`done` is true and the rest is ignored. UTF-8
+    characters and lines split across pieces are put back together; an event that the body
+    ends in the middle of is dropped, as the SSE specification says."""
+
+    def __init__(self):
+        self._text = codecs.getincrementaldecoder("utf-8")("replace")
+        self._lines = SSELineDecoder()
+        self._events = SSEDecoder()
+        self.done = False
+
+    def feed(self, data: bytes) -> list[str]:
+        out: list[str] = []
+        if self.done:
+            return out
+        for line in self._lines.decode(self._text.decode(data)):
+            event = self._events.decode(line)
+            if event is None or not event.data:
+                continue
+            if event.data == DONE:
+                self.done = True
+                break
+            out.append(event.data)
+        return out
+
+
+__all__ = ["DONE", "DataDecoder", "SSEError", "aiter_data"]

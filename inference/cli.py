@@ -110,9 +110,6 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.log_level != "debug":
-        # httpx logs every request at INFO: in front of an upstream, one line per relayed turn
-        logging.getLogger("httpx").setLevel(logging.WARNING)
     from inference.tls import Tls13Config
 
     app = create_app(config)

@@ -9,26 +9,28 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
-from contextlib import aclosing
+import ssl
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
-import httpx
+import aiohttp
+import yarl
 
-from contracts.sse import aiter_data
+from contracts import sse
 from inference.engine.base import (
-    Engine, EngineOutput, EngineState, GenerationRequest, OutputStream, QueueFull, UpstreamError,
+    Engine, EngineNotReady, EngineOutput, EngineState, GenerationRequest, OutputStream, QueueFull, UpstreamError,
 )
 from inference.engine.registry import EnginePlugin, register
 
 _CJK = re.compile(r"[\u3000-\u9fff\uac00-\ud7af\uff00-\uffef]")
 
-#: Streams per connection pool. httpcore's pool looks at every connection it holds (a
-#: readability poll of each idle socket) whenever a request starts or ends; with one pool
-#: of 256 connections that scan was a quarter of the node's CPU at 256 streams. The node
-#: keeps several smaller pools and sends each request to the least busy.
-STREAMS_PER_POOL = 16
+#: How long an idle connection to the upstream is kept. Under the 5 s after which vLLM's and
+#: SGLang's servers (uvicorn) close an idle one: a request sent on a connection the server is
+#: closing at that moment fails, and a POST is not retried.
+KEEPALIVE_S = 4.0
+
+#: What a failed connection or transfer raises in aiohttp (its timeouts are both).
+_TRANSFER_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 def estimate_tokens(text: str) -> int:
@@ -51,20 +53,25 @@ class _TokenEstimate:
 
 
 class UpstreamEngine(Engine):
+    """Relays through aiohttp: its HTTP parser and connection pool are C and O(1) per request,
+    where httpx's (h11 in Python, a pool that polled every idle connection at each request's
+    start and end) cost the node three times the CPU per relayed token
+    (docs/benchmarks.md, "Serving in front of another engine")."""
+
     def __init__(self, base_url: str, *, api_key: str | None = None, model: str | None = None,
                  max_batch: int = 256, max_queue: int = 1024, timeout_s: float = 600.0,
-                 model_version: str | None = None, verify: bool | Any = True):
+                 model_version: str | None = None, verify: bool | ssl.SSLContext = True):
         base = base_url.rstrip("/")
         self.url = base + ("/chat/completions" if base.endswith("/v1") else "/v1/chat/completions")
-        self._url = httpx.URL(self.url)  # parsed once: httpx parses a string URL on every request
         self.api_key = api_key
         self.upstream_model = model
         self.max_batch, self.max_queue = max_batch, max_queue
         self.timeout_s = timeout_s
         self.verify = verify
         self._model_version = model_version or (model or "upstream")
-        self._clients: list[httpx.AsyncClient] = []
-        self._busy: list[int] = []  # requests in flight per client
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy: yarl.URL | None = None
+        self._proxy_auth: aiohttp.BasicAuth | None = None
         self._in_flight = 0
         self._finished = 0
         self._cancelled = 0
@@ -75,23 +82,29 @@ class UpstreamEngine(Engine):
         return self._model_version
 
     async def start(self) -> None:
-        # every running stream keeps its connection between requests: with fewer kept alive,
-        # the pool closed the rest after each response and the next request opened a new one
-        pools = -(-self.max_batch // STREAMS_PER_POOL)
-        limits = httpx.Limits(max_connections=-(-(self.max_batch + self.max_queue) // pools),
-                              max_keepalive_connections=-(-self.max_batch // pools))
-        self._clients = [httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s, connect=10.0),
-                                           limits=limits, verify=self.verify) for _ in range(pools)]
-        self._busy = [0] * pools
+        # every stream, running or queued, may hold a connection; a stream read to its end
+        # gives its connection back for the next request (see _drain)
+        connector = aiohttp.TCPConnector(limit=self.max_batch + self.max_queue, limit_per_host=0,
+                                         keepalive_timeout=KEEPALIVE_S, ssl=self.verify)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=self.timeout_s))
+        # a proxy from HTTPS_PROXY / HTTP_PROXY / NO_PROXY (and its login from .netrc), as the
+        # node's other clients take them: looked up once here, where aiohttp's trust_env looks
+        # it up in a thread at every request (a sixth of the node's CPU when relaying)
+        try:
+            self._proxy, self._proxy_auth = aiohttp.helpers.get_env_proxy_for_url(yarl.URL(self.url))
+        except LookupError:  # none, or the upstream is in NO_PROXY
+            self._proxy = self._proxy_auth = None
 
     async def stop(self) -> None:
-        clients, self._clients = self._clients, []
-        for client in clients:
-            await client.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     def state(self) -> EngineState:
         running = min(self._in_flight, self.max_batch)
-        return EngineState(ready=bool(self._clients), running=running,
+        return EngineState(ready=self._session is not None, running=running,
                            waiting=self._in_flight - running, max_batch=self.max_batch,
                            max_queue=self.max_queue, cancelled_total=self._cancelled,
                            finished_total=self._finished)
@@ -125,133 +138,115 @@ class UpstreamEngine(Engine):
         return body
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[EngineOutput]:
-        if not self._clients:
-            from inference.engine.base import EngineNotReady
+        if self._session is None:
             raise EngineNotReady("the upstream client is not started")
         if self._in_flight >= self.max_batch + self.max_queue:
             raise QueueFull(f"the server is at capacity ({self.max_queue} requests waiting); retry shortly")
-        headers = {"Accept": "text/event-stream"}
+        headers = {"Accept": "text/event-stream", "Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        pool = min(range(len(self._busy)), key=self._busy.__getitem__)
-        client = self._clients[pool]
         self._in_flight += 1
-        self._busy[pool] += 1
-        t0 = time.monotonic()
         try:
-            req = client.build_request("POST", self._url, json=self._payload(request), headers=headers)
-            resp = await client.send(req, stream=True)
-        except httpx.HTTPError as exc:
-            self._release(pool)
+            resp = await self._session.post(self.url, data=json.dumps(self._payload(request)), headers=headers,
+                                            proxy=self._proxy, proxy_auth=self._proxy_auth)
+        except _TRANSFER_ERRORS as exc:
+            self._in_flight -= 1
             raise UpstreamError(f"upstream {self.url} unreachable: {exc.__class__.__name__}", 502) from None
-        if resp.status_code != 200:
-            body = (await resp.aread()).decode("utf-8", "replace")
-            await resp.aclose()
-            self._release(pool)
-            try:
-                err = json.loads(body).get("error", {})
-                message, code = err.get("message") or body[:200], err.get("code")
-            except (ValueError, AttributeError):
-                message, code = body[:200], None
-            status = resp.status_code if resp.status_code in (400, 404, 413, 429) else 502
-            raise UpstreamError(f"upstream answered {resp.status_code}: {message}", status, code)
-        # the reader starts now, while the node sends its response's head: the first event
-        # is decoded by the time the reply's writer asks for it
-        queue: asyncio.Queue = asyncio.Queue()
-        reader = asyncio.create_task(_read_events(resp, queue))
-        return OutputStream(self._stream(resp, request, t0, pool, queue, reader),
-                            lambda: self._end(resp, reader, pool, False))
+        try:
+            if resp.status != 200:
+                body = await resp.text(errors="replace")
+                try:
+                    err = json.loads(body).get("error", {})
+                    message, code = err.get("message") or body[:200], err.get("code")
+                except (ValueError, AttributeError):
+                    message, code = body[:200], None
+                status = resp.status if resp.status in (400, 404, 413, 429) else 502
+                raise UpstreamError(f"upstream answered {resp.status}: {message}", status, code)
+            if resp.content_type != "text/event-stream":  # it ignored ``stream: true``
+                raise UpstreamError(f"upstream answered 200 with {resp.content_type or 'no content type'}, "
+                                    "expected text/event-stream", 502)
+        except BaseException as exc:
+            resp.close()
+            self._in_flight -= 1
+            if isinstance(exc, _TRANSFER_ERRORS):
+                raise UpstreamError(f"upstream stream failed: {exc.__class__.__name__}: {exc}", 502) from None
+            raise
+        return OutputStream(self._stream(resp, request), lambda: self._end(resp, False))
 
-    def _release(self, pool: int) -> None:
-        self._in_flight -= 1
-        self._busy[pool] -= 1
-
-    async def _stream(self, resp: httpx.Response, request: GenerationRequest, t0: float, pool: int,
-                      queue: asyncio.Queue, reader: asyncio.Task) -> AsyncIterator[EngineOutput]:
-        """Relay the upstream's events. A reader task (:func:`_read_events`) queues them as they are decoded; each
-        output carries every event that piled up since the last one (as the in-process
-        engine sends a stream's queued tokens as one chunk). A fast upstream delivers many
-        events per network read, and one relayed chunk per event cost the node a JSON
-        encoding and a socket write per token."""
+    async def _stream(self, resp: aiohttp.ClientResponse, request: GenerationRequest) -> AsyncIterator[EngineOutput]:
+        """Relay the upstream's events: one output per network read, carrying every event the
+        read completed (as the in-process engine sends a stream's queued tokens as one chunk;
+        one relayed chunk per event cost the node a JSON encoding and a socket write per
+        token), except the very first event, which goes on alone at once (a fast upstream's
+        whole reply may already sit in one read)."""
         first, finish, usage = True, None, None
         reply = _TokenEstimate()
         completion_est = 0
         prompt_est = estimate_tokens("".join(m.get("content") or "" for m in request.messages))
+        events = sse.DataDecoder()
         done = False
         try:
-            ended = False
-            while not ended:
-                items = [await queue.get()]
-                while not queue.empty():
-                    items.append(queue.get_nowait())
-                texts, reasonings = [], []
-                for data in items:
-                    if data is None:
-                        ended = True
-                        break
-                    if isinstance(data, Exception):
-                        raise data
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise UpstreamError(f"upstream error mid-stream: {chunk['error'].get('message')}", 502)
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    for choice in chunk.get("choices") or []:
-                        delta = choice.get("delta") or {}
-                        texts.append(delta.get("content") or "")
-                        reasonings.append(delta.get("reasoning_content") or "")
-                        finish = choice.get("finish_reason") or finish
-                text, reasoning = "".join(texts), "".join(reasonings)
-                if text or reasoning:
-                    completion_est = reply.add(text + reasoning)
-                if text or reasoning or (first and texts):
-                    yield EngineOutput(text=text, reasoning=reasoning, prompt_tokens=prompt_est,
-                                       completion_tokens=completion_est, queue_s=0.0 if first else None)
-                    first = False
+            while not events.done:
+                data = await resp.content.readany()
+                if not data:  # the body ended without [DONE]
+                    break
+                items = events.feed(data)
+                for group in ((items[:1], items[1:]) if first and len(items) > 1 else (items,)):
+                    texts, reasonings = [], []
+                    for item in group:
+                        chunk = json.loads(item)
+                        if "error" in chunk:
+                            raise UpstreamError(f"upstream error mid-stream: {chunk['error'].get('message')}", 502)
+                        if chunk.get("usage"):
+                            usage = chunk["usage"]
+                        for choice in chunk.get("choices") or []:
+                            delta = choice.get("delta") or {}
+                            texts.append(delta.get("content") or "")
+                            reasonings.append(delta.get("reasoning_content") or "")
+                            finish = choice.get("finish_reason") or finish
+                    text, reasoning = "".join(texts), "".join(reasonings)
+                    if text or reasoning:
+                        completion_est = reply.add(text + reasoning)
+                    if text or reasoning or (first and texts):
+                        yield EngineOutput(text=text, reasoning=reasoning, prompt_tokens=prompt_est,
+                                           completion_tokens=completion_est, queue_s=0.0 if first else None)
+                        first = False
+            if events.done:
+                await _drain(resp)
             prompt = usage.get("prompt_tokens", prompt_est) if usage else prompt_est
             completion = usage.get("completion_tokens") if usage else None
             done = True
             yield EngineOutput(finish_reason=finish or "stop", prompt_tokens=prompt,
                                completion_tokens=completion if completion is not None else completion_est)
-        except httpx.HTTPError as exc:  # the stream broke, or the 200 was no event stream (contracts.sse)
+        except _TRANSFER_ERRORS as exc:  # the stream broke or stalled past the read timeout
             raise UpstreamError(f"upstream stream failed: {exc.__class__.__name__}: {exc}", 502) from None
         finally:
-            await self._end(resp, reader, pool, done)
+            await self._end(resp, done)
 
-    async def _end(self, resp: httpx.Response, reader: asyncio.Task, pool: int, done: bool) -> None:
-        """A relayed stream is over (``done``: to its end): stop reading, give the connection
-        back, count it."""
-        self._release(pool)
+    async def _end(self, resp: aiohttp.ClientResponse, done: bool) -> None:
+        """A relayed stream is over (``done``: to its end): count it, and close the upstream
+        response (a no-op for one read to its end, whose connection is back in the pool; an
+        unfinished one's connection is dropped)."""
+        self._in_flight -= 1
         if done:
             self._finished += 1
         else:
             self._cancelled += 1
-        reader.cancel()
-        try:
-            await reader
-        except BaseException:  # its cancellation, or an error already handed over
-            pass
-        await resp.aclose()
+        resp.close()
 
 
-async def _read_events(resp: httpx.Response, queue: asyncio.Queue) -> None:
-    """Queue the ``data`` of each upstream event as it is decoded, then None; an error is
-    queued too, for the consumer to raise in the request's context."""
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Read what follows ``[DONE]`` (normally just the end of the chunked body), for at most
+    ``sse.DRAIN_S``: a response read to its end gives its connection back to the pool, where
+    one closed earlier would close it, and the next request would open a new one (a TCP,
+    maybe TLS, handshake in front of every first token). A server that keeps the body open
+    longer loses its connection."""
     try:
-        async with aclosing(aiter_data(resp)) as events:
-            first_event = True
-            async for data in events:
-                queue.put_nowait(data)
-                if first_event:
-                    # events already buffered are decoded without suspending: without this
-                    # pause a fast upstream's whole reply was decoded before its first token
-                    # went on. Later ones go in one chunk per network read.
-                    first_event = False
-                    await asyncio.sleep(0)
-    except Exception as exc:
-        queue.put_nowait(exc)
-        return
-    queue.put_nowait(None)
+        async with asyncio.timeout(sse.DRAIN_S):
+            while await resp.content.readany():
+                pass
+    except _TRANSFER_ERRORS:
+        pass
 
 
 # --------------------------------------------------------------------------- plug-in
@@ -286,10 +281,8 @@ def _options_from_args(args) -> UpstreamOptions:
 def _build(options: UpstreamOptions, config) -> UpstreamEngine:
     import os
 
-    verify: bool | Any = True  # certificates are always verified; a CA bundle narrows whom to trust
+    verify: bool | ssl.SSLContext = True  # certificates are always verified; a CA bundle narrows whom to trust
     if options.ca_bundle:
-        import ssl
-
         verify = ssl.create_default_context(cafile=options.ca_bundle)
     return UpstreamEngine(options.url, api_key=os.environ.get(options.api_key_env), model=options.model,
                           max_batch=config.max_batch, max_queue=config.max_queue,
