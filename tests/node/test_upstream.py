@@ -323,3 +323,41 @@ def test_a_stream_closed_before_its_first_output_gives_its_place_back():
         held, state = asyncio.run(asyncio.wait_for(run(url), 30))
     assert held == 1
     assert state.running == 0 and state.cancelled_total == 1
+
+
+def test_the_upstream_is_reached_through_the_proxy_the_environment_names(monkeypatch):
+    """``HTTP_PROXY`` is honoured, as by the node's other clients (looked up once, when the
+    engine starts): the request goes to the proxy with the upstream's absolute URL; with the
+    upstream in ``NO_PROXY`` it goes straight to the upstream, past a proxy that is down."""
+    import asyncio
+
+    from tests.fixtures.ports import free_port
+
+    class Proxy(_KeepAliveUpstream):  # a forward proxy that answers as the upstream would
+        connections = 0
+        targets: list[str] = []
+
+        def do_POST(self):
+            type(self).targets.append(self.path)
+            super().do_POST()
+
+    async def ask(url):
+        engine = _upstream_engine(url)
+        await engine.start()
+        try:
+            return "".join([out.text async for out in await engine.generate(_request())])
+        finally:
+            await engine.stop()
+
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with loopback_upstream(Proxy) as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url.removesuffix("/v1"))
+        assert asyncio.run(asyncio.wait_for(ask("http://upstream.example:8000/v1"), 30)) == "one two"
+    assert Proxy.targets == ["http://upstream.example:8000/v1/chat/completions"]
+
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with loopback_upstream(Proxy) as url:
+        assert asyncio.run(asyncio.wait_for(ask(url), 30)) == "one two"
+    assert Proxy.targets[1:] == ["/v1/chat/completions"]
