@@ -34,11 +34,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import AsyncIterator
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import cpu_split  # noqa: E402
+from benchmarks.report import cpu_split, read_events  # noqa: E402
 
 CHUNK = (b'data: {"id":"relay","object":"chat.completion.chunk","created":0,"model":"fake",'
          b'"choices":[{"index":0,"delta":{"content":"tok "},"finish_reason":null}]}\n\n')
@@ -119,26 +120,26 @@ async def one_stream(session, url: str, max_tokens: int) -> dict:
     client the node relays with, so that on a shared core it takes as little as it can
     from the fake upstream beside it (httpx took about three times the CPU per token, and
     the paced upstream then fell behind its own pace)."""
-    from contracts.sse import DataDecoder
-
     body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hello"}],
             "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
-    ttft, tokens = None, 0
     async with session.post(url, json=body) as r:
         if r.status != 200:
             await r.read()
             return {"error": r.status}
-        events = DataDecoder()
-        while not events.done and (data := await r.content.readany()):
-            for item in events.feed(data):
-                chunk = json.loads(item)
-                if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-                    ttft = time.perf_counter() - t0
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
+        ttft, tokens = await read_events(_events(r), t0)
         await r.read()  # the end of the chunked body: the connection goes back to the pool
     return {"ttft": ttft, "e2e": time.perf_counter() - t0, "tokens": tokens}
+
+
+async def _events(response) -> AsyncIterator[str]:
+    """The ``data`` of an aiohttp response's events, through the one SSE reader's decoder."""
+    from contracts.sse import DataDecoder
+
+    events = DataDecoder()
+    while not events.done and (data := await response.content.readany()):
+        for item in events.feed(data):
+            yield item
 
 
 def _session(connections: int):

@@ -8,6 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import AsyncIterator
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
@@ -46,12 +47,17 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def read_stream(response, t0: float) -> tuple[float | None, int]:
-    """(seconds from ``t0`` to the first content token or None, completion tokens from the
-    usage chunk) of an OpenAI-style stream, read with the one SSE reader of seekwatch."""
+    """:func:`read_events` of an httpx response, read with the one SSE reader of seekwatch."""
     from contracts.sse import aiter_data
 
+    return await read_events(aiter_data(response), t0)
+
+
+async def read_events(events: AsyncIterator[str], t0: float) -> tuple[float | None, int]:
+    """(seconds from ``t0`` to the first content token or None, completion tokens from the
+    usage chunk) of an OpenAI-style stream, given the ``data`` of its events."""
     ttft, tokens = None, 0
-    async for data in aiter_data(response):
+    async for data in events:
         chunk = json.loads(data)
         if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
             ttft = time.perf_counter() - t0

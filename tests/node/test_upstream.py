@@ -188,13 +188,9 @@ def test_a_body_left_open_after_done_ends_the_stream_anyway(monkeypatch):
     monkeypatch.setattr(sse, "DRAIN_S", 0.2)
 
     async def run(url):
-        engine = _upstream_engine(url)
-        await engine.start()
-        try:
+        async with _upstream_engine(url) as engine:
             outs = [out async for out in await engine.generate(_request())]
             return outs, engine.state()
-        finally:
-            await engine.stop()
 
     with loopback_upstream(Upstream) as url:
         # the 20 s bound only keeps a regression from hanging the suite (the body stays open 5 s)
@@ -239,10 +235,17 @@ class _BurstUpstream(BaseHTTPRequestHandler):
         pass
 
 
-def _upstream_engine(url: str, **kw):
+@contextlib.asynccontextmanager
+async def _upstream_engine(url: str, **kw):
+    """A started upstream engine in front of ``url``, stopped on the way out."""
     from inference.engine.upstream import UpstreamEngine
 
-    return UpstreamEngine(url, model="m", **kw)
+    engine = UpstreamEngine(url, model="m", **kw)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
 
 
 def _request():
@@ -258,12 +261,8 @@ def test_a_fast_upstreams_first_token_is_handed_on_before_the_rest_is_read():
     import asyncio
 
     async def run(url):
-        engine = _upstream_engine(url)
-        await engine.start()
-        try:
+        async with _upstream_engine(url) as engine:
             return [out async for out in await engine.generate(_request())]
-        finally:
-            await engine.stop()
 
     with loopback_upstream(_BurstUpstream) as url:
         outs = asyncio.run(asyncio.wait_for(run(url), 30))
@@ -282,17 +281,12 @@ def test_concurrent_streams_keep_their_connections_for_the_next_requests():
         connections = 0
 
     async def run(url):
-        engine = _upstream_engine(url, max_batch=4, max_queue=4)
-        await engine.start()
+        async with _upstream_engine(url, max_batch=4, max_queue=4) as engine:
+            async def one():
+                return "".join([out.text async for out in await engine.generate(_request())])
 
-        async def one():
-            return "".join([out.text async for out in await engine.generate(_request())])
-
-        try:
             texts = [await asyncio.gather(*[one() for _ in range(4)]) for _ in range(2)]
             return texts, engine.state()
-        finally:
-            await engine.stop()
 
     with loopback_upstream(Upstream) as url:
         texts, state = asyncio.run(asyncio.wait_for(run(url), 30))
@@ -308,16 +302,12 @@ def test_a_stream_closed_before_its_first_output_gives_its_place_back():
     import asyncio
 
     async def run(url):
-        engine = _upstream_engine(url, max_batch=4)
-        await engine.start()
-        try:
+        async with _upstream_engine(url, max_batch=4) as engine:
             stream = await engine.generate(_request())
             held = engine.state().running
             await stream.aclose()
             await stream.aclose()  # twice is harmless
             return held, engine.state()
-        finally:
-            await engine.stop()
 
     with loopback_upstream(_BurstUpstream) as url:
         held, state = asyncio.run(asyncio.wait_for(run(url), 30))
@@ -342,12 +332,8 @@ def test_the_upstream_is_reached_through_the_proxy_the_environment_names(monkeyp
             super().do_POST()
 
     async def ask(url):
-        engine = _upstream_engine(url)
-        await engine.start()
-        try:
+        async with _upstream_engine(url) as engine:
             return "".join([out.text async for out in await engine.generate(_request())])
-        finally:
-            await engine.stop()
 
     for name in ("NO_PROXY", "no_proxy", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
