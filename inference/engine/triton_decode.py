@@ -7,8 +7,10 @@ half the card's bandwidth. This kernel is written for one query: each program ta
 sequence, one head and one range of its keys (enough ranges per sequence to fill the card),
 loads the range's keys and values a tile at a time (both loads issued before any arithmetic,
 so two tiles are in flight per program) and keeps an online softmax in fp32; a second kernel
-merges the ranges. The query is a vector, so the scores are a multiply and a row sum, no
-matrix unit and no padded query rows. A second form (``mma=True``) repeats the query on 16
+merges the ranges (where a row has more than one: from a few dozen rows up, one program per
+sequence and head fills the card, and the programs write the output themselves). The query
+is a vector, so the scores are a multiply and a row sum, no matrix unit and no padded query
+rows. A second form (``mma=True``) repeats the query on 16
 rows, the smallest matrix the matrix units take, so that scores and values are matrix
 multiplies instead of sums across a warp's lanes: more arithmetic, all of it on units that
 are otherwise idle in a decode step, and faster from about 128 rows up on an H200.
@@ -36,17 +38,19 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _partial(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_kn, stride_kh, H, S,
-             BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, GROUP: tl.constexpr,
-             HEADS_FIRST: tl.constexpr):
+def _program(CU_K, USED, ORDER, S, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, HEADS_FIRST: tl.constexpr,
+             LONGEST_FIRST: tl.constexpr):
+    """This program's sequence, head, key range ``[start, end)`` and the sequence's first
+    row in the store: the part ``_partial`` and ``_partial_mma`` share."""
     if HEADS_FIRST:  # heads vary fastest: a sequence's heads run together (see ``make_kernel``)
         h = tl.program_id(0)
         b = tl.program_id(1)
     else:
         b = tl.program_id(0)
         h = tl.program_id(1)
+    if LONGEST_FIRST:  # the programs launched first take the longest rows (see ``make_kernel``)
+        b = tl.load(ORDER + b).to(tl.int32)
     s = tl.program_id(2)
-    kvh = h // GROUP
     used = tl.load(USED + b)
     base = tl.load(CU_K + b).to(tl.int64)
     if CHUNK > 0:  # ranges of a fixed length: a long row gets more programs than a short one
@@ -55,6 +59,15 @@ def _partial(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_k
         per = tl.cdiv(tl.cdiv(used, S), BLOCK_N) * BLOCK_N
     start = s * per
     end = tl.minimum(start + per, used)
+    return b, h, s, base, start, end
+
+
+@triton.jit
+def _partial(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, scale, stride_qb, stride_qh, stride_kn, stride_kh,
+             stride_ob, stride_oh, H, S, BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
+             GROUP: tl.constexpr, HEADS_FIRST: tl.constexpr, LONGEST_FIRST: tl.constexpr, DIRECT: tl.constexpr):
+    b, h, s, base, start, end = _program(CU_K, USED, ORDER, S, BLOCK_N, CHUNK, HEADS_FIRST, LONGEST_FIRST)
+    kvh = h // GROUP
     offs_d = tl.arange(0, D)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_d).to(tl.float32) * scale
     m = tl.full([1], float("-inf"), tl.float32)
@@ -74,35 +87,25 @@ def _partial(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_k
         l = l * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
         m = m_new
-    out = (b * H + h) * S + s
-    tl.store(ACC + out * D + offs_d, acc)
-    tl.store(ML + out * 2 + tl.arange(0, 1), m)
-    tl.store(ML + out * 2 + 1 + tl.arange(0, 1), l)
+    if DIRECT:  # one range per row: the output itself, as ``_merge`` would make it of one range
+        tl.store(OUT + b * stride_ob + h * stride_oh + offs_d, (acc / l).to(OUT.dtype.element_ty))
+    else:
+        out = (b * H + h) * S + s
+        tl.store(ACC + out * D + offs_d, acc)
+        tl.store(ML + out * 2 + tl.arange(0, 1), m)
+        tl.store(ML + out * 2 + 1 + tl.arange(0, 1), l)
 
 
 @triton.jit
-def _partial_mma(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stride_kn, stride_kh, H, S,
-                 BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, HEADS_FIRST: tl.constexpr):
+def _partial_mma(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, scale, stride_qb, stride_qh, stride_kn, stride_kh,
+                 stride_ob, stride_oh, H, S, BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
+                 HEADS_FIRST: tl.constexpr, LONGEST_FIRST: tl.constexpr, DIRECT: tl.constexpr):
     """``_partial`` on the matrix units, for one key/value head per query head: the query is
     repeated on 16 rows (a matrix multiply needs 16), so scores and the weighted sum of values
     are matrix multiplies rather than row sums across a warp's lanes. Every row computes the
     same thing; row 0 is stored. The probabilities meet the values in the query's dtype, as
     in FlashAttention."""
-    if HEADS_FIRST:
-        h = tl.program_id(0)
-        b = tl.program_id(1)
-    else:
-        b = tl.program_id(0)
-        h = tl.program_id(1)
-    s = tl.program_id(2)
-    used = tl.load(USED + b)
-    base = tl.load(CU_K + b).to(tl.int64)
-    if CHUNK > 0:
-        per = CHUNK
-    else:
-        per = tl.cdiv(tl.cdiv(used, S), BLOCK_N) * BLOCK_N
-    start = s * per
-    end = tl.minimum(start + per, used)
+    b, h, s, base, start, end = _program(CU_K, USED, ORDER, S, BLOCK_N, CHUNK, HEADS_FIRST, LONGEST_FIRST)
     offs_m = tl.arange(0, 16)
     offs_d = tl.arange(0, D)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * 0 + offs_d[None, :])
@@ -123,11 +126,15 @@ def _partial_mma(Q, K, V, CU_K, USED, ACC, ML, scale, stride_qb, stride_qh, stri
         l = l * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
         m = m_new
-    out = (b * H + h) * S + s
     first = offs_m == 0
-    tl.store(ACC + out * D + offs_m[:, None] * 0 + offs_d[None, :], acc, mask=first[:, None])
-    tl.store(ML + out * 2 + offs_m * 0, m, mask=first)
-    tl.store(ML + out * 2 + 1 + offs_m * 0, l, mask=first)
+    if DIRECT:
+        tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * 0 + offs_d[None, :],
+                 (acc / l[:, None]).to(OUT.dtype.element_ty), mask=first[:, None])
+    else:
+        out = (b * H + h) * S + s
+        tl.store(ACC + out * D + offs_m[:, None] * 0 + offs_d[None, :], acc, mask=first[:, None])
+        tl.store(ML + out * 2 + offs_m * 0, m, mask=first)
+        tl.store(ML + out * 2 + 1 + offs_m * 0, l, mask=first)
 
 
 @triton.jit
@@ -162,7 +169,7 @@ def splits_for(rows: int, heads: int, max_k: int, block_n: int, programs: int) -
 
 
 def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stages: int | None = None,
-                mma: bool = False, heads_first: bool = False):
+                mma: bool = False, heads_first: bool = False, longest_first: bool = False):
     """A ``slot_attention.Kernel`` for decode steps with this tile of keys and warps per program.
 
     ``chunk`` (a multiple of ``block_n``) gives every program a key range of that length, so the
@@ -175,6 +182,14 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
     in the store (``[slots × columns, kv_heads, dim]``), so heads launched together read one
     contiguous row per token between them instead of 256-byte pieces of many rows. Grouped-query
     models always launch this way, so that a group's heads share its keys in L2.
+    ``longest_first``: the programs launched first take the longest rows (the rows sorted by
+    length on the device, one small sort per call). The card starts programs in launch
+    order as others finish, so a long row started last would run on alone at the end of the
+    call, with the card's bandwidth mostly idle; longest first, the last ones are the shortest.
+
+    With one key range per row (every batch of more than a few rows fills the card with one
+    program per sequence and head), the programs write the output themselves and the merge
+    kernel is not launched.
     """
     if chunk % block_n:
         raise ValueError(f"the key range ({chunk}) must be a multiple of the tile ({block_n})")
@@ -193,37 +208,45 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
             raise ValueError(f"the matrix-unit decode kernel needs one key/value head per query head, "
                              f"not {heads} over {k.shape[1]}")
         s = -(-max_k // chunk) if chunk else splits_for(rows, heads, max_k, block_n, _programs(q.device))
-        acc = torch.empty((rows, heads, s, dim), dtype=torch.float32, device=q.device)
-        ml = torch.empty((rows, heads, s, 2), dtype=torch.float32, device=q.device)
-        args = (q, k, v, cu_k, used_k, acc, ml, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                heads, s)
+        direct = s == 1
+        out = torch.empty_like(q)
+        acc = ml = out  # not written when the programs write the output themselves
+        if not direct:
+            acc = torch.empty((rows, heads, s, dim), dtype=torch.float32, device=q.device)
+            ml = torch.empty((rows, heads, s, 2), dtype=torch.float32, device=q.device)
+        order = torch.argsort(used_k[:rows], descending=True) if longest_first else used_k
+        args = (q, k, v, cu_k, used_k, order, acc, ml, out, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0),
+                k.stride(1), out.stride(0), out.stride(1), heads, s)
         first = heads_first or group > 1
         grid = (heads, rows, s) if first else (rows, heads, s)
+        flags = {"BLOCK_N": block_n, "D": dim, "CHUNK": chunk, "HEADS_FIRST": first,
+                 "LONGEST_FIRST": longest_first, "DIRECT": direct}
         if mma:
-            _partial_mma[grid](*args, BLOCK_N=block_n, D=dim, CHUNK=chunk, HEADS_FIRST=first, **launch)
+            _partial_mma[grid](*args, **flags, **launch)
         else:
-            _partial[grid](*args, BLOCK_N=block_n, D=dim, CHUNK=chunk, GROUP=group, HEADS_FIRST=first, **launch)
-        out = torch.empty_like(q)
-        _merge[(rows, heads)](acc, ml, out, out.stride(0), out.stride(1), heads, s,
-                              BLOCK_S=triton.next_power_of_2(s), D=dim)
+            _partial[grid](*args, **flags, GROUP=group, **launch)
+        if not direct:
+            _merge[(rows, heads)](acc, ml, out, out.stride(0), out.stride(1), heads, s,
+                                  BLOCK_S=triton.next_power_of_2(s), D=dim)
         return out
 
     extra = ((f", {chunk}-key ranges" if chunk else "") + (f", {num_stages} stages" if num_stages else "")
-             + (", heads first" if heads_first else ""))
+             + (", heads first" if heads_first else "") + (", longest rows first" if longest_first else ""))
     units = "matrix units, " if mma else ""
     triton_decode.label = f"Triton decode ({units}{block_n}-key tiles, {num_warps} warps{extra})"
     return triton_decode
 
 
 #: The variants the engine times at start-up (each bucket keeps the fastest kernel): (tile,
-#: warps), (tile, warps, key range, pipelining stages) or (…, matrix units, heads first), as
-#: ``make_kernel`` takes them (0: no fixed range, Triton's default depth). The matrix-unit
-#: ones were the fastest at 32-256 rows in an H200 probe (2026-12-02); offered both launch
-#: orders, the engine kept the heads-first ones at every batch from 32 up.
+#: warps), (tile, warps, key range, pipelining stages) or (…, matrix units, heads first,
+#: longest rows first), as ``make_kernel`` takes them (0: no fixed range, Triton's default
+#: depth). The matrix-unit ones were the fastest at 32-256 rows in an H200 probe (2026-12-02);
+#: offered both launch orders, the engine kept the heads-first ones at every batch from 32 up.
 VARIANTS: list[tuple[int, ...]] = [(32, 1), (16, 1), (32, 2), (16, 1, 64),
                                    (32, 1, 0, 0, 1), (32, 2, 0, 0, 1), (64, 4, 0, 0, 1), (16, 1, 64, 0, 1),
                                    (32, 1, 0, 0, 1, 1), (32, 2, 0, 0, 1, 1), (16, 1, 64, 0, 1, 1),
-                                   (32, 2, 0, 3, 1, 1)]
+                                   (32, 2, 0, 3, 1, 1),
+                                   (32, 1, 0, 0, 1, 1, 1), (32, 2, 0, 0, 1, 1, 1), (16, 1, 0, 0, 0, 1, 1)]
 
 
 def kernels(group: int = 1) -> list:
