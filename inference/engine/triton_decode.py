@@ -38,8 +38,7 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _program(CU_K, USED, ORDER, S, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, HEADS_FIRST: tl.constexpr,
-             LONGEST_FIRST: tl.constexpr):
+def _program(CU_K, USED, S, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, HEADS_FIRST: tl.constexpr):
     """This program's sequence, head, key range ``[start, end)`` and the sequence's first
     row in the store: the part ``_partial`` and ``_partial_mma`` share."""
     if HEADS_FIRST:  # heads vary fastest: a sequence's heads run together (see ``make_kernel``)
@@ -48,8 +47,6 @@ def _program(CU_K, USED, ORDER, S, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, H
     else:
         b = tl.program_id(0)
         h = tl.program_id(1)
-    if LONGEST_FIRST:  # the programs launched first take the longest rows (see ``make_kernel``)
-        b = tl.load(ORDER + b).to(tl.int32)
     s = tl.program_id(2)
     used = tl.load(USED + b)
     base = tl.load(CU_K + b).to(tl.int64)
@@ -63,10 +60,10 @@ def _program(CU_K, USED, ORDER, S, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, H
 
 
 @triton.jit
-def _partial(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, scale, stride_qb, stride_qh, stride_kn, stride_kh,
+def _partial(Q, K, V, CU_K, USED, ACC, ML, OUT, scale, stride_qb, stride_qh, stride_kn, stride_kh,
              stride_ob, stride_oh, H, S, BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-             GROUP: tl.constexpr, HEADS_FIRST: tl.constexpr, LONGEST_FIRST: tl.constexpr, DIRECT: tl.constexpr):
-    b, h, s, base, start, end = _program(CU_K, USED, ORDER, S, BLOCK_N, CHUNK, HEADS_FIRST, LONGEST_FIRST)
+             GROUP: tl.constexpr, HEADS_FIRST: tl.constexpr, DIRECT: tl.constexpr):
+    b, h, s, base, start, end = _program(CU_K, USED, S, BLOCK_N, CHUNK, HEADS_FIRST)
     kvh = h // GROUP
     offs_d = tl.arange(0, D)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_d).to(tl.float32) * scale
@@ -97,15 +94,15 @@ def _partial(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, scale, stride_qb, stride_
 
 
 @triton.jit
-def _partial_mma(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, scale, stride_qb, stride_qh, stride_kn, stride_kh,
+def _partial_mma(Q, K, V, CU_K, USED, ACC, ML, OUT, scale, stride_qb, stride_qh, stride_kn, stride_kh,
                  stride_ob, stride_oh, H, S, BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-                 HEADS_FIRST: tl.constexpr, LONGEST_FIRST: tl.constexpr, DIRECT: tl.constexpr):
+                 HEADS_FIRST: tl.constexpr, DIRECT: tl.constexpr):
     """``_partial`` on the matrix units, for one key/value head per query head: the query is
     repeated on 16 rows (a matrix multiply needs 16), so scores and the weighted sum of values
     are matrix multiplies rather than row sums across a warp's lanes. Every row computes the
     same thing; row 0 is stored. The probabilities meet the values in the query's dtype, as
     in FlashAttention."""
-    b, h, s, base, start, end = _program(CU_K, USED, ORDER, S, BLOCK_N, CHUNK, HEADS_FIRST, LONGEST_FIRST)
+    b, h, s, base, start, end = _program(CU_K, USED, S, BLOCK_N, CHUNK, HEADS_FIRST)
     offs_m = tl.arange(0, 16)
     offs_d = tl.arange(0, D)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * 0 + offs_d[None, :])
@@ -169,7 +166,7 @@ def splits_for(rows: int, heads: int, max_k: int, block_n: int, programs: int) -
 
 
 def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stages: int | None = None,
-                mma: bool = False, heads_first: bool = False, longest_first: bool = False):
+                mma: bool = False, heads_first: bool = False):
     """A ``slot_attention.Kernel`` for decode steps with this tile of keys and warps per program.
 
     ``chunk`` (a multiple of ``block_n``) gives every program a key range of that length, so the
@@ -182,10 +179,6 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
     in the store (``[slots × columns, kv_heads, dim]``), so heads launched together read one
     contiguous row per token between them instead of 256-byte pieces of many rows. Grouped-query
     models always launch this way, so that a group's heads share its keys in L2.
-    ``longest_first``: the programs launched first take the longest rows (the rows sorted by
-    length on the device, one small sort per call). The card starts programs in launch
-    order as others finish, so a long row started last would run on alone at the end of the
-    call, with the card's bandwidth mostly idle; longest first, the last ones are the shortest.
 
     With one key range per row (every batch of more than a few rows fills the card with one
     program per sequence and head), the programs write the output themselves and the merge
@@ -214,13 +207,11 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
         if not direct:
             acc = torch.empty((rows, heads, s, dim), dtype=torch.float32, device=q.device)
             ml = torch.empty((rows, heads, s, 2), dtype=torch.float32, device=q.device)
-        order = torch.argsort(used_k[:rows], descending=True) if longest_first else used_k
-        args = (q, k, v, cu_k, used_k, order, acc, ml, out, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0),
+        args = (q, k, v, cu_k, used_k, acc, ml, out, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0),
                 k.stride(1), out.stride(0), out.stride(1), heads, s)
         first = heads_first or group > 1
         grid = (heads, rows, s) if first else (rows, heads, s)
-        flags = {"BLOCK_N": block_n, "D": dim, "CHUNK": chunk, "HEADS_FIRST": first,
-                 "LONGEST_FIRST": longest_first, "DIRECT": direct}
+        flags = {"BLOCK_N": block_n, "D": dim, "CHUNK": chunk, "HEADS_FIRST": first, "DIRECT": direct}
         if mma:
             _partial_mma[grid](*args, **flags, **launch)
         else:
@@ -231,22 +222,21 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
         return out
 
     extra = ((f", {chunk}-key ranges" if chunk else "") + (f", {num_stages} stages" if num_stages else "")
-             + (", heads first" if heads_first else "") + (", longest rows first" if longest_first else ""))
+             + (", heads first" if heads_first else ""))
     units = "matrix units, " if mma else ""
     triton_decode.label = f"Triton decode ({units}{block_n}-key tiles, {num_warps} warps{extra})"
     return triton_decode
 
 
 #: The variants the engine times at start-up (each bucket keeps the fastest kernel): (tile,
-#: warps), (tile, warps, key range, pipelining stages) or (…, matrix units, heads first,
-#: longest rows first), as ``make_kernel`` takes them (0: no fixed range, Triton's default
-#: depth). The matrix-unit ones were the fastest at 32-256 rows in an H200 probe (2026-12-02);
-#: offered both launch orders, the engine kept the heads-first ones at every batch from 32 up.
+#: warps), (tile, warps, key range, pipelining stages) or (…, matrix units, heads first), as
+#: ``make_kernel`` takes them (0: no fixed range, Triton's default depth). The matrix-unit
+#: ones were the fastest at 32-256 rows in an H200 probe (2026-12-02); offered both launch
+#: orders, the engine kept the heads-first ones at every batch from 32 up.
 VARIANTS: list[tuple[int, ...]] = [(32, 1), (16, 1), (32, 2), (16, 1, 64),
                                    (32, 1, 0, 0, 1), (32, 2, 0, 0, 1), (64, 4, 0, 0, 1), (16, 1, 64, 0, 1),
                                    (32, 1, 0, 0, 1, 1), (32, 2, 0, 0, 1, 1), (16, 1, 64, 0, 1, 1),
-                                   (32, 2, 0, 3, 1, 1),
-                                   (32, 1, 0, 0, 1, 1, 1), (32, 2, 0, 0, 1, 1, 1), (16, 1, 0, 0, 0, 1, 1)]
+                                   (32, 2, 0, 3, 1, 1)]
 
 
 def kernels(group: int = 1) -> list:
