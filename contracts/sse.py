@@ -17,7 +17,8 @@ from typing import AsyncIterator
 
 import httpx
 from httpx_sse import EventSource, SSEError
-# the decoders EventSource itself runs, fed here with bytes from any transport
+# the decoders EventSource itself runs, fed here with bytes from any transport (a private
+# module: pyproject admits the minor version this was read against, not the next)
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
 #: the data of the event that ends an OpenAI-style stream
