@@ -10,10 +10,10 @@ so two tiles are in flight per program) and keeps an online softmax in fp32; a s
 merges the ranges (where a row has more than one: from a few dozen rows up, one program per
 sequence and head fills the card, and the programs write the output themselves). The query
 is a vector, so the scores are a multiply and a row sum, no matrix unit and no padded query
-rows. A second form (``mma=True``) repeats the query on 16
-rows, the smallest matrix the matrix units take, so that scores and values are matrix
-multiplies instead of sums across a warp's lanes: more arithmetic, all of it on units that
-are otherwise idle in a decode step, and faster from about 128 rows up on an H200.
+rows. A second form (``mma=True``) repeats the query on 16 rows, the smallest matrix the
+matrix units take, so that scores and values are matrix multiplies instead of sums across a
+warp's lanes: more arithmetic, all of it on units that are otherwise idle in a decode step,
+and faster from about 128 rows up on an H200.
 
 Grouped-query models (the R1-distill Qwen and Llama layouts: 7 or 4 query heads per
 key/value head) run the same program per query head, reading its group's keys and values;
