@@ -58,6 +58,14 @@ def test_an_older_python3_alone_stops_setup_with_one_line(tmp_path):
     assert not venv.exists()
 
 
+def test_no_python3_at_all_stops_setup_with_one_line(tmp_path):
+    out, venv = _run(tmp_path, {})
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("setup: seekwatch needs Python 3.11 or later (no python3); "
+                                  "install python3.11 and python3.11-venv")
+    assert not venv.exists()
+
+
 def test_a_versioned_interpreter_beside_an_older_python3_is_used(tmp_path):
     out, venv = _run(tmp_path, {"python3": OLD, "python3.12": NEW})
     assert out.returncode == 0, out.stderr

@@ -15,7 +15,8 @@ if [ ! -x "$VENV/bin/python" ]; then
     fi
   done
   if [ -z "$PYTHON" ]; then
-    found="$( (python3 --version || echo "no python3") 2>&1 | head -n 1)"
+    found="no python3"
+    if command -v python3 >/dev/null 2>&1; then found="$(python3 --version 2>&1 | head -n 1)"; fi
     echo "setup: seekwatch needs Python 3.11 or later ($found); install python3.11 and python3.11-venv" >&2
     exit 1
   fi
