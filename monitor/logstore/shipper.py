@@ -18,8 +18,10 @@ Guarantees and how they are kept:
   keeps the open descriptor and drains it to EOF); a truncated file (copytruncate) restarts
   at 0. Inputs: ``*.jsonl`` and numbered rotations ``*.jsonl.N`` under the log directory.
 * **Partial last line.** Bytes after the last newline are never sent: they wait until the
-  writer completes the line. If the file vanishes (rotated away, deleted) while they still
-  lack a newline, they go to the dead-letter file as "incomplete last line"; if the file
+  writer completes the line. A file that vanishes (rotated away, deleted) stays open and is
+  read while its writer may still append through its own descriptor; once its handle has not
+  changed for ``torn_after`` seconds (or a ``once`` run ends), bytes still lacking a newline
+  go to the dead-letter file as "incomplete last line"; if the file
   stays but has not changed for ``torn_after`` seconds while a newer file in its directory
   has (a writer killed mid-line that started a new file), as "torn last line".
 * **Store down.** Connection errors, 429 and 5xx wait with exponential backoff (capped)
@@ -204,20 +206,41 @@ class Shipper:
         return consumed
 
     # -- files that went away or stopped mid-line ------------------------------------------------
-    def _retire_vanished(self) -> None:
-        """Files no longer under the log dir: drain an open handle (rotation by rename to a
-        name we do not match, or deletion while open), then forget them."""
+    def _retire_vanished(self, *, final: bool = False) -> None:
+        """Files no longer under the log dir (renamed to a name we do not match, or deleted
+        while open): ship what their open handle holds, and forget them once their writer is
+        done with them.
+
+        A writer keeps appending through its own descriptor after a rename until it reopens
+        its path (logrotate's ``postrotate``, Python's ``WatchedFileHandler``), and a buffered
+        writer flushes in blocks that end mid-line, so a rotated-away file that stops mid-line
+        or at a line end is usually just not finished yet. It stays open and is read again at
+        every pass until its handle has not changed for ``torn_after`` seconds; only then do
+        bytes after its last newline go to the dead-letter file. ``final`` (the end of a
+        ``--once`` run, after which nobody could read the handle) settles them now."""
         gone = self.tailer.vanished()
+        now = time.time()
+        retired = False
         for f in gone:
             if f.fh is not None:
                 self._ship_file(f)
+                try:
+                    idle = now - os.fstat(f.fh.fileno()).st_mtime
+                except OSError:
+                    idle = float("inf")
+                if not final and idle < self.torn_after:
+                    continue  # its writer may still be appending through its own descriptor
+                f.fh.seek(f.offset)
                 rest = f.fh.read()
+                if b"\n" in rest:
+                    continue  # whole lines not acknowledged yet (store down, stopping): next pass
                 if rest:
                     self._dead_letter([dead_letter(
                         f.path, f.offset, "incomplete last line (no newline) in a file that was rotated away", rest)])
             self.tailer.forget(f)
             self._verified.discard(f.key)
-        if gone:
+            retired = True
+        if retired:
             self._save_checkpoints()
 
     def _settle_torn_tails(self) -> int:
@@ -280,6 +303,8 @@ class Shipper:
             while not self.stop_event.is_set():
                 consumed = self.ship_pass()
                 if once and consumed == 0:
+                    if not self.stop_event.is_set():
+                        self._retire_vanished(final=True)
                     break
                 if consumed == 0:
                     self.stop_event.wait(self.poll_interval)

@@ -122,6 +122,81 @@ def test_rotated_away_file_is_drained_through_the_open_handle(tmp_path, store):
     assert count_tag(store, tag) == 60
 
 
+def test_writer_still_appending_after_rotation_loses_nothing(tmp_path, store):
+    # After a rename, the writer goes on through its own descriptor until it reopens its path,
+    # and a buffered writer flushes blocks that end mid-line: the fragment seen right after
+    # the rename is not a torn line, and lines written after the shipper's drain still count.
+    tag = "rot-append"
+    recs = list(records(40, seed=41, tag=tag))
+    live, old = tmp_path / "session.jsonl", tmp_path / "session.old"
+    append_lines(live, recs[:20])
+    line = dumps(recs[20])
+    append_partial(live, line[:30])
+    s = Shipper(tmp_path, store, torn_after=60)
+    s.checkpoints.lock()                                  # what run() does first
+    try:
+        s.ship_pass()
+        assert s.stats.shipped == 20
+        os.rename(live, old)                              # a name the shipper does not watch
+        s.ship_pass()                                     # sees it gone, mid-line
+        assert s.stats.dead_lettered == 0 and len(s.files) == 1
+        append_partial(old, line[30:] + "\n")
+        s.ship_pass()
+        append_lines(old, recs[21:40])
+        s.ship_pass()
+        assert s.stats.shipped == 40 and s.stats.dead_lettered == 0
+    finally:
+        s.tailer.close()
+        s.checkpoints.unlock()
+    assert count_tag(store, tag) == 40 and dead_letters(tmp_path) == []
+
+
+def test_rotated_away_fragment_is_dead_lettered_once_its_handle_is_idle(tmp_path, store):
+    tag = "rot-idle"
+    recs = list(records(11, seed=42, tag=tag))
+    live, old = tmp_path / "session.jsonl", tmp_path / "session.old"
+    append_lines(live, recs[:10])
+    append_partial(live, dumps(recs[10])[:50])
+    s = Shipper(tmp_path, store, torn_after=60)
+    s.checkpoints.lock()                                  # what run() does first
+    try:
+        s.ship_pass()
+        os.rename(live, old)
+        s.ship_pass()
+        assert s.stats.dead_lettered == 0 and len(s.files) == 1   # recent: still open
+        t = os.stat(old).st_mtime
+        os.utime(old, (t - 120, t - 120))                  # no write for 2 minutes
+        s.ship_pass()
+        assert s.stats.dead_lettered == 1 and s.files == {}
+    finally:
+        s.tailer.close()
+        s.checkpoints.unlock()
+    dl = dead_letters(tmp_path)[-1]
+    assert dl["reason"].startswith("incomplete last line") and dl["line"] == dumps(recs[10])[:50]
+    assert count_tag(store, tag) == 10
+
+
+def test_once_run_settles_a_rotated_away_fragment_before_it_exits(tmp_path, store):
+    # Nobody reads the handle after a --once run ends, so its fragment is recorded, not dropped.
+    tag = "rot-once"
+    recs = list(records(6, seed=43, tag=tag))
+    live = tmp_path / "session.jsonl"
+    append_lines(live, recs[:5])
+    append_partial(live, dumps(recs[5])[:40])
+    renamed = []
+
+    def rotate(shipper):                                  # rotated right after the first batch
+        if not renamed:
+            os.rename(live, tmp_path / "session.old")
+            renamed.append(True)
+
+    s = Shipper(tmp_path, store, torn_after=3600, on_batch=rotate)
+    s.run(once=True)
+    assert renamed and s.stats.shipped == 5 and s.stats.dead_lettered == 1 and s.files == {}
+    assert dead_letters(tmp_path)[-1]["line"] == dumps(recs[5])[:40]
+    assert count_tag(store, tag) == 5
+
+
 def test_truncated_file_restarts_from_zero(tmp_path, store):
     tag = "trunc"
     recs = list(records(30, seed=5, tag=tag))
