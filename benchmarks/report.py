@@ -8,7 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = ROOT / "docs" / "benchmarks.md"
@@ -53,14 +53,20 @@ async def read_stream(response, t0: float) -> tuple[float | None, int]:
     return await read_events(aiter_data(response), t0)
 
 
-async def read_events(events: AsyncIterator[str], t0: float) -> tuple[float | None, int]:
+async def read_events(events: AsyncIterator[str], t0: float,
+                      arrived: Callable[[], float] = time.perf_counter) -> tuple[float | None, int]:
     """(seconds from ``t0`` to the first content token or None, completion tokens from the
-    usage chunk) of an OpenAI-style stream, given the ``data`` of its events."""
+    usage chunk) of an OpenAI-style stream, given the ``data`` of its events.
+
+    ``arrived`` says when the current event's bytes were read (default: now). A reader that
+    decodes a whole network read before yielding its first event passes the time of the
+    read, so that a reply arriving in one burst is not charged for decoding the events
+    behind its first token."""
     ttft, tokens = None, 0
     async for data in events:
         chunk = json.loads(data)
         if ttft is None and chunk.get("choices") and chunk["choices"][0]["delta"].get("content"):
-            ttft = time.perf_counter() - t0
+            ttft = arrived() - t0
         if chunk.get("usage"):
             tokens = chunk["usage"]["completion_tokens"]
     return ttft, tokens

@@ -156,3 +156,66 @@ def test_step_profile_sorts_kernels_by_kind_and_profiles_the_running_loop(tiny_m
     (entry,) = result["live"]
     assert entry["rows"] == 2 and entry["decode_steps"] > 0 and entry["syncs"] == []
     assert set(entry["account_ms_per_step"]) == {"forward", "sample_and_wait", "emit"}
+
+
+def test_read_events_stamps_the_first_token_when_its_read_arrived():
+    """The time to first token is taken from ``arrived`` (when the read carrying the token
+    returned), not from when the decoder got round to it; a role-only delta is no token."""
+    import asyncio
+    import json
+
+    from benchmarks.report import read_events
+
+    async def events():
+        yield json.dumps({"choices": [{"delta": {"role": "assistant"}}]})
+        yield json.dumps({"choices": [{"delta": {"content": "hi"}}]})
+        yield json.dumps({"choices": [{"delta": {"content": " there"}}]})
+        yield json.dumps({"choices": [], "usage": {"completion_tokens": 7}})
+
+    stamps = iter([11.0, 12.5, 13.0, 14.0])
+    assert asyncio.run(read_events(events(), 10.0, lambda: next(stamps))) == (1.0, 7)
+
+
+def test_relay_bench_stamps_events_with_the_read_that_carried_them(tmp_path):
+    """A fast upstream's 200-token reply arrives in fewer reads than it has events; every
+    event carries the time its read returned, so the direct figure is not charged for
+    decoding the events behind the first token. Real aiohttp against relay_bench's fake
+    upstream on loopback."""
+    import asyncio
+    import sys
+    import time
+
+    import httpx
+
+    from benchmarks import relay_bench
+    from contracts.supervisor import ProcessSpec, free_port, start
+
+    port = free_port()
+    up = start(ProcessSpec(name="fake upstream", output=tmp_path / "up.out",
+                           argv=[sys.executable, relay_bench.__file__, "--serve-upstream", str(port)]))
+
+    async def read():
+        async with relay_bench._session(1) as session:
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "stream": True}
+            async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as r:
+                read_at = [0.0]
+                seen = []
+                async for _ in relay_bench._events(r, read_at):
+                    seen.append((read_at[0], time.perf_counter()))
+                return seen
+
+    def answers():
+        try:
+            return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"max_tokens": 1},
+                              timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        up.wait_ready(answers, 20, interval=0.1)
+        seen = asyncio.run(read())
+    finally:
+        up.stop()
+    assert len(seen) == 201  # 200 tokens and the usage chunk
+    assert all(0 < stamp <= yielded for stamp, yielded in seen)
+    assert len({stamp for stamp, _ in seen}) < len(seen)  # several events per read, one stamp each
