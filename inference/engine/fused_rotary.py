@@ -132,7 +132,9 @@ def _dispatcher(original: Callable) -> Callable:
         return original(q, k, cos, sin, unsqueeze_dim, *args, **kwargs)
 
     apply_rotary_pos_emb.original = original
-    apply_rotary_pos_emb.__doc__ = "The fused rotary kernel where it applies, else " + original.__name__
+    # transformers >= 5.25 wraps the function in a hub-kernel ``nn.Module`` that has no __name__
+    name = getattr(original, "__name__", type(original).__name__)
+    apply_rotary_pos_emb.__doc__ = "The fused rotary kernel where it applies, else " + name
     return apply_rotary_pos_emb
 
 
