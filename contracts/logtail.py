@@ -12,6 +12,14 @@ and a reader that answered them differently would count a rotated file twice or 
 * **Truncation.** A file shorter than the offset read (copytruncate) starts again at 0.
 * **Whole lines only.** :meth:`LogTailer.lines` and :meth:`LogTailer.read_block` return
   complete ``\\n``-terminated lines; bytes after the last newline wait for the writer.
+* **Rotated away.** A file renamed to a name that is not a log file's, or deleted, is in
+  :meth:`LogTailer.vanished`; a reader that still has its handle reads what was appended
+  since its last read through it, and lets it go (:meth:`LogTailer.forget`) once
+  :meth:`LogTailer.writer_done` says its writer has left it: a writer appends through its
+  own descriptor after a rename until it reopens its path. Handles stay open between
+  reads for the ``keep_open`` most recently written files (:meth:`LogTailer.keep_handles`),
+  so a file rotated away between two reads is still drained, without a descriptor for every
+  old file of a long retention.
 * **The caller commits.** Reading never moves ``TailedFile.offset``: the caller sets it once
   it has used the lines (the shipper only after the store acknowledged them), so a crash
   re-reads rather than skips.
@@ -21,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
@@ -31,6 +40,8 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 1 << 20
 FINGERPRINT_BYTES = 4096
+KEEP_OPEN = 16          # handles kept between reads: the most recently written files
+WRITER_DONE_S = 30.0    # a rotated-away file unchanged this long is done with
 
 
 def first_line_fingerprint(first_line: bytes) -> str:
@@ -69,9 +80,11 @@ class LogTailer:
     read before). ``snapshot()``/``restore()`` carry offsets across restarts.
     """
 
-    def __init__(self, log_dir: str | os.PathLike[str], *, exclude: Iterable[str | os.PathLike[str]] = ()) -> None:
+    def __init__(self, log_dir: str | os.PathLike[str], *, exclude: Iterable[str | os.PathLike[str]] = (),
+                 keep_open: int = KEEP_OPEN) -> None:
         self.log_dir = Path(log_dir)
         self.exclude = [str(e) for e in exclude]
+        self.keep_open = keep_open
         self.files: dict[str, TailedFile] = {}
 
     # -- discovery ------------------------------------------------------------------------
@@ -129,6 +142,39 @@ class LogTailer:
     def forget(self, f: TailedFile) -> None:
         self.close_file(f)
         self.files.pop(f.key, None)
+
+    def writer_done(self, f: TailedFile, idle_after: float = WRITER_DONE_S, now: float | None = None) -> bool:
+        """Whether a vanished file can be let go: there is no handle to read it by, or what
+        its handle reads has not changed for ``idle_after`` seconds (0: at once)."""
+        if f.fh is None or idle_after <= 0:
+            return True
+        try:
+            mtime = os.fstat(f.fh.fileno()).st_mtime
+        except OSError:
+            return True
+        return (time.time() if now is None else now) - mtime >= idle_after
+
+    def size(self, f: TailedFile) -> int | None:
+        """The file's size, through its handle when one is open (a vanished file has no path)."""
+        try:
+            return os.fstat(f.fh.fileno()).st_size if f.fh is not None else os.stat(f.path).st_size
+        except OSError:
+            return None
+
+    def keep_handles(self) -> None:
+        """Close the handles of live files beyond the ``keep_open`` most recently written
+        (those of vanished files stay: they are being drained)."""
+        held = []
+        for f in self.files.values():
+            if f.fh is not None and f.seen:
+                try:
+                    held.append((os.fstat(f.fh.fileno()).st_mtime, f))
+                except OSError:
+                    self.close_file(f)
+        if len(held) > self.keep_open:
+            held.sort(key=lambda pair: pair[0], reverse=True)
+            for _, f in held[self.keep_open:]:
+                self.close_file(f)
 
     @staticmethod
     def close_file(f: TailedFile) -> None:

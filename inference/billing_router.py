@@ -4,7 +4,8 @@ NextChat's settings page asks ``/dashboard/billing/subscription`` for the budget
 (``hard_limit_usd``) and ``/dashboard/billing/usage`` for what was spent (``total_usage``, in
 cents). Spend is the sum of ``cost_usd`` over the node's own session log in the date range,
 so it survives restarts and agrees with the dashboard: the same files (the one tailer of
-:mod:`contracts.logtail`, rotated ``*.jsonl.N`` included), the same rule for what a turn is
+:mod:`contracts.logtail`, rotated ``*.jsonl.N`` included, and a file rotated to another name
+read to its end through the handle kept), the same rule for what a turn is
 (:func:`contracts.log_schema.is_turn_record`), each turn once by ``request_id``.
 
 A query does not rescan the log: :class:`SpendLedger` keeps a sum per UTC day and reads only
@@ -25,7 +26,7 @@ from fastapi import APIRouter, Request
 
 from contracts.cost import CostModel
 from contracts.log_schema import is_turn_record
-from contracts.logtail import LogTailer
+from contracts.logtail import LogTailer, TailedFile
 from inference.http_errors import InvalidRequest
 
 router = APIRouter()
@@ -93,31 +94,36 @@ class SpendLedger:
     def _catch_up(self) -> None:
         self._tailer.scan()
         for f in self._tailer.live():
-            end = f.offset
-            try:
-                for ln in self._tailer.lines(f):
-                    end = ln.end_offset
-                    try:
-                        rec = json.loads(ln.raw)
-                    except ValueError:
-                        continue  # a bad line counts nowhere (the dashboard sets it aside too)
-                    if not is_turn_record(rec):
-                        continue
-                    rid = rec.get("request_id")
-                    if isinstance(rid, str):
-                        if rid in self._seen:
-                            continue  # the same turn again (a copy-truncate rotation)
-                        self._seen.add(rid)
-                    try:
-                        cost = float(rec.get("cost_usd") or 0.0)
-                    except (TypeError, ValueError):
-                        cost = 0.0
-                    self._by_day[str(rec["@timestamp"])[:10]] += cost
-            finally:
-                f.offset = end
-                self._tailer.close_file(f)
-        for f in self._tailer.vanished():
-            self._tailer.forget(f)
+            self._read(f)
+        for f in self._tailer.vanished():  # rotated away or deleted: drain its handle first
+            self._read(f)
+            if self._tailer.writer_done(f):
+                self._tailer.forget(f)
+        self._tailer.keep_handles()
+
+    def _read(self, f: TailedFile) -> None:
+        end = f.offset
+        try:
+            for ln in self._tailer.lines(f):
+                end = ln.end_offset
+                try:
+                    rec = json.loads(ln.raw)
+                except ValueError:
+                    continue  # a bad line counts nowhere (the dashboard sets it aside too)
+                if not is_turn_record(rec):
+                    continue
+                rid = rec.get("request_id")
+                if isinstance(rid, str):
+                    if rid in self._seen:
+                        continue  # the same turn again (a copy-truncate rotation)
+                    self._seen.add(rid)
+                try:
+                    cost = float(rec.get("cost_usd") or 0.0)
+                except (TypeError, ValueError):
+                    cost = 0.0
+                self._by_day[str(rec["@timestamp"])[:10]] += cost
+        finally:
+            f.offset = end
 
     def spent_usd(self, start: dt.date, end: dt.date) -> float:
         """Sum of ``cost_usd`` of turns with ``start <= day < end`` (UTC)."""

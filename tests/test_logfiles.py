@@ -64,3 +64,37 @@ def test_tailer_follows_rename_truncation_and_inode_reuse(tmp_path):
     t2.restore(snap)
     assert _read_all(t2) == [b"X" * (st.st_size - 1)]
     assert Path(t2.live()[0].path).name == "a.jsonl.1"
+
+
+def test_tailer_keeps_the_newest_handles_and_drains_a_file_rotated_away(tmp_path):
+    """Handles stay open between reads for the ``keep_open`` most recently written files, so
+    a file renamed out of the log directory's names after a read is still read to its end,
+    and ``writer_done`` says when its writer (appending through its own descriptor) has left it."""
+    import time
+
+    paths = [tmp_path / f"s-{i}.jsonl" for i in range(3)]
+    for i, p in enumerate(paths):
+        p.write_bytes(b"%d\n" % i)
+        os.utime(p, (1_000 + i, 1_000 + i))
+    t = LogTailer(tmp_path, keep_open=2)
+    assert sorted(_read_all(t)) == [b"0", b"1", b"2"]
+    t.keep_handles()
+    held = {Path(f.path).name for f in t.files.values() if f.fh is not None}
+    assert held == {"s-1.jsonl", "s-2.jsonl"}  # the oldest file's handle is closed
+    with open(paths[2], "ab") as writer:
+        writer.write(b"appended before the rotation\n")
+        writer.flush()
+        os.rename(paths[2], tmp_path / "s-2.jsonl-20261204")  # not a log file's name any more
+        t.scan()
+        (gone,) = t.vanished()
+        assert [ln.raw for ln in t.lines(gone)] == [b"appended before the rotation"]
+        assert not t.writer_done(gone)  # just written: its writer may still append
+        writer.write(b"appended after it\n")
+        writer.flush()
+    gone.offset = len(b"2\nappended before the rotation\n")
+    assert [ln.raw for ln in t.lines(gone)] == [b"appended after it"]
+    assert t.writer_done(gone, 30, now=time.time() + 31) and t.writer_done(gone, 0)
+    t.keep_handles()
+    assert gone.fh is not None  # a vanished file's handle is kept until it is let go
+    t.forget(gone)
+    assert gone.key not in t.files and gone.fh is None

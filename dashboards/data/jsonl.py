@@ -5,7 +5,9 @@ pandas, read incrementally.
   as the shipper and the node's billing find them: every ``*.jsonl`` and rotated
   ``*.jsonl.N`` under the log directory, tracked by inode and first-line fingerprint, with
   the byte offset read so far: a refresh parses only the bytes appended since, a file renamed
-  by rotation is not read twice, and a truncated or replaced file is read again from 0.
+  by rotation is not read twice, and a truncated or replaced file is read again from 0. A
+  file renamed to a name that is not a log file's (``x.jsonl-20261204``) or deleted is read
+  to its end through the handle kept since the last refresh, until its writer leaves it.
 - Only whole lines are parsed. A last line without its newline is left for the next refresh
   (the writer may be mid-line); a line that does not parse — a crash's partial line followed
   by later writes, garbage — is set aside and counted (:meth:`JsonlSource.health`).
@@ -203,18 +205,19 @@ class JsonlSource(FrameAnalytics):
                         new_fb += hit[1]
                         continue
                 self._paths[f.fid] = f.path
-                if st.st_size - f.offset <= f.pending and f.pending:
-                    continue
-                if st.st_size == f.offset:
-                    continue
-                try:
-                    t, fb = self._read_file(f, st.st_size)
-                finally:
-                    self._tailer.close_file(tf)  # a handle per file only while reading it
+                t, fb = self._read_new(f, st.st_size)
                 new_turns += t
                 new_fb += fb
-            for tf in self._tailer.vanished():  # deleted or rotated away: its rows stay, its handle goes
-                self._tailer.forget(tf)
+            for tf in self._tailer.vanished():  # deleted or rotated away: its rows stay
+                f = self._files.get(tf.key)
+                size = self._tailer.size(tf)
+                if f is not None and size is not None:  # what was appended before it went
+                    t, fb = self._read_new(f, size)
+                    new_turns += t
+                    new_fb += fb
+                if self._tailer.writer_done(tf):
+                    self._tailer.forget(tf)
+            self._tailer.keep_handles()
             if not new_turns and not new_fb:
                 return False
             if new_turns:
@@ -348,6 +351,12 @@ class JsonlSource(FrameAnalytics):
             t["_down_at"] = out
         t["_sess"] = pd.factorize(t["session_id"])[0].astype(np.int64)
         self._turns = t
+
+    def _read_new(self, f: _File, size: int) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+        """The lines appended since the last read, unless nothing but the pending partial line grew."""
+        if size == f.offset or (f.pending and size - f.offset <= f.pending):
+            return [], []
+        return self._read_file(f, size)
 
     def _read_file(self, f: _File, size: int) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
         turns: list[pd.DataFrame] = []

@@ -224,11 +224,7 @@ class Shipper:
         for f in gone:
             if f.fh is not None:
                 self._ship_file(f)
-                try:
-                    idle = now - os.fstat(f.fh.fileno()).st_mtime
-                except OSError:
-                    idle = float("inf")
-                if not final and idle < self.torn_after:
+                if not self.tailer.writer_done(f, 0 if final else self.torn_after, now):
                     continue  # its writer may still be appending through its own descriptor
                 f.fh.seek(f.offset)
                 rest = f.fh.read()

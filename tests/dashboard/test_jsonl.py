@@ -131,3 +131,38 @@ def test_reads_the_nodes_own_records(tmp_path):
     assert k.dialogues == 1       # ended 5 min after its last (truncated) turn: not completed
     assert k.e2e_p50 == pytest.approx(2500.0) and k.ttft_p50 == pytest.approx(200.0)
     assert src.health()["set_aside"] == 0
+
+
+@pytest.mark.parametrize("rotation", ["renamed", "deleted"])
+def test_a_file_rotated_away_is_read_to_its_end(tmp_path, rotation):
+    """Lines appended after a refresh, then the file renamed to a name that is not a log
+    file's (logrotate's ``dateext``) or deleted before the next refresh: they are still
+    counted, read through the handle kept, as are lines its writer appends after the rename;
+    once its writer has left it the file is let go."""
+    recs = turns(list(generate(60, END, seed=8, feedback_ratio=0)))
+    live = tmp_path / "seekwatch.jsonl"
+    with open(live, "a", encoding="utf-8") as writer:
+        writer.write(lines(recs[:20]))
+        writer.flush()
+        src = JsonlSource(tmp_path)
+        src.refresh()
+        assert src.kpis(ALL).requests == 20
+        writer.write(lines(recs[20:35]))
+        writer.flush()
+        if rotation == "renamed":
+            os.rename(live, tmp_path / "seekwatch.jsonl-20261204")
+        else:
+            os.unlink(live)
+        (tmp_path / "seekwatch.jsonl").write_text(lines(recs[35:50]), "utf-8")
+        src.refresh()
+        assert src.kpis(ALL).requests == 50
+        writer.write(lines(recs[50:]))  # its writer has not reopened its path yet
+        writer.flush()
+    src.refresh()
+    k = src.kpis(ALL)
+    assert k.requests == len({r["request_id"] for r in recs}) == 60
+    assert k.cost_usd == pytest.approx(sum(r["cost_usd"] for r in recs), rel=1e-9)
+    (gone,) = src._tailer.vanished()
+    os.utime(gone.fh.fileno(), (0, 0))  # its writer left it long ago
+    src.refresh()
+    assert src._tailer.vanished() == [] and src.kpis(ALL).requests == 60

@@ -115,6 +115,34 @@ def test_a_query_reads_only_what_was_appended(rotated_logs):
     assert len(read) == len(more)
 
 
+def test_a_file_rotated_out_of_the_log_dir_is_counted_to_its_end(tmp_path):
+    """Turns appended after a query, then the file moved out of the log directory (logrotate's
+    ``olddir``) before the next one: counted, through the handle kept since the last query,
+    and so are turns its writer appends after the move; recounted from the raw lines."""
+    from inference.billing_router import SpendLedger
+    from tests.dashboard.gen import generate
+
+    recs = list(generate(90, END, span_s=3600, seed=13))
+    logs, archive = tmp_path / "logs", tmp_path / "archive"
+    archive.mkdir()
+    live = logs / "session-2026-11-29.0001.jsonl"
+    _write(live, recs[:30])
+    ledger = SpendLedger(str(logs))
+    day = (dt.date(2026, 11, 29), dt.date(2026, 11, 30))
+    assert ledger.spent_usd(*day) == pytest.approx(_recount(tmp_path, *day), rel=1e-12)
+    with open(live, "a", encoding="utf-8") as writer:
+        _write(live, recs[30:50])
+        live.rename(archive / live.name)
+        _write(live, recs[50:70])  # the writer's next file
+        assert ledger.spent_usd(*day) == pytest.approx(_recount(tmp_path, *day), rel=1e-12)
+        writer.write("".join(json.dumps(r) + "\n" for r in recs[70:]))  # through its old descriptor
+    assert ledger.spent_usd(*day) == pytest.approx(_recount(tmp_path, *day), rel=1e-12)
+    assert _recount(tmp_path, *day) == pytest.approx(
+        sum(r["cost_usd"] for r in recs if r["event"]["dataset"] == "seekwatch.session"
+            and r["@timestamp"].startswith("2026-11-29")), rel=1e-12)
+    assert len(ledger._tailer.vanished()) == 1  # kept until its writer has left it for a while
+
+
 def test_usage_route_reports_the_log_in_cents(rotated_logs):
     """NextChat's balance query over HTTP (in-process ASGI, engine not started)."""
     import asyncio
