@@ -210,13 +210,14 @@ class JsonlSource(FrameAnalytics):
                 new_fb += fb
             for tf in self._tailer.vanished():  # deleted or rotated away: its rows stay
                 f = self._files.get(tf.key)
-                size = self._tailer.size(tf)
+                size = self._tailer.size(tf) if tf.fh is not None else None
                 if f is not None and size is not None:  # what was appended before it went
                     t, fb = self._read_new(f, size)
                     new_turns += t
                     new_fb += fb
                 if self._tailer.writer_done(tf):
                     self._tailer.forget(tf)
+                    self._files.pop(tf.key, None)  # a later file on the same inode is another file
             self._tailer.keep_handles()
             if not new_turns and not new_fb:
                 return False
