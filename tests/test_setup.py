@@ -72,7 +72,7 @@ def test_a_versioned_interpreter_beside_an_older_python3_is_used(tmp_path):
     assert f"setup: creating virtualenv {venv} (Python 3.12.3)" in out.stdout
     calls = (venv / "pip.log").read_text().splitlines()
     assert calls == ["pip install -q --upgrade pip",
-                     "pip install -q --disable-pip-version-check -e .[dashboard,test]"]
+                     "pip install -q --disable-pip-version-check -c constraints.txt -e .[dashboard,test]"]
 
 
 def test_the_scripts_python_floor_is_pyprojects():
@@ -80,3 +80,21 @@ def test_the_scripts_python_floor_is_pyprojects():
     floor = re.search(r'requires-python = ">=3\.(\d+)"', (ROOT / "pyproject.toml").read_text("utf-8"))
     assert floor, "pyproject.toml lost its requires-python"
     assert f"sys.version_info < (3, {floor.group(1)})" in SCRIPT.read_text("utf-8")
+
+
+def test_the_constraints_pin_every_package_the_project_names():
+    """constraints.txt pins an exact version of each dependency pyproject names (extras included),
+    so a fresh machine installs the versions the tests last passed with."""
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text("utf-8").splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"constraints.txt: {line!r} is not an exact pin"
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))["project"]
+    wanted = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
+    named = [re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", d).group(0) for d in wanted]
+    missing = [n for n in named if re.sub(r"[-_.]+", "-", n).lower() not in pins]
+    assert len(named) > 20 and not missing, f"not pinned in constraints.txt: {missing}"

@@ -25,5 +25,5 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
 fi
 # Re-pointing the editable install at this checkout is cheap; dependencies already satisfied
-# are not downloaded again.
-"$VENV/bin/pip" install -q --disable-pip-version-check -e ".[dashboard,test]"
+# are not downloaded again. constraints.txt holds the versions the tests last passed with.
+"$VENV/bin/pip" install -q --disable-pip-version-check -c constraints.txt -e ".[dashboard,test]"
