@@ -18,7 +18,8 @@ CPU) and every decode kernel the engine would time at start-up
 PyTorch build has them, the Triton kernel's variants), each with
 its difference from the masked output; ``live_gb_s``: the live keys and values read, per
 second of that kernel; ``masked_gb_s``: the padded width read, per second of the masked call.
-Median of ``--repeat`` timed calls (device events on CUDA) after a warm-up. ``--kv-fp8``: each
+Median of ``--repeat`` timings (device events on CUDA, each over ten replays of the call
+captured as a CUDA graph, as the engine's decode steps run it) after a warm-up. ``--kv-fp8``: each
 Triton variant also over 8-bit (e4m3) copies of the keys and values, to size what an 8-bit
 KV store would save (the difference from the masked output shows what it costs).
 """

@@ -77,13 +77,13 @@ def profile(fn, reps: int) -> dict:
 
 
 def timed(fn, reps: int = 20) -> float:
-    """Median device milliseconds of ``fn`` (wall time on the CPU), as the engine times its
-    attention kernels at start-up."""
+    """Median device milliseconds of one eager call of ``fn`` (wall time on the CPU): the
+    calls timed here are whole graph replays and steps, long beside their launch."""
     import torch
 
     from inference.engine.slot_attention import time_call
 
-    return time_call(fn, torch.device("cuda" if torch.cuda.is_available() else "cpu"), reps)
+    return time_call(fn, torch.device("cuda" if torch.cuda.is_available() else "cpu"), reps, graph=False)
 
 
 def gemm_table(config, dtype, device, rows: list[int]) -> list[dict]:

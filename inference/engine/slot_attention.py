@@ -313,19 +313,54 @@ def kernel_for(device: torch.device, dtype: torch.dtype,
     return flash_varlen, "FlashAttention (variable length)"
 
 
-def time_call(fn, device: torch.device, repeat: int = 5) -> float:
-    """Median milliseconds of ``fn`` (device events on CUDA), after one call to warm it: how
-    the engine times the attention kernels at start-up, and the probe times them too."""
+#: graph replays per timing on CUDA (see :func:`time_call`)
+REPLAYS = 10
+
+
+def _captured(fn):
+    """``fn`` captured as a CUDA graph (warmed up on a side stream first, as capture wants),
+    or None when it cannot be captured."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        return graph
+    except Exception:  # noqa: BLE001 - timed eagerly instead
+        torch.cuda.synchronize()
+        return None
+
+
+def time_call(fn, device: torch.device, repeat: int = 5, graph: bool = True) -> float:
+    """Median milliseconds of one call of ``fn`` (device events on CUDA), after one call to
+    warm it: how the engine times the attention kernels at start-up, and the probe times them too.
+
+    On CUDA (``graph``) ``fn`` is captured as a CUDA graph and each timing covers
+    :data:`REPLAYS` replays back to back, divided: the device's own time per call, as the
+    engine's captured decode steps run it. One eager call between two events also counted the
+    host's launch, during which the device waits: tens of microseconds for a Triton kernel's
+    launcher in Python, less for a library kernel's, more than a small batch's attention
+    itself, and none of it paid in a replayed step. ``graph=False``, or a call that cannot be
+    captured: one eager call per timing, as before."""
     fn()
+    captured = _captured(fn) if graph and device.type == "cuda" else None
     times = []
     for _ in range(repeat):
         if device.type == "cuda":
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
-            fn()
+            if captured is not None:
+                for _ in range(REPLAYS):
+                    captured.replay()
+            else:
+                fn()
             b.record()
             b.synchronize()
-            times.append(a.elapsed_time(b))
+            times.append(a.elapsed_time(b) / (REPLAYS if captured is not None else 1))
         else:
             t0 = time.perf_counter()
             fn()
