@@ -52,7 +52,7 @@ def main() -> int:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64, 256])
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--kernels", nargs="+", help="time only the kernels whose label contains one of these")
-    ap.add_argument("--triton-variants", nargs="+", metavar="TILE:WARPS[:RANGE[:STAGES[:MMA[:HEADS_FIRST[:TMA]]]]]",
+    ap.add_argument("--triton-variants", nargs="+", metavar="TILE:WARPS[:RANGE[:STAGES[:MMA[:HEADS_FIRST]]]]",
                     help="Triton decode kernel variants to time instead of the engine's (e.g. 64:4 32:1:128 16:1:0:4 32:2:0:0:1:1)")
     ap.add_argument("--kv-fp8", action="store_true",
                     help="also time each Triton kernel over 8-bit (e4m3) copies of the keys and values")

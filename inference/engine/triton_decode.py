@@ -135,59 +135,6 @@ def _partial_mma(Q, K, V, CU_K, USED, ACC, ML, OUT, scale, stride_qb, stride_qh,
 
 
 @triton.jit
-def _partial_tma(Q, KD, VD, CU_K, USED, ACC, ML, OUT, scale, stride_qb, stride_qh,
-                 stride_ob, stride_oh, H, S, BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-                 HEADS_FIRST: tl.constexpr, DIRECT: tl.constexpr, STAGES: tl.constexpr):
-    """``_partial_mma`` with each tile of keys and values loaded by the copy engine of Hopper
-    (TMA) through a descriptor of the store seen as ``[rows, kv_heads × dim]``, and the loop
-    software-pipelined ``STAGES`` deep, so that several tiles per program are on their way
-    while one is computed. The descriptor's loads take whole tiles: rows past the range belong
-    to the next slot (or, at the store's end, come back as zeros), so they are masked out of
-    the scores and zeroed in the values, which may hold anything."""
-    b, h, s, base, start, end = _program(CU_K, USED, S, BLOCK_N, CHUNK, HEADS_FIRST)
-    offs_m = tl.arange(0, 16)
-    offs_d = tl.arange(0, D)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * 0 + offs_d[None, :])
-    m = tl.full([16], float("-inf"), tl.float32)
-    l = tl.zeros([16], tl.float32)
-    acc = tl.zeros([16, D], tl.float32)
-    col = h * D
-    for n0 in tl.range(start, end, BLOCK_N, num_stages=STAGES):
-        live = (n0 + tl.arange(0, BLOCK_N)) < end
-        row = (base + n0).to(tl.int32)
-        k = KD.load([row, col]).to(q.dtype)
-        v = tl.where(live[:, None], VD.load([row, col]).to(q.dtype), 0.0)
-        scores = tl.dot(q, tl.trans(k)) * scale
-        scores = tl.where(live[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=1))
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(scores - m_new[:, None])
-        l = l * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
-        m = m_new
-    first = offs_m == 0
-    if DIRECT:
-        tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * 0 + offs_d[None, :],
-                 (acc / l[:, None]).to(OUT.dtype.element_ty), mask=first[:, None])
-    else:
-        out = (b * H + h) * S + s
-        tl.store(ACC + out * D + offs_m[:, None] * 0 + offs_d[None, :], acc, mask=first[:, None])
-        tl.store(ML + out * 2 + offs_m * 0, m, mask=first)
-        tl.store(ML + out * 2 + 1 + offs_m * 0, l, mask=first)
-
-
-def _descriptor(store: torch.Tensor, block_n: int):
-    """A TMA descriptor of a layer's keys or values ``[rows, kv_heads, dim]`` as a matrix
-    ``[rows, kv_heads × dim]`` read in tiles of ``block_n`` tokens of one head."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    rows, kv_heads, dim = store.shape
-    if store.stride(2) != 1 or store.stride(1) != dim:
-        raise ValueError("the TMA decode kernel reads a store whose heads lie side by side in each row")
-    return TensorDescriptor(store, [rows, kv_heads * dim], [store.stride(0), 1], [block_n, dim])
-
-
-@triton.jit
 def _merge(ACC, ML, OUT, stride_ob, stride_oh, H, S, BLOCK_S: tl.constexpr, D: tl.constexpr):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -219,7 +166,7 @@ def splits_for(rows: int, heads: int, max_k: int, block_n: int, programs: int) -
 
 
 def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stages: int | None = None,
-                mma: bool = False, heads_first: bool = False, tma: bool = False):
+                mma: bool = False, heads_first: bool = False):
     """A ``slot_attention.Kernel`` for decode steps with this tile of keys and warps per program.
 
     ``chunk`` (a multiple of ``block_n``) gives every program a key range of that length, so the
@@ -231,9 +178,7 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
     other (sequences next to each other otherwise). A token's keys for all heads lie together
     in the store (``[slots × columns, kv_heads, dim]``), so heads launched together read one
     contiguous row per token between them instead of 256-byte pieces of many rows. Grouped-query
-    models always launch this way, so that a group's heads share its keys in L2. ``tma``: the
-    matrix-unit form with its tiles loaded through TMA descriptors and ``num_stages`` tiles in
-    flight (``_partial_tma``; Hopper and later, so the start-up check leaves it out elsewhere).
+    models always launch this way, so that a group's heads share its keys in L2.
 
     With one key range per row (every batch of more than a few rows fills the card with one
     program per sequence and head), the programs write the output themselves and the merge
@@ -252,7 +197,7 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
             raise ValueError(f"the Triton decode kernel needs whole groups of query heads per key/value head, "
                              f"not {heads} over {k.shape[1]}")
         group = heads // k.shape[1]
-        if (mma or tma) and group > 1:
+        if mma and group > 1:
             raise ValueError(f"the matrix-unit decode kernel needs one key/value head per query head, "
                              f"not {heads} over {k.shape[1]}")
         s = -(-max_k // chunk) if chunk else splits_for(rows, heads, max_k, block_n, _programs(q.device))
@@ -267,12 +212,7 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
         first = heads_first or group > 1
         grid = (heads, rows, s) if first else (rows, heads, s)
         flags = {"BLOCK_N": block_n, "D": dim, "CHUNK": chunk, "HEADS_FIRST": first, "DIRECT": direct}
-        if tma:
-            tiles = (_descriptor(k, block_n), _descriptor(v, block_n))
-            _partial_tma[grid](q, *tiles, cu_k, used_k, acc, ml, out, scale * LOG2E, q.stride(0), q.stride(1),
-                               out.stride(0), out.stride(1), heads, s, **flags, STAGES=num_stages or 3,
-                               num_warps=num_warps)
-        elif mma:
+        if mma:
             _partial_mma[grid](*args, **flags, **launch)
         else:
             _partial[grid](*args, **flags, GROUP=group, **launch)
@@ -283,21 +223,20 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
 
     extra = ((f", {chunk}-key ranges" if chunk else "") + (f", {num_stages} stages" if num_stages else "")
              + (", heads first" if heads_first else ""))
-    units = "matrix units, TMA tiles, " if tma else "matrix units, " if mma else ""
+    units = "matrix units, " if mma else ""
     triton_decode.label = f"Triton decode ({units}{block_n}-key tiles, {num_warps} warps{extra})"
     return triton_decode
 
 
 #: The variants the engine times at start-up (each bucket keeps the fastest kernel): (tile,
-#: warps), (tile, warps, key range, pipelining stages) or (…, matrix units, heads first[, TMA]),
-#: as ``make_kernel`` takes them (0: no fixed range, Triton's default depth). The matrix-unit
+#: warps), (tile, warps, key range, pipelining stages) or (…, matrix units, heads first), as
+#: ``make_kernel`` takes them (0: no fixed range, Triton's default depth). The matrix-unit
 #: ones were the fastest at 32-256 rows in an H200 probe (2026-12-02); offered both launch
 #: orders, the engine kept the heads-first ones at every batch from 32 up.
 VARIANTS: list[tuple[int, ...]] = [(32, 1), (16, 1), (32, 2), (16, 1, 64),
                                    (32, 1, 0, 0, 1), (32, 2, 0, 0, 1), (64, 4, 0, 0, 1), (16, 1, 64, 0, 1),
                                    (32, 1, 0, 0, 1, 1), (32, 2, 0, 0, 1, 1), (16, 1, 64, 0, 1, 1),
-                                   (32, 2, 0, 3, 1, 1),
-                                   (32, 1, 0, 3, 1, 1, 1), (32, 2, 0, 3, 1, 1, 1), (64, 4, 0, 3, 1, 1, 1)]
+                                   (32, 2, 0, 3, 1, 1)]
 
 
 def kernels(group: int = 1) -> list:
