@@ -283,10 +283,13 @@ class Shipper:
         for f in sorted(self.tailer.live(), key=lambda f: f.path):
             if self.stop_event.is_set():
                 break
+            if f.fh is None and self.tailer.unread_bytes(f) == 0:
+                continue  # nothing new: not opened again (a stat, not an open, per pass)
             total += self._ship_file(f)
         if not self.stop_event.is_set():
             total += self._settle_torn_tails()
             self._retire_vanished()
+        self.tailer.keep_handles()  # a descriptor per recent file, not one per file of the retention
         return total
 
     # -- main loop ------------------------------------------------------------------------------

@@ -122,6 +122,34 @@ def test_rotated_away_file_is_drained_through_the_open_handle(tmp_path, store):
     assert count_tag(store, tag) == 60
 
 
+def test_a_long_retention_holds_a_descriptor_per_recent_file_only(tmp_path, store):
+    """Forty files (a long retention): every line shipped, handles kept open only for the
+    tailer's ``keep_open`` most recently written files between passes, and the newest file,
+    rotated away after a pass, still drained through its kept handle."""
+    tag = "many-files"
+    recs = list(records(84, seed=43, tag=tag))
+    for i in range(40):
+        path = tmp_path / f"session-2026-10-{i // 28 + 1:02d}.{i % 28 + 1:04d}.jsonl"
+        append_lines(path, recs[2 * i:2 * i + 2])
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    newest = tmp_path / "session-2026-10-02.0012.jsonl"
+    s = Shipper(tmp_path, store, torn_after=60)
+    s.checkpoints.lock()
+    try:
+        s.ship_pass()
+        assert s.stats.shipped == 80
+        held = [f for f in s.files.values() if f.fh is not None]
+        assert len(held) == s.tailer.keep_open == 16 and any(f.path == str(newest) for f in held)
+        append_lines(newest, recs[80:84])
+        os.rename(newest, tmp_path / "session.old")       # a name the shipper does not watch
+        s.ship_pass()
+        assert s.stats.shipped == 84 and s.stats.dead_lettered == 0
+    finally:
+        s.tailer.close()
+        s.checkpoints.unlock()
+    assert count_tag(store, tag) == 84
+
+
 def test_writer_still_appending_after_rotation_loses_nothing(tmp_path, store):
     # After a rename, the writer goes on through its own descriptor until it reopens its path,
     # and a buffered writer flushes blocks that end mid-line: the fragment seen right after
