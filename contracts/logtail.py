@@ -154,10 +154,14 @@ class LogTailer:
             return True
         return (time.time() if now is None else now) - mtime >= idle_after
 
-    def size(self, f: TailedFile) -> int | None:
-        """The file's size, through its handle when one is open (a vanished file has no path)."""
+    @staticmethod
+    def held_size(f: TailedFile) -> int | None:
+        """The size of the file behind ``f``'s handle (a vanished file has no path to stat);
+        None without a handle."""
+        if f.fh is None:
+            return None
         try:
-            return os.fstat(f.fh.fileno()).st_size if f.fh is not None else os.stat(f.path).st_size
+            return os.fstat(f.fh.fileno()).st_size
         except OSError:
             return None
 

@@ -210,7 +210,7 @@ class JsonlSource(FrameAnalytics):
                 new_fb += fb
             for tf in self._tailer.vanished():  # deleted or rotated away: its rows stay
                 f = self._files.get(tf.key)
-                size = self._tailer.size(tf) if tf.fh is not None else None
+                size = self._tailer.held_size(tf)  # only through its own handle: its name may hold the next file
                 if f is not None and size is not None:  # what was appended before it went
                     t, fb = self._read_new(f, size)
                     new_turns += t

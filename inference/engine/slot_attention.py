@@ -346,8 +346,9 @@ def time_call(fn, device: torch.device, repeat: int = 5, graph: bool = True) -> 
     launcher in Python, less for a library kernel's, more than a small batch's attention
     itself, and none of it paid in a replayed step. ``graph=False``, or a call that cannot be
     captured: one eager call per timing, as before."""
-    fn()
-    captured = _captured(fn) if graph and device.type == "cuda" else None
+    captured = _captured(fn) if graph and device.type == "cuda" else None  # warms it on a side stream
+    if captured is None:
+        fn()
     times = []
     for _ in range(repeat):
         if device.type == "cuda":

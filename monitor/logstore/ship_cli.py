@@ -10,6 +10,7 @@ import sys
 import threading
 
 from contracts.config import ConfigError
+from contracts.logtail import WRITER_DONE_S
 
 
 def add_parser(subparsers, name: str, help_text: str) -> None:
@@ -28,7 +29,7 @@ def add_parser(subparsers, name: str, help_text: str) -> None:
     parser.add_argument("--poll", type=float, default=0.5, help="seconds between looks for new lines (default 0.5)")
     parser.add_argument("--max-backoff", type=float, default=30.0,
                         help="longest wait between retries while the log store is down (default 30 s)")
-    parser.add_argument("--torn-after", type=float, default=30.0, metavar="SECONDS",
+    parser.add_argument("--torn-after", type=float, default=WRITER_DONE_S, metavar="SECONDS",
                         help="dead-letter a last line without newline once its file has been idle this "
                              "long while a newer file in the same directory was written (default 30)")
     parser.add_argument("--quiet", action="store_true", help="only warnings and the final summary")

@@ -49,7 +49,7 @@ from typing import Callable
 
 from contracts.log_schema import FEEDBACK_DATASET
 from contracts.logstore import FEEDBACK_STREAM, SESSION_STREAM, StoreClient
-from contracts.logtail import LogTailer, RawLine, TailedFile
+from contracts.logtail import WRITER_DONE_S, LogTailer, RawLine, TailedFile
 from monitor.logstore.bulk import BulkSender, Doc, SendResult
 from monitor.logstore.checkpoints import CheckpointStore
 from monitor.logstore.dead_letters import DEAD_LETTER_FILE, DeadLetterWriter, dead_letter
@@ -117,7 +117,7 @@ class Shipper:
         max_backoff: float = 30.0,
         stop_event: threading.Event | None = None,
         on_batch: Callable[["Shipper"], None] | None = None,
-        torn_after: float = 30.0,
+        torn_after: float = WRITER_DONE_S,
     ) -> None:
         self.logs_dir = Path(logs_dir).resolve()
         self.state_dir = Path(state_dir).resolve() if state_dir else self.logs_dir / ".seekwatch-ship"
