@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from inference.chat.protocol import ChatCompletionRequest, ChatMessage, PromptRequest
 from inference.chat.serving import ChatService
 from inference.engine.base import EngineError
+from inference.event_stream import EventStreamResponse
 from inference.http_errors import InvalidRequest, engine_error_response, parse_body
 
 router = APIRouter()
@@ -49,9 +50,9 @@ async def _chat(request: Request, endpoint: str):
         resp.headers.update(_id_headers(ctx))
         return resp
     if req.stream:
-        return StreamingResponse(service.stream(req, ctx, outputs), media_type="text/event-stream",
-                                 headers={**_id_headers(ctx), "Cache-Control": "no-cache",
-                                          "X-Accel-Buffering": "no"})
+        return EventStreamResponse(service.stream(req, ctx, outputs),
+                                   headers={**_id_headers(ctx), "Cache-Control": "no-cache",
+                                            "X-Accel-Buffering": "no"})
     try:
         body = await _until_disconnected(request, service.complete(req, ctx, outputs))
     except EngineError as exc:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -85,6 +86,34 @@ def test_disconnect_cancels_generation_and_frees_the_slot(node):
         state = node.readyz()
     assert state["running"] == 0
     assert state["cancelled_total"] == before["cancelled_total"] + 1
+
+
+def test_a_client_gone_while_queued_is_let_go_before_it_gets_a_slot(node_factory):
+    """A streamed request waiting behind a full batch writes nothing after its response head,
+    so only listening for the disconnect notices that its client left (uvicorn drops writes
+    to a closed connection without an error): its turn ends as aborted at once, with no
+    token generated, while the batch's one slot is still taken by another request."""
+    n = node_factory("--max-batch", "1")
+    body = {"model": "deepseek-chat", "messages": [{"role": "user", "content": "a very long story"}],
+            "max_tokens": 3000, "ignore_eos": True, "stream": True}
+    with httpx.Client(timeout=60) as client:
+        with client.stream("POST", n.openai_base + "/chat/completions", json=body) as long_one:
+            lines = long_one.iter_lines()
+            next(line for line in lines if '"content":"' in line and '"role"' not in line)  # it holds the slot
+            with client.stream("POST", n.openai_base + "/chat/completions", json=body) as queued:
+                gone = queued.headers["x-request-id"]
+                next(queued.iter_lines())  # the role chunk: the reply has started
+                assert n.readyz()["waiting"] == 1
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                records = [json.loads(line) for f in n.log_dir.glob("*.jsonl")
+                           for line in f.read_text("utf-8").splitlines() if line.strip()]
+                mine = [r for r in records if r["request_id"] == gone]
+                if mine:
+                    break
+                time.sleep(0.1)
+            assert n.readyz()["running"] == 1, "the long request must still hold the slot"
+    assert [(r["status"], r["gen_ai"]["usage"]["output_tokens"]) for r in mine] == [("aborted", 0)]
 
 
 def test_a_request_computes_the_same_alone_and_in_a_batch(node):
