@@ -219,3 +219,18 @@ def test_relay_bench_stamps_events_with_the_read_that_carried_them(tmp_path):
     assert len(seen) == 201  # 200 tokens and the usage chunk
     assert all(0 < stamp <= yielded for stamp, yielded in seen)
     assert len({stamp for stamp, _ in seen}) < len(seen)  # several events per read, one stamp each
+
+
+def test_stream_response_bench_times_both_classes_through_a_whole_streamed_reply():
+    """Each class is timed over replies that really stream: the first body write comes
+    before the end of the response."""
+    import asyncio
+
+    from starlette.responses import StreamingResponse
+
+    from benchmarks.stream_response_bench import measure
+    from inference.event_stream import EventStreamResponse
+
+    for cls in (StreamingResponse, EventStreamResponse):
+        to_first, whole = asyncio.run(measure(cls, 20))
+        assert 0 < to_first < whole
