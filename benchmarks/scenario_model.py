@@ -26,6 +26,7 @@ import random
 import statistics
 import sys
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,24 +45,37 @@ class Costs:
     prefill_tok_s: float = 45_000  # prefill chunks of ~1,400 tokens (run 24: 44,400)
 
 
+POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+EVERY_32 = (1, 2, 4, 8, 16, 32, 64, 128, 160, 192, 224, 256)  # the engine's batch buckets
+EVERY_8 = (1, 2, 4, *range(8, 257, 8))                        # vLLM's
+
+
+def coarse_prefill(top: int) -> list[int]:
+    """The prefill buckets before 2026-12-04: 64, every 128 up to 1,024, every 256 above."""
+    return sorted(b for b in {64, *range(128, 1025, 128), *range(1280, top, 256), top} if b <= top)
+
+
+def every_64(top: int) -> list[int]:
+    """The engine's prefill buckets: every 64 tokens up to the step budget."""
+    return sorted({*range(64, top, 64), top})
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
-    batch_buckets: tuple[int, ...]
-    fill_prefill: bool = False     # a prefill step costs its tokens, not its padded bucket
+    batch_buckets: tuple[int, ...] = EVERY_32
+    prefill_buckets: Callable[[int], list[int]] | None = every_64  # None: a step costs its tokens
     small_scale: float = 1.0       # the small kernels' share after fusing
 
 
-POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-FINER = (1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 160, 192, 224, 256)
-
 VARIANTS = (
-    Variant("the engine as it is (batch buckets 1, 2, 4 … 256)", POW2),
-    Variant("batch buckets every 32 above 128 (and 48, 96)", FINER),
-    Variant("batch buckets every 8 (vLLM's)", (1, 2, 4, *range(8, 257, 8))),
-    Variant("prefill steps without bucket padding", POW2, fill_prefill=True),
-    Variant("half the small kernels' time (fused residual adds and norms)", POW2, small_scale=0.5),
-    Variant("all three (finer buckets, no prefill padding, half the small kernels)", FINER, True, 0.5),
+    Variant("the engine as it is (batch buckets every 32 rows above 128, prefill every 64 tokens)"),
+    Variant("before (batch buckets 1, 2, 4 … 256; prefill 64, every 128 to 1,024, every 256 above)",
+            POW2, coarse_prefill),
+    Variant("batch buckets every 8 rows (vLLM's)", EVERY_8),
+    Variant("prefill steps without padding", prefill_buckets=None),
+    Variant("half the small kernels' time (fused residual adds and norms)", small_scale=0.5),
+    Variant("all three (every 8 rows, no prefill padding, half the small kernels)", EVERY_8, None, 0.5),
 )
 
 
@@ -76,8 +90,8 @@ def replay(variant: Variant, costs: Costs = Costs(), streams: int = 256, request
     rng = random.Random(seed)
     jobs = [[(rng.randint(*prompt_tokens), rng.randint(*max_tokens)) for _ in range(requests_per_stream)]
             for _ in range(streams)]
-    top = -(-max_prefill_tokens // 256) * 256
-    prefill_buckets = sorted(b for b in {64, *range(128, 1025, 128), *range(1280, top, 256), top} if b <= top)
+    top = -(-max_prefill_tokens // 64) * 64
+    prefill_buckets = variant.prefill_buckets(top) if variant.prefill_buckets else None
     waiting = [(s, 0) for s in range(streams)]
     prefilling: list[list[int]] = []  # [stream, job, prompt tokens done, prompt tokens]
     running: list[list[int]] = []     # [stream, job, tokens held, tokens left to generate]
@@ -95,7 +109,7 @@ def replay(variant: Variant, costs: Costs = Costs(), streams: int = 256, request
                 seq[2] += take
                 budget -= take
                 taken += take
-            ms += (taken if variant.fill_prefill else _bucket(taken, prefill_buckets)) / costs.prefill_tok_s * 1e3
+            ms += (_bucket(taken, prefill_buckets) if prefill_buckets else taken) / costs.prefill_tok_s * 1e3
             for seq in [q for q in prefilling if q[2] >= q[3]]:
                 prefilling.remove(seq)
                 running.append([seq[0], seq[1], seq[3], jobs[seq[0]][seq[1]][1] - 1])

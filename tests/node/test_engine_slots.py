@@ -18,7 +18,7 @@ import torch
 
 from inference.engine.base import GenerationRequest, SamplingParams
 from inference.engine.slot_cache import SlotKVCache
-from inference.engine.transformers_cb import TransformersEngine, bucket_for, buckets
+from inference.engine.transformers_cb import TransformersEngine, batch_sizes, bucket_for, buckets
 from inference.tiny_model import make_variant
 
 PROMPTS = ["请帮我生成本月销售报告摘要。", "退货" * 30, "How do I reset my password? " * 9, "订单 12345 的状态？"]
@@ -121,6 +121,14 @@ def test_buckets_cover_every_size_with_the_smallest_fit():
     assert [bucket_for(n, sizes) for n in (1, 3, 64, 65, 100)] == [1, 4, 64, 100, 100]
     with pytest.raises(ValueError):
         bucket_for(101, sizes)
+
+
+def test_batch_buckets_are_powers_of_two_then_every_32_rows():
+    assert batch_sizes(256) == [1, 2, 4, 8, 16, 32, 64, 128, 160, 192, 224, 256]
+    assert batch_sizes(300) == [1, 2, 4, 8, 16, 32, 64, 128, 160, 192, 224, 256, 288, 300]
+    assert batch_sizes(140) == [1, 2, 4, 8, 16, 32, 64, 128, 140]
+    assert batch_sizes(100) == buckets(100)
+    assert [bucket_for(n, batch_sizes(256)) for n in (129, 140, 161, 200, 255)] == [160, 160, 192, 224, 256]
 
 
 def test_slot_moves_and_swaps_keep_each_slots_tokens():
@@ -448,7 +456,8 @@ def test_a_prefill_step_longer_than_the_context_is_padded_like_any_other(tiny_mo
     with torch.inference_mode():
         together = engine._prefill_forward([(0, a, 0), (1, b, 0)])[:2].clone()
         alone = torch.cat([engine._prefill_forward([(0, a, 0)])[:1], engine._prefill_forward([(1, b, 0)])[:1]])
-    assert bucket_for(400, engine.prefill_buckets) == 512
+    assert engine.prefill_buckets == list(range(64, 513, 64))  # every 64 tokens up to the step budget
+    assert bucket_for(400, engine.prefill_buckets) == 448 > engine._max_model_len
     assert torch.allclose(together, alone, atol=1e-4, rtol=1e-4)
 
 
