@@ -3,9 +3,9 @@ noticed while nothing is being written.
 
 Starlette's ``StreamingResponse`` does the same under ASGI spec versions before 2.4 (which
 uvicorn reports) through an anyio task group: a disconnect listener beside the writer.
-Two asyncio tasks do the same job in less than half the time: 21 against 53 µs to the first
-body write and 54 against 128 µs for a whole two-event reply
-(``benchmarks/stream_response_bench.py``), on a path to the first token that is about 1 ms
+Two asyncio tasks do the same job in less than half the time: 21 against 50 µs to the first
+body write and 55 against 117 µs for a whole two-event reply
+(``benchmarks/request_path_bench.py``), on a path to the first token that is about 1 ms
 of the node's own time when it relays a fast upstream.
 
 The listener is needed, not only a failed write: a request still waiting for its first

@@ -221,14 +221,14 @@ def test_relay_bench_stamps_events_with_the_read_that_carried_them(tmp_path):
     assert len({stamp for stamp, _ in seen}) < len(seen)  # several events per read, one stamp each
 
 
-def test_stream_response_bench_times_both_classes_through_a_whole_streamed_reply():
+def test_request_path_bench_times_both_response_classes_through_a_whole_streamed_reply():
     """Each class is timed over replies that really stream: the first body write comes
     before the end of the response."""
     import asyncio
 
     from starlette.responses import StreamingResponse
 
-    from benchmarks.stream_response_bench import measure
+    from benchmarks.request_path_bench import measure
     from inference.event_stream import EventStreamResponse
 
     for cls in (StreamingResponse, EventStreamResponse):

@@ -461,3 +461,38 @@ def test_an_event_with_nan_still_parses():
     with loopback_upstream(Upstream) as url:
         outs = asyncio.run(asyncio.wait_for(run(url), 30))
     assert "".join(o.text for o in outs) == "one" and outs[-1].finish_reason == "stop"
+
+
+def test_the_upstream_request_carries_the_history_as_utf8_and_every_value_exactly():
+    """The request body the upstream receives is the same JSON as before orjson wrote it:
+    the conversation's text as UTF-8 (not ``\\u`` escapes, half the bytes for CJK text), and
+    a value orjson cannot write (a ``seed`` past 64 bits) still sent exactly, by ``json``."""
+    import asyncio
+
+    from inference.engine.base import GenerationRequest, SamplingParams
+
+    received = []
+
+    class Upstream(_EventsUpstream):
+        events = (_chunk("ok", "stop"),)
+
+        def do_POST(self):
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.headers.replace_header("Content-Length", "0")
+            super().do_POST()
+
+    history = [{"role": "user", "content": "退货流程是什么？"}, {"role": "assistant", "content": "请访问订单页面。"},
+               {"role": "user", "content": "订单号 12345，谢谢"}]
+
+    async def run(url, seed):
+        async with _upstream_engine(url) as engine:
+            request = GenerationRequest("r", "m", history, SamplingParams(max_tokens=5, seed=seed))
+            return [out async for out in await engine.generate(request)]
+
+    with loopback_upstream(Upstream) as url:
+        for seed in (7, 2**70):
+            asyncio.run(asyncio.wait_for(run(url, seed), 30))
+    small, large = (json.loads(body) for body in received)
+    assert small["messages"] == large["messages"] == history
+    assert (small["seed"], large["seed"]) == (7, 2**70)
+    assert "退货流程是什么？".encode() in received[0]
