@@ -32,6 +32,8 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
+import os
+import sys
 import threading
 import time
 from contextlib import aclosing
@@ -250,10 +252,30 @@ def _child_main(recv_conn, send_conn, name: str, options: Any, config: Any, log_
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # No progress bars (transformers' "Loading weights"): carriage returns in a server's log,
+    # and tqdm's lock is a named semaphore that outlives the quick exit below, which
+    # multiprocessing's resource tracker reported as leaked at every stop.
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:  # imported already, to unpickle the engine's options
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    code = 0
     try:
         asyncio.run(_ChildServer(recv_conn, send_conn).run(name, options, config))
+    except BaseException:
+        logging.getLogger("seekwatch.engine").exception("the engine process failed")
+        code = 1
     finally:
         send_conn.close()
+    # The engine has stopped and the pipe is closed; what is left the OS frees. Ending here,
+    # without the interpreter's finalisation, spares the node's log the leak report of
+    # Triton's bindings (nanobind: hundreds of "leaked type/function" lines on every stop,
+    # from objects that live until exit by design).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _ChildServer:

@@ -200,3 +200,22 @@ def test_both_processes_freeze_their_start_up_heap(process_node):
         time.sleep(0.2)
     assert len(counts["node"]) == 1 and len(counts["engine process"]) == 1, text[-3000:]
     assert counts["node"][0] > 10_000 and counts["engine process"][0] > 10_000
+
+
+def test_the_engine_process_stops_without_leak_reports(tiny_model_dir, tmp_path):
+    """A node with its engine in a process of its own, stopped after a turn: the engine's
+    last account reaches the log (its logging is flushed), and the log carries none of the
+    reports an interpreter's end used to add (Triton's bindings' hundreds of "leaked"
+    lines, the resource tracker's leaked semaphore of a progress bar's lock)."""
+    from seekwatch.node_process import start_node
+
+    n = start_node(tmp_path, "--model", str(tiny_model_dir), "--engine-process", "--max-batch", "2")
+    try:
+        r = httpx.post(n.openai_base + "/chat/completions", timeout=60, json={
+            "model": "deepseek-chat", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 3})
+        assert r.status_code == 200
+    finally:
+        n.stop()
+    text = n.output.read_text("utf-8", "replace")
+    assert "engine: last" in text.split("Shutting down", 1)[1]
+    assert "leaked" not in text and "nanobind" not in text, text[text.find("leaked") - 300:][:600]
