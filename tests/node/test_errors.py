@@ -135,37 +135,36 @@ def test_body_over_limit_is_413_with_and_without_content_length(strict_node):
     assert httpx.post(strict_node.base_url + CHAT, json=OK_BODY, headers=AUTH, timeout=30).status_code == 200
 
 
-def test_full_queue_is_429_with_retry_after(strict_node):
+def test_full_queue_is_429_with_retry_after(node_factory):
     """With the one slot taken and the one queue place taken, a third request is refused
-    with 429 and a Retry-After. The tiny model finishes a holder in a fraction of a second,
-    so on a loaded machine the third request can arrive after the first holder ended (and
-    be served): the scenario is tried again, up to three times, when that happened."""
-    long = {**OK_BODY, "max_tokens": 60, "ignore_eos": True, "stream": True}
+    with 429 and a Retry-After. The two holders ask for far more tokens than the test needs
+    and hold their streams open until the third request is answered (a short holder once
+    finished before the second arrived on a loaded machine, and the queue was never full)."""
+    n = node_factory("--max-batch", "1", "--max-queue", "1")
+    long = {**OK_BODY, "max_tokens": 3000, "ignore_eos": True, "stream": True}
 
-    async def attempt():
-        async with httpx.AsyncClient(base_url=strict_node.base_url, headers=AUTH, timeout=60) as c:
+    async def main():
+        release = asyncio.Event()
+        async with httpx.AsyncClient(base_url=n.base_url, timeout=60) as c:
             async def hold():
                 async with c.stream("POST", CHAT, json=long) as r:
-                    async for _ in r.aiter_lines():
-                        pass
-                    return r.status_code
+                    await r.aiter_lines().__anext__()  # the reply has started (a queued one too)
+                    await release.wait()
+                    return r.status_code  # leaving closes the stream: the client is gone
             holders = [asyncio.create_task(hold()) for _ in range(2)]  # one running, one waiting
-            full = False
-            for _ in range(500):
+            seen = []
+            for _ in range(1000):
                 st = (await c.get("/readyz")).json()
-                if st["running"] == 1 and st["waiting"] == 1:
-                    full = True
+                seen.append((st["running"], st["waiting"]))
+                if seen[-1] == (1, 1):
                     break
-                await asyncio.sleep(0.005)
-            r = await c.post(CHAT, json=OK_BODY) if full else None
-            codes = await asyncio.gather(*holders)
-            return r, codes
+                await asyncio.sleep(0.01)
+            r = await c.post(CHAT, json=OK_BODY) if seen[-1] == (1, 1) else None
+            release.set()
+            return r, await asyncio.gather(*holders), sorted(set(seen))
 
-    for _ in range(3):
-        r, codes = asyncio.run(attempt())
-        if r is not None and r.status_code == 429:
-            break
-    assert r is not None, "the queue was never seen full"
+    r, codes, seen = asyncio.run(main())
+    assert r is not None, f"the queue was never seen full: {seen}"
     _assert_openai_error(r, 429, "queue_full")
     assert int(r.headers["retry-after"]) >= 1
     assert codes == [200, 200]
