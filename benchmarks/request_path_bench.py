@@ -76,8 +76,6 @@ def conversation(turns: int) -> dict:
 
 def time_encoders(turns: int, calls: int) -> dict[str, float]:
     """Median µs per call of ``json.dumps`` (as the relay wrote before) and of its encoder."""
-    import json
-
     from inference.engine.upstream import _encode
 
     body = conversation(turns)

@@ -26,11 +26,13 @@ import random
 import statistics
 import sys
 from dataclasses import dataclass
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from inference.engine.transformers_cb import batch_sizes, bucket_for, prefill_sizes  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,8 @@ class Costs:
     prefill_tok_s: float = 45_000  # prefill chunks of ~1,400 tokens (run 24: 44,400)
 
 
-POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-EVERY_32 = (1, 2, 4, 8, 16, 32, 64, 128, 160, 192, 224, 256)  # the engine's batch buckets
-EVERY_8 = (1, 2, 4, *range(8, 257, 8))                        # vLLM's
+POW2 = (1, 2, 4, 8, 16, 32, 64, 128, 256)   # the engine's batch buckets before 2026-12-04
+EVERY_8 = (1, 2, 4, *range(8, 257, 8))      # vLLM's
 
 
 def coarse_prefill(top: int) -> list[int]:
@@ -55,16 +56,11 @@ def coarse_prefill(top: int) -> list[int]:
     return sorted(b for b in {64, *range(128, 1025, 128), *range(1280, top, 256), top} if b <= top)
 
 
-def every_64(top: int) -> list[int]:
-    """The engine's prefill buckets: every 64 tokens up to the step budget."""
-    return sorted({*range(64, top, 64), top})
-
-
 @dataclass(frozen=True)
 class Variant:
     name: str
-    batch_buckets: tuple[int, ...] = EVERY_32
-    prefill_buckets: Callable[[int], list[int]] | None = every_64  # None: a step costs its tokens
+    batch_buckets: tuple[int, ...] = tuple(batch_sizes(256))   # the engine's own
+    prefill_buckets: Callable[[int], list[int]] | None = prefill_sizes  # None: a step costs its tokens
     small_scale: float = 1.0       # the small kernels' share after fusing
 
 
@@ -77,10 +73,6 @@ VARIANTS = (
     Variant("half the small kernels' time (fused residual adds and norms)", small_scale=0.5),
     Variant("all three (every 8 rows, no prefill padding, half the small kernels)", EVERY_8, None, 0.5),
 )
-
-
-def _bucket(n: int, sizes) -> int:
-    return next(b for b in sizes if b >= n)
 
 
 def replay(variant: Variant, costs: Costs = Costs(), streams: int = 256, requests_per_stream: int = 2,
@@ -109,13 +101,13 @@ def replay(variant: Variant, costs: Costs = Costs(), streams: int = 256, request
                 seq[2] += take
                 budget -= take
                 taken += take
-            ms += (_bucket(taken, prefill_buckets) if prefill_buckets else taken) / costs.prefill_tok_s * 1e3
+            ms += (bucket_for(taken, prefill_buckets) if prefill_buckets else taken) / costs.prefill_tok_s * 1e3
             for seq in [q for q in prefilling if q[2] >= q[3]]:
                 prefilling.remove(seq)
                 running.append([seq[0], seq[1], seq[3], jobs[seq[0]][seq[1]][1] - 1])
                 tokens += 1  # the first token comes from the prefill step
         if running:
-            rows = _bucket(len(running), variant.batch_buckets)
+            rows = bucket_for(len(running), variant.batch_buckets)
             live = sum(q[2] for q in running)
             ms += (max(costs.weights_ms, costs.matmul_256_ms * rows / 256)
                    + costs.attention_ms * live / costs.attention_tokens

@@ -160,6 +160,14 @@ def batch_sizes(limit: int) -> list[int]:
     return [*buckets(128), *range(160, limit, 32), limit]
 
 
+def prefill_sizes(top: int) -> list[int]:
+    """The prefill step's token buckets: every 64 tokens up to ``top`` (the step budget,
+    rounded up to the store's token step). A prefill step is bound by arithmetic, so its
+    padding costs in proportion: buckets every 128-256 padded the H200's steps of ~1,300
+    tokens by ~7 %."""
+    return sorted({*range(64, top, 64), top})
+
+
 def bucket_for(n: int, sizes: list[int]) -> int:
     """The smallest bucket that holds ``n``."""
     for b in sizes:
@@ -755,9 +763,8 @@ class TransformersEngine(Engine):
     # -- the forward passes --------------------------------------------------------------
     def _setup_static_prefill(self) -> None:
         """Static shapes for prefill steps, which a captured prefill graph needs: token
-        buckets every 64 up to the step budget, which may exceed the context length (a
-        prefill step is bound by arithmetic, so its padding costs in proportion: buckets
-        every 128-256 padded the H200's steps of ~1,300 tokens by ~7 %), at most
+        buckets (:func:`prefill_sizes`) up to the step budget, which may exceed the context
+        length, at most
         ``max_prefill_per_step`` chunks plus the padding sequence, and device buffers for the
         step's tokens, positions, write index and sequence table. Only with the
         variable-length attention (a masked step's mask is as wide as its keys) and padded
@@ -770,7 +777,7 @@ class TransformersEngine(Engine):
         # up to the whole step budget, not the context length: several prompts share a step
         # (an H200 run before this spent 69 ms eagerly on steps of ~1,900 tokens at 256 streams)
         top = -(-self.max_prefill_tokens // step) * step
-        self.prefill_buckets = sorted({*range(64, top, 64), top})
+        self.prefill_buckets = prefill_sizes(top)
         self._pf_seqs = self.max_prefill_per_step + 1
         self._pf_long = torch.zeros((3, top), dtype=torch.long, device=self.device)  # ids, positions, write index
         self._pf_meta = torch.zeros(3 * self._pf_seqs + 2, dtype=torch.int32, device=self.device)
