@@ -16,6 +16,11 @@ import torch
 from inference.engine.base import SamplingParams
 from inference.engine.host_copy import upload
 
+try:
+    from inference.engine import fused_sampling
+except ImportError:  # a torch without Triton: the plain form below
+    fused_sampling = None
+
 GREEDY_BELOW = 1e-5  # a temperature this low means greedy decoding
 
 
@@ -64,7 +69,15 @@ def sample_next_tokens(
     ``pending`` counts, per row, tokens already chosen on the device but not yet in
     ``generated`` (a decode step still in flight): they count towards ``min_tokens``. Rows
     with presence/frequency penalties need their full history, so the engine never passes
-    pending tokens for them."""
+    pending tokens for them.
+
+    Where :mod:`inference.engine.fused_sampling` runs (a CUDA device) and no row asks for
+    top-p or a penalty, one kernel reads the logits once and draws every row (with a
+    ``generator``: the plain form, whose draws it repeats)."""
+    pending = pending or [0] * len(params)
+    finish = (lambda t: t.cpu()) if to_host else (lambda t: t)
+    if generator is None and _fused(logits, params, generated, eos_token_ids):
+        return finish(_sample_fused(logits, params, generated, eos_token_ids, pending))
     logits = logits.float()
     batch, vocab = logits.shape
     device = logits.device
@@ -76,13 +89,10 @@ def sample_next_tokens(
             counts = torch.zeros(vocab, dtype=logits.dtype, device=device).scatter_add_(
                 0, ids, torch.ones(len(gen), dtype=logits.dtype, device=device))
             logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
-    pending = pending or [0] * batch
-    suppress = [i for i, (p, gen, extra) in enumerate(zip(params, generated, pending))
-                if eos_token_ids and (p.ignore_eos or len(gen) + extra < p.min_tokens)]
+    suppress = _suppressed(params, generated, eos_token_ids, pending)
     if suppress:
         _suppress(logits, suppress, list(eos_token_ids))
     greedy_rows = [p.temperature <= GREEDY_BELOW for p in params]
-    finish = (lambda t: t.cpu()) if to_host else (lambda t: t)
     if all(greedy_rows):
         return finish(logits.argmax(dim=-1))
     temps = upload([max(p.temperature, GREEDY_BELOW) for p in params], logits.dtype, device)
@@ -101,3 +111,35 @@ def sample_next_tokens(
         greedy = upload(greedy_rows, torch.bool, device)
         sampled = torch.where(greedy, logits.argmax(dim=-1), sampled)
     return finish(sampled)
+
+
+def _suppressed(params: Sequence[SamplingParams], generated: Sequence[Sequence[int]], eos_token_ids: Sequence[int],
+                pending: Sequence[int]) -> list[int]:
+    """Rows that may not end yet: ``ignore_eos``, or fewer than ``min_tokens`` tokens so far."""
+    if not eos_token_ids:
+        return []
+    return [i for i, (p, gen, extra) in enumerate(zip(params, generated, pending))
+            if p.ignore_eos or len(gen) + extra < p.min_tokens]
+
+
+def _fused(logits: torch.Tensor, params: Sequence[SamplingParams], generated: Sequence[Sequence[int]],
+           eos_token_ids: Sequence[int]) -> bool:
+    """Whether the one-pass kernel draws this batch: it runs here, and no row asks for top-p
+    or (with a history) a penalty."""
+    if fused_sampling is None or not fused_sampling.supported(logits, len(eos_token_ids)):
+        return False
+    return not any(p.top_p < 1.0 or ((p.presence_penalty or p.frequency_penalty) and gen)
+                   for p, gen in zip(params, generated))
+
+
+def _sample_fused(logits: torch.Tensor, params: Sequence[SamplingParams], generated: Sequence[Sequence[int]],
+                  eos_token_ids: Sequence[int], pending: Sequence[int]) -> torch.Tensor:
+    device = logits.device
+    temps = upload([p.temperature if p.temperature > GREEDY_BELOW else 0.0 for p in params], torch.float32, device)
+    rows = _suppressed(params, generated, eos_token_ids, pending)
+    suppress = banned = None
+    if rows:
+        chosen = set(rows)
+        suppress = upload([int(i in chosen) for i in range(len(params))], torch.int32, device)
+        banned = upload(list(eos_token_ids), torch.int32, device)
+    return fused_sampling.sample(logits, temps, suppress, banned)
