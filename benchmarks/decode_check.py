@@ -149,8 +149,7 @@ async def check_model(model_dir: Path, device: str, max_tokens: int, max_batch: 
     same = TransformersEngine(model_dir, cuda_graphs=False, bucketed=False, **small, **kw)
     # transformers' own kernels: masked SDPA and its RMSNorm (what a user would run)
     plain = TransformersEngine(model_dir, cuda_graphs=False, bucketed=False, attention="masked", fuse_norms=False,
-                               fuse_rotary=False,
-                               **small, **kw)
+                               fuse_rotary=False, fuse_residuals=False, **small, **kw)
     engines = (fast, same, plain)
     for e in engines:
         e.record_tokens = True
@@ -159,7 +158,7 @@ async def check_model(model_dir: Path, device: str, max_tokens: int, max_batch: 
         result = {"model": model_dir.name, "kv_cache_dtype": kv_cache_dtype,
                   "decode_path": fast.decode_path, "eager_path": same.decode_path,
                   "attention_path": fast.attention_path, "fused_norms": fast.fused_norms,
-                  "fused_projections": fast.fused_projections}
+                  "fused_projections": fast.fused_projections, "fused_residuals": fast.fused_residuals}
         same_alone = await greedy(same, PROMPTS, max_tokens, together=False)
         fast_alone = await greedy(fast, PROMPTS, max_tokens, together=False)
         fast_batch = await greedy(fast, PROMPTS, max_tokens, together=True)

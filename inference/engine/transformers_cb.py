@@ -65,6 +65,7 @@ from inference.engine.device_clock import DeviceClock
 from inference.engine.fused_linear import count_silu_kernels
 from inference.engine.fused_linear import fuse_projections as fuse_linear_projections
 from inference.engine.fused_norm import fuse_rms_norms
+from inference.engine.fused_residual import fuse_residuals as fuse_residual_adds
 from inference.engine.host_copy import upload
 from inference.engine import slot_attention
 from inference.engine.sampling import sample_next_tokens
@@ -352,7 +353,7 @@ class TransformersEngine(Engine):
                  model_version: str | None = None, cuda_graphs: bool | None = None,
                  bucketed: bool | None = None, attention: str = "auto", fuse_norms: bool | None = None,
                  fuse_projections: bool | None = None, fuse_rotary: bool | None = None,
-                 overlap: bool = True, attention_choice: bool = True, prefill_graphs: bool = True,
+                 fuse_residuals: bool | None = None, overlap: bool = True, attention_choice: bool = True, prefill_graphs: bool = True,
                  kv_cache_dtype: str = "auto"):
         self.model_dir = Path(model_dir)
         self.device = _pick_device(device)
@@ -398,6 +399,9 @@ class TransformersEngine(Engine):
         #: The rotary embedding as one kernel (``fused_rotary``): None = on CUDA.
         self.fuse_rotary = fuse_rotary
         self.fused_rotary = 0
+        #: Residual adds inside ``o_proj``/``down_proj`` (``fused_residual``): None = on CUDA.
+        self.fuse_residuals = fuse_residuals
+        self.fused_residuals = 0
         #: Launch each decode step before taking in the previous one (see ``_decode_step``).
         self.overlap = overlap
         #: With the variable-length attention: time it against the masked call at start-up and
@@ -495,6 +499,8 @@ class TransformersEngine(Engine):
                 pass
             else:
                 self.fused_rotary = fuse_rotary(self.model)
+        if self.fuse_residuals if self.fuse_residuals is not None else self.device.type == "cuda":
+            self.fused_residuals = fuse_residual_adds(self.model)  # last: its check runs the model as served
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
@@ -565,11 +571,13 @@ class TransformersEngine(Engine):
                 self.decode_path = "eager" + (" (bucketed shapes)" if self.bucketed else "")
         log.info("loaded %s on %s (%s) in %.1fs; KV store %d tokens (%s): %d slots of %d tokens; max batch %d; "
                  "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; fused projections: %d "
-                 "(SiLU kernel in %d MLPs); fused rotary embeddings: %d layers; decode path: %s; prefill path: %s",
+                 "(SiLU kernel in %d MLPs); fused rotary embeddings: %d layers; residual adds in the projections: "
+                 "%d layers; decode path: %s; prefill path: %s",
                  self.model_dir, self.device, dtype, time.monotonic() - t0, self._kv.tokens,
                  str(self.store_dtype).removeprefix("torch."), self._kv.slots,
                  self._kv.max_len, self._kv.slots, self.max_prefill_tokens, self.attention_path, self.fused_norms,
-                 self.fused_projections, self.silu_kernels, self.fused_rotary, self.decode_path, self.prefill_path)
+                 self.fused_projections, self.silu_kernels, self.fused_rotary, self.fused_residuals, self.decode_path,
+                 self.prefill_path)
 
     #: Devices on which start-up times the two decode attentions (elsewhere: variable-length
     #: where forced, masked otherwise).
