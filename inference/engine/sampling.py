@@ -62,6 +62,7 @@ def sample_next_tokens(
     *,
     pending: Sequence[int] | None = None,
     to_host: bool = True,
+    fused: bool = True,
 ) -> torch.Tensor:
     """Pick one next token per row of ``logits`` ([batch, vocab]); returns a CPU LongTensor,
     or with ``to_host=False`` the tensor on the logits' device (no synchronisation).
@@ -73,10 +74,10 @@ def sample_next_tokens(
 
     Where :mod:`inference.engine.fused_sampling` runs (a CUDA device) and no row asks for
     top-p or a penalty, one kernel reads the logits once and draws every row (with a
-    ``generator``: the plain form, whose draws it repeats)."""
+    ``generator``, or ``fused=False``: the plain form)."""
     pending = pending or [0] * len(params)
     finish = (lambda t: t.cpu()) if to_host else (lambda t: t)
-    if generator is None and _fused(logits, params, generated, eos_token_ids):
+    if fused and generator is None and _fused(logits, params, generated, eos_token_ids):
         return finish(_sample_fused(logits, params, generated, eos_token_ids, pending))
     logits = logits.float()
     batch, vocab = logits.shape

@@ -399,6 +399,10 @@ class TransformersEngine(Engine):
         #: The rotary embedding as one kernel (``fused_rotary``): None = on CUDA.
         self.fuse_rotary = fuse_rotary
         self.fused_rotary = 0
+        #: Sampling by the one-pass kernel (``fused_sampling``) where it runs and checked out at
+        #: start-up; ``sampling_path`` says which form draws.
+        self.fused_sampling = False
+        self.sampling_path = "not loaded"
         #: Residual adds inside ``o_proj``/``down_proj`` (``fused_residual``): None = on CUDA.
         self.fuse_residuals = fuse_residuals
         self.fused_residuals = 0
@@ -521,6 +525,7 @@ class TransformersEngine(Engine):
         self.reasoning = "<think>" in str(template)
         with torch.inference_mode():  # warm-up: first request should not pay for lazy init
             self.model(input_ids=torch.tensor([[self.eos_token_ids[0]]], device=self.device))
+        self._check_sampling()
         self._pick_attention()
         self._make_store()
         self._io = torch.zeros((2, self._kv.slots), dtype=torch.long, device=self.device)
@@ -572,12 +577,43 @@ class TransformersEngine(Engine):
         log.info("loaded %s on %s (%s) in %.1fs; KV store %d tokens (%s): %d slots of %d tokens; max batch %d; "
                  "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; fused projections: %d "
                  "(SiLU kernel in %d MLPs); fused rotary embeddings: %d layers; residual adds in the projections: "
-                 "%d layers; decode path: %s; prefill path: %s",
+                 "%d layers; sampling: %s; decode path: %s; prefill path: %s",
                  self.model_dir, self.device, dtype, time.monotonic() - t0, self._kv.tokens,
                  str(self.store_dtype).removeprefix("torch."), self._kv.slots,
                  self._kv.max_len, self._kv.slots, self.max_prefill_tokens, self.attention_path, self.fused_norms,
-                 self.fused_projections, self.silu_kernels, self.fused_rotary, self.fused_residuals, self.decode_path,
-                 self.prefill_path)
+                 self.fused_projections, self.silu_kernels, self.fused_rotary, self.fused_residuals, self.sampling_path,
+                 self.decode_path, self.prefill_path)
+
+    def _check_sampling(self) -> None:
+        """Turn the one-pass sampling kernel on where it runs and, compiled here (so no request
+        pays for that), picks every greedy row's largest logit, with and without EOS
+        suppressed, and draws sampled rows inside the vocabulary."""
+        try:
+            from inference.engine import fused_sampling
+        except ImportError:
+            self.sampling_path = "plain (no Triton)"
+            return
+        vocab = self.model.get_output_embeddings().out_features
+        g = torch.Generator().manual_seed(6)
+        logits = (torch.randn(4, vocab, generator=g) * 4).to(self.device, self.dtype)
+        if not fused_sampling.supported(logits, len(self.eos_token_ids)):
+            self.sampling_path = "plain"
+            return
+        eos = torch.tensor(self.eos_token_ids, dtype=torch.int32, device=self.device)
+        masked = logits.float().index_fill(1, eos.long(), float("-inf"))
+        try:
+            greedy = fused_sampling.sample(logits, torch.zeros(4, device=self.device))
+            banned = fused_sampling.sample(logits, torch.zeros(4, device=self.device),
+                                           torch.ones(4, dtype=torch.int32, device=self.device), eos)
+            drawn = fused_sampling.sample(logits, torch.full((4,), 0.7, device=self.device))
+            ok = (torch.equal(greedy, logits.float().argmax(1)) and torch.equal(banned, masked.argmax(1))
+                  and bool(((drawn >= 0) & (drawn < vocab)).all()))
+            why = "" if ok else " (the kernel disagreed with argmax at start-up)"
+        except Exception as exc:  # noqa: BLE001 - sampling still runs, in the plain form
+            log.exception("the sampling kernel failed its start-up check; sampling runs in the plain form")
+            ok, why = False, f" (the kernel failed at start-up: {exc.__class__.__name__})"
+        self.fused_sampling = ok
+        self.sampling_path = "one-pass kernel" if ok else "plain" + why
 
     #: Devices on which start-up times the two decode attentions (elsewhere: variable-length
     #: where forced, masked otherwise).
@@ -1218,7 +1254,7 @@ class TransformersEngine(Engine):
             picked = (logits[:len(complete)] if complete == list(range(len(complete)))
                       else logits.index_select(0, upload(complete, torch.long, logits.device)))
             tokens = sample_next_tokens(picked, [s.sampling for s in group], [[] for _ in group],
-                                        self.eos_token_ids, to_host=False)
+                                        self.eos_token_ids, to_host=False, fused=self.fused_sampling)
             cuda = self.device.type == "cuda"
             first = _Step.copy_out(group, tokens, torch.empty(len(group), dtype=torch.long, pin_memory=cuda),
                                    torch.cuda.Event() if cuda else None)
@@ -1316,7 +1352,8 @@ class TransformersEngine(Engine):
         logits = self._decode_logits(rows, width, varlen)[:n]
         t1 = time.perf_counter()
         tokens = sample_next_tokens(logits, [q.sampling for q in running], [q.generated for q in running],
-                                    self.eos_token_ids, pending=[q.pending for q in running], to_host=False)
+                                    self.eos_token_ids, pending=[q.pending for q in running], to_host=False,
+                                    fused=self.fused_sampling)
         step = _Step.copy_out(list(running), tokens, self._stage_out[self._flip][:n],
                               self._events[self._flip] if self.device.type == "cuda" else None)
         self._clock.stop(mark, "decode")

@@ -51,12 +51,13 @@ def reference(model_dir) -> list[list[int]]:
 
 
 def _run(engine: TransformersEngine, prompts, new_tokens, together: bool, **sampling) -> list[list[int]]:
-    """Greedy token ids per prompt (EOS ignored); ``sampling``: more ``SamplingParams``
-    fields, each a value or a function of the request's index."""
+    """Greedy token ids per prompt (EOS ignored); ``sampling``: other ``SamplingParams``
+    fields (the temperature among them), each a value or a function of the request's index."""
     async def one(i):
-        extra = {k: v(i) if callable(v) else v for k, v in sampling.items()}
+        settings = {"temperature": 0.0, "ignore_eos": True}
+        settings.update({k: v(i) if callable(v) else v for k, v in sampling.items()})
         req = GenerationRequest(f"r{i}-{together}", "m", [{"role": "user", "content": prompts[i]}],
-                                SamplingParams(temperature=0.0, max_tokens=new_tokens[i], ignore_eos=True, **extra))
+                                SamplingParams(max_tokens=new_tokens[i], **settings))
         async for _ in await engine.generate(req):
             pass
         return engine.last_tokens.pop(req.request_id)

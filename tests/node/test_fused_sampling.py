@@ -9,6 +9,7 @@ form for top-p, penalties and an explicit generator.
 """
 from __future__ import annotations
 
+from inference.engine.transformers_cb import TransformersEngine
 from tests.node.interpreted import run_json
 
 KERNEL_CHECK = r"""
@@ -149,3 +150,46 @@ def test_the_sampler_takes_the_kernel_where_it_applies_and_waits_for_nothing():
     # may not end; rows 3 (3 tokens) and 4 (2 + 1 pending) take EOS, the largest logit
     assert got["min_tokens with pending"] == got["want"]
     assert got["waits"] == [] and got["fused in that call"]
+
+
+ENGINE_CHECK = r"""
+import json
+from inference.engine import fused_sampling
+from inference.engine.transformers_cb import TransformersEngine
+from tests.node.test_engine_slots import _run
+
+PROMPTS = ["请帮我查一下订单 12345 的状态。", "How do I reset my password?"]
+out = {}
+for name in ("kernel", "broken kernel"):
+    if name == "broken kernel":  # a kernel that gives wrong tokens must not be used
+        good = fused_sampling.sample
+        fused_sampling.sample = lambda logits, *a, **k: good(logits, *a, **k) * 0 + 1
+    engine = TransformersEngine(sys.argv[1], device="cpu", max_model_len=256, max_batch=2, max_prefill_tokens=16)
+    engine.record_tokens = True
+    greedy = _run(engine, PROMPTS, [10, 6], True)  # ignore_eos: EOS suppressed in every row
+    out[name] = {"path": engine.sampling_path, "fused": engine.fused_sampling, "greedy": greedy}
+    engine = TransformersEngine(sys.argv[1], device="cpu", max_model_len=256, max_batch=2, max_prefill_tokens=16)
+    engine.record_tokens = True
+    sampled = _run(engine, PROMPTS, [10, 6], True, temperature=lambda i: 0.0 if i else 0.8)
+    out[name]["sampled lengths"] = [len(t) for t in sampled]
+    out[name]["greedy row of a mixed batch"] = sampled[1]
+print(json.dumps(out))
+"""
+
+
+def test_the_engine_checks_the_kernel_at_start_up_and_serves_the_same_greedy_tokens(tiny_model_dir):
+    """Under the interpreter the engine takes the kernel (its start-up check passes) and its
+    greedy tokens are the plain form's; a kernel that answers wrongly is left out."""
+    from tests.node.test_engine_slots import _run
+
+    plain = TransformersEngine(tiny_model_dir, device="cpu", max_model_len=256, max_batch=2, max_prefill_tokens=16)
+    plain.record_tokens = True
+    want = _run(plain, ["请帮我查一下订单 12345 的状态。", "How do I reset my password?"], [10, 6], True)
+    assert plain.sampling_path == "plain" and not plain.fused_sampling  # the CPU without the interpreter
+    got = run_json(ENGINE_CHECK, str(tiny_model_dir))
+    kernel, broken = got["kernel"], got["broken kernel"]
+    assert kernel["fused"] and kernel["path"] == "one-pass kernel"
+    assert kernel["greedy"] == want
+    assert kernel["sampled lengths"] == [10, 6] and kernel["greedy row of a mixed batch"] == want[1]
+    assert not broken["fused"] and broken["path"].startswith("plain (the kernel disagreed")
+    assert broken["greedy"] == want and broken["greedy row of a mixed batch"] == want[1]
