@@ -17,7 +17,9 @@ one on a tie, as ``argmax``), and a row marked in ``suppress`` never takes the i
 
 Each program takes one block of one row (of a few rows under the interpreter) and writes
 each row's best score in the block and its index; ``argmax`` over the blocks' scores
-finishes the row. Nothing here reads a device value on
+finishes the row. The uniform numbers are the cost: one Philox call makes four, so a block
+is read as four quarters, each taking one of them (a first version used one number per
+call and took 0.17 ms at 256 rows on an H200, against 0.44 ms for the plain form). Nothing here reads a device value on
 the host. On the CPU it runs under Triton's interpreter (``TRITON_INTERPRET=1``), which is
 how the tests check its distribution.
 """
@@ -37,28 +39,49 @@ BLOCK = 4096
 MAX_BANNED = 8
 
 
-@triton.jit(do_not_specialize=["seed"])
-def _block_best(L, TEMP, SUPPRESS, BANNED, BEST, INDEX, seed, n_rows, vocab, stride_l, blocks,
-                N_BANNED: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    block = tl.program_id(1)
-    cols = block * BLOCK + tl.arange(0, BLOCK)
-    live_row = rows < n_rows
+@triton.jit
+def _quarter(L, SUPPRESS, BANNED, rows, live_row, cols, vocab, stride_l, t, u, N_BANNED: tl.constexpr):
+    """One quarter of a block: each row's best ``logit / T + Gumbel(u)`` (greedy rows: the
+    logit) and the first column that has it."""
     live = live_row[:, None] & (cols < vocab)[None, :]
-    at = L + rows.to(tl.int64)[:, None] * stride_l + cols[None, :]
-    x = tl.load(at, mask=live, other=float("-inf")).to(tl.float32)
+    x = tl.load(L + rows.to(tl.int64)[:, None] * stride_l + cols[None, :], mask=live,
+                other=float("-inf")).to(tl.float32)
     if N_BANNED > 0:
         banning = (tl.load(SUPPRESS + rows, mask=live_row, other=0) != 0)[:, None]
         for i in tl.static_range(N_BANNED):
             x = tl.where(banning & (cols == tl.load(BANNED + i))[None, :], float("-inf"), x)
-    t = tl.load(TEMP + rows, mask=live_row, other=0.0)[:, None]
-    u = tl.rand(seed, rows[:, None] * vocab + cols[None, :])  # [0, 1): u == 0 gives -inf, never chosen
-    score = tl.where(t > 0, x / tl.where(t > 0, t, 1.0) - tl.log(-tl.log(u)), x)
+    score = tl.where(t > 0, x / tl.where(t > 0, t, 1.0) - tl.log(-tl.log(u)), x)  # u == 0: -inf
     score = tl.where(live, score, float("-inf"))
     best = tl.max(score, axis=1)
-    first = tl.argmax(score, axis=1)  # the first of equal values
+    return best, tl.min(tl.where(score == best[:, None], cols[None, :], 2147483647), axis=1)
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _block_best(L, TEMP, SUPPRESS, BANNED, BEST, INDEX, seed, n_rows, vocab, stride_l, blocks,
+                N_BANNED: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    QUARTER: tl.constexpr = BLOCK // 4
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    block = tl.program_id(1)
+    live_row = rows < n_rows
+    t = tl.load(TEMP + rows, mask=live_row, other=0.0)[:, None]
+    lane = tl.arange(0, QUARTER)
+    # one Philox call gives four numbers: one per quarter of the block
+    u0, u1, u2, u3 = tl.rand4x(seed, (rows[:, None] * blocks + block) * QUARTER + lane[None, :])
+    start = block * BLOCK
+    best, first = _quarter(L, SUPPRESS, BANNED, rows, live_row, start + lane, vocab, stride_l, t, u0, N_BANNED)
+    b, i = _quarter(L, SUPPRESS, BANNED, rows, live_row, start + QUARTER + lane, vocab, stride_l, t, u1, N_BANNED)
+    first = tl.where(b > best, i, first)  # a later quarter wins only when strictly better
+    best = tl.maximum(b, best)
+    b, i = _quarter(L, SUPPRESS, BANNED, rows, live_row, start + 2 * QUARTER + lane, vocab, stride_l, t, u2,
+                    N_BANNED)
+    first = tl.where(b > best, i, first)
+    best = tl.maximum(b, best)
+    b, i = _quarter(L, SUPPRESS, BANNED, rows, live_row, start + 3 * QUARTER + lane, vocab, stride_l, t, u3,
+                    N_BANNED)
+    first = tl.where(b > best, i, first)
+    best = tl.maximum(b, best)
     tl.store(BEST + rows * blocks + block, best, mask=live_row)
-    tl.store(INDEX + rows * blocks + block, block * BLOCK + first, mask=live_row)
+    tl.store(INDEX + rows * blocks + block, first, mask=live_row)
 
 
 def supported(logits: torch.Tensor, banned: int = 0) -> bool:
@@ -80,12 +103,13 @@ def sample(logits: torch.Tensor, temperature: torch.Tensor, suppress: torch.Tens
     the logits' device. ``seed``: the draw's key (default: from Python's ``random``, so
     ``random.seed`` repeats the draws; a draw from a torch generator would be one more
     operation on a tensor per step). ``block``: logits per program
-    (a power of two; default ``BLOCK``, or the vocabulary's size rounded up where smaller);
+    (a power of two, at least 4; default ``BLOCK``, or the vocabulary's size rounded up where
+    smaller);
     ``rows_per_program`` (a power of two; default 1 on a GPU, where a row's blocks already
     fill the card, 64 under the interpreter, whose cost is per program)."""
     rows, vocab = logits.shape
     rows_per_program = rows_per_program or (1 if logits.is_cuda else 64)
-    block = block or min(BLOCK, triton.next_power_of_2(vocab))
+    block = block or max(4, min(BLOCK, triton.next_power_of_2(vocab)))
     blocks = triton.cdiv(vocab, block)
     if seed is None:
         seed = random.getrandbits(31)

@@ -457,8 +457,8 @@ def test_a_prefill_step_longer_than_the_context_is_padded_like_any_other(tiny_mo
     with torch.inference_mode():
         together = engine._prefill_forward([(0, a, 0), (1, b, 0)])[:2].clone()
         alone = torch.cat([engine._prefill_forward([(0, a, 0)])[:1], engine._prefill_forward([(1, b, 0)])[:1]])
-    assert engine.prefill_buckets == list(range(64, 513, 64))  # every 64 tokens up to the step budget
-    assert bucket_for(400, engine.prefill_buckets) == 448 > engine._max_model_len
+    assert engine.prefill_buckets == list(range(32, 513, 32))  # every 32 tokens up to the step budget
+    assert bucket_for(400, engine.prefill_buckets) == 416 > engine._max_model_len
     assert torch.allclose(together, alone, atol=1e-4, rtol=1e-4)
 
 
