@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -34,32 +33,17 @@ sys.path.insert(0, str(ROOT))
 from inference.engine import fused_sampling  # noqa: E402
 from inference.engine.base import SamplingParams  # noqa: E402
 from inference.engine.sampling import sample_next_tokens  # noqa: E402
+from inference.engine.slot_attention import time_call  # noqa: E402
 
 VOCAB = 102_400
 EOS = [100_001]
 HIDDEN, INTERMEDIATE, LAYERS = 4096, 11008, 30
 
 
-def replay_ms(fn, replays: int = 20, repeats: int = 7) -> float:
-    """Median device time of one ``fn`` captured as a CUDA graph (ms per replay)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / replays)
-    return statistics.median(times)
+def replay_ms(fn) -> float:
+    """Median device time of one ``fn`` captured as a CUDA graph (ms per replay), timed as the
+    engine times its attention kernels at start-up."""
+    return time_call(fn, torch.device("cuda"), repeat=7)
 
 
 def sampling(rows_list: list[int]) -> list[dict]:

@@ -65,7 +65,7 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("the engine as it is (batch buckets every 32 rows above 128, prefill every 64 tokens)"),
+    Variant("the engine as it is (batch buckets every 32 rows above 128, prefill every 32 tokens)"),
     Variant("before (batch buckets 1, 2, 4 … 256; prefill 64, every 128 to 1,024, every 256 above)",
             POW2, coarse_prefill),
     Variant("batch buckets every 8 rows (vLLM's)", EVERY_8),

@@ -12,7 +12,6 @@ import gc
 import weakref
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,16 +19,8 @@ from torch import nn
 from inference.engine import fused_linear
 from inference.engine.fused_linear import fuse_projections
 from inference.engine.transformers_cb import TransformersEngine
-from inference.tiny_model import make_variant
 
 PROMPT = [5, 17, 42, 99, 7, 300, 12, 8]
-
-
-@pytest.fixture(scope="module", params=["tiny", "qwen2-r1"])
-def model_dir(request, tiny_model_dir, tmp_path_factory) -> Path:
-    if request.param == "tiny":
-        return tiny_model_dir
-    return make_variant(tiny_model_dir, tmp_path_factory.mktemp(request.param), request.param)
 
 
 def _load(model_dir: Path):
@@ -50,8 +41,8 @@ def _ptr(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
-def test_fused_model_generates_the_same_tokens_from_shared_weights(model_dir):
-    model = _load(model_dir)
+def test_fused_model_generates_the_same_tokens_from_shared_weights(layout_model_dir):
+    model = _load(layout_model_dir)
     want = _greedy(model)
     layer = model.model.layers[0]
     bytes_before = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -91,8 +82,8 @@ def test_fused_model_generates_the_same_tokens_from_shared_weights(model_dir):
     assert taken and len({ptr for _, ptr in taken[:3]}) == 1 and [k for k, _ in taken[:3]] == ["q", "k", "v"]
 
 
-def test_a_projection_called_on_another_input_computes_its_own(model_dir):
-    model = _load(model_dir)
+def test_a_projection_called_on_another_input_computes_its_own(layout_model_dir):
+    model = _load(layout_model_dir)
     att = model.model.layers[0].self_attn
     q, k, v = att.q_proj, att.k_proj, att.v_proj
     width = q.in_features

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,16 +18,7 @@ from torch import nn
 from inference.engine import fused_residual
 from inference.engine.fused_residual import fuse_residuals
 from inference.engine.transformers_cb import TransformersEngine
-from inference.tiny_model import make_variant
-
-PROMPT = [5, 17, 42, 99, 7, 300, 12, 8]
-
-
-@pytest.fixture(scope="module", params=["tiny", "qwen2-r1"])
-def model_dir(request, tiny_model_dir, tmp_path_factory) -> Path:
-    if request.param == "tiny":
-        return tiny_model_dir
-    return make_variant(tiny_model_dir, tmp_path_factory.mktemp(request.param), request.param)
+from tests.node.test_fused_linear import PROMPT, _greedy
 
 
 def _load(model_dir: Path, dtype=torch.float32):
@@ -37,21 +27,13 @@ def _load(model_dir: Path, dtype=torch.float32):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
 
 
-def _greedy(model, n: int = 24) -> list[int]:
-    ids = torch.tensor([PROMPT])
-    with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                             do_sample=False, pad_token_id=model.config.pad_token_id)
-    return out[0, ids.shape[1]:].tolist()
-
-
 def _logits(model, **kw):
     with torch.inference_mode():
         return model(input_ids=torch.tensor([PROMPT]), **kw)
 
 
-def test_the_fused_model_adds_inside_its_projections_and_keeps_its_tokens(model_dir):
-    model = _load(model_dir)
+def test_the_fused_model_adds_inside_its_projections_and_keeps_its_tokens(layout_model_dir):
+    model = _load(layout_model_dir)
     want_tokens, want = _greedy(model), _logits(model).logits
     layers = model.config.num_hidden_layers
     assert fuse_residuals(model) == layers
@@ -64,8 +46,8 @@ def test_the_fused_model_adds_inside_its_projections_and_keeps_its_tokens(model_
     assert _greedy(model) == want_tokens
 
 
-def test_a_projection_called_on_its_own_computes_its_product(model_dir):
-    model = _load(model_dir)
+def test_a_projection_called_on_its_own_computes_its_product(layout_model_dir):
+    model = _load(layout_model_dir)
     assert fuse_residuals(model) > 0
     layer = model.model.layers[0]
     x = torch.randn(2, 3, layer.self_attn.o_proj.in_features, generator=torch.Generator().manual_seed(1))
@@ -195,11 +177,11 @@ def _engine_tokens(model_dir: Path, **kw) -> tuple[list[list[int]], int, int, in
     return tokens, engine.fused_residuals, engine.model.config.num_hidden_layers, taken
 
 
-def test_the_engine_serves_the_same_tokens_with_the_adds_in_the_projections(model_dir):
+def test_the_engine_serves_the_same_tokens_with_the_adds_in_the_projections(layout_model_dir):
     """The CUDA path's shapes on the CPU (bucketed steps, variable-length bookkeeping, fused
     norms and projections, prompts spanning prefill steps, two requests in one batch)."""
-    plain, none, _, _ = _engine_tokens(model_dir, fuse_residuals=False)
-    fused, count, layers, taken = _engine_tokens(model_dir, fuse_residuals=True)
+    plain, none, _, _ = _engine_tokens(layout_model_dir, fuse_residuals=False)
+    fused, count, layers, taken = _engine_tokens(layout_model_dir, fuse_residuals=True)
     assert none == 0 and count == layers
     assert taken > 2 * layers * 16  # the steps' adds, not only the start-up check's
     assert fused == plain

@@ -67,7 +67,7 @@ out["unmarked rows taking the dominant id"] = int((tok[::2] == 5).sum())
 greedy = fs.sample(dominant[:2], torch.zeros(2), suppress[:2], torch.tensor([5], dtype=torch.int32))
 out["greedy with the top id banned"] = greedy.tolist()
 
-# the seed repeats the draws
+# the same key gives the same draws
 random.seed(7); first = fs.sample(mixed, temps)
 random.seed(7); again = fs.sample(mixed, temps)
 out["repeated"] = first.tolist() == again.tolist()
