@@ -139,7 +139,8 @@ def test_full_queue_is_429_with_retry_after(node_factory):
     """With the one slot taken and the one queue place taken, a third request is refused
     with 429 and a Retry-After. The two holders ask for far more tokens than the test needs
     and hold their streams open until the third request is answered (a short holder once
-    finished before the second arrived on a loaded machine, and the queue was never full)."""
+    finished before the second arrived on a loaded machine, and the queue was never full);
+    the second is sent once the first runs."""
     n = node_factory("--max-batch", "1", "--max-queue", "1")
     long = {**OK_BODY, "max_tokens": 3000, "ignore_eos": True, "stream": True}
 
@@ -148,17 +149,30 @@ def test_full_queue_is_429_with_retry_after(node_factory):
         async with httpx.AsyncClient(base_url=n.base_url, timeout=60) as c:
             async def hold():
                 async with c.stream("POST", CHAT, json=long) as r:
-                    await r.aiter_lines().__anext__()  # the reply has started (a queued one too)
+                    # the reply has started (a queued one too); the line iterator is kept: an
+                    # abandoned one is closed when collected, which closes the stream, and the
+                    # node then ends the turn within milliseconds
+                    lines = r.aiter_lines()
+                    await lines.__anext__()
                     await release.wait()
                     return r.status_code  # leaving closes the stream: the client is gone
-            holders = [asyncio.create_task(hold()) for _ in range(2)]  # one running, one waiting
+
             seen = []
-            for _ in range(1000):
-                st = (await c.get("/readyz")).json()
-                seen.append((st["running"], st["waiting"]))
-                if seen[-1] == (1, 1):
-                    break
-                await asyncio.sleep(0.01)
+
+            async def until(state: tuple[int, int]) -> None:
+                for _ in range(1000):
+                    st = (await c.get("/readyz")).json()
+                    seen.append((st["running"], st["waiting"]))
+                    if seen[-1] == state:
+                        return
+                    await asyncio.sleep(0.01)
+
+            # one running, then one waiting: the second is sent once the first runs (sent
+            # together, the second could find the first still in the queue's one place: 429)
+            holders = [asyncio.create_task(hold())]
+            await until((1, 0))
+            holders.append(asyncio.create_task(hold()))
+            await until((1, 1))
             r = await c.post(CHAT, json=OK_BODY) if seen[-1] == (1, 1) else None
             release.set()
             return r, await asyncio.gather(*holders), sorted(set(seen))
