@@ -1,4 +1,4 @@
-"""The device time two fusions save, each beside the form it replaced, as CUDA graph replays
+"""The device time the fusions save, each beside the form it replaced, as CUDA graph replays
 (what the engine's steps are), on one GPU:
 
 * **Sampling** (``inference.engine.fused_sampling``): ``sample_next_tokens`` in its plain
@@ -9,6 +9,15 @@
   (4,096 → 4,096) and ``down_proj`` (11,008 → 4,096) products followed by the add, against
   the same products added in place (``addmm_``), 30 layers of each per graph, at 1, 64 and
   256 rows and a 1,344-token prefill chunk.
+
+* **RMSNorm** (``inference.engine.fused_norm``): transformers' ``LlamaRMSNorm`` as it is,
+  ``F.rms_norm`` and the Triton kernel, 61 norms of 4,096 per graph (a decode step's), at
+  1, 64 and 256 rows and the prefill chunk; with each form's bit differences from the module.
+* **The decode step's key/value writes** (``inference.engine.triton_decode`` with ``new``):
+  one layer's decode attention at 1, 64 and 256 rows of 64-768 live tokens (the engine's
+  kernel at that batch), its new keys and values written first by two ``index_copy_`` calls,
+  against the kernel writing them itself; 30 layers per graph, with both forms' outputs and
+  stores compared.
 
 It also checks the compiled kernel, which the test suite can only run under Triton's
 interpreter: greedy rows give ``argmax`` at every shape timed (with and without EOS
@@ -118,19 +127,107 @@ def residual(rows_list: list[int]) -> list[dict]:
     return out
 
 
+def norms(rows_list: list[int], count: int = 2 * LAYERS + 1) -> list[dict]:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from inference.engine import fused_norm
+
+    out = []
+    g = torch.Generator().manual_seed(2)
+    module = LlamaRMSNorm(HIDDEN, eps=1e-6).to("cuda", torch.bfloat16)
+    module.weight.data = (torch.randn(HIDDEN, generator=g) * 0.3 + 1).to("cuda", torch.bfloat16)
+    forms = {"transformers": lambda x: module(x),
+             "F.rms_norm": lambda x: fused_norm.FORWARDS[fused_norm.TORCH](module, x),
+             "triton": lambda x: fused_norm.FORWARDS[fused_norm.TRITON](module, x)}
+    for rows in rows_list:
+        x = (torch.randn(rows, HIDDEN, generator=g) * 3).to("cuda", torch.bfloat16)
+        want = module(x)
+        row = {"rows": rows, "norms_per_graph": count}
+        for name, fn in forms.items():
+            row[f"{name}_ms"] = round(replay_ms(lambda fn=fn: [fn(x) for _ in range(count)]), 4)
+            row[f"{name}_values_differing_from_the_module"] = int((fn(x) != want).sum())
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    return out
+
+
+def kv_writes(rows_list: list[int], max_len: int = 832) -> list[dict]:
+    from inference.engine import slot_attention, triton_decode
+    from inference.engine.slot_cache import SlotKVCache
+
+    out = []
+    g = torch.Generator().manual_seed(3)
+    heads, dim = 32, 128
+    kernel = triton_decode.make_kernel(32, 2, 0, 0, True, True)  # the engine's pick at 64-256 rows (run 27)
+    for rows in rows_list:
+        store = SlotKVCache(LAYERS, heads, dim, torch.bfloat16, torch.device("cuda"), rows, max_len)
+        for t in store.keys + store.values:
+            t.normal_()
+        lengths = torch.randint(64, 769, (rows,), generator=g)
+        pos = (lengths - 1).unsqueeze(1).cuda()
+        write = store.write_index(torch.arange(rows, device="cuda"), pos)
+        att = store.decode_attention(kernel, rows, pos, max_len, write)
+        q = torch.randn(rows, heads, dim, generator=g).to("cuda", torch.bfloat16)
+        new = [tuple(torch.randn(rows, heads, dim, generator=g).to("cuda", torch.bfloat16) for _ in range(2))
+               for _ in range(LAYERS)]
+        scale = dim ** -0.5
+
+        def first_then_attend():
+            for layer in range(LAYERS):
+                slot_attention.write_new(att.keys[layer], att.values[layer], *new[layer], att.write)
+                kernel(q, att.keys[layer], att.values[layer], att.cu_q, att.cu_k, att.used_k, 1, max_len, False,
+                       scale)
+
+        def written_by_the_kernel():
+            for layer in range(LAYERS):
+                slot_attention.attend(att, layer, q, scale, new[layer])
+
+        before = [t.clone() for t in store.keys[:1] + store.values[:1]]
+        a = slot_attention.attend(att, 0, q, scale, new[0])
+        after_fused = [t.clone() for t in store.keys[:1] + store.values[:1]]
+        store.keys[0].copy_(before[0])
+        store.values[0].copy_(before[1])
+        slot_attention.write_new(att.keys[0], att.values[0], *new[0], att.write)
+        b = kernel(q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k, 1, max_len, False, scale)
+        row = {"rows": rows, "live_tokens": int(lengths.sum()), "layers_per_graph": LAYERS, "kernel": kernel.label,
+               "writes_then_attention_ms": round(replay_ms(first_then_attend), 4),
+               "written_by_the_attention_ms": round(replay_ms(written_by_the_kernel), 4),
+               "outputs_relative_difference": float((a.float() - b.float()).abs().max() / b.float().abs().max()),
+               "stores_equal": bool(torch.equal(after_fused[0], store.keys[0])
+                                    and torch.equal(after_fused[1], store.values[0]))}
+        del store
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    return out
+
+
+PARTS = ("sampling", "residual", "norm", "kv")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 64, 256])
     ap.add_argument("--prefill-tokens", type=int, default=1344)
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     ap.add_argument("--out", help="JSON results")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("fusion_probe.py needs a CUDA device", file=sys.stderr)
         return 2
-    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "kernel_block": fused_sampling.BLOCK,
-              "sampling": sampling(args.rows), "distribution": distribution(),
-              "residual": residual([*args.rows, args.prefill_tokens])}
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if "sampling" in args.parts:
+        result |= {"kernel_block": fused_sampling.BLOCK, "sampling": sampling(args.rows),
+                   "distribution": distribution()}
+    if "residual" in args.parts:
+        result["residual"] = residual([*args.rows, args.prefill_tokens])
+    for part, key, run in (("norm", "norm", lambda: norms([*args.rows, args.prefill_tokens])),
+                           ("kv", "kv_writes", lambda: kv_writes(args.rows))):
+        if part in args.parts:
+            try:
+                result[key] = run()
+            except Exception as exc:  # noqa: BLE001 - one part's failure is its result; the others still run
+                result[key] = {"error": f"{exc.__class__.__name__}: {exc}"}
+                print(json.dumps({key: result[key]}), flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return 0

@@ -63,6 +63,12 @@ PAGE = 256
 #: query ``j`` of ``n`` sees keys up to ``j + used_k[i] - n`` (the queries are the sequence's
 #: last tokens). ``pages`` (int32 ``[B, P]``, decode steps only): ``pages[i, j] = cu_k[i] + j ×
 #: PAGE``, the same keys as rows of :func:`paged_view` (kernels that do not page ignore it).
+#: A kernel with the attribute ``writes_new`` also takes ``new=(k_new, v_new, write)`` on a
+#: decode step: the step's own keys and values ``[B, Hk, D]``, not yet in the store, and the
+#: flat store row ``write[i]`` (int64) each goes to. It stores them there and attends to them
+#: as key ``used_k[i] - 1`` of sequence ``i`` (for a real row the same row; a padding row
+#: writes to its slot's trash column and attends to its new key alone). One launch instead of
+#: three per layer: the cache's two writes (``index_copy_``) and the attention.
 Kernel = Callable[..., torch.Tensor]
 
 
@@ -219,6 +225,17 @@ class SlotAttention:
     max_k: int
     causal: bool
     pages: torch.Tensor | None = None  # decode steps: each row's page table (see ``Kernel``)
+    #: decode steps whose cache left the writes to the attention: each row's flat store row
+    #: for its new key/value (see ``Kernel``'s ``new``)
+    write: torch.Tensor | None = None
+
+
+def write_new(keys: torch.Tensor, values: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
+              write: torch.Tensor) -> None:
+    """The new keys/values ``[B, Hk, D]`` into the flat store at rows ``write``: what a kernel
+    without ``writes_new`` needs done before it reads."""
+    keys.index_copy_(0, write, k_new.to(keys.dtype))
+    values.index_copy_(0, write, v_new.to(values.dtype))
 
 
 def slot_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
@@ -233,10 +250,24 @@ def slot_attention_forward(module, query, key, value, attention_mask, scaling=No
     b, h, n, d = query.shape
     q = query.transpose(1, 2).reshape(b * n, h, d)
     scale = scaling if scaling is not None else d ** -0.5
-    layer = module.layer_idx
-    out = s.kernel(q, s.keys[layer], s.values[layer], s.cu_q, s.cu_k, s.used_k, s.max_q, s.max_k, s.causal, scale,
-                   pages=s.pages)
-    return out.view(b, n, h, d), None
+    # a decode step (n == 1) whose keys/values are not in the store yet: [B, Hk, 1, D] -> [B, Hk, D]
+    new = (key.reshape(b, -1, d), value.reshape(b, -1, d)) if s.write is not None else None
+    return attend(s, module.layer_idx, q, scale, new).view(b, n, h, d), None
+
+
+def attend(s: SlotAttention, layer: int, q: torch.Tensor, scale: float,
+           new: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """One layer's attention as :class:`SlotAttention` describes it, ``q`` ``[Tq, H, D]``;
+    ``new`` (with ``s.write``): the step's keys and values, written by the kernel where it
+    writes them itself (``writes_new``), else into the store first."""
+    extra = {}
+    if new is not None:
+        if getattr(s.kernel, "writes_new", False):
+            extra["new"] = (*new, s.write)
+        else:
+            write_new(s.keys[layer], s.values[layer], *new, s.write)
+    return s.kernel(q, s.keys[layer], s.values[layer], s.cu_q, s.cu_k, s.used_k, s.max_q, s.max_k, s.causal,
+                    scale, pages=s.pages, **extra)
 
 
 def register() -> str:
@@ -290,7 +321,32 @@ def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, heads
             pages = torch.tensor([[s * stride + j * PAGE for j in range(-(-stride // PAGE))] for s in slot], **i32)
         args = (q, store_k, store_v, cu_q, cu_k, used_k, max(nq), stride, causal, head_dim ** -0.5)
         worst = max(worst, relative_error(kernel(*args, pages=pages), reference_varlen(*args)))
+        if not causal and getattr(kernel, "writes_new", False) and store_dtype in (None, dtype):
+            worst = max(worst, _check_new(kernel, store, args, pages, g))
     return worst
+
+
+def _check_new(kernel: Kernel, store: torch.Tensor, args: tuple, pages, g: torch.Generator) -> float:
+    """A decode step whose new keys/values the kernel writes itself (``new``) against the same
+    keys written first and the reference; the stores after both must agree too. The last row
+    stands for a padding row: it writes to another slot's trash row and reads one key."""
+    q, store_k, store_v, cu_q, cu_k, used_k, max_q, max_k, causal, scale = args
+    rows, (kv_heads, dim) = len(used_k), store_k.shape[1:]
+    device = store.device
+    k_new, v_new = (torch.randn(rows, kv_heads, dim, generator=g).to(device, store.dtype) for _ in range(2))
+    used = used_k.clone()
+    used[-1] = 1
+    write = (cu_k[:-1] + used - 1).long()
+    write[-1] = cu_k[0].long() + max_k - 1  # the first slot's last row, which no row reads
+    mine, theirs = store.clone(), store.clone()
+    n = store_k.shape[0]
+    write_new(theirs[0, :n], theirs[1, :n], k_new, v_new, write)
+    step = (q, mine[0, :n], mine[1, :n], cu_q, cu_k, used, max_q, max_k, causal, scale)
+    got = kernel(*step, pages=pages, new=(k_new, v_new, write))
+    want = reference_varlen(q, theirs[0, :n], theirs[1, :n], cu_q, cu_k, used, max_q, max_k, causal, scale)
+    # the padding row's answer: its own new key alone, so its value
+    want[-1] = v_new[-1].repeat_interleave(q.shape[1] // kv_heads, 0).to(want.dtype)
+    return max(relative_error(got, want), relative_error(mine, theirs))
 
 
 def kernel_for(device: torch.device, dtype: torch.dtype,

@@ -4,7 +4,8 @@ Why slots, and why fixed:
 
 * **No left padding.** Every sequence's token ``t`` lives at column ``t`` of its own slot, so
   a sequence joining the batch copies nothing and moves nothing else; a decode step writes
-  each row's new key/value at that row's own position (one ``index_copy_`` per layer).
+  each row's new key/value at that row's own position (``index_copy_`` per layer, or, with
+  the variable-length attention, inside the attention kernel itself where it can).
 * **Static addresses.** CUDA graphs replay kernels on the addresses they were captured
   with. The store is allocated once (``[slots, max_model_len + 1, kv_heads, head_dim]`` per
   layer) and never reallocated, so a decode step captured at start-up stays valid for the
@@ -168,20 +169,29 @@ class SlotKVCache:
         low = torch.full((), self.mask_min, dtype=self.dtype, device=self.device)
         return torch.where(visible, zero, low).unsqueeze(1)
 
-    def decode_cache(self, rows: int, write_index: torch.Tensor, width: int, reads: bool = True) -> "SlotCache":
+    def decode_cache(self, rows: int, write_index: torch.Tensor, width: int, reads: bool = True,
+                     writes: bool = True) -> "SlotCache":
         """The cache for a step over slots ``0 … rows-1`` (one query token each); with
-        ``reads=False`` it only writes (the variable-length attention reads the store)."""
-        return SlotCache(self, write_index, width, rows=rows, reads=reads)
+        ``reads=False`` it does not read (the variable-length attention reads the store), with
+        ``writes=False`` it does not write either (the attention writes the step's keys and
+        values: :meth:`decode_attention` with ``write``)."""
+        return SlotCache(self, write_index, width, rows=rows, reads=reads, writes=writes)
 
-    def decode_attention(self, kernel, rows: int, positions: torch.Tensor, width: int):
+    def decode_attention(self, kernel, rows: int, positions: torch.Tensor, width: int,
+                         write: torch.Tensor | None = None):
         """The variable-length description of a decode step over slots ``0 … rows-1``: row
         ``i`` reads columns ``0 … position`` of slot ``i`` (a padding row, position < 0, one
-        column). Built from device tensors only, so a CUDA graph captures it."""
+        column). With ``write`` (:meth:`write_index` of the step) the attention also writes
+        the step's keys and values there, in the kernel itself where it can (a store of the
+        model's dtype only: an 8-bit store is written by the cache). Built from device
+        tensors only, so a CUDA graph captures it."""
+        if write is not None and self.eight_bit:
+            raise ValueError("an 8-bit store is written by the cache (decode_cache writes=True)")
         pos = positions.reshape(-1)
         used = torch.where(pos >= 0, pos + 1, torch.ones_like(pos)).to(torch.int32)
         return SlotAttention(kernel, self.flat_keys, self.flat_values, self.row_starts[:rows + 1],
                              self.slot_starts[:rows + 1], used, 1, width, causal=False,
-                             pages=self.page_table[:rows])
+                             pages=self.page_table[:rows], write=None if write is None else write.reshape(-1))
 
     #: Packed prefill rows are padded to a multiple of this many tokens, so the matrix
     #: shapes repeat from step to step (each new shape costs the GEMM libraries a lookup,
@@ -282,7 +292,8 @@ class SlotCache(_CacheBase):
     is_compileable = False
 
     def __init__(self, store: SlotKVCache, write_index: torch.Tensor, width: int, *,
-                 rows: int | None = None, read_index: torch.Tensor | None = None, reads: bool = True):
+                 rows: int | None = None, read_index: torch.Tensor | None = None, reads: bool = True,
+                 writes: bool = True):
         # Cache.__init__ differs between transformers releases and allocates layers we do not use.
         self.store = store
         self.write_index = write_index.reshape(-1)
@@ -290,9 +301,12 @@ class SlotCache(_CacheBase):
         self.rows = rows
         self.read_index = read_index
         self.reads = reads  # False: the variable-length attention reads the store itself
+        self.writes = writes  # False: ... and writes the step's keys/values itself
         self.layers = []
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if not self.writes:
+            return key_states, value_states
         s = self.store
         k, v = s.keys[layer_idx], s.values[layer_idx]
         flat = (-1, s.kv_heads, s.head_dim)

@@ -64,7 +64,7 @@ from inference.engine.detokenizer import StopMatcher, make_detokenizer
 from inference.engine.device_clock import DeviceClock
 from inference.engine.fused_linear import count_silu_kernels
 from inference.engine.fused_linear import fuse_projections as fuse_linear_projections
-from inference.engine.fused_norm import fuse_rms_norms
+from inference.engine import fused_norm
 from inference.engine.fused_residual import fuse_residuals as fuse_residual_adds
 from inference.engine.host_copy import upload
 from inference.engine import slot_attention
@@ -394,6 +394,8 @@ class TransformersEngine(Engine):
         #: Fused RMSNorm kernels (``fused_norm``): None = on CUDA, where launches count.
         self.fuse_norms = fuse_norms
         self.fused_norms = 0
+        #: Which fused form the norms run (``fused_norm.pick``) and why, for the log.
+        self.norm_path = "not fused"
         #: Merged q/k/v and gate/up matrix multiplies (``fused_linear``): None = on CUDA.
         self.fuse_projections = fuse_projections
         self.fused_projections = 0
@@ -495,7 +497,9 @@ class TransformersEngine(Engine):
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device)
         self.model.eval()
         if self.fuse_norms if self.fuse_norms is not None else self.device.type == "cuda":
-            self.fused_norms = fuse_rms_norms(self.model)
+            form, why = fused_norm.pick(self.model, self.max_batch)  # the largest decode step's rows
+            self.fused_norms = fused_norm.fuse_rms_norms(self.model, form=form)
+            self.norm_path = f"{form} ({why})"
         if self.fuse_projections if self.fuse_projections is not None else self.device.type == "cuda":
             self.fused_projections = fuse_linear_projections(self.model)
             self.silu_kernels = count_silu_kernels(self.model)
@@ -578,13 +582,13 @@ class TransformersEngine(Engine):
             else:
                 self.decode_path = "eager" + (" (bucketed shapes)" if self.bucketed else "")
         log.info("loaded %s on %s (%s) in %.1fs; KV store %d tokens (%s): %d slots of %d tokens; max batch %d; "
-                 "prefill %d tokens per step; attention: %s; fused RMSNorms: %d; fused projections: %d "
+                 "prefill %d tokens per step; attention: %s; fused RMSNorms: %d, %s; fused projections: %d "
                  "(SiLU kernel in %d MLPs); fused rotary embeddings: %d layers; residual adds in the projections: "
                  "%d layers; sampling: %s; decode path: %s; prefill path: %s",
                  self.model_dir, self.device, dtype, time.monotonic() - t0, self._kv.tokens,
                  str(self.store_dtype).removeprefix("torch."), self._kv.slots,
                  self._kv.max_len, self._kv.slots, self.max_prefill_tokens, self.attention_path, self.fused_norms,
-                 self.fused_projections, self.silu_kernels, self.fused_rotary, self.fused_residuals, self.sampling_path,
+                 self.norm_path, self.fused_projections, self.silu_kernels, self.fused_rotary, self.fused_residuals, self.sampling_path,
                  self.decode_path, self.prefill_path)
 
     def _check_sampling(self) -> None:
@@ -700,16 +704,18 @@ class TransformersEngine(Engine):
             length_sets = [torch.randint(1, top + 1, (rows,), generator=g)
                            for top in (max(1, self._max_model_len // 4), self._max_model_len)]
             best: tuple[float, slot_attention.Kernel, list] | None = None
+            # timed as the step runs it: writing the step's keys/values too (8-bit store: the cache does)
+            new = None if kv.eight_bit else tuple(
+                torch.randn(rows, kv_heads, head_dim, generator=g).to(self.device, self.dtype) for _ in range(2))
             for kernel in [self._varlen, *self._decode_candidates]:
                 points = []
                 try:
                     for lengths in length_sets:
-                        att = kv.decode_attention(kernel, rows, (lengths - 1).unsqueeze(1).to(self.device),
-                                                  self._max_model_len)
-                        args = (q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k, 1,
-                                self._max_model_len, False, scale)
+                        pos = (lengths - 1).unsqueeze(1).to(self.device)
+                        att = kv.decode_attention(kernel, rows, pos, self._max_model_len,
+                                                  None if new is None else kv.write_index(self._rows[:rows], pos))
                         points.append((int(lengths.sum()), slot_attention.time_call(
-                            lambda: kernel(*args, pages=att.pages), self.device)))
+                            lambda: slot_attention.attend(att, 0, q, scale, new), self.device)))
                 except Exception as exc:  # noqa: BLE001 - a kernel that fails at this shape is not used here
                     log.info("decode kernel %s failed at batch %d: %s", kernel.label, rows, exc)
                     continue
@@ -917,9 +923,11 @@ class TransformersEngine(Engine):
         ids = self._io[0, :rows].unsqueeze(1)
         pos = self._io[1, :rows].unsqueeze(1)
         write = kv.write_index(self._rows[:rows], pos)
-        if varlen:
-            cache = kv.decode_cache(rows, write, width, reads=False)
-            mask, extra = None, {"slot_attention": kv.decode_attention(self._decode_kernel(rows), rows, pos, width)}
+        if varlen:  # the attention writes the keys/values (in its kernel where it can), unless 8-bit
+            fused = not kv.eight_bit
+            cache = kv.decode_cache(rows, write, width, reads=False, writes=not fused)
+            mask, extra = None, {"slot_attention": kv.decode_attention(self._decode_kernel(rows), rows, pos, width,
+                                                                       write if fused else None)}
         else:
             cache, mask, extra = kv.decode_cache(rows, write, width), kv.mask(pos, width), {}
         out = self.model(input_ids=ids, position_ids=pos.clamp(min=0), attention_mask=mask,

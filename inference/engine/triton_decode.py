@@ -60,9 +60,24 @@ def _program(CU_K, USED, S, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, HEADS_FI
 
 
 @triton.jit
-def _partial(Q, K, V, CU_K, USED, ACC, ML, OUT, scale, stride_qb, stride_qh, stride_kn, stride_kh,
-             stride_ob, stride_oh, H, S, BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-             GROUP: tl.constexpr, HEADS_FIRST: tl.constexpr, DIRECT: tl.constexpr):
+def _new_key(K, V, KN, VN, WRITE, b, kvh, offs_d, stride_kn, stride_kh, stride_knb, stride_knh, stride_vnb,
+             stride_vnh, write):
+    """Row ``b``'s new key and value for head ``kvh`` (the step's own token), stored into the
+    store at its write row by the one program told to (``write``)."""
+    kn = tl.load(KN + b * stride_knb + kvh * stride_knh + offs_d)
+    vn = tl.load(VN + b * stride_vnb + kvh * stride_vnh + offs_d)
+    at = tl.load(WRITE + b) * stride_kn + kvh * stride_kh + offs_d
+    live = tl.full(offs_d.shape, 0, tl.int32) + write.to(tl.int32) > 0
+    tl.store(K + at, kn.to(K.dtype.element_ty), mask=live)
+    tl.store(V + at, vn.to(V.dtype.element_ty), mask=live)
+    return kn, vn
+
+
+@triton.jit
+def _partial(Q, K, V, CU_K, USED, ACC, ML, OUT, KN, VN, WRITE, scale, stride_qb, stride_qh, stride_kn, stride_kh,
+             stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, H, S, BLOCK_N: tl.constexpr,
+             D: tl.constexpr, CHUNK: tl.constexpr, GROUP: tl.constexpr, HEADS_FIRST: tl.constexpr,
+             DIRECT: tl.constexpr, NEW: tl.constexpr):
     b, h, s, base, start, end = _program(CU_K, USED, S, BLOCK_N, CHUNK, HEADS_FIRST)
     kvh = h // GROUP
     offs_d = tl.arange(0, D)
@@ -70,6 +85,10 @@ def _partial(Q, K, V, CU_K, USED, ACC, ML, OUT, scale, stride_qb, stride_qh, str
     m = tl.full([1], float("-inf"), tl.float32)
     l = tl.zeros([1], tl.float32)
     acc = tl.zeros([D], tl.float32)
+    if NEW:  # the step's own key is the row's last: taken from KN below, not read from the store
+        last = tl.load(USED + b) - 1
+        fold = (start <= last) & (last < end)
+        end = tl.minimum(end, last)
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         live = offs_n < end
@@ -84,6 +103,16 @@ def _partial(Q, K, V, CU_K, USED, ACC, ML, OUT, scale, stride_qb, stride_qh, str
         l = l * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
         m = m_new
+    if NEW:
+        kn, vn = _new_key(K, V, KN, VN, WRITE, b, kvh, offs_d, stride_kn, stride_kh, stride_knb, stride_knh,
+                          stride_vnb, stride_vnh, fold & (h % GROUP == 0))
+        score = tl.sum(kn.to(tl.float32) * q, axis=0)
+        m_new = tl.maximum(m, tl.where(fold, score, float("-inf")))
+        alpha = tl.where(m_new == float("-inf"), 1.0, tl.exp2(m - m_new))
+        p = tl.where(fold, tl.exp2(score - m_new), 0.0)
+        l = l * alpha + p
+        acc = acc * alpha + p * vn.to(tl.float32)
+        m = m_new
     if DIRECT:  # one range per row: the output itself, as ``_merge`` would make it of one range
         tl.store(OUT + b * stride_ob + h * stride_oh + offs_d, (acc / l).to(OUT.dtype.element_ty))
     else:
@@ -94,9 +123,10 @@ def _partial(Q, K, V, CU_K, USED, ACC, ML, OUT, scale, stride_qb, stride_qh, str
 
 
 @triton.jit
-def _partial_mma(Q, K, V, CU_K, USED, ACC, ML, OUT, scale, stride_qb, stride_qh, stride_kn, stride_kh,
-                 stride_ob, stride_oh, H, S, BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-                 HEADS_FIRST: tl.constexpr, DIRECT: tl.constexpr):
+def _partial_mma(Q, K, V, CU_K, USED, ACC, ML, OUT, KN, VN, WRITE, scale, stride_qb, stride_qh, stride_kn,
+                 stride_kh, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, H, S,
+                 BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, HEADS_FIRST: tl.constexpr,
+                 DIRECT: tl.constexpr, NEW: tl.constexpr):
     """``_partial`` on the matrix units, for one key/value head per query head: the query is
     repeated on 16 rows (a matrix multiply needs 16), so scores and the weighted sum of values
     are matrix multiplies rather than row sums across a warp's lanes. Every row computes the
@@ -109,6 +139,10 @@ def _partial_mma(Q, K, V, CU_K, USED, ACC, ML, OUT, scale, stride_qb, stride_qh,
     m = tl.full([16], float("-inf"), tl.float32)
     l = tl.zeros([16], tl.float32)
     acc = tl.zeros([16, D], tl.float32)
+    if NEW:  # as in ``_partial``
+        last = tl.load(USED + b) - 1
+        fold = (start <= last) & (last < end)
+        end = tl.minimum(end, last)
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         live = offs_n < end
@@ -122,6 +156,17 @@ def _partial_mma(Q, K, V, CU_K, USED, ACC, ML, OUT, scale, stride_qb, stride_qh,
         p = tl.exp2(scores - m_new[:, None])
         l = l * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v)
+        m = m_new
+    if NEW:
+        kn, vn = _new_key(K, V, KN, VN, WRITE, b, h, offs_d, stride_kn, stride_kh, stride_knb, stride_knh,
+                          stride_vnb, stride_vnh, fold)
+        score = tl.sum(q.to(tl.float32) * kn.to(tl.float32)[None, :], axis=1) * scale
+        m_new = tl.maximum(m, tl.where(fold, score, float("-inf")))
+        alpha = tl.where(m_new == float("-inf"), 1.0, tl.exp2(m - m_new))
+        p = tl.where(fold, tl.exp2(score - m_new), 0.0)
+        l = l * alpha + p
+        # the probabilities meet the value in the query's dtype, as the tiles' do
+        acc = acc * alpha[:, None] + p.to(q.dtype).to(tl.float32)[:, None] * vn.to(tl.float32)[None, :]
         m = m_new
     first = offs_m == 0
     if DIRECT:
@@ -189,7 +234,7 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
     launch = {"num_warps": num_warps} | ({"num_stages": num_stages} if num_stages else {})
 
     def triton_decode(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float,
-                      pages=None) -> torch.Tensor:
+                      pages=None, new=None) -> torch.Tensor:
         if max_q != 1 or causal:
             raise ValueError("the Triton decode kernel serves decode steps only (one query per sequence)")
         rows, heads, dim = q.shape
@@ -207,11 +252,19 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
         if not direct:
             acc = torch.empty((rows, heads, s, dim), dtype=torch.float32, device=q.device)
             ml = torch.empty((rows, heads, s, 2), dtype=torch.float32, device=q.device)
-        args = (q, k, v, cu_k, used_k, acc, ml, out, scale * LOG2E, q.stride(0), q.stride(1), k.stride(0),
-                k.stride(1), out.stride(0), out.stride(1), heads, s)
+        kn, vn, write = new if new is not None else (q, q, cu_k)  # not read without ``new``
+        if new is not None and (kn.stride(-1) != 1 or vn.stride(-1) != 1 or k.stride(-1) != 1
+                                or k.stride() != v.stride() or kn.shape != vn.shape
+                                or kn.shape != (rows, k.shape[1], dim)):
+            raise ValueError("the new keys/values must be [rows, kv_heads, dim] with unit stride in dim, "
+                             "over a store whose keys and values are laid out alike")
+        args = (q, k, v, cu_k, used_k, acc, ml, out, kn, vn, write, scale * LOG2E, q.stride(0), q.stride(1),
+                k.stride(0), k.stride(1), out.stride(0), out.stride(1), kn.stride(0), kn.stride(1),
+                vn.stride(0), vn.stride(1), heads, s)
         first = heads_first or group > 1
         grid = (heads, rows, s) if first else (rows, heads, s)
-        flags = {"BLOCK_N": block_n, "D": dim, "CHUNK": chunk, "HEADS_FIRST": first, "DIRECT": direct}
+        flags = {"BLOCK_N": block_n, "D": dim, "CHUNK": chunk, "HEADS_FIRST": first, "DIRECT": direct,
+                 "NEW": new is not None}
         if mma:
             _partial_mma[grid](*args, **flags, **launch)
         else:
@@ -225,6 +278,7 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
              + (", heads first" if heads_first else ""))
     units = "matrix units, " if mma else ""
     triton_decode.label = f"Triton decode ({units}{block_n}-key tiles, {num_warps} warps{extra})"
+    triton_decode.writes_new = True
     return triton_decode
 
 

@@ -695,6 +695,23 @@ try:
     print("grouped heads on the matrix units accepted")
 except ValueError as exc:
     print("grouped heads on the matrix units refused:", exc)
+# the step's own keys/values written by the kernel (``new``): every variant above ran it in its
+# check; a kernel that claims to and does not (or attends without them) fails the check
+plain = triton_decode.make_kernel(32, 1)
+def ignores_new(*args, new=None, **kwargs):
+    return plain(*args, **kwargs)
+ignores_new.writes_new = True
+def forgets_to_store(*args, new=None, **kwargs):
+    if new is None:
+        return plain(*args, **kwargs)
+    store_k, store_v = args[1].clone(), args[2].clone()
+    out = plain(*args, **kwargs, new=new)
+    args[1].copy_(store_k); args[2].copy_(store_v)
+    return out
+forgets_to_store.writes_new = True
+print("writes", all(k.writes_new for k in triton_decode.kernels()),
+      "ignored", slot_attention.check_kernel(ignores_new, cpu, torch.float32, 4, 4, 16, decode_only=True) > 0.1,
+      "not stored", slot_attention.check_kernel(forgets_to_store, cpu, torch.float32, 4, 4, 16, decode_only=True) > 0.1)
 print("errors", max(errors))
 """
 
@@ -708,7 +725,11 @@ def test_the_triton_decode_kernel_matches_the_reference_under_the_interpreter():
     programs write the output themselves, and with many, merged); the matrix-unit
     variants over a full and an 8-bit store; it refuses a range that is not whole tiles,
     query heads that do not split into whole groups, and grouped-query heads on the matrix
-    units (grouped-query models leave those variants out)."""
+    units (grouped-query models leave those variants out). Every variant's check also runs a
+    decode step whose new keys and values the kernel writes into the store itself and
+    attends to (a padding row to its new key alone): the same output and the same store as
+    writing them first; a kernel that claims to and ignores them, or attends to them
+    without storing them, fails the check."""
     import subprocess
     import sys
 
@@ -722,6 +743,7 @@ def test_the_triton_decode_kernel_matches_the_reference_under_the_interpreter():
     assert "heads first 2 Triton decode (matrix units, 32-key tiles, 2 warps, heads first)" in out.stdout
     assert ("grouped heads on the matrix units refused: the matrix-unit decode kernel needs one key/value head "
             "per query head, not 4 over 2") in out.stdout
+    assert "writes True ignored True not stored True" in out.stdout
     assert float(out.stdout.split("errors ")[1]) < 1e-5
 
 
@@ -766,3 +788,72 @@ def test_serve_passes_the_prefill_budget_to_the_engine_and_refuses_a_tiny_one(ti
     assert registry.get("transformers").build(config().engine_options, config()).max_prefill_tokens == 2048
     with pytest.raises(ConfigError, match="^--max-prefill-tokens must be at least 16$"):
         config("--max-prefill-tokens", "8")
+
+
+KERNEL_WRITES_CHECK = r"""
+import json
+from inference.engine import triton_decode
+from inference.engine.slot_attention import reference_varlen
+from inference.engine.transformers_cb import TransformersEngine
+from tests.node.test_engine_slots import _run
+
+kernels = [triton_decode.make_kernel(32, 1)]
+if sys.argv[2] == "1":  # one key/value head per query head: the matrix-unit form the 7B shape runs
+    kernels.append(triton_decode.make_kernel(32, 2, 0, 0, True, True))
+out, calls = {}, {"new": 0, "plain": 0}
+
+
+def counted(kernel):
+    def run(*args, new=None, **kwargs):
+        calls["new" if new is not None else "plain"] += 1
+        return kernel(*args, new=new, **kwargs) if new is not None else kernel(*args, **kwargs)
+    run.label, run.writes_new = kernel.label, True
+    return run
+
+
+def writes_first(kernel):  # the same kernel without ``writes_new``: the keys/values written before it
+    def run(*args, **kwargs):
+        calls["plain"] += 1
+        return kernel(*args, **kwargs)
+    run.label = kernel.label
+    return run
+
+
+forms = {"reference": lambda: reference_varlen}
+for i, kernel in enumerate(kernels):
+    forms[f"{i} writes itself"] = lambda kernel=kernel: counted(kernel)
+    forms[f"{i} written first"] = lambda kernel=kernel: writes_first(kernel)
+for name, make in forms.items():
+    engine = TransformersEngine(sys.argv[1], device="cpu", max_model_len=256, max_batch=4, max_prefill_tokens=16,
+                                attention="varlen", bucketed=True)
+    engine.record_tokens = True
+    kernel = make()
+    engine._decode_kernel = lambda rows, kernel=kernel: kernel
+    before = dict(calls)
+    tokens = _run(engine, ["请帮我查一下订单 12345 的状态。", "How do I reset my password?", "hi"], [9, 6, 4], True)
+    out[name] = {"tokens": tokens, "calls": {k: calls[k] - before[k] for k in calls}}
+print(json.dumps(out))
+"""
+
+
+def test_the_decode_kernel_writes_the_steps_keys_and_values_itself(layout_model_dir):
+    """The CUDA path's decode steps on the CPU (bucketed, variable-length, three requests of
+    different lengths in one batch with padding rows, prompts over several prefill steps),
+    their attention the Triton decode kernel under the interpreter: with the kernel writing
+    each step's new keys and values into the store itself, and with the same kernel after
+    the keys and values were written for it, the same greedy tokens as the reference kernel,
+    for the Llama layout (row-sum and matrix-unit forms) and Qwen2's grouped-query one; the
+    kernel really got the new keys (every decode layer call) in the first form, never in
+    the second."""
+    from tests.node.interpreted import run_json
+
+    mha = "1" if "qwen2" not in str(layout_model_dir) else "0"
+    got = run_json(KERNEL_WRITES_CHECK, str(layout_model_dir), mha)
+    want = got.pop("reference")["tokens"]
+    assert [len(t) for t in want] == [9, 6, 4]
+    for name, form in got.items():
+        assert form["tokens"] == want, name
+        if name.endswith("writes itself"):
+            assert form["calls"]["new"] > 0 and form["calls"]["plain"] == 0, (name, form["calls"])
+        else:
+            assert form["calls"]["plain"] > 0 and form["calls"]["new"] == 0, (name, form["calls"])
