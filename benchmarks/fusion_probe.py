@@ -18,6 +18,8 @@
   kernel at that batch), its new keys and values written first by two ``index_copy_`` calls,
   against the kernel writing them itself; 30 layers per graph, with both forms' outputs and
   stores compared.
+* **Longest rows first** (``order`` of the Triton decode kernel): one layer's decode
+  attention with its sequences launched in launch order and longest first.
 
 It also checks the compiled kernel, which the test suite can only run under Triton's
 interpreter: greedy rows give ``argmax`` at every shape timed (with and without EOS
@@ -201,7 +203,47 @@ def kv_writes(rows_list: list[int], max_len: int = 832) -> list[dict]:
     return out
 
 
-PARTS = ("sampling", "residual", "norm", "kv")
+def row_order(rows_list: list[int], max_len: int = 832) -> list[dict]:
+    """The decode kernel with its sequences launched longest first (``order``) against launch
+    order, on rows of 64-768 live tokens: the last programs to start are then short ones, so
+    fewer multiprocessors wait on one long sequence at the end of the launch. Also the order
+    computed inside the graph (``argsort`` of the lengths), to see that it captures and what
+    it costs."""
+    from inference.engine import triton_decode
+    from inference.engine.slot_cache import SlotKVCache
+
+    out = []
+    g = torch.Generator().manual_seed(4)
+    heads, dim = 32, 128
+    kernel = triton_decode.make_kernel(32, 2, 0, 0, True, True)
+    for rows in rows_list:
+        store = SlotKVCache(1, heads, dim, torch.bfloat16, torch.device("cuda"), rows, max_len)
+        store.keys[0].normal_()
+        store.values[0].normal_()
+        lengths = torch.randint(64, 769, (rows,), generator=g)
+        pos = (lengths - 1).unsqueeze(1).cuda()
+        att = store.decode_attention(kernel, rows, pos, max_len)
+        q = torch.randn(rows, heads, dim, generator=g).to("cuda", torch.bfloat16)
+        order = torch.argsort(att.used_k, descending=True).to(torch.int32)
+        args = (q, att.keys[0], att.values[0], att.cu_q, att.cu_k, att.used_k, 1, max_len, False, dim ** -0.5)
+        plain = kernel(*args)
+        ordered = kernel(*args, order=order)
+        row = {"rows": rows, "live_tokens": int(lengths.sum()), "kernel": kernel.label,
+               "launch_order_ms": round(replay_ms(lambda: kernel(*args)), 4),
+               "longest_first_ms": round(replay_ms(lambda: kernel(*args, order=order)), 4),
+               "outputs_equal": bool(torch.equal(plain, ordered))}
+        try:
+            row["longest_first_sorted_in_the_graph_ms"] = round(replay_ms(lambda: kernel(
+                *args, order=torch.argsort(att.used_k, descending=True).to(torch.int32))), 4)
+        except Exception as exc:  # noqa: BLE001 - the measurement says what failed
+            row["longest_first_sorted_in_the_graph_ms"] = f"{exc.__class__.__name__}: {exc}"
+        del store
+        out.append(row)
+        print(json.dumps(row), flush=True)
+    return out
+
+
+PARTS = ("sampling", "residual", "norm", "kv", "order")
 
 
 def main() -> int:
@@ -221,7 +263,8 @@ def main() -> int:
     if "residual" in args.parts:
         result["residual"] = residual([*args.rows, args.prefill_tokens])
     for part, key, run in (("norm", "norm", lambda: norms([*args.rows, args.prefill_tokens])),
-                           ("kv", "kv_writes", lambda: kv_writes(args.rows))):
+                           ("kv", "kv_writes", lambda: kv_writes(args.rows)),
+                           ("order", "row_order", lambda: row_order(args.rows))):
         if part in args.parts:
             try:
                 result[key] = run()

@@ -38,15 +38,19 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _program(CU_K, USED, S, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, HEADS_FIRST: tl.constexpr):
+def _program(CU_K, USED, ORDER, S, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, HEADS_FIRST: tl.constexpr,
+             ORDERED: tl.constexpr):
     """This program's sequence, head, key range ``[start, end)`` and the sequence's first
-    row in the store: the part ``_partial`` and ``_partial_mma`` share."""
+    row in the store: the part ``_partial`` and ``_partial_mma`` share. ``ORDERED``: the
+    sequences are launched in the order ``ORDER`` lists them (longest first)."""
     if HEADS_FIRST:  # heads vary fastest: a sequence's heads run together (see ``make_kernel``)
         h = tl.program_id(0)
         b = tl.program_id(1)
     else:
         b = tl.program_id(0)
         h = tl.program_id(1)
+    if ORDERED:
+        b = tl.load(ORDER + b).to(tl.int32)
     s = tl.program_id(2)
     used = tl.load(USED + b)
     base = tl.load(CU_K + b).to(tl.int64)
@@ -74,11 +78,11 @@ def _new_key(K, V, KN, VN, WRITE, b, kvh, offs_d, stride_kn, stride_kh, stride_k
 
 
 @triton.jit
-def _partial(Q, K, V, CU_K, USED, ACC, ML, OUT, KN, VN, WRITE, scale, stride_qb, stride_qh, stride_kn, stride_kh,
+def _partial(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, KN, VN, WRITE, scale, stride_qb, stride_qh, stride_kn, stride_kh,
              stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, H, S, BLOCK_N: tl.constexpr,
              D: tl.constexpr, CHUNK: tl.constexpr, GROUP: tl.constexpr, HEADS_FIRST: tl.constexpr,
-             DIRECT: tl.constexpr, NEW: tl.constexpr):
-    b, h, s, base, start, end = _program(CU_K, USED, S, BLOCK_N, CHUNK, HEADS_FIRST)
+             DIRECT: tl.constexpr, NEW: tl.constexpr, ORDERED: tl.constexpr):
+    b, h, s, base, start, end = _program(CU_K, USED, ORDER, S, BLOCK_N, CHUNK, HEADS_FIRST, ORDERED)
     kvh = h // GROUP
     offs_d = tl.arange(0, D)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_d).to(tl.float32) * scale
@@ -123,16 +127,16 @@ def _partial(Q, K, V, CU_K, USED, ACC, ML, OUT, KN, VN, WRITE, scale, stride_qb,
 
 
 @triton.jit
-def _partial_mma(Q, K, V, CU_K, USED, ACC, ML, OUT, KN, VN, WRITE, scale, stride_qb, stride_qh, stride_kn,
+def _partial_mma(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, KN, VN, WRITE, scale, stride_qb, stride_qh, stride_kn,
                  stride_kh, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, H, S,
                  BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, HEADS_FIRST: tl.constexpr,
-                 DIRECT: tl.constexpr, NEW: tl.constexpr):
+                 DIRECT: tl.constexpr, NEW: tl.constexpr, ORDERED: tl.constexpr):
     """``_partial`` on the matrix units, for one key/value head per query head: the query is
     repeated on 16 rows (a matrix multiply needs 16), so scores and the weighted sum of values
     are matrix multiplies rather than row sums across a warp's lanes. Every row computes the
     same thing; row 0 is stored. The probabilities meet the values in the query's dtype, as
     in FlashAttention."""
-    b, h, s, base, start, end = _program(CU_K, USED, S, BLOCK_N, CHUNK, HEADS_FIRST)
+    b, h, s, base, start, end = _program(CU_K, USED, ORDER, S, BLOCK_N, CHUNK, HEADS_FIRST, ORDERED)
     offs_m = tl.arange(0, 16)
     offs_d = tl.arange(0, D)
     q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * 0 + offs_d[None, :])
@@ -234,7 +238,7 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
     launch = {"num_warps": num_warps} | ({"num_stages": num_stages} if num_stages else {})
 
     def triton_decode(q, k, v, cu_q, cu_k, used_k, max_q: int, max_k: int, causal: bool, scale: float,
-                      pages=None, new=None) -> torch.Tensor:
+                      pages=None, new=None, order=None) -> torch.Tensor:
         if max_q != 1 or causal:
             raise ValueError("the Triton decode kernel serves decode steps only (one query per sequence)")
         rows, heads, dim = q.shape
@@ -258,13 +262,13 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
                                 or kn.shape != (rows, k.shape[1], dim)):
             raise ValueError("the new keys/values must be [rows, kv_heads, dim] with unit stride in dim, "
                              "over a store whose keys and values are laid out alike")
-        args = (q, k, v, cu_k, used_k, acc, ml, out, kn, vn, write, scale * LOG2E, q.stride(0), q.stride(1),
+        args = (q, k, v, cu_k, used_k, cu_k if order is None else order, acc, ml, out, kn, vn, write, scale * LOG2E, q.stride(0), q.stride(1),
                 k.stride(0), k.stride(1), out.stride(0), out.stride(1), kn.stride(0), kn.stride(1),
                 vn.stride(0), vn.stride(1), heads, s)
         first = heads_first or group > 1
         grid = (heads, rows, s) if first else (rows, heads, s)
         flags = {"BLOCK_N": block_n, "D": dim, "CHUNK": chunk, "HEADS_FIRST": first, "DIRECT": direct,
-                 "NEW": new is not None}
+                 "NEW": new is not None, "ORDERED": order is not None}
         if mma:
             _partial_mma[grid](*args, **flags, **launch)
         else:
