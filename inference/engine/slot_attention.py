@@ -68,7 +68,9 @@ PAGE = 256
 #: flat store row ``write[i]`` (int64) each goes to. It stores them there and attends to them
 #: as key ``used_k[i] - 1`` of sequence ``i`` (for a real row the same row; a padding row
 #: writes to its slot's trash column and attends to its new key alone). One launch instead of
-#: three per layer: the cache's two writes (``index_copy_``) and the attention.
+#: three per layer: the cache's two writes (``index_copy_``) and the attention. A kernel with
+#: ``takes_order`` also takes ``order`` (a permutation of the ``B`` sequences) and launches
+#: their programs in that order; the output does not depend on it.
 Kernel = Callable[..., torch.Tensor]
 
 
@@ -228,6 +230,10 @@ class SlotAttention:
     #: decode steps whose cache left the writes to the attention: each row's flat store row
     #: for its new key/value (see ``Kernel``'s ``new``)
     write: torch.Tensor | None = None
+    #: decode steps: a permutation of the rows, longest first, for kernels with ``takes_order``
+    #: (their programs are launched in that order, so the launch does not end on a long row
+    #: while most of the card is done); the same output in any order
+    order: torch.Tensor | None = None
 
 
 def write_new(keys: torch.Tensor, values: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
@@ -260,7 +266,7 @@ def attend(s: SlotAttention, layer: int, q: torch.Tensor, scale: float,
     """One layer's attention as :class:`SlotAttention` describes it, ``q`` ``[Tq, H, D]``;
     ``new`` (with ``s.write``): the step's keys and values, written by the kernel where it
     writes them itself (``writes_new``), else into the store first."""
-    extra = {}
+    extra = {"order": s.order} if s.order is not None and getattr(s.kernel, "takes_order", False) else {}
     if new is not None:
         if getattr(s.kernel, "writes_new", False):
             extra["new"] = (*new, s.write)
@@ -327,9 +333,10 @@ def check_kernel(kernel: Kernel, device: torch.device, dtype: torch.dtype, heads
 
 
 def _check_new(kernel: Kernel, store: torch.Tensor, args: tuple, pages, g: torch.Generator) -> float:
-    """A decode step whose new keys/values the kernel writes itself (``new``) against the same
-    keys written first and the reference; the stores after both must agree too. The last row
-    stands for a padding row: it writes to another slot's trash row and reads one key."""
+    """A decode step whose new keys/values the kernel writes itself (``new``), its rows
+    launched in reverse (``order``, where it takes one), against the same keys written first
+    and the reference; the stores after both must agree too. The last row stands for a
+    padding row: it writes to another slot's trash row and reads one key."""
     q, store_k, store_v, cu_q, cu_k, used_k, max_q, max_k, causal, scale = args
     rows, (kv_heads, dim) = len(used_k), store_k.shape[1:]
     device = store.device
@@ -342,7 +349,9 @@ def _check_new(kernel: Kernel, store: torch.Tensor, args: tuple, pages, g: torch
     n = store_k.shape[0]
     write_new(theirs[0, :n], theirs[1, :n], k_new, v_new, write)
     step = (q, mine[0, :n], mine[1, :n], cu_q, cu_k, used, max_q, max_k, causal, scale)
-    got = kernel(*step, pages=pages, new=(k_new, v_new, write))
+    extra = {"order": torch.arange(rows - 1, -1, -1, device=device, dtype=torch.int32)} \
+        if getattr(kernel, "takes_order", False) else {}  # launched in another order too
+    got = kernel(*step, pages=pages, new=(k_new, v_new, write), **extra)
     want = reference_varlen(q, theirs[0, :n], theirs[1, :n], cu_q, cu_k, used, max_q, max_k, causal, scale)
     # the padding row's answer: its own new key alone, so its value
     want[-1] = v_new[-1].repeat_interleave(q.shape[1] // kv_heads, 0).to(want.dtype)

@@ -178,20 +178,22 @@ class SlotKVCache:
         return SlotCache(self, write_index, width, rows=rows, reads=reads, writes=writes)
 
     def decode_attention(self, kernel, rows: int, positions: torch.Tensor, width: int,
-                         write: torch.Tensor | None = None):
+                         write: torch.Tensor | None = None, order: torch.Tensor | None = None):
         """The variable-length description of a decode step over slots ``0 … rows-1``: row
         ``i`` reads columns ``0 … position`` of slot ``i`` (a padding row, position < 0, one
         column). With ``write`` (:meth:`write_index` of the step) the attention also writes
         the step's keys and values there, in the kernel itself where it can (a store of the
-        model's dtype only: an 8-bit store is written by the cache). Built from device
-        tensors only, so a CUDA graph captures it."""
+        model's dtype only: an 8-bit store is written by the cache). ``order``: a permutation
+        of the rows, the order kernels that take one launch them in (see ``SlotAttention``).
+        Built from device tensors only, so a CUDA graph captures it."""
         if write is not None and self.eight_bit:
             raise ValueError("an 8-bit store is written by the cache (decode_cache writes=True)")
         pos = positions.reshape(-1)
         used = torch.where(pos >= 0, pos + 1, torch.ones_like(pos)).to(torch.int32)
         return SlotAttention(kernel, self.flat_keys, self.flat_values, self.row_starts[:rows + 1],
                              self.slot_starts[:rows + 1], used, 1, width, causal=False,
-                             pages=self.page_table[:rows], write=None if write is None else write.reshape(-1))
+                             pages=self.page_table[:rows], write=None if write is None else write.reshape(-1),
+                             order=order)
 
     #: Packed prefill rows are padded to a multiple of this many tokens, so the matrix
     #: shapes repeat from step to step (each new shape costs the GEMM libraries a lookup,

@@ -541,9 +541,14 @@ class TransformersEngine(Engine):
         # still being copied (or its tokens read) while the next one's are written. Pinned
         # memory on CUDA, so the copies are asynchronous.
         pin = self.device.type == "cuda"
-        self._stage_in = [torch.zeros((3, self._kv.slots), dtype=torch.long, pin_memory=pin) for _ in range(2)]
+        self._stage_in = [torch.zeros((4, self._kv.slots), dtype=torch.long, pin_memory=pin) for _ in range(2)]
         self._stage_out = [torch.zeros(self._kv.slots, dtype=torch.long, pin_memory=pin) for _ in range(2)]
-        self._staged = torch.zeros((3, self._kv.slots), dtype=torch.long, device=self.device)
+        # a step's inputs on the device: token, position, source row in the previous step, and
+        # the order its rows' attention is launched in (longest first). The order row is the
+        # identity between steps (a step puts it back), so any other caller of the decode
+        # forward (start-up checks, captures, benchmarks writing ``_io``) gets plain order.
+        self._staged = torch.zeros((4, self._kv.slots), dtype=torch.long, device=self.device)
+        self._staged[3] = self._rows
         self._events = [torch.cuda.Event() for _ in range(2)] if pin else []
         self._flip = 0
         self.batch_buckets = batch_sizes(self._kv.slots)
@@ -927,7 +932,8 @@ class TransformersEngine(Engine):
             fused = not kv.eight_bit
             cache = kv.decode_cache(rows, write, width, reads=False, writes=not fused)
             mask, extra = None, {"slot_attention": kv.decode_attention(self._decode_kernel(rows), rows, pos, width,
-                                                                       write if fused else None)}
+                                                                       write if fused else None,
+                                                                       self._staged[3, :rows])}
         else:
             cache, mask, extra = kv.decode_cache(rows, write, width), kv.mask(pos, width), {}
         out = self.model(input_ids=ids, position_ids=pos.clamp(min=0), attention_mask=mask,
@@ -1348,9 +1354,11 @@ class TransformersEngine(Engine):
         index = {id(q): i for i, q in enumerate(prev.seqs)} if prev is not None else {}
         src = [index[id(q)] if q.pending else -1 for q in running]
         staged = self._stage_in[self._flip]
+        lengths = [q.length + q.pending for q in running]
+        # the attention takes the longest rows first, so the launch does not end waiting on one
+        order = sorted(range(n), key=lengths.__getitem__, reverse=True) + list(range(n, rows))
         staged[:, :rows].copy_(torch.tensor([[0 if q.pending else q.generated[-1] for q in running] + [0] * pad,
-                                             [q.length + q.pending for q in running] + [-1] * pad,
-                                             src + [-1] * pad]))
+                                             lengths + [-1] * pad, src + [-1] * pad, order]))
         inputs = self._staged[:, :rows]
         mark = self._clock.start()
         inputs.copy_(staged[:, :rows], non_blocking=True)
@@ -1361,6 +1369,7 @@ class TransformersEngine(Engine):
             self._io[0, :rows] = inputs[0]
         self._io[1, :rows] = inputs[1]
         logits = self._decode_logits(rows, width, varlen)[:n]
+        self._staged[3, :rows].copy_(self._rows[:rows])  # the identity again, after the step (stream order)
         t1 = time.perf_counter()
         tokens = sample_next_tokens(logits, [q.sampling for q in running], [q.generated for q in running],
                                     self.eos_token_ids, pending=[q.pending for q in running], to_host=False,

@@ -800,14 +800,15 @@ from tests.node.test_engine_slots import _run
 kernels = [triton_decode.make_kernel(32, 1)]
 if sys.argv[2] == "1":  # one key/value head per query head: the matrix-unit form the 7B shape runs
     kernels.append(triton_decode.make_kernel(32, 2, 0, 0, True, True))
-out, calls = {}, {"new": 0, "plain": 0}
+out, calls = {}, {"new": 0, "plain": 0, "reordered": 0}
 
 
 def counted(kernel):
-    def run(*args, new=None, **kwargs):
+    def run(*args, new=None, order=None, **kwargs):
         calls["new" if new is not None else "plain"] += 1
-        return kernel(*args, new=new, **kwargs) if new is not None else kernel(*args, **kwargs)
-    run.label, run.writes_new = kernel.label, True
+        calls["reordered"] += order is not None and order.tolist() != sorted(order.tolist())
+        return kernel(*args, new=new, order=order, **kwargs)
+    run.label, run.writes_new, run.takes_order = kernel.label, True, True
     return run
 
 
@@ -830,7 +831,8 @@ for name, make in forms.items():
     kernel = make()
     engine._decode_kernel = lambda rows, kernel=kernel: kernel
     before = dict(calls)
-    tokens = _run(engine, ["请帮我查一下订单 12345 的状态。", "How do I reset my password?", "hi"], [9, 6, 4], True)
+    # the shortest prompt first: it decodes in row 0 while the longer ones join after it
+    tokens = _run(engine, ["hi", "请帮我查一下订单 12345 的状态。", "How do I reset my password?"], [8, 9, 6], True)
     out[name] = {"tokens": tokens, "calls": {k: calls[k] - before[k] for k in calls}}
 print(json.dumps(out))
 """
@@ -844,16 +846,17 @@ def test_the_decode_kernel_writes_the_steps_keys_and_values_itself(layout_model_
     the keys and values were written for it, the same greedy tokens as the reference kernel,
     for the Llama layout (row-sum and matrix-unit forms) and Qwen2's grouped-query one; the
     kernel really got the new keys (every decode layer call) in the first form, never in
-    the second."""
+    the second, and its rows in the engine's order, longest first, not always the identity."""
     from tests.node.interpreted import run_json
 
     mha = "1" if "qwen2" not in str(layout_model_dir) else "0"
     got = run_json(KERNEL_WRITES_CHECK, str(layout_model_dir), mha)
     want = got.pop("reference")["tokens"]
-    assert [len(t) for t in want] == [9, 6, 4]
+    assert [len(t) for t in want] == [8, 9, 6]
     for name, form in got.items():
         assert form["tokens"] == want, name
         if name.endswith("writes itself"):
             assert form["calls"]["new"] > 0 and form["calls"]["plain"] == 0, (name, form["calls"])
+            assert form["calls"]["reordered"] > 0, (name, form["calls"])  # the longest rows went first
         else:
             assert form["calls"]["plain"] > 0 and form["calls"]["new"] == 0, (name, form["calls"])
