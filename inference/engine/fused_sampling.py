@@ -56,7 +56,12 @@ def _quarter(L, SUPPRESS, BANNED, rows, live_row, cols, vocab, stride_l, t, u, N
     return best, tl.min(tl.where(score == best[:, None], cols[None, :], 2147483647), axis=1)
 
 
-@triton.jit(do_not_specialize=["seed"])
+# ``n_rows`` unspecialised too: Triton compiles an integer argument's value classes (1, a
+# multiple of 16, other) apart, and sampling runs outside the captured steps, so a first step
+# of 1 row or of 16, 32, … rows would compile there, about a second each with the engine
+# stopped (an H200 run lost 1.2 s of its 64-stream scenario to that); the start-up check's
+# 4 rows then compile the only form serving uses.
+@triton.jit(do_not_specialize=["seed", "n_rows"])
 def _block_best(L, TEMP, SUPPRESS, BANNED, BEST, INDEX, seed, n_rows, vocab, stride_l, blocks,
                 N_BANNED: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     QUARTER: tl.constexpr = BLOCK // 4

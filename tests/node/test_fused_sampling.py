@@ -193,3 +193,13 @@ def test_the_engine_checks_the_kernel_at_start_up_and_serves_the_same_greedy_tok
     assert kernel["sampled lengths"] == [10, 6] and kernel["greedy row of a mixed batch"] == want[1]
     assert not broken["fused"] and broken["path"].startswith("plain (the kernel disagreed")
     assert broken["greedy"] == want and broken["greedy row of a mixed batch"] == want[1]
+
+
+def test_the_row_count_does_not_make_the_kernel_compile_again():
+    """Sampling runs outside the captured steps, so any argument Triton specialises on by
+    value would compile a new form of the kernel in the middle of serving (1 row, 16, 32, …
+    rows: a second each on an H200, the engine stopped). The row count and the seed are
+    left unspecialised, so the start-up check compiles every form serving uses."""
+    from inference.engine import fused_sampling
+
+    assert {"seed", "n_rows"} <= set(fused_sampling._block_best.do_not_specialize)
