@@ -198,7 +198,7 @@ def test_the_engine_checks_the_kernel_at_start_up_and_serves_the_same_greedy_tok
 def test_the_row_count_does_not_make_the_kernel_compile_again():
     """Sampling runs outside the captured steps, so any argument Triton specialises on by
     value would compile a new form of the kernel in the middle of serving (1 row, 16, 32, …
-    rows: a second each on an H200, the engine stopped). The row count and the seed are
+    rows: a second each on an H200, the engine stopped). The row count and the draw's key are
     left unspecialised, so the start-up check compiles every form serving uses."""
     from inference.engine import fused_sampling
 
