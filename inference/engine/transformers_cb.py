@@ -717,8 +717,10 @@ class TransformersEngine(Engine):
                 try:
                     for lengths in length_sets:
                         pos = (lengths - 1).unsqueeze(1).to(self.device)
+                        # an order too (the identity), so the form timed is the form captured
                         att = kv.decode_attention(kernel, rows, pos, self._max_model_len,
-                                                  None if new is None else kv.write_index(self._rows[:rows], pos))
+                                                  None if new is None else kv.write_index(self._rows[:rows], pos),
+                                                  self._rows[:rows])
                         points.append((int(lengths.sum()), slot_attention.time_call(
                             lambda: slot_attention.attend(att, 0, q, scale, new), self.device)))
                 except Exception as exc:  # noqa: BLE001 - a kernel that fails at this shape is not used here
