@@ -593,8 +593,8 @@ class TransformersEngine(Engine):
                  self.model_dir, self.device, dtype, time.monotonic() - t0, self._kv.tokens,
                  str(self.store_dtype).removeprefix("torch."), self._kv.slots,
                  self._kv.max_len, self._kv.slots, self.max_prefill_tokens, self.attention_path, self.fused_norms,
-                 self.norm_path, self.fused_projections, self.silu_kernels, self.fused_rotary, self.fused_residuals, self.sampling_path,
-                 self.decode_path, self.prefill_path)
+                 self.norm_path, self.fused_projections, self.silu_kernels, self.fused_rotary, self.fused_residuals,
+                 self.sampling_path, self.decode_path, self.prefill_path)
 
     def _check_sampling(self) -> None:
         """Turn the one-pass sampling kernel on where it runs and, compiled here (so no request

@@ -64,6 +64,15 @@ def _program(CU_K, USED, ORDER, S, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr, H
 
 
 @triton.jit
+def _last_key(USED, b, start, end):
+    """With ``new``: whether this program's key range ``[start, end)`` holds row ``b``'s last
+    position (the step's own key, taken from ``KN`` rather than read from the store), and
+    the end of what it reads from the store."""
+    last = tl.load(USED + b) - 1
+    return (start <= last) & (last < end), tl.minimum(end, last)
+
+
+@triton.jit
 def _new_key(K, V, KN, VN, WRITE, b, kvh, offs_d, stride_kn, stride_kh, stride_knb, stride_knh, stride_vnb,
              stride_vnh, write):
     """Row ``b``'s new key and value for head ``kvh`` (the step's own token), stored into the
@@ -71,6 +80,8 @@ def _new_key(K, V, KN, VN, WRITE, b, kvh, offs_d, stride_kn, stride_kh, stride_k
     kn = tl.load(KN + b * stride_knb + kvh * stride_knh + offs_d)
     vn = tl.load(VN + b * stride_vnb + kvh * stride_vnh + offs_d)
     at = tl.load(WRITE + b) * stride_kn + kvh * stride_kh + offs_d
+    # the scalar flag widened to the vector's shape as integers: Triton's interpreter refuses
+    # a scalar boolean broadcast into a store mask
     live = tl.full(offs_d.shape, 0, tl.int32) + write.to(tl.int32) > 0
     tl.store(K + at, kn.to(K.dtype.element_ty), mask=live)
     tl.store(V + at, vn.to(V.dtype.element_ty), mask=live)
@@ -78,10 +89,21 @@ def _new_key(K, V, KN, VN, WRITE, b, kvh, offs_d, stride_kn, stride_kh, stride_k
 
 
 @triton.jit
-def _partial(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, KN, VN, WRITE, scale, stride_qb, stride_qh, stride_kn, stride_kh,
-             stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, H, S, BLOCK_N: tl.constexpr,
-             D: tl.constexpr, CHUNK: tl.constexpr, GROUP: tl.constexpr, HEADS_FIRST: tl.constexpr,
-             DIRECT: tl.constexpr, NEW: tl.constexpr, ORDERED: tl.constexpr):
+def _fold(m, l, score, fold):
+    """The online softmax's running maximum ``m`` and sum ``l`` after one more key of ``score``
+    (none where ``fold`` is false); returns them with the factor the accumulator is scaled by
+    and the key's weight. An empty range (``m`` still -inf) that folds nothing stays empty."""
+    m_new = tl.maximum(m, tl.where(fold, score, float("-inf")))
+    alpha = tl.where(m_new == float("-inf"), 1.0, tl.exp2(m - m_new))
+    p = tl.where(fold, tl.exp2(score - m_new), 0.0)
+    return m_new, l * alpha + p, alpha, p
+
+
+@triton.jit
+def _partial(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, KN, VN, WRITE, scale, stride_qb, stride_qh, stride_kn,
+             stride_kh, stride_ob, stride_oh, stride_knb, stride_knh, stride_vnb, stride_vnh, H, S,
+             BLOCK_N: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr, GROUP: tl.constexpr,
+             HEADS_FIRST: tl.constexpr, DIRECT: tl.constexpr, NEW: tl.constexpr, ORDERED: tl.constexpr):
     b, h, s, base, start, end = _program(CU_K, USED, ORDER, S, BLOCK_N, CHUNK, HEADS_FIRST, ORDERED)
     kvh = h // GROUP
     offs_d = tl.arange(0, D)
@@ -90,9 +112,7 @@ def _partial(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, KN, VN, WRITE, scale, str
     l = tl.zeros([1], tl.float32)
     acc = tl.zeros([D], tl.float32)
     if NEW:  # the step's own key is the row's last: taken from KN below, not read from the store
-        last = tl.load(USED + b) - 1
-        fold = (start <= last) & (last < end)
-        end = tl.minimum(end, last)
+        fold, end = _last_key(USED, b, start, end)
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         live = offs_n < end
@@ -110,13 +130,8 @@ def _partial(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, KN, VN, WRITE, scale, str
     if NEW:
         kn, vn = _new_key(K, V, KN, VN, WRITE, b, kvh, offs_d, stride_kn, stride_kh, stride_knb, stride_knh,
                           stride_vnb, stride_vnh, fold & (h % GROUP == 0))
-        score = tl.sum(kn.to(tl.float32) * q, axis=0)
-        m_new = tl.maximum(m, tl.where(fold, score, float("-inf")))
-        alpha = tl.where(m_new == float("-inf"), 1.0, tl.exp2(m - m_new))
-        p = tl.where(fold, tl.exp2(score - m_new), 0.0)
-        l = l * alpha + p
+        m, l, alpha, p = _fold(m, l, tl.sum(kn.to(tl.float32) * q, axis=0), fold)
         acc = acc * alpha + p * vn.to(tl.float32)
-        m = m_new
     if DIRECT:  # one range per row: the output itself, as ``_merge`` would make it of one range
         tl.store(OUT + b * stride_ob + h * stride_oh + offs_d, (acc / l).to(OUT.dtype.element_ty))
     else:
@@ -144,9 +159,7 @@ def _partial_mma(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, KN, VN, WRITE, scale,
     l = tl.zeros([16], tl.float32)
     acc = tl.zeros([16, D], tl.float32)
     if NEW:  # as in ``_partial``
-        last = tl.load(USED + b) - 1
-        fold = (start <= last) & (last < end)
-        end = tl.minimum(end, last)
+        fold, end = _last_key(USED, b, start, end)
     for n0 in range(start, end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         live = offs_n < end
@@ -165,13 +178,9 @@ def _partial_mma(Q, K, V, CU_K, USED, ORDER, ACC, ML, OUT, KN, VN, WRITE, scale,
         kn, vn = _new_key(K, V, KN, VN, WRITE, b, h, offs_d, stride_kn, stride_kh, stride_knb, stride_knh,
                           stride_vnb, stride_vnh, fold)
         score = tl.sum(q.to(tl.float32) * kn.to(tl.float32)[None, :], axis=1) * scale
-        m_new = tl.maximum(m, tl.where(fold, score, float("-inf")))
-        alpha = tl.where(m_new == float("-inf"), 1.0, tl.exp2(m - m_new))
-        p = tl.where(fold, tl.exp2(score - m_new), 0.0)
-        l = l * alpha + p
+        m, l, alpha, p = _fold(m, l, score, fold)
         # the probabilities meet the value in the query's dtype, as the tiles' do
         acc = acc * alpha[:, None] + p.to(q.dtype).to(tl.float32)[:, None] * vn.to(tl.float32)[None, :]
-        m = m_new
     first = offs_m == 0
     if DIRECT:
         tl.store(OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * 0 + offs_d[None, :],
@@ -272,8 +281,9 @@ def make_kernel(block_n: int = 64, num_warps: int = 4, chunk: int = 0, num_stage
                                 or kn.shape != (rows, k.shape[1], dim)):
             raise ValueError("the new keys/values must be [rows, kv_heads, dim] with unit stride in dim, "
                              "over a store whose keys and values are laid out alike")
-        args = (q, k, v, cu_k, used_k, cu_k if order is None else order, acc, ml, out, kn, vn, write, scale * LOG2E, q.stride(0), q.stride(1),
-                k.stride(0), k.stride(1), out.stride(0), out.stride(1), kn.stride(0), kn.stride(1),
+        order_at = order if order is not None else cu_k  # not read without ``order``
+        args = (q, k, v, cu_k, used_k, order_at, acc, ml, out, kn, vn, write, scale * LOG2E, q.stride(0),
+                q.stride(1), k.stride(0), k.stride(1), out.stride(0), out.stride(1), kn.stride(0), kn.stride(1),
                 vn.stride(0), vn.stride(1), heads, s)
         first = heads_first or group > 1
         grid = (heads, rows, s) if first else (rows, heads, s)
